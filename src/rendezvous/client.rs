@@ -1,0 +1,117 @@
+//! The daemon's side of the rendezvous: a WebSocket that allocates or claims a nameplate
+//! and then carries opaque blobs to and from the paired peer.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::messages::{ClientMessage, ServerErrorKind, ServerMessage};
+use super::server::MAX_MESSAGE_BYTES;
+use super::SignalError;
+
+pub struct RendezvousClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl RendezvousClient {
+    pub async fn connect(url: &str) -> Result<RendezvousClient, SignalError> {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+            .await
+            .map_err(|source| SignalError::Connect {
+                url: url.to_owned(),
+                source: Box::new(source),
+            })?;
+        Ok(RendezvousClient { ws })
+    }
+
+    /// Asks for a nameplate; returns it with the seconds the slot will wait.
+    pub async fn allocate(&mut self) -> Result<(u32, u64), SignalError> {
+        self.send(&ClientMessage::Allocate).await?;
+        match self.recv().await? {
+            ServerMessage::Allocated { nameplate, expires_in_secs } => Ok((nameplate, expires_in_secs)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Waits in an allocated slot until a peer claims it.
+    pub async fn wait_for_peer(&mut self) -> Result<(), SignalError> {
+        match self.recv().await? {
+            ServerMessage::Paired => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn claim(&mut self, nameplate: u32) -> Result<(), SignalError> {
+        self.send(&ClientMessage::Claim { nameplate }).await?;
+        match self.recv().await? {
+            ServerMessage::Paired => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn relay(&mut self, body: &[u8]) -> Result<(), SignalError> {
+        self.send(&ClientMessage::Relay { body: BASE64.encode(body) }).await
+    }
+
+    pub async fn recv_relay(&mut self) -> Result<Vec<u8>, SignalError> {
+        match self.recv().await? {
+            ServerMessage::Relay { body } => BASE64
+                .decode(body)
+                .map_err(|_| SignalError::Protocol("relay body is not base64".into())),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn burn(&mut self) {
+        let _ = self.send(&ClientMessage::Burn).await;
+        let _ = self.ws.close(None).await;
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    async fn send(&mut self, message: &ClientMessage) -> Result<(), SignalError> {
+        let json = serde_json::to_string(message)
+            .map_err(|e| SignalError::Protocol(format!("cannot encode message: {e}")))?;
+        self.ws
+            .send(Message::text(json))
+            .await
+            .map_err(|_| SignalError::RendezvousClosed)
+    }
+
+    async fn recv(&mut self) -> Result<ServerMessage, SignalError> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(&text)
+                        .map_err(|_| SignalError::Protocol("rendezvous sent a message p2pd does not understand".into()));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                _ => return Err(SignalError::RendezvousClosed),
+            }
+        }
+    }
+}
+
+fn unexpected(message: &ServerMessage) -> SignalError {
+    match message {
+        ServerMessage::PeerGone => SignalError::PeerGone,
+        ServerMessage::Error { kind, .. } => match kind {
+            ServerErrorKind::UnknownNameplate => SignalError::UnknownCode,
+            ServerErrorKind::Expired => SignalError::Expired,
+            ServerErrorKind::Crowded => SignalError::Crowded,
+            ServerErrorKind::Burned => SignalError::WrongCode,
+            ServerErrorKind::Busy => SignalError::Busy,
+            ServerErrorKind::Protocol => SignalError::Protocol("rendezvous rejected a message".into()),
+        },
+        _ => SignalError::Protocol("rendezvous sent a message out of turn".into()),
+    }
+}

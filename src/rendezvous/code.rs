@@ -1,0 +1,155 @@
+//! Transfer codes: `NAMEPLATE-WORD-WORD`. Pure parsing and generation, no I/O.
+//!
+//! The nameplate is public (it selects a slot on the rendezvous); the words are the
+//! password for the PAKE and never leave the two machines.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand::Rng;
+
+use super::words::WORDS;
+
+/// How many words a code carries. Two words of 8 bits give a 1-in-65 536 chance to a
+/// guesser, who gets one try per nameplate because a failed PAKE burns it.
+pub const CODE_WORDS: usize = 2;
+
+/// A parsed transfer code.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Code {
+    pub nameplate: u32,
+    words: [&'static str; CODE_WORDS],
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodeError {
+    #[error("the code is empty: give the code the sender's p2p printed, like 7-orbit-lantern")]
+    Empty,
+    #[error("the code must start with a number, like 7-orbit-lantern")]
+    MissingNameplate,
+    #[error("the code has {0} word(s) after the number but needs {CODE_WORDS}: check it, like 7-orbit-lantern")]
+    WrongWordCount(usize),
+    #[error("'{0}' is not one of p2pd's code words: check the spelling of the code")]
+    UnknownWord(String),
+}
+
+impl Code {
+    /// A fresh code for `nameplate` with words from the OS's secure RNG.
+    pub fn generate(nameplate: u32) -> Code {
+        let mut rng = rand::rngs::OsRng;
+        let words = std::array::from_fn(|_| WORDS[rng.gen_range(0..WORDS.len())]);
+        Code { nameplate, words }
+    }
+
+    /// The password both sides feed to SPAKE2: the whole code, canonical form.
+    pub fn password(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl FromStr for Code {
+    type Err = CodeError;
+
+    fn from_str(input: &str) -> Result<Code, CodeError> {
+        let trimmed = input.trim();
+        if trimmed.is_empty() {
+            return Err(CodeError::Empty);
+        }
+        // Accept spaces as separators too: people read codes aloud and type what they hear.
+        let mut parts = trimmed
+            .split(|c: char| c == '-' || c.is_whitespace())
+            .filter(|p| !p.is_empty());
+        let nameplate = parts
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .ok_or(CodeError::MissingNameplate)?;
+        let given: Vec<&str> = parts.collect();
+        if given.len() != CODE_WORDS {
+            return Err(CodeError::WrongWordCount(given.len()));
+        }
+        let mut words = [""; CODE_WORDS];
+        for (slot, word) in words.iter_mut().zip(&given) {
+            let lower = word.to_lowercase();
+            *slot = WORDS
+                .iter()
+                .find(|w| **w == lower)
+                .copied()
+                .ok_or_else(|| CodeError::UnknownWord(printable(word)))?;
+        }
+        Ok(Code { nameplate, words })
+    }
+}
+
+/// Keeps a hostile or mistyped word from writing control characters to a terminal.
+fn printable(word: &str) -> String {
+    word.chars().flat_map(char::escape_debug).take(40).collect()
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.nameplate)?;
+        for w in &self.words {
+            write!(f, "-{w}")?;
+        }
+        Ok(())
+    }
+}
+
+// Codes are secrets: never print them through `{:?}` in logs.
+impl fmt::Debug for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Code({}-<redacted>)", self.nameplate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_codes_round_trip() {
+        for nameplate in [0, 7, 999, u32::MAX] {
+            let code = Code::generate(nameplate);
+            let parsed: Code = code.to_string().parse().unwrap();
+            assert_eq!(parsed, code);
+        }
+    }
+
+    #[test]
+    fn parsing_is_forgiving_about_case_and_separators() {
+        let code: Code = " 12 Orbit-LANTERN ".parse().unwrap();
+        assert_eq!(code.to_string(), "12-orbit-lantern");
+    }
+
+    #[test]
+    fn malformed_codes_are_rejected_before_any_network_use() {
+        assert_eq!("".parse::<Code>(), Err(CodeError::Empty));
+        assert_eq!("orbit-lantern".parse::<Code>(), Err(CodeError::MissingNameplate));
+        assert_eq!("7-orbit".parse::<Code>(), Err(CodeError::WrongWordCount(1)));
+        assert_eq!("7".parse::<Code>(), Err(CodeError::WrongWordCount(0)));
+        assert_eq!(
+            "7-orbit-lantern-apple".parse::<Code>(),
+            Err(CodeError::WrongWordCount(3))
+        );
+        assert!(matches!(
+            "7-orbit-notaword".parse::<Code>(),
+            Err(CodeError::UnknownWord(_))
+        ));
+    }
+
+    #[test]
+    fn debug_output_hides_the_words() {
+        let code: Code = "3-orbit-lantern".parse().unwrap();
+        let shown = format!("{code:?}");
+        assert!(!shown.contains("orbit"), "{shown}");
+    }
+
+    #[test]
+    fn word_list_is_unique_and_plain() {
+        let mut sorted = WORDS.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 256);
+        assert!(WORDS.iter().all(|w| w.chars().all(|c| c.is_ascii_lowercase())));
+    }
+}

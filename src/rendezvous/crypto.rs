@@ -1,0 +1,240 @@
+//! The key exchange and the sealing of signaling messages. Pure: bytes in, bytes out.
+//!
+//! Both daemons run SPAKE2 (sender = side A, receiver = side B) with the whole code as the
+//! password. From the shared key, HKDF derives one key-confirmation key per side and one
+//! AEAD key per direction, so a message can be neither reflected back to its sender nor
+//! replayed or reordered (each carries a sequence number the opener insists on).
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use spake2::{Ed25519Group, Identity, Password, Spake2};
+
+use super::code::Code;
+
+const ID_SENDER: &[u8] = b"p2pd/1 sender";
+const ID_RECEIVER: &[u8] = b"p2pd/1 receiver";
+
+/// Which end of the transfer this daemon is; it fixes the SPAKE2 side and the key labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Sender,
+    Receiver,
+}
+
+impl Role {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Role::Sender => b"sender",
+            Role::Receiver => b"receiver",
+        }
+    }
+
+    fn peer(self) -> Role {
+        match self {
+            Role::Sender => Role::Receiver,
+            Role::Receiver => Role::Sender,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("the peer's key-exchange message is malformed")]
+    BadPakeMessage,
+    #[error("wrong code, or someone tried to guess it")]
+    WrongCode,
+    #[error("a signaling message failed authentication, or arrived out of order")]
+    BadSeal,
+}
+
+/// The first half of the exchange: our SPAKE2 state and the message to send.
+pub struct Pake {
+    state: Spake2<Ed25519Group>,
+    role: Role,
+}
+
+impl Pake {
+    pub fn start(role: Role, code: &Code) -> (Pake, Vec<u8>) {
+        let password = Password::new(code.password().as_bytes());
+        let (id_a, id_b) = (Identity::new(ID_SENDER), Identity::new(ID_RECEIVER));
+        let (state, msg) = match role {
+            Role::Sender => Spake2::<Ed25519Group>::start_a(&password, &id_a, &id_b),
+            Role::Receiver => Spake2::<Ed25519Group>::start_b(&password, &id_a, &id_b),
+        };
+        (Pake { state, role }, msg)
+    }
+
+    pub fn finish(self, peer_msg: &[u8]) -> Result<SessionKeys, CryptoError> {
+        let key = self
+            .state
+            .finish(peer_msg)
+            .map_err(|_| CryptoError::BadPakeMessage)?;
+        Ok(SessionKeys::new(&key, self.role))
+    }
+}
+
+/// Keys derived from the PAKE output. Not yet trusted until the peer's confirmation
+/// checks out: with a wrong code both sides still get *a* key, just different ones.
+pub struct SessionKeys {
+    role: Role,
+    hkdf: Hkdf<Sha256>,
+}
+
+impl SessionKeys {
+    fn new(pake_key: &[u8], role: Role) -> SessionKeys {
+        SessionKeys {
+            role,
+            hkdf: Hkdf::<Sha256>::new(Some(b"p2pd/1 signaling"), pake_key),
+        }
+    }
+
+    fn derive(&self, purpose: &[u8], role: Role) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let info = [purpose, b" ", role.label()].concat();
+        // HKDF-SHA256 can expand up to 8160 bytes, so 32 never fails.
+        self.hkdf
+            .expand(&info, &mut out)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        out
+    }
+
+    fn confirmation_mac(&self, role: Role) -> Hmac<Sha256> {
+        let key = self.derive(b"confirm", role);
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key)
+            .expect("HMAC accepts keys of any length");
+        mac.update(b"key confirmation");
+        mac
+    }
+
+    /// The tag we send to prove we hold the same key.
+    pub fn our_confirmation(&self) -> [u8; 32] {
+        self.confirmation_mac(self.role).finalize().into_bytes().into()
+    }
+
+    /// Checks the peer's tag in constant time and, if it matches, opens the sealed channel.
+    pub fn confirm(self, peer_tag: &[u8]) -> Result<SealedChannel, CryptoError> {
+        self.confirmation_mac(self.role.peer())
+            .verify_slice(peer_tag)
+            .map_err(|_| CryptoError::WrongCode)?;
+        Ok(SealedChannel {
+            seal: ChaCha20Poly1305::new(Key::from_slice(&self.derive(b"seal", self.role))),
+            open: ChaCha20Poly1305::new(Key::from_slice(&self.derive(b"seal", self.role.peer()))),
+            next_send: 0,
+            next_recv: 0,
+        })
+    }
+}
+
+/// Seals our signaling messages and opens the peer's, in order.
+pub struct SealedChannel {
+    seal: ChaCha20Poly1305,
+    open: ChaCha20Poly1305,
+    next_send: u64,
+    next_recv: u64,
+}
+
+const SEQ_LEN: usize = 8;
+
+fn nonce(seq: u64) -> Nonce {
+    let mut bytes = [0u8; 12];
+    bytes[4..].copy_from_slice(&seq.to_be_bytes());
+    *Nonce::from_slice(&bytes)
+}
+
+impl SealedChannel {
+    /// `seq || AEAD(plaintext)`, with the sequence number also bound as associated data.
+    pub fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
+        let seq = self.next_send;
+        self.next_send += 1;
+        let aad = seq.to_be_bytes();
+        let sealed = self
+            .seal
+            .encrypt(&nonce(seq), Payload { msg: plaintext, aad: &aad })
+            .expect("ChaCha20Poly1305 encryption only fails past 256 GiB per message");
+        [aad.as_slice(), &sealed].concat()
+    }
+
+    pub fn open(&mut self, blob: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if blob.len() < SEQ_LEN {
+            return Err(CryptoError::BadSeal);
+        }
+        let (seq_bytes, sealed) = blob.split_at(SEQ_LEN);
+        let seq = u64::from_be_bytes(seq_bytes.try_into().map_err(|_| CryptoError::BadSeal)?);
+        if seq != self.next_recv {
+            return Err(CryptoError::BadSeal);
+        }
+        let plain = self
+            .open
+            .decrypt(&nonce(seq), Payload { msg: sealed, aad: seq_bytes })
+            .map_err(|_| CryptoError::BadSeal)?;
+        self.next_recv += 1;
+        Ok(plain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(sender_code: &str, receiver_code: &str) -> (SessionKeys, SessionKeys) {
+        let (a, msg_a) = Pake::start(Role::Sender, &sender_code.parse().unwrap());
+        let (b, msg_b) = Pake::start(Role::Receiver, &receiver_code.parse().unwrap());
+        (a.finish(&msg_b).unwrap(), b.finish(&msg_a).unwrap())
+    }
+
+    fn channels() -> (SealedChannel, SealedChannel) {
+        let (a, b) = pair("5-orbit-lantern", "5-orbit-lantern");
+        let (tag_a, tag_b) = (a.our_confirmation(), b.our_confirmation());
+        (a.confirm(&tag_b).unwrap(), b.confirm(&tag_a).unwrap())
+    }
+
+    #[test]
+    fn same_code_confirms_and_seals_both_ways() {
+        let (mut a, mut b) = channels();
+        let blob = a.seal(b"offer");
+        assert_eq!(b.open(&blob).unwrap(), b"offer");
+        let blob = b.seal(b"answer");
+        assert_eq!(a.open(&blob).unwrap(), b"answer");
+    }
+
+    #[test]
+    fn wrong_code_fails_confirmation_on_both_sides() {
+        let (a, b) = pair("5-orbit-lantern", "5-orbit-apple");
+        let (tag_a, tag_b) = (a.our_confirmation(), b.our_confirmation());
+        assert_eq!(a.confirm(&tag_b).err(), Some(CryptoError::WrongCode));
+        assert_eq!(b.confirm(&tag_a).err(), Some(CryptoError::WrongCode));
+    }
+
+    #[test]
+    fn a_side_cannot_confirm_with_its_own_tag() {
+        let (a, _b) = pair("5-orbit-lantern", "5-orbit-lantern");
+        let own = a.our_confirmation();
+        assert_eq!(a.confirm(&own).err(), Some(CryptoError::WrongCode));
+    }
+
+    #[test]
+    fn replayed_reordered_reflected_and_tampered_messages_are_rejected() {
+        let (mut a, mut b) = channels();
+        let first = a.seal(b"one");
+        let second = a.seal(b"two");
+        assert_eq!(b.open(&second), Err(CryptoError::BadSeal), "reordered");
+        assert_eq!(b.open(&first).unwrap(), b"one");
+        assert_eq!(b.open(&first), Err(CryptoError::BadSeal), "replayed");
+        let mut tampered = second.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(b.open(&tampered), Err(CryptoError::BadSeal), "tampered");
+        assert_eq!(b.open(&second).unwrap(), b"two");
+        let mine = b.seal(b"three");
+        assert_eq!(b.open(&mine), Err(CryptoError::BadSeal), "reflected");
+        assert_eq!(a.open(&[1, 2]), Err(CryptoError::BadSeal), "short");
+    }
+
+    #[test]
+    fn garbage_pake_message_is_an_error_not_a_panic() {
+        let (a, _) = Pake::start(Role::Sender, &"1-orbit-lantern".parse().unwrap());
+        assert!(a.finish(&[0u8; 3]).is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! JSON messages between a daemon and the rendezvous. Before key confirmation only the
+//! PAKE and confirmation blobs cross as `relay` bodies; after it, only sealed blobs.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Ask for a fresh nameplate and wait in its slot for a peer.
+    Allocate,
+    /// Join the slot another daemon allocated.
+    Claim { nameplate: u32 },
+    /// Opaque bytes (base64) for the paired peer.
+    Relay { body: String },
+    /// Key confirmation failed: end the pairing and never reuse this slot.
+    Burn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerMessage {
+    Allocated { nameplate: u32, expires_in_secs: u64 },
+    Paired,
+    Relay { body: String },
+    PeerGone,
+    Error { kind: ServerErrorKind, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerErrorKind {
+    /// No slot has that nameplate: a typo, an expired code, or one already used.
+    UnknownNameplate,
+    /// The slot already has two parties.
+    Crowded,
+    /// Nobody claimed the slot in time.
+    Expired,
+    /// The peer's key confirmation failed and it burned the slot.
+    Burned,
+    /// The server has no room for another slot or connection.
+    Busy,
+    /// The message was not understood or not allowed in this state.
+    Protocol,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_is_tagged_snake_case_json() {
+        let json = serde_json::to_string(&ClientMessage::Claim { nameplate: 7 }).unwrap();
+        assert_eq!(json, r#"{"type":"claim","nameplate":7}"#);
+        let msg: ServerMessage =
+            serde_json::from_str(r#"{"type":"error","kind":"crowded","message":"x"}"#).unwrap();
+        assert!(matches!(msg, ServerMessage::Error { kind: ServerErrorKind::Crowded, .. }));
+    }
+
+    #[test]
+    fn unknown_types_and_fields_are_rejected() {
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"nuke"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"burn","x":1}"#).is_err());
+    }
+}

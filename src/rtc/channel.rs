@@ -1,0 +1,118 @@
+//! One data channel as a [`Link`]: a pump task polls the channel (it must always be
+//! polled), forwards messages into a bounded queue and tracks the buffered-amount events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::{mpsc, watch};
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+
+use crate::transfer::link::{Incoming, Link, LinkClosed};
+
+/// Pause sending above this many buffered bytes...
+pub const BUFFERED_HIGH_BYTES: u32 = 8 * 1024 * 1024;
+/// ...and resume once the channel drains below this.
+pub const BUFFERED_LOW_BYTES: u32 = 4 * 1024 * 1024;
+/// Messages received but not yet consumed. At 64 KiB each this bounds the queue to 4 MiB;
+/// beyond it the pump waits and the driver holds the rest back from SCTP.
+const INBOUND_QUEUE: usize = 64;
+
+pub struct DataLink {
+    channel: Arc<dyn DataChannel>,
+    inbound: mpsc::Receiver<Incoming>,
+    paused: watch::Receiver<bool>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl DataLink {
+    /// Starts pumping `channel`; resolves once it is open (or fails if it closes first).
+    pub async fn open(channel: Arc<dyn DataChannel>, already_open: bool) -> Result<DataLink, LinkClosed> {
+        channel
+            .set_buffered_amount_low_threshold(BUFFERED_LOW_BYTES)
+            .await
+            .map_err(|_| LinkClosed)?;
+        channel
+            .set_buffered_amount_high_threshold(BUFFERED_HIGH_BYTES)
+            .await
+            .map_err(|_| LinkClosed)?;
+        let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+        let (paused_tx, paused) = watch::channel(false);
+        let (open_tx, mut open_rx) = watch::channel(already_open);
+        let pump_channel = channel.clone();
+        let pump = tokio::spawn(async move {
+            while let Some(event) = pump_channel.poll().await {
+                match event {
+                    DataChannelEvent::OnOpen => {
+                        open_tx.send_replace(true);
+                    }
+                    DataChannelEvent::OnMessage(message) => {
+                        let incoming = if message.is_string {
+                            match String::from_utf8(message.data.to_vec()) {
+                                Ok(text) => Incoming::Text(text),
+                                // Not UTF-8: pass it on as binary so the protocol rejects it.
+                                Err(e) => Incoming::Binary(e.into_bytes().into()),
+                            }
+                        } else {
+                            Incoming::Binary(message.data.freeze())
+                        };
+                        if inbound_tx.send(incoming).await.is_err() {
+                            break;
+                        }
+                    }
+                    DataChannelEvent::OnBufferedAmountHigh => {
+                        paused_tx.send_replace(true);
+                    }
+                    DataChannelEvent::OnBufferedAmountLow => {
+                        paused_tx.send_replace(false);
+                    }
+                    DataChannelEvent::OnClose => break,
+                    _ => {}
+                }
+            }
+            // Dropping the senders wakes anyone waiting to send or receive.
+        });
+        if !already_open && open_rx.wait_for(|open| *open).await.is_err() {
+            return Err(LinkClosed);
+        }
+        Ok(DataLink { channel, inbound, paused, pump })
+    }
+
+    pub async fn close(&self) {
+        let _ = self.channel.close().await;
+    }
+}
+
+impl Drop for DataLink {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+#[async_trait::async_trait]
+impl Link for DataLink {
+    async fn send_text(&self, text: String) -> Result<(), LinkClosed> {
+        self.channel.send_text(&text).await.map_err(|_| LinkClosed)
+    }
+
+    async fn send_binary(&self, data: BytesMut) -> Result<(), LinkClosed> {
+        let mut paused = self.paused.clone();
+        // Err means the pump ended: the channel is closed, and send below reports it.
+        let _ = paused.wait_for(|p| !*p).await;
+        self.channel.send(data).await.map_err(|_| LinkClosed)
+    }
+
+    async fn recv(&mut self) -> Option<Incoming> {
+        self.inbound.recv().await
+    }
+
+    async fn flush(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            match self.channel.outstanding_bytes().await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+}

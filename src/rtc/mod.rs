@@ -1,0 +1,24 @@
+//! WebRTC: a tuned peer connection, negotiated over the sealed signaling session, with one
+//! ordered reliable data channel exposed as a [`crate::transfer::link::Link`].
+
+pub mod channel;
+pub mod peer;
+pub mod runtime;
+
+pub use peer::{connect_answerer, connect_offerer, Connection, IceServer, RtcSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RtcError {
+    #[error("cannot set up WebRTC")]
+    Setup(#[source] webrtc::error::Error),
+    #[error("no network route to the other side was found: if either side is behind a strict NAT or firewall, configure a TURN server")]
+    NoRoute,
+    #[error("the data channel closed before the transfer started")]
+    ChannelClosed,
+    #[error("the peer sent a malformed signaling message")]
+    BadSignal,
+    #[error("signaling failed")]
+    Signaling(#[source] crate::rendezvous::SignalError),
+    #[error("cancelled")]
+    Cancelled,
+}

@@ -1,0 +1,281 @@
+//! Building a tuned peer connection and negotiating it over the sealed signaling session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, SettingEngineBuilder,
+};
+
+use super::channel::DataLink;
+use super::runtime::TunedRuntime;
+use super::RtcError;
+use crate::rendezvous::Session;
+
+/// The data channel's label names the protocol version; a peer with another is refused.
+pub const CHANNEL_LABEL: &str = "p2pd/1";
+/// Largest message either side may send. File chunks are 64 KiB; the ceiling leaves room.
+pub const MAX_MESSAGE_BYTES: u32 = 256 * 1024;
+/// SCTP receive window. Larger than the 1 MiB default so a fast path is not window-bound.
+const SCTP_RECEIVE_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+/// Hard cap on one channel's unacknowledged send bytes, above the high-water mark.
+const SEND_BUFFER_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+/// From the first signaling message to an open channel. Past it there is no route.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub credential: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RtcSettings {
+    pub ice_servers: Vec<IceServer>,
+    /// Local UDP addresses to bind; `0.0.0.0:0` means every non-loopback interface.
+    pub bind: Vec<String>,
+}
+
+/// Signaling messages, sealed by the session before they reach the rendezvous.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Signal {
+    Offer { sdp: String },
+    Answer { sdp: String },
+    Candidate { candidate: RTCIceCandidateInit },
+}
+
+struct Handler {
+    candidates: mpsc::Sender<RTCIceCandidateInit>,
+    state: watch::Sender<RTCPeerConnectionState>,
+    channels: mpsc::Sender<Arc<dyn DataChannel>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            // try_send: this runs on the driver, which must never wait on us.
+            Ok(init) => {
+                let _ = self.candidates.try_send(init);
+            }
+            Err(error) => debug!(%error, "unusable local candidate"),
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        debug!(%state, "peer connection state");
+        self.state.send_replace(state);
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        if self.channels.try_send(channel.clone()).is_err() {
+            // One channel per transfer; anything more from the peer is refused. Closing
+            // must not block the driver, so it runs on its own task.
+            tokio::spawn(async move {
+                let _ = channel.close().await;
+            });
+        }
+    }
+}
+
+/// A connected transfer channel and the connection that carries it.
+pub struct Connection {
+    pub pc: Arc<dyn PeerConnection>,
+    pub link: DataLink,
+}
+
+impl Connection {
+    /// Ends the connection. Call only after the application-level goodbye: closing the
+    /// peer connection aborts SCTP and drops anything still in flight.
+    pub async fn close(self) {
+        self.link.close().await;
+        let _ = self.pc.close().await;
+    }
+}
+
+struct Pending {
+    pc: Arc<dyn PeerConnection>,
+    candidates: mpsc::Receiver<RTCIceCandidateInit>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    channels: mpsc::Receiver<Arc<dyn DataChannel>>,
+}
+
+async fn build(settings: &RtcSettings) -> Result<Pending, RtcError> {
+    let loopback = settings.bind.iter().any(|a| a.starts_with("127.") || a.starts_with("[::1]"));
+    let setting_engine = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_sctp_max_receive_buffer_size(SCTP_RECEIVE_WINDOW_BYTES)
+        .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(MAX_MESSAGE_BYTES))
+        .with_include_loopback_candidate(loopback)
+        .build();
+    let config = RTCConfigurationBuilder::new()
+        .with_ice_servers(
+            settings
+                .ice_servers
+                .iter()
+                .map(|s| RTCIceServer {
+                    urls: s.urls.clone(),
+                    username: s.username.clone(),
+                    credential: s.credential.clone(),
+                })
+                .collect(),
+        )
+        .build();
+    let (candidates_tx, candidates) = mpsc::channel(256);
+    let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let (channels_tx, channels) = mpsc::channel(1);
+    let handler = Handler { candidates: candidates_tx, state: state_tx, channels: channels_tx };
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(config)
+        .with_setting_engine(setting_engine)
+        .with_runtime(Arc::new(TunedRuntime))
+        .with_handler(Arc::new(handler))
+        .with_udp_addrs(settings.bind.clone())
+        .with_data_channel_send_buffer_limit(SEND_BUFFER_LIMIT_BYTES)
+        .build()
+        .await
+        .map_err(RtcError::Setup)?;
+    Ok(Pending { pc: Arc::new(pc), candidates, state, channels })
+}
+
+/// The sending side: creates the channel and the offer.
+pub async fn connect_offerer(
+    session: Session,
+    settings: &RtcSettings,
+    cancel: &CancellationToken,
+) -> Result<Connection, RtcError> {
+    let pending = build(settings).await?;
+    let channel = pending
+        .pc
+        .create_data_channel(CHANNEL_LABEL, Some(RTCDataChannelInit { ordered: true, ..Default::default() }))
+        .await
+        .map_err(RtcError::Setup)?;
+    let offer = pending.pc.create_offer(None).await.map_err(RtcError::Setup)?;
+    let sdp = offer.sdp.clone();
+    pending.pc.set_local_description(offer).await.map_err(RtcError::Setup)?;
+    let opening = DataLink::open(channel, false);
+    negotiate(pending, session, Some(Signal::Offer { sdp }), opening, cancel).await
+}
+
+/// The receiving side: answers the offer and accepts the one channel the peer opens.
+pub async fn connect_answerer(
+    session: Session,
+    settings: &RtcSettings,
+    cancel: &CancellationToken,
+) -> Result<Connection, RtcError> {
+    let mut pending = build(settings).await?;
+    let mut channels = std::mem::replace(&mut pending.channels, mpsc::channel(1).1);
+    let opening = async move {
+        let channel = channels.recv().await.ok_or(crate::transfer::link::LinkClosed)?;
+        if channel.label().await.ok().as_deref() != Some(CHANNEL_LABEL) {
+            warn!("peer opened a channel with an unknown label");
+            let _ = channel.close().await;
+            return Err(crate::transfer::link::LinkClosed);
+        }
+        // The remote side's channel is announced once DCEP has opened it.
+        DataLink::open(channel, true).await
+    };
+    negotiate(pending, session, None, opening, cancel).await
+}
+
+async fn negotiate(
+    mut pending: Pending,
+    mut session: Session,
+    first: Option<Signal>,
+    opening: impl Future<Output = Result<DataLink, crate::transfer::link::LinkClosed>>,
+    cancel: &CancellationToken,
+) -> Result<Connection, RtcError> {
+    let pc = pending.pc.clone();
+    let result = async {
+        if let Some(signal) = first {
+            send_signal(&mut session, &signal).await?;
+        }
+        tokio::pin!(opening);
+        let deadline = tokio::time::sleep(CONNECT_TIMEOUT);
+        tokio::pin!(deadline);
+        // Once the peer hangs up the rendezvous (it may, as soon as its side is open),
+        // keep waiting for our channel rather than failing.
+        let mut signaling = true;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(RtcError::Cancelled),
+                _ = &mut deadline => return Err(RtcError::NoRoute),
+                link = &mut opening => return link.map_err(|_| RtcError::ChannelClosed),
+                changed = pending.state.changed() => {
+                    if changed.is_err() || *pending.state.borrow() == RTCPeerConnectionState::Failed {
+                        return Err(RtcError::NoRoute);
+                    }
+                }
+                Some(candidate) = pending.candidates.recv() => {
+                    if signaling {
+                        signaling = send_signal(&mut session, &Signal::Candidate { candidate }).await.is_ok();
+                    }
+                }
+                received = session.recv(), if signaling => match received {
+                    Ok(bytes) => handle_signal(&pc, &mut session, &bytes).await?,
+                    Err(error) => {
+                        debug!(%error, "signaling ended");
+                        signaling = false;
+                    }
+                },
+            }
+        }
+    }
+    .await;
+    session.close().await;
+    match result {
+        Ok(link) => Ok(Connection { pc, link }),
+        Err(error) => {
+            let _ = pc.close().await;
+            Err(error)
+        }
+    }
+}
+
+async fn handle_signal(
+    pc: &Arc<dyn PeerConnection>,
+    session: &mut Session,
+    bytes: &[u8],
+) -> Result<(), RtcError> {
+    let signal: Signal = serde_json::from_slice(bytes).map_err(|_| RtcError::BadSignal)?;
+    match signal {
+        Signal::Offer { sdp } => {
+            let offer = RTCSessionDescription::offer(sdp).map_err(|_| RtcError::BadSignal)?;
+            pc.set_remote_description(offer).await.map_err(|_| RtcError::BadSignal)?;
+            let answer = pc.create_answer(None).await.map_err(RtcError::Setup)?;
+            let sdp = answer.sdp.clone();
+            pc.set_local_description(answer).await.map_err(RtcError::Setup)?;
+            send_signal(session, &Signal::Answer { sdp }).await?;
+        }
+        Signal::Answer { sdp } => {
+            let answer = RTCSessionDescription::answer(sdp).map_err(|_| RtcError::BadSignal)?;
+            pc.set_remote_description(answer).await.map_err(|_| RtcError::BadSignal)?;
+        }
+        Signal::Candidate { candidate } => {
+            // A candidate we cannot use is not fatal: others may still connect.
+            if let Err(error) = pc.add_ice_candidate(candidate).await {
+                debug!(%error, "ignoring remote candidate");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn send_signal(session: &mut Session, signal: &Signal) -> Result<(), RtcError> {
+    let bytes = serde_json::to_vec(signal).map_err(|_| RtcError::BadSignal)?;
+    session.send(&bytes).await.map_err(RtcError::Signaling)
+}

@@ -1,0 +1,28 @@
+//! What the transfer needs from a channel: ordered, reliable text and binary messages with
+//! send backpressure. The WebRTC data channel implements it in `rtc::channel`.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+#[derive(Debug)]
+pub enum Incoming {
+    Text(String),
+    Binary(Bytes),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the data channel closed")]
+pub struct LinkClosed;
+
+#[async_trait::async_trait]
+pub trait Link: Send + Sync {
+    async fn send_text(&self, text: String) -> Result<(), LinkClosed>;
+    /// Waits while the channel's buffered amount is above its high-water mark, then queues.
+    async fn send_binary(&self, data: BytesMut) -> Result<(), LinkClosed>;
+    /// The next message, or `None` once the channel has closed.
+    async fn recv(&mut self) -> Option<Incoming>;
+    /// Waits (at most `limit`) until the peer has acknowledged everything sent, so that
+    /// closing afterwards loses nothing.
+    async fn flush(&self, limit: Duration);
+}
