@@ -20,7 +20,8 @@ const INBOUND_QUEUE: usize = 64;
 
 pub struct DataLink {
     channel: Arc<dyn DataChannel>,
-    inbound: mpsc::Receiver<Incoming>,
+    // Behind a lock so receiving and sending can be awaited side by side through `&self`.
+    inbound: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
     paused: watch::Receiver<bool>,
     pump: tokio::task::JoinHandle<()>,
 }
@@ -75,7 +76,7 @@ impl DataLink {
         if !already_open && open_rx.wait_for(|open| *open).await.is_err() {
             return Err(LinkClosed);
         }
-        Ok(DataLink { channel, inbound, paused, pump })
+        Ok(DataLink { channel, inbound: tokio::sync::Mutex::new(inbound), paused, pump })
     }
 
     pub async fn close(&self) {
@@ -95,15 +96,18 @@ impl Link for DataLink {
         self.channel.send_text(&text).await.map_err(|_| LinkClosed)
     }
 
-    async fn send_binary(&self, data: BytesMut) -> Result<(), LinkClosed> {
+    async fn writable(&self) {
         let mut paused = self.paused.clone();
-        // Err means the pump ended: the channel is closed, and send below reports it.
+        // Err means the pump ended: the channel is closed, and the next send reports it.
         let _ = paused.wait_for(|p| !*p).await;
+    }
+
+    async fn send_binary(&self, data: BytesMut) -> Result<(), LinkClosed> {
         self.channel.send(data).await.map_err(|_| LinkClosed)
     }
 
-    async fn recv(&mut self) -> Option<Incoming> {
-        self.inbound.recv().await
+    async fn recv(&self) -> Option<Incoming> {
+        self.inbound.lock().await.recv().await
     }
 
     async fn flush(&self, limit: Duration) {

@@ -18,10 +18,13 @@ pub struct LinkClosed;
 #[async_trait::async_trait]
 pub trait Link: Send + Sync {
     async fn send_text(&self, text: String) -> Result<(), LinkClosed>;
-    /// Waits while the channel's buffered amount is above its high-water mark, then queues.
+    /// Resolves once the channel's buffered amount is below its high-water mark (at once if
+    /// it already is). Kept apart from sending so a caller can keep reading while it waits.
+    async fn writable(&self);
+    /// Queues a binary message without waiting; pace with [`Link::writable`].
     async fn send_binary(&self, data: BytesMut) -> Result<(), LinkClosed>;
     /// The next message, or `None` once the channel has closed.
-    async fn recv(&mut self) -> Option<Incoming>;
+    async fn recv(&self) -> Option<Incoming>;
     /// Waits (at most `limit`) until the peer has acknowledged everything sent, so that
     /// closing afterwards loses nothing.
     async fn flush(&self, limit: Duration);

@@ -1,4 +1,77 @@
 //! The file transfer protocol over a [`link::Link`]: wire messages, the sending and
-//! receiving state machines, and the checks on names from the peer. Knows nothing of WebRTC.
+//! receiving state machines, the checks on names from the peer, and the receiver's
+//! filesystem edge. Knows nothing of WebRTC.
 
 pub mod link;
+pub mod names;
+pub mod receiver;
+pub mod sender;
+pub mod store;
+pub mod wire;
+
+use std::path::Path;
+use std::time::Duration;
+
+use wire::FileEntry;
+
+/// How often the receiver reports bytes written.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+/// How long the side that closes waits for its last messages to be acknowledged.
+pub const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
+/// What a transfer reports to the job that runs it. Called from the transfer's task; keep
+/// implementations quick and non-blocking.
+pub trait Observer: Send + Sync {
+    fn offered(&self, _files: &[FileEntry]) {}
+    /// Bytes the receiver has written, over all files.
+    fn progress(&self, _bytes_done: u64) {}
+    /// File `index` verified; on the receiving side, `saved` is where it now lives.
+    fn file_verified(&self, _index: usize, _saved: Option<&Path>) {}
+}
+
+/// Why a transfer ended without success. Messages are for the user: one line, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("the receiver declined the transfer")]
+    Declined,
+    #[error("the receiver refused the offer: {0}")]
+    Rejected(String),
+    #[error("the other side cancelled: {0}")]
+    PeerCancelled(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("the other side went away mid-transfer: run the transfer again")]
+    PeerGone,
+    #[error("the other side broke the protocol: {0}")]
+    Protocol(String),
+    #[error("verification failed for {0}: the received bytes do not match the sender's SHA-256, nothing was saved under that name")]
+    VerificationFailed(String),
+    #[error("{0} changed while it was being sent: send it again once it is no longer being written")]
+    SourceChanged(String),
+    #[error("disk full while receiving: free some space and run the transfer again")]
+    DiskFull,
+    #[error("not enough free space: the transfer needs {needed} bytes but only {available} are free")]
+    NotEnoughSpace { needed: u64, available: u64 },
+    #[error("the offer is not acceptable: {0}")]
+    BadOffer(#[from] names::NameError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl TransferError {
+    fn io(context: impl Into<String>, source: std::io::Error) -> TransferError {
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            return TransferError::DiskFull;
+        }
+        TransferError::Io { context: context.into(), source }
+    }
+}
+
+/// Lowercase hex, the form digests travel in.
+pub fn hex_digest(digest: &[u8]) -> String {
+    hex::encode(digest)
+}

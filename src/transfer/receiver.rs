@@ -1,0 +1,312 @@
+//! The receiving side: check the offer, ask, then write each file to a partial file while
+//! hashing it, and publish it under a free name only after its SHA-256 matched.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::link::{Incoming, Link};
+use super::names::{escape_for_terminal, validate_offer};
+use super::sender::{cancel_peer, control, send_control, unexpected};
+use super::wire::{Control, FileEntry};
+use super::{FLUSH_LIMIT, Observer, PROGRESS_INTERVAL, TransferError, hex_digest, store};
+
+/// The reject reason for a person saying no, so the sender can say so plainly.
+pub const DECLINED: &str = "declined";
+/// Chunks queued for the disk writer: 4 MiB at 64 KiB per chunk.
+const WRITE_QUEUE_CHUNKS: usize = 64;
+
+enum WriteCommand {
+    Start { index: u32 },
+    Data(Bytes),
+    End { index: u32, sha256: String },
+}
+
+enum WriteOutcome {
+    Saved { index: u32, path: PathBuf },
+    Failed(TransferError),
+}
+
+/// Runs the receiving side. `approve` is asked once, after the offer passed every check.
+/// Returns the paths the files were saved under, in offer order.
+pub async fn receive(
+    link: &dyn Link,
+    dir: &Path,
+    observer: &dyn Observer,
+    approve: impl Future<Output = bool> + Send,
+    cancel: &CancellationToken,
+) -> Result<Vec<PathBuf>, TransferError> {
+    let files = tokio::select! {
+        _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
+        incoming = link.recv() => match control(incoming)? {
+            Control::Offer { files } => files,
+            Control::Cancel { reason } => return Err(TransferError::PeerCancelled(reason)),
+            other => return Err(unexpected(&other)),
+        },
+    };
+    if let Err(error) = check_offer(&files, dir) {
+        let _ = send_control(link, &Control::Reject { reason: error.to_string() }).await;
+        link.flush(FLUSH_LIMIT).await;
+        return Err(error);
+    }
+    observer.offered(&files);
+    let accepted = tokio::select! {
+        _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
+        accepted = approve => accepted,
+        incoming = link.recv() => match control(incoming)? {
+            Control::Cancel { reason } => return Err(TransferError::PeerCancelled(reason)),
+            other => return Err(unexpected(&other)),
+        },
+    };
+    if !accepted {
+        let _ = send_control(link, &Control::Reject { reason: DECLINED.into() }).await;
+        link.flush(FLUSH_LIMIT).await;
+        return Err(TransferError::Declined);
+    }
+    send_control(link, &Control::Accept).await?;
+
+    let written = Arc::new(AtomicU64::new(0));
+    let (commands, command_rx) = mpsc::channel(WRITE_QUEUE_CHUNKS);
+    let (outcome_tx, mut outcomes) = mpsc::channel(16);
+    let writer = {
+        let (dir, files, written) = (dir.to_owned(), files.clone(), written.clone());
+        tokio::task::spawn_blocking(move || write_all(&dir, &files, command_rx, &outcome_tx, &written))
+    };
+    let result = receive_files(link, &files, commands, &mut outcomes, &written, observer, cancel).await;
+    // The writer removes any partial file once its command queue closes; wait for that
+    // so no partial outlives the job.
+    drop(outcomes);
+    let _ = writer.await;
+    result
+}
+
+fn check_offer(files: &[FileEntry], dir: &Path) -> Result<(), TransferError> {
+    let total = validate_offer(files)?;
+    let available = store::free_space(dir)
+        .map_err(|e| TransferError::io(format!("cannot use download directory {}", dir.display()), e))?;
+    if total > available {
+        return Err(TransferError::NotEnoughSpace { needed: total, available });
+    }
+    Ok(())
+}
+
+/// Where the incoming byte stream is within the offer.
+struct Cursor {
+    next_index: u32,
+    current: Option<(u32, u64)>,
+}
+
+async fn receive_files(
+    link: &dyn Link,
+    files: &[FileEntry],
+    commands: mpsc::Sender<WriteCommand>,
+    outcomes: &mut mpsc::Receiver<WriteOutcome>,
+    written: &AtomicU64,
+    observer: &dyn Observer,
+    cancel: &CancellationToken,
+) -> Result<Vec<PathBuf>, TransferError> {
+    let mut saved = Vec::with_capacity(files.len());
+    let mut cursor = Cursor { next_index: 0, current: None };
+    let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+    let mut last_reported = u64::MAX;
+    let mut commands = Some(commands);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
+            outcome = outcomes.recv() => match outcome {
+                Some(WriteOutcome::Saved { index, path }) => {
+                    observer.file_verified(index as usize, Some(&path));
+                    send_control(link, &Control::FileVerified { index }).await?;
+                    saved.push(path);
+                    if saved.len() == files.len() {
+                        observer.progress(written.load(Ordering::Relaxed));
+                        wait_for_done(link).await;
+                        return Ok(saved);
+                    }
+                }
+                Some(WriteOutcome::Failed(error)) => {
+                    let index = cursor.next_index.saturating_sub(1);
+                    let _ = send_control(link, &Control::FileFailed { index, reason: error.to_string() }).await;
+                    link.flush(FLUSH_LIMIT).await;
+                    return Err(error);
+                }
+                None => return Err(TransferError::Protocol("disk writer stopped".into())),
+            },
+            _ = ticker.tick() => {
+                let done = written.load(Ordering::Relaxed);
+                if done != last_reported {
+                    last_reported = done;
+                    observer.progress(done);
+                    send_control(link, &Control::Progress { bytes: done }).await?;
+                }
+            }
+            incoming = link.recv(), if commands.is_some() => {
+                let Some(queue) = commands.as_ref() else { continue };
+                let command = match incoming {
+                    Some(Incoming::Binary(data)) => accept_data(&mut cursor, files, data)?,
+                    Some(Incoming::Text(_)) | None => match control(incoming)? {
+                        Control::FileStart { index } => {
+                            if cursor.current.is_some() || index != cursor.next_index || index as usize >= files.len() {
+                                return Err(protocol(link, "file_start out of order").await);
+                            }
+                            cursor.current = Some((index, 0));
+                            cursor.next_index += 1;
+                            WriteCommand::Start { index }
+                        }
+                        Control::FileEnd { index, sha256 } => {
+                            match cursor.current.take() {
+                                Some((current, received)) if current == index && received == files[index as usize].size => {}
+                                _ => return Err(protocol(link, "file_end does not match the data sent").await),
+                            }
+                            WriteCommand::End { index, sha256 }
+                        }
+                        Control::Cancel { reason } => return Err(TransferError::PeerCancelled(reason)),
+                        other => return Err(protocol(link, &unexpected(&other).to_string()).await),
+                    },
+                };
+                let last = matches!(command, WriteCommand::End { index, .. } if index as usize + 1 == files.len());
+                if queue.send(command).await.is_err() {
+                    return Err(TransferError::Protocol("disk writer stopped".into()));
+                }
+                if last {
+                    // Everything is in; only outcomes matter now.
+                    commands = None;
+                }
+            }
+        }
+    }
+}
+
+fn accept_data(cursor: &mut Cursor, files: &[FileEntry], data: Bytes) -> Result<WriteCommand, TransferError> {
+    let Some((index, received)) = cursor.current.as_mut() else {
+        return Err(TransferError::Protocol("file data outside a file".into()));
+    };
+    let size = files[*index as usize].size;
+    *received += data.len() as u64;
+    if *received > size {
+        return Err(TransferError::Protocol(format!(
+            "more bytes than announced for {}",
+            escape_for_terminal(&files[*index as usize].name)
+        )));
+    }
+    Ok(WriteCommand::Data(data))
+}
+
+async fn protocol(link: &dyn Link, what: &str) -> TransferError {
+    let _ = send_control(link, &Control::Cancel { reason: format!("protocol error: {what}") }).await;
+    link.flush(FLUSH_LIMIT).await;
+    TransferError::Protocol(what.to_owned())
+}
+
+/// After the last verification, the sender says `done` and closes; wait for it briefly so
+/// our own last message is not cut off by closing first.
+async fn wait_for_done(link: &dyn Link) {
+    let wait = async {
+        while let Some(incoming) = link.recv().await {
+            if let Incoming::Text(text) = incoming {
+                if matches!(Control::decode(&text), Ok(Control::Done)) {
+                    return;
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(FLUSH_LIMIT, wait).await.is_err() {
+        debug!("sender did not say done; closing anyway");
+    }
+}
+
+/// The current partial file: removed unless it was published.
+struct Partial {
+    file: File,
+    path: PathBuf,
+    hasher: Sha256,
+    published: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        // Once published, the partial name may already belong to another transfer.
+        if self.published {
+            return;
+        }
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                warn!(%error, path = %self.path.display(), "cannot remove partial file");
+            }
+        }
+    }
+}
+
+/// The disk side, on a blocking thread: one partial at a time, published only on a match.
+fn write_all(
+    dir: &Path,
+    files: &[FileEntry],
+    mut commands: mpsc::Receiver<WriteCommand>,
+    outcomes: &mpsc::Sender<WriteOutcome>,
+    written: &AtomicU64,
+) {
+    let mut partial: Option<Partial> = None;
+    let fail = |error: TransferError| {
+        let _ = outcomes.blocking_send(WriteOutcome::Failed(error));
+    };
+    while let Some(command) = commands.blocking_recv() {
+        match command {
+            WriteCommand::Start { index } => {
+                let name = &files[index as usize].name;
+                match store::create_partial(dir, name) {
+                    Ok((file, path)) => partial = Some(Partial { file, path, hasher: Sha256::new(), published: false }),
+                    Err(e) => return fail(TransferError::io(format!("cannot create a file in {}", dir.display()), e)),
+                }
+            }
+            WriteCommand::Data(data) => {
+                let Some(current) = partial.as_mut() else { return };
+                if let Err(e) = current.file.write_all(&data) {
+                    return fail(TransferError::io("cannot write the received file", e));
+                }
+                current.hasher.update(&data);
+                written.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            WriteCommand::End { index, sha256 } => {
+                let Some(current) = partial.take() else { return };
+                let name = &files[index as usize].name;
+                match finish(current, dir, name, &sha256) {
+                    Ok(path) => {
+                        if outcomes.blocking_send(WriteOutcome::Saved { index, path }).is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => return fail(error),
+                }
+            }
+        }
+    }
+}
+
+fn finish(mut current: Partial, dir: &Path, name: &str, expected: &str) -> Result<PathBuf, TransferError> {
+    let actual = hex_digest(&current.hasher.clone().finalize());
+    if !actual.eq_ignore_ascii_case(expected) {
+        return Err(TransferError::VerificationFailed(escape_for_terminal(name)));
+    }
+    current
+        .file
+        .sync_all()
+        .map_err(|e| TransferError::io("cannot flush the received file to disk", e))?;
+    let path = store::publish(dir, &current.path, name)
+        .map_err(|e| TransferError::io("cannot give the received file its name", e))?;
+    current.published = true;
+    drop(current);
+    // Make the rename itself durable.
+    if let Ok(dir_handle) = File::open(dir) {
+        let _ = dir_handle.sync_all();
+    }
+    Ok(path)
+}

@@ -1,0 +1,127 @@
+//! The receiver's filesystem edge: partial files, publishing under a free name without
+//! ever replacing an existing file, and free-space checks. Blocking I/O; callers run it on
+//! a blocking thread.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::names::{numbered_name, partial_name};
+
+/// Attempts at a free name before giving up (a directory with this many copies is odd).
+const MAX_NAME_ATTEMPTS: u32 = 10_000;
+
+/// Creates a new partial file for `name` in `dir`. `O_EXCL` and `O_NOFOLLOW` mean an
+/// existing file or a planted symlink is never opened; the caller validated `name` as a
+/// single component, so the file lands directly in `dir`.
+pub fn create_partial(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
+    for n in 0..MAX_NAME_ATTEMPTS {
+        let path = dir.join(partial_name(name, n));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(file) => return Ok((file, path)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free partial-file name"))
+}
+
+/// Renames the verified `partial` to `name`, or `name (1)`, ... whichever is free.
+/// Never replaces an existing file, even one created concurrently.
+pub fn publish(dir: &Path, partial: &Path, name: &str) -> io::Result<PathBuf> {
+    for n in 0..MAX_NAME_ATTEMPTS {
+        let target = dir.join(numbered_name(name, n));
+        match rename_noreplace(partial, &target) {
+            Ok(()) => return Ok(target),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free file name"))
+}
+
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let from_c = CString::new(from.as_os_str().as_bytes())?;
+    let to_c = CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both pointers are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        // Filesystems without RENAME_NOREPLACE: a hard link also refuses to replace.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        _ => Err(error),
+    }
+}
+
+/// Bytes an unprivileged user may still write on the filesystem holding `dir`.
+pub fn free_space(dir: &Path) -> io::Result<u64> {
+    let path = CString::new(dir.as_os_str().as_bytes())?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated; `stat` is written by the call before we read it.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_never_replaces_and_picks_free_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), b"old").unwrap();
+        let (_, part) = create_partial(dir.path(), "a.txt").unwrap();
+        std::fs::write(&part, b"new").unwrap();
+        let saved = publish(dir.path(), &part, "a.txt").unwrap();
+        assert_eq!(saved, dir.path().join("a (1).txt"));
+        assert_eq!(std::fs::read(dir.path().join("a.txt")).unwrap(), b"old");
+        assert_eq!(std::fs::read(&saved).unwrap(), b"new");
+        assert!(!part.exists());
+    }
+
+    #[test]
+    fn partials_do_not_follow_planted_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::os::unix::fs::symlink(&victim, dir.path().join("x.p2pd-part")).unwrap();
+        let (_, part) = create_partial(dir.path(), "x").unwrap();
+        assert_eq!(part, dir.path().join("x.1.p2pd-part"));
+        assert!(!victim.exists());
+    }
+
+    #[test]
+    fn free_space_reads_the_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_space(dir.path()).unwrap() > 0);
+        assert!(free_space(&dir.path().join("missing")).is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! Control messages on the data channel: one JSON text message each, tagged by `type`.
+//! File bytes travel as binary messages between `file_start` and `file_end`. Pure.
+
+use serde::{Deserialize, Serialize};
+
+/// Size of the binary messages file bytes are cut into. Large messages keep the per-message
+/// cost low and let the sender batch datagrams (GSO needs runs of equal-size packets).
+pub const CHUNK_BYTES: usize = 64 * 1024;
+/// Largest control message accepted; an offer of many files is the biggest.
+pub const MAX_CONTROL_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// A display name chosen by the sender: one path component, validated by the receiver.
+    pub name: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Control {
+    /// Sender → receiver, first message: everything that will be sent.
+    Offer { files: Vec<FileEntry> },
+    Accept,
+    Reject { reason: String },
+    /// Sender: the binary messages that follow belong to file `index`, in offer order.
+    FileStart { index: u32 },
+    /// Sender: file `index` is complete; its SHA-256 in lowercase hex.
+    FileEnd { index: u32, sha256: String },
+    /// Receiver: bytes written to disk so far, over all files.
+    Progress { bytes: u64 },
+    FileVerified { index: u32 },
+    FileFailed { index: u32, reason: String },
+    /// Sender, after every file is verified: the receiver may close.
+    Done,
+    /// Either side gives up; the other removes partial files and stops.
+    Cancel { reason: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("control message of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("malformed control message")]
+    Malformed,
+}
+
+impl Control {
+    pub fn encode(&self) -> String {
+        // Serializing these plain enums into a String cannot fail.
+        serde_json::to_string(self).expect("control messages always serialize")
+    }
+
+    pub fn decode(text: &str) -> Result<Control, WireError> {
+        if text.len() > MAX_CONTROL_BYTES {
+            return Err(WireError::TooLarge(text.len()));
+        }
+        serde_json::from_str(text).map_err(|_| WireError::Malformed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_round_trips() {
+        let all = [
+            Control::Offer { files: vec![FileEntry { name: "a b.txt".into(), size: 3 }] },
+            Control::Accept,
+            Control::Reject { reason: "no".into() },
+            Control::FileStart { index: 0 },
+            Control::FileEnd { index: 0, sha256: "00".into() },
+            Control::Progress { bytes: u64::MAX },
+            Control::FileVerified { index: 1 },
+            Control::FileFailed { index: 1, reason: "x".into() },
+            Control::Done,
+            Control::Cancel { reason: "bye".into() },
+        ];
+        for message in all {
+            assert_eq!(Control::decode(&message.encode()).unwrap(), message);
+        }
+    }
+
+    #[test]
+    fn wire_form_is_stable() {
+        assert_eq!(Control::FileStart { index: 2 }.encode(), r#"{"type":"file_start","index":2}"#);
+        assert_eq!(Control::Done.encode(), r#"{"type":"done"}"#);
+    }
+
+    #[test]
+    fn junk_is_an_error() {
+        for junk in ["", "{", "null", r#"{"type":"launch"}"#, r#"{"type":"done","extra":1}"#,
+                     r#"{"type":"progress","bytes":-1}"#] {
+            assert_eq!(Control::decode(junk), Err(WireError::Malformed), "{junk}");
+        }
+        let huge = format!(r#"{{"type":"reject","reason":"{}"}}"#, "x".repeat(MAX_CONTROL_BYTES));
+        assert!(matches!(Control::decode(&huge), Err(WireError::TooLarge(_))));
+    }
+}
