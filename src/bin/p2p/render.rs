@@ -1,0 +1,230 @@
+//! Everything the CLI draws: progress bars on stderr, results on stdout, or JSON lines.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use p2pd::ipc::messages::{Direction, JobInfo, JobState};
+use p2pd::transfer::names::escape_for_terminal;
+use serde_json::json;
+
+pub struct Renderer {
+    json: bool,
+    bars: Option<Bars>,
+    last: Option<JobInfo>,
+}
+
+struct Bars {
+    multi: MultiProgress,
+    files: Vec<ProgressBar>,
+    total: Option<ProgressBar>,
+}
+
+fn emit(value: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}
+
+fn state_name(state: JobState) -> &'static str {
+    match state {
+        JobState::Connecting => "connecting",
+        JobState::WaitingForPeer => "waiting_for_peer",
+        JobState::Negotiating => "negotiating",
+        JobState::AwaitingApproval => "awaiting_approval",
+        JobState::Transferring => "transferring",
+        JobState::Completed => "completed",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+/// Bytes of file `index` done, given that files go one after another.
+fn file_done(info: &JobInfo, index: usize) -> u64 {
+    let before: u64 = info.files[..index].iter().map(|f| f.size).sum();
+    info.bytes_done.saturating_sub(before).min(info.files[index].size)
+}
+
+impl Renderer {
+    pub fn new(json: bool) -> Renderer {
+        Renderer { json, bars: None, last: None }
+    }
+
+    pub fn created(&mut self, info: &JobInfo) {
+        if self.json {
+            let mut event = json!({"event": "created", "job": info.id, "direction": match info.direction { Direction::Send => "send", Direction::Receive => "receive" }});
+            if let Some(code) = &info.code {
+                event["code"] = json!(code);
+            }
+            emit(event);
+        } else if let Some(code) = &info.code {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "Code: {code}\nOn the other machine run: p2p receive {code}");
+            let _ = out.flush();
+        }
+        self.update(info);
+    }
+
+    pub fn update(&mut self, info: &JobInfo) {
+        let previous = self.last.replace(info.clone());
+        let state_changed = previous.as_ref().map(|p| p.state) != Some(info.state);
+        if self.json {
+            self.json_update(previous.as_ref(), info, state_changed);
+            return;
+        }
+        if !info.files.is_empty() && self.bars.is_none() && matches!(info.state, JobState::Transferring | JobState::Completed) {
+            self.bars = Some(Bars::new(info));
+        }
+        if let Some(bars) = &self.bars {
+            bars.show(info);
+        }
+        for (index, file) in info.files.iter().enumerate() {
+            let was_saved = previous.as_ref().and_then(|p| p.files.get(index)).and_then(|f| f.saved_as.as_ref()).is_some();
+            if let (Some(path), false) = (&file.saved_as, was_saved) {
+                let line = format!("Saved {}", escape_for_terminal(&path.display().to_string()));
+                match &self.bars {
+                    Some(bars) => bars.multi.suspend(|| println!("{line}")),
+                    None => println!("{line}"),
+                }
+            }
+        }
+    }
+
+    fn json_update(&self, previous: Option<&JobInfo>, info: &JobInfo, state_changed: bool) {
+        if state_changed {
+            emit(json!({"event": "state", "job": info.id, "state": state_name(info.state)}));
+        }
+        let files_appeared = previous.map(|p| p.files.is_empty()).unwrap_or(true) && !info.files.is_empty();
+        if files_appeared {
+            let files: Vec<_> = info.files.iter().map(|f| json!({"name": f.name, "size": f.size})).collect();
+            emit(json!({"event": "files", "job": info.id, "files": files, "bytes_total": info.bytes_total}));
+        }
+        if previous.map(|p| p.bytes_done) != Some(info.bytes_done) && info.bytes_done > 0 {
+            emit(json!({"event": "progress", "job": info.id, "bytes_done": info.bytes_done, "bytes_total": info.bytes_total, "rate": info.rate}));
+        }
+        for (index, file) in info.files.iter().enumerate() {
+            let was = previous.and_then(|p| p.files.get(index)).map(|f| f.verified).unwrap_or(false);
+            if file.verified && !was {
+                emit(json!({"event": "file_verified", "job": info.id, "name": file.name, "size": file.size, "path": file.saved_as}));
+            }
+        }
+        match (info.state, state_changed) {
+            (JobState::Completed, true) => emit(json!({"event": "completed", "job": info.id})),
+            (JobState::Failed | JobState::Cancelled, true) => {
+                let (kind, message) = info
+                    .failure
+                    .as_ref()
+                    .map(|f| (format!("{:?}", f.kind), f.message.clone()))
+                    .unwrap_or_default();
+                emit(json!({"event": "failed", "job": info.id, "kind": kind, "message": message}));
+            }
+            _ => {}
+        }
+    }
+
+    /// Shows the offer and asks on the terminal whether to take it.
+    pub fn ask_accept(&mut self, info: &JobInfo) -> anyhow::Result<bool> {
+        let mut err = std::io::stderr().lock();
+        writeln!(err, "The sender offers {} file(s), {} in all:", info.files.len(), HumanBytes(info.bytes_total))?;
+        for file in &info.files {
+            writeln!(err, "  {}  {}", escape_for_terminal(&file.name), HumanBytes(file.size))?;
+        }
+        write!(err, "Accept? [y/N] ")?;
+        err.flush()?;
+        drop(err);
+        if !std::io::stdin().is_terminal() {
+            return Ok(false);
+        }
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        Ok(matches!(line.trim().to_lowercase().as_str(), "y" | "yes"))
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(bars) = self.bars.take() {
+            bars.finish();
+        }
+    }
+}
+
+impl Bars {
+    fn new(info: &JobInfo) -> Bars {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let files = info
+            .files
+            .iter()
+            .map(|f| {
+                let bar = multi.add(ProgressBar::new(f.size).with_style(style.clone()));
+                bar.set_prefix(escape_for_terminal(&f.name));
+                bar
+            })
+            .collect();
+        let total = (info.files.len() > 1).then(|| {
+            let bar = multi.add(ProgressBar::new(info.bytes_total).with_style(style));
+            bar.set_prefix("total");
+            bar
+        });
+        Bars { multi, files, total }
+    }
+
+    fn show(&self, info: &JobInfo) {
+        for (index, bar) in self.files.iter().enumerate() {
+            if index < info.files.len() {
+                bar.set_position(file_done(info, index));
+            }
+        }
+        if let Some(total) = &self.total {
+            total.set_position(info.bytes_done);
+        }
+    }
+
+    fn finish(self) {
+        for bar in self.files.iter().chain(self.total.iter()) {
+            bar.abandon();
+        }
+    }
+}
+
+pub fn print_status(jobs: &[JobInfo], json: bool) {
+    if json {
+        for job in jobs {
+            emit(json!({
+                "job": job.id,
+                "direction": match job.direction { Direction::Send => "send", Direction::Receive => "receive" },
+                "state": state_name(job.state),
+                "files": job.files.len(),
+                "bytes_done": job.bytes_done,
+                "bytes_total": job.bytes_total,
+                "rate": job.rate,
+                "code": job.code,
+                "error": job.failure.as_ref().map(|f| f.message.clone()),
+            }));
+        }
+        return;
+    }
+    if jobs.is_empty() {
+        println!("no jobs");
+        return;
+    }
+    println!("{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  CODE / ERROR", "ID", "DIR", "STATE", "FILES", "DONE/TOTAL", "RATE");
+    for job in jobs {
+        let detail = job
+            .failure
+            .as_ref()
+            .map(|f| f.message.clone())
+            .or_else(|| job.code.clone().filter(|_| !job.state.is_final()))
+            .unwrap_or_default();
+        println!(
+            "{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  {}",
+            job.id,
+            match job.direction { Direction::Send => "send", Direction::Receive => "receive" },
+            state_name(job.state),
+            job.files.len(),
+            format!("{}/{}", HumanBytes(job.bytes_done), HumanBytes(job.bytes_total)),
+            format!("{}/s", HumanBytes(job.rate)),
+            detail
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! `p2pd`: the daemon, or with `rendezvous` a standalone rendezvous server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use p2pd::config::{DaemonConfig, FileConfig, Overrides};
+use p2pd::daemon::{Daemon, notify};
+use p2pd::rendezvous::server::{self, RendezvousConfig};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "p2pd", version, about = "Peer-to-peer file transfer daemon")]
+struct Args {
+    /// Control socket path.
+    #[arg(long, env = "P2PD_SOCKET", global = true)]
+    socket: Option<PathBuf>,
+    /// Config file (TOML). Default: the user's config dir, p2pd/config.toml, if present.
+    #[arg(long, env = "P2PD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where received files go. Default: the user's download directory.
+    #[arg(long)]
+    download_dir: Option<PathBuf>,
+    /// Use this rendezvous instead of the embedded one, e.g. ws://host:9009.
+    #[arg(long, conflicts_with = "rendezvous_listen")]
+    rendezvous: Option<String>,
+    /// Address the embedded rendezvous listens on, e.g. 0.0.0.0:9009 for a LAN.
+    #[arg(long)]
+    rendezvous_listen: Option<SocketAddr>,
+    /// Seconds an unused code stays valid.
+    #[arg(long)]
+    code_ttl: Option<u64>,
+    /// Local UDP address for WebRTC (repeatable). Default: 0.0.0.0:0, every interface.
+    #[arg(long)]
+    ice_bind: Vec<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run only the rendezvous server.
+    Rendezvous {
+        #[arg(long, default_value = "0.0.0.0:9009")]
+        listen: SocketAddr,
+        /// Seconds an unclaimed code stays valid.
+        #[arg(long, default_value_t = 600)]
+        code_ttl: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,p2pd=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn one_line(error: &anyhow::Error) -> String {
+    error.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let stop = stop_on_signal()?;
+    if let Some(Command::Rendezvous { listen, code_ttl }) = args.command {
+        let listener = server::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        notify::notify("READY=1");
+        let config = RendezvousConfig { slot_ttl: Duration::from_secs(code_ttl), ..Default::default() };
+        server::serve(listener, config, stop).await;
+        notify::notify("STOPPING=1");
+        return Ok(());
+    }
+    let file = FileConfig::load(args.config.as_deref())?;
+    let overrides = Overrides {
+        socket: args.socket,
+        download_dir: args.download_dir,
+        rendezvous: args.rendezvous,
+        rendezvous_listen: args.rendezvous_listen,
+        code_ttl_secs: args.code_ttl,
+        ice_bind: args.ice_bind,
+    };
+    let config = DaemonConfig::resolve(overrides, file)?;
+    let daemon = Daemon::start(config).await?;
+    notify::notify("READY=1");
+    let token = daemon.shutdown_token();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        notify::notify("STOPPING=1");
+        token.cancel();
+    });
+    daemon.run_until_stopped().await;
+    Ok(())
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT.
+fn stop_on_signal() -> anyhow::Result<CancellationToken> {
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping");
+        trigger.cancel();
+    });
+    Ok(token)
+}

@@ -1,0 +1,205 @@
+//! Configuration: the TOML file's raw form, and the validated settings the daemon runs on.
+//! Precedence: command-line flag, environment, config file, default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::rtc::{IceServer, RtcSettings};
+
+/// Default lifetime of an unclaimed code.
+pub const DEFAULT_CODE_TTL: Duration = Duration::from_secs(600);
+
+/// The config file as written. Every daemon flag has a key here; unknown keys are errors.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub socket: Option<PathBuf>,
+    pub download_dir: Option<PathBuf>,
+    /// URL of a rendezvous to use instead of the embedded one, like `ws://host:9009`.
+    pub rendezvous: Option<String>,
+    /// Address the embedded rendezvous listens on.
+    pub rendezvous_listen: Option<SocketAddr>,
+    pub code_ttl_secs: Option<u64>,
+    /// Local UDP addresses WebRTC binds, like `["0.0.0.0:0"]`.
+    pub ice_bind: Option<Vec<String>>,
+    #[serde(default)]
+    pub ice_servers: Vec<IceServer>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no download directory is known for this user: pass --download-dir DIR")]
+    NoDownloadDir,
+    #[error("no runtime directory for the socket: set XDG_RUNTIME_DIR or pass --socket PATH")]
+    NoSocketDir,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+
+    /// Loads `explicit` (which must exist), else the default file if there is one.
+    pub fn load(explicit: Option<&Path>) -> Result<FileConfig, ConfigError> {
+        let (path, required) = match explicit {
+            Some(path) => (path.to_owned(), true),
+            None => match project_dirs() {
+                Some(dirs) => (dirs.config_dir().join("config.toml"), false),
+                None => return Ok(FileConfig::default()),
+            },
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => FileConfig::parse(&text, &path),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+}
+
+/// Where the rendezvous comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RendezvousMode {
+    /// Hosted inside the daemon on this address.
+    Embedded { listen: SocketAddr },
+    /// Another server's WebSocket URL.
+    Remote { url: String },
+}
+
+/// Validated settings the daemon runs on.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub download_dir: PathBuf,
+    pub rendezvous: RendezvousMode,
+    pub code_ttl: Duration,
+    pub rtc: RtcSettings,
+}
+
+fn project_dirs() -> Option<directories::ProjectDirs> {
+    directories::ProjectDirs::from("", "", "p2pd")
+}
+
+/// The control socket's default path, shared by the daemon and the CLI:
+/// `$RUNTIME_DIRECTORY` under systemd, else `$XDG_RUNTIME_DIR/p2pd`, else a per-user
+/// directory in `/tmp`.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may list several directories separated by ':'; ours is the first.
+        let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+        return PathBuf::from(first).join("p2pd.sock");
+    }
+    if let Some(dir) = project_dirs().and_then(|d| d.runtime_dir().map(Path::to_owned)) {
+        return dir.join("p2pd.sock");
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("p2pd-{uid}")).join("p2pd.sock")
+}
+
+pub fn default_download_dir() -> Result<PathBuf, ConfigError> {
+    let user = directories::UserDirs::new().ok_or(ConfigError::NoDownloadDir)?;
+    Ok(user
+        .download_dir()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| user.home_dir().join("Downloads")))
+}
+
+/// Values given on the command line (or through the environment, via clap).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub socket: Option<PathBuf>,
+    pub download_dir: Option<PathBuf>,
+    pub rendezvous: Option<String>,
+    pub rendezvous_listen: Option<SocketAddr>,
+    pub code_ttl_secs: Option<u64>,
+    pub ice_bind: Vec<String>,
+}
+
+impl DaemonConfig {
+    pub fn resolve(flags: Overrides, file: FileConfig) -> Result<DaemonConfig, ConfigError> {
+        let socket = flags.socket.or(file.socket).unwrap_or_else(default_socket_path);
+        let download_dir = match flags.download_dir.or(file.download_dir) {
+            Some(dir) => dir,
+            None => default_download_dir()?,
+        };
+        let rendezvous = match flags.rendezvous.or(file.rendezvous) {
+            Some(url) => RendezvousMode::Remote { url },
+            None => RendezvousMode::Embedded {
+                listen: flags
+                    .rendezvous_listen
+                    .or(file.rendezvous_listen)
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            },
+        };
+        let code_ttl = Duration::from_secs(flags.code_ttl_secs.or(file.code_ttl_secs).unwrap_or(DEFAULT_CODE_TTL.as_secs()));
+        let bind = if !flags.ice_bind.is_empty() {
+            flags.ice_bind
+        } else {
+            file.ice_bind.unwrap_or_else(|| vec!["0.0.0.0:0".to_owned()])
+        };
+        Ok(DaemonConfig {
+            socket,
+            download_dir,
+            rendezvous,
+            code_ttl,
+            rtc: RtcSettings { ice_servers: file.ice_servers, bind },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = FileConfig::parse("downlaod_dir = \"/tmp\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("downlaod_dir"), "{err}");
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let text = r#"
+            socket = "/run/p2pd.sock"
+            download_dir = "/data"
+            rendezvous = "ws://example.org:9009"
+            rendezvous_listen = "0.0.0.0:9009"
+            code_ttl_secs = 60
+            ice_bind = ["127.0.0.1:0"]
+            [[ice_servers]]
+            urls = ["turn:turn.example.org:3478"]
+            username = "u"
+            credential = "p"
+        "#;
+        let file = FileConfig::parse(text, Path::new("c.toml")).unwrap();
+        assert_eq!(file.ice_servers[0].username, "u");
+        let config = DaemonConfig::resolve(Overrides::default(), file).unwrap();
+        assert_eq!(config.rendezvous, RendezvousMode::Remote { url: "ws://example.org:9009".into() });
+        assert_eq!(config.code_ttl, Duration::from_secs(60));
+        assert_eq!(config.rtc.bind, vec!["127.0.0.1:0".to_owned()]);
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let file = FileConfig { download_dir: Some("/file".into()), code_ttl_secs: Some(5), ..Default::default() };
+        let flags = Overrides { download_dir: Some("/flag".into()), ..Default::default() };
+        let config = DaemonConfig::resolve(flags, file).unwrap();
+        assert_eq!(config.download_dir, PathBuf::from("/flag"));
+        assert_eq!(config.code_ttl, Duration::from_secs(5));
+        assert!(matches!(config.rendezvous, RendezvousMode::Embedded { .. }));
+    }
+}

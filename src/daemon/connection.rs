@@ -1,0 +1,106 @@
+//! One CLI connection: the version handshake, then requests, with job updates streamed to
+//! clients that follow a job. A client leaving never stops a job.
+
+use std::sync::Arc;
+
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::jobs::Jobs;
+use crate::ipc::codec::{CodecError, read_frame, write_frame};
+use crate::ipc::messages::{ClientFrame, ErrorKind, Failure, JobId, PROTOCOL_VERSION, Request, ServerFrame};
+
+pub async fn serve(mut stream: UnixStream, jobs: Arc<Jobs>, shutdown: CancellationToken) -> Result<(), CodecError> {
+    match read_frame::<ClientFrame, _>(&mut stream).await? {
+        Some(ClientFrame::Hello { version }) if version == PROTOCOL_VERSION => {}
+        Some(ClientFrame::Hello { .. }) => {
+            // Tell the client our version so it can say which side to upgrade.
+            return write_frame(&mut stream, &ServerFrame::Hello { version: PROTOCOL_VERSION }).await;
+        }
+        _ => {
+            let error = ServerFrame::Error { kind: ErrorKind::Version, message: "expected a hello".into() };
+            return write_frame(&mut stream, &error).await;
+        }
+    }
+    write_frame(&mut stream, &ServerFrame::Hello { version: PROTOCOL_VERSION }).await?;
+
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            frame = read_frame::<ClientFrame, _>(&mut stream) => match frame? {
+                Some(ClientFrame::Request(request)) => request,
+                Some(ClientFrame::Hello { .. }) => continue,
+                None => return Ok(()),
+            },
+        };
+        debug!(?request, "request");
+        match request {
+            Request::Send { paths, follow } => {
+                let created = jobs.start_send(paths).await;
+                reply_created(&mut stream, &jobs, created, follow).await?;
+            }
+            Request::Receive { code, download_dir, accept, follow } => {
+                let created = jobs.start_receive(&code, download_dir, accept).await;
+                reply_created(&mut stream, &jobs, created, follow).await?;
+            }
+            Request::List => write_frame(&mut stream, &ServerFrame::Jobs(jobs.list())).await?,
+            Request::Watch { job } => match jobs.get(job) {
+                Some(_) => follow_job(&mut stream, &jobs, job).await?,
+                None => write_frame(&mut stream, &error_frame(jobs.cancel(job).unwrap_err())).await?,
+            },
+            Request::Cancel { job } => write_frame(&mut stream, &done_or_error(jobs.cancel(job))).await?,
+            Request::Decide { job, accept } => {
+                write_frame(&mut stream, &done_or_error(jobs.decide(job, accept))).await?
+            }
+        }
+    }
+}
+
+async fn reply_created(
+    stream: &mut UnixStream,
+    jobs: &Jobs,
+    created: Result<crate::ipc::messages::JobInfo, Failure>,
+    follow: bool,
+) -> Result<(), CodecError> {
+    match created {
+        Ok(info) => {
+            let id = info.id;
+            write_frame(stream, &ServerFrame::Created(info)).await?;
+            if follow {
+                follow_job(stream, jobs, id).await?;
+            }
+            Ok(())
+        }
+        Err(failure) => write_frame(stream, &error_frame(failure)).await,
+    }
+}
+
+/// Streams every change of job `id` until it is final, then `Done`.
+async fn follow_job(stream: &mut UnixStream, jobs: &Jobs, id: JobId) -> Result<(), CodecError> {
+    let Some(job) = jobs.get(id) else { return Ok(()) };
+    let mut updates = job.info.subscribe();
+    loop {
+        let info = updates.borrow_and_update().clone();
+        let last = info.state.is_final();
+        write_frame(stream, &ServerFrame::Update(info)).await?;
+        if last {
+            return write_frame(stream, &ServerFrame::Done).await;
+        }
+        // On shutdown every job is cancelled and reaches a final state, which ends this.
+        if updates.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+fn error_frame(failure: Failure) -> ServerFrame {
+    ServerFrame::Error { kind: failure.kind, message: failure.message }
+}
+
+fn done_or_error(result: Result<(), Failure>) -> ServerFrame {
+    match result {
+        Ok(()) => ServerFrame::Done,
+        Err(failure) => error_frame(failure),
+    }
+}

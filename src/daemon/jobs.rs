@@ -1,0 +1,305 @@
+//! The job table: creating send and receive jobs, their shared state, and what watchers see.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::runner;
+use crate::config::DaemonConfig;
+use crate::ipc::messages::{Direction, ErrorKind, Failure, FileInfo, JobId, JobInfo, JobState};
+use crate::rendezvous::client::RendezvousClient;
+use crate::rendezvous::{Code, SignalError};
+use crate::transfer::Observer;
+use crate::transfer::sender::SourceFile;
+use crate::transfer::wire::FileEntry;
+
+/// Finished jobs kept for `p2p status`; older ones are forgotten.
+const FINISHED_JOBS_KEPT: usize = 100;
+
+/// What every job needs from the daemon.
+pub struct Context {
+    pub config: DaemonConfig,
+    pub rendezvous_url: String,
+}
+
+pub struct Job {
+    pub info: watch::Sender<JobInfo>,
+    pub cancel: CancellationToken,
+    decision: Mutex<Option<oneshot::Sender<bool>>>,
+    started: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Job {
+    fn new(info: JobInfo, cancel: CancellationToken) -> Job {
+        Job { info: watch::Sender::new(info), cancel, decision: Mutex::new(None), started: Mutex::new(None) }
+    }
+
+    pub fn set_state(&self, state: JobState) {
+        self.info.send_if_modified(|info| {
+            // A final state is final: late updates must not revive a job.
+            let changed = !info.state.is_final() && info.state != state;
+            if changed {
+                info.state = state;
+            }
+            changed
+        });
+    }
+
+    pub fn fail(&self, failure: Failure) {
+        self.info.send_modify(|info| {
+            if !info.state.is_final() {
+                info.state = if failure.kind == ErrorKind::Cancelled { JobState::Cancelled } else { JobState::Failed };
+                info.failure = Some(failure);
+            }
+        });
+    }
+
+    /// Registers the question a receive job waits on and returns the answer's receiver.
+    pub fn ask(&self) -> oneshot::Receiver<bool> {
+        let (tx, rx) = oneshot::channel();
+        *lock(&self.decision) = Some(tx);
+        rx
+    }
+}
+
+impl Observer for Job {
+    fn offered(&self, files: &[FileEntry]) {
+        self.info.send_modify(|info| {
+            info.files = files
+                .iter()
+                .map(|f| FileInfo { name: f.name.clone(), size: f.size, verified: false, saved_as: None })
+                .collect();
+            info.bytes_total = files.iter().map(|f| f.size).sum();
+        });
+    }
+
+    fn progress(&self, bytes_done: u64) {
+        let started = *lock(&self.started).get_or_insert_with(Instant::now);
+        let elapsed = started.elapsed().as_secs_f64();
+        self.info.send_modify(|info| {
+            info.bytes_done = bytes_done;
+            if elapsed > 0.05 {
+                info.rate = (bytes_done as f64 / elapsed) as u64;
+            }
+        });
+    }
+
+    fn file_verified(&self, index: usize, saved: Option<&Path>) {
+        self.info.send_modify(|info| {
+            if let Some(file) = info.files.get_mut(index) {
+                file.verified = true;
+                file.saved_as = saved.map(Path::to_owned);
+            }
+        });
+    }
+}
+
+pub struct Jobs {
+    table: Mutex<HashMap<JobId, Arc<Job>>>,
+    next_id: AtomicU64,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    context: Arc<Context>,
+}
+
+fn failure(kind: ErrorKind, message: impl Into<String>) -> Failure {
+    Failure { kind, message: message.into() }
+}
+
+impl Jobs {
+    pub fn new(context: Context, shutdown: CancellationToken, tracker: TaskTracker) -> Jobs {
+        Jobs {
+            table: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            tracker,
+            shutdown,
+            context: Arc::new(context),
+        }
+    }
+
+    fn register(&self, direction: Direction, state: JobState, code: Option<String>, files: Vec<FileInfo>) -> Arc<Job> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes_total = files.iter().map(|f| f.size).sum();
+        let info = JobInfo { id, direction, state, code, files, bytes_done: 0, bytes_total, rate: 0, failure: None };
+        let job = Arc::new(Job::new(info, self.shutdown.child_token()));
+        let mut table = lock(&self.table);
+        table.insert(id, job.clone());
+        self.forget_old(&mut table);
+        job
+    }
+
+    fn forget_old(&self, table: &mut HashMap<JobId, Arc<Job>>) {
+        let mut finished: Vec<JobId> = table
+            .iter()
+            .filter(|(_, job)| job.info.borrow().state.is_final())
+            .map(|(id, _)| *id)
+            .collect();
+        if finished.len() > FINISHED_JOBS_KEPT {
+            finished.sort_unstable();
+            for id in &finished[..finished.len() - FINISHED_JOBS_KEPT] {
+                table.remove(id);
+            }
+        }
+    }
+
+    fn refuse_if_stopping(&self) -> Result<(), Failure> {
+        if self.shutdown.is_cancelled() {
+            return Err(failure(ErrorKind::ShuttingDown, "p2pd is shutting down: start it again and retry"));
+        }
+        Ok(())
+    }
+
+    /// Opens every file, gets a code from the rendezvous, and starts the job. Nothing is
+    /// created when any path is unusable.
+    pub async fn start_send(&self, paths: Vec<PathBuf>) -> Result<JobInfo, Failure> {
+        self.refuse_if_stopping()?;
+        let sources = tokio::task::spawn_blocking(move || open_sources(&paths))
+            .await
+            .map_err(|_| failure(ErrorKind::Io, "opening the files failed"))??;
+        let mut client = RendezvousClient::connect(&self.context.rendezvous_url)
+            .await
+            .map_err(|e| signal_failure(&e))?;
+        let (nameplate, _) = client.allocate().await.map_err(|e| signal_failure(&e))?;
+        let code = Code::generate(nameplate);
+        let files = sources
+            .iter()
+            .map(|s| FileInfo { name: s.name.clone(), size: s.size, verified: false, saved_as: None })
+            .collect();
+        let job = self.register(Direction::Send, JobState::WaitingForPeer, Some(code.to_string()), files);
+        let info = job.info.borrow().clone();
+        let context = self.context.clone();
+        self.tracker.spawn(
+            runner::run_send(job, context, client, code, sources).instrument(tracing::info_span!("job", id = info.id, dir = "send")),
+        );
+        Ok(info)
+    }
+
+    pub async fn start_receive(&self, code: &str, dir: Option<PathBuf>, accept: bool) -> Result<JobInfo, Failure> {
+        self.refuse_if_stopping()?;
+        let code: Code = code.parse().map_err(|e: crate::rendezvous::CodeError| failure(ErrorKind::BadRequest, e.to_string()))?;
+        let dir = match dir {
+            Some(dir) => dir,
+            None => {
+                let dir = self.context.config.download_dir.clone();
+                // The default download directory may not exist yet on a fresh account.
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    failure(ErrorKind::Io, format!("cannot create download directory {}: {e}", dir.display()))
+                })?;
+                dir
+            }
+        };
+        if !dir.is_dir() {
+            return Err(failure(
+                ErrorKind::BadRequest,
+                format!("download directory {} does not exist or is not a directory: create it or choose another with -o", dir.display()),
+            ));
+        }
+        let job = self.register(Direction::Receive, JobState::Connecting, None, Vec::new());
+        let info = job.info.borrow().clone();
+        let context = self.context.clone();
+        self.tracker.spawn(
+            runner::run_receive(job, context, code, dir, accept).instrument(tracing::info_span!("job", id = info.id, dir = "receive")),
+        );
+        Ok(info)
+    }
+
+    pub fn get(&self, id: JobId) -> Option<Arc<Job>> {
+        lock(&self.table).get(&id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<JobInfo> {
+        let mut jobs: Vec<JobInfo> = lock(&self.table).values().map(|j| j.info.borrow().clone()).collect();
+        jobs.sort_by_key(|j| j.id);
+        jobs
+    }
+
+    pub fn cancel(&self, id: JobId) -> Result<(), Failure> {
+        let job = self.get(id).ok_or_else(|| not_found(id))?;
+        if job.info.borrow().state.is_final() {
+            return Err(failure(ErrorKind::BadRequest, format!("job {id} has already finished")));
+        }
+        job.cancel.cancel();
+        Ok(())
+    }
+
+    pub fn decide(&self, id: JobId, accept: bool) -> Result<(), Failure> {
+        let job = self.get(id).ok_or_else(|| not_found(id))?;
+        let sender = lock(&job.decision).take();
+        match sender {
+            Some(tx) => {
+                let _ = tx.send(accept);
+                Ok(())
+            }
+            None => Err(failure(ErrorKind::BadRequest, format!("job {id} is not waiting for a decision"))),
+        }
+    }
+}
+
+fn not_found(id: JobId) -> Failure {
+    failure(ErrorKind::NotFound, format!("no job {id}: see `p2p status` for the job list"))
+}
+
+pub fn signal_failure(error: &SignalError) -> Failure {
+    let kind = match error {
+        SignalError::WrongCode => ErrorKind::WrongCode,
+        SignalError::UnknownCode => ErrorKind::UnknownCode,
+        SignalError::Expired => ErrorKind::Expired,
+        SignalError::PeerGone => ErrorKind::PeerGone,
+        _ => ErrorKind::Rendezvous,
+    };
+    failure(kind, error.to_string())
+}
+
+/// Validates and opens the files to send. Blocking.
+fn open_sources(paths: &[PathBuf]) -> Result<Vec<SourceFile>, Failure> {
+    if paths.is_empty() {
+        return Err(failure(ErrorKind::BadRequest, "nothing to send: give one or more files"));
+    }
+    let mut sources: Vec<SourceFile> = Vec::with_capacity(paths.len());
+    for path in paths {
+        let shown = path.display();
+        let meta = std::fs::metadata(path).map_err(|e| {
+            let why = match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file".to_owned(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+                _ => e.to_string(),
+            };
+            failure(ErrorKind::BadRequest, format!("cannot send {shown}: {why}"))
+        })?;
+        if meta.is_dir() {
+            return Err(failure(ErrorKind::BadRequest, format!("cannot send {shown}: it is a directory; send the files in it instead")));
+        }
+        if !meta.is_file() {
+            return Err(failure(ErrorKind::BadRequest, format!("cannot send {shown}: not a regular file")));
+        }
+        let file = std::fs::File::open(path).map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::PermissionDenied { "permission denied".to_owned() } else { e.to_string() };
+            failure(ErrorKind::BadRequest, format!("cannot send {shown}: {why}"))
+        })?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| failure(ErrorKind::BadRequest, format!("cannot send {shown}: its name is not valid UTF-8")))?
+            .to_owned();
+        crate::transfer::names::validate_name(&name)
+            .map_err(|e| failure(ErrorKind::BadRequest, format!("cannot send {shown}: {e}")))?;
+        if sources.iter().any(|s| s.name.to_lowercase() == name.to_lowercase()) {
+            return Err(failure(ErrorKind::BadRequest, format!("two files are named {name}: send them separately")));
+        }
+        // Re-read the size from the open handle: the file could have been swapped since.
+        let size = file.metadata().map(|m| m.len()).unwrap_or(meta.len());
+        sources.push(SourceFile { name, size, file });
+    }
+    Ok(sources)
+}

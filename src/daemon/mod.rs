@@ -1,0 +1,152 @@
+//! The daemon: control socket, embedded rendezvous, job table, and orderly shutdown.
+//! Only the daemon spawns tasks, and every task stops when `shutdown` fires.
+
+mod connection;
+pub mod jobs;
+pub mod notify;
+mod runner;
+pub mod socket;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{DaemonConfig, RendezvousMode};
+use crate::rendezvous::server::{self, RendezvousConfig};
+use jobs::{Context, Jobs};
+
+/// How long shutdown waits for jobs to tell their peers and remove partial files.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Socket(#[from] socket::SocketError),
+    #[error("cannot start the rendezvous on {addr}: {source}")]
+    Rendezvous {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A daemon whose sockets are bound and which is serving.
+pub struct Daemon {
+    socket: PathBuf,
+    rendezvous_url: String,
+    rendezvous_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Daemon {
+    /// Binds the rendezvous (if embedded) and the control socket, and starts serving.
+    pub async fn start(config: DaemonConfig) -> Result<Daemon, DaemonError> {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        // Bind the control socket first: a second daemon must fail before touching anything.
+        let listener = socket::bind(&config.socket).await?;
+        let (rendezvous_url, rendezvous_addr) = match &config.rendezvous {
+            RendezvousMode::Remote { url } => (url.clone(), None),
+            RendezvousMode::Embedded { listen } => {
+                let bound = server::bind(*listen).await;
+                let tcp = match bound {
+                    Ok(tcp) => tcp,
+                    Err(source) => {
+                        let _ = std::fs::remove_file(&config.socket);
+                        return Err(DaemonError::Rendezvous { addr: *listen, source });
+                    }
+                };
+                let addr = tcp.local_addr().map_err(|source| DaemonError::Rendezvous { addr: *listen, source })?;
+                let rendezvous_config = RendezvousConfig { slot_ttl: config.code_ttl, ..RendezvousConfig::default() };
+                tracker.spawn(server::serve(tcp, rendezvous_config, shutdown.clone()));
+                (format!("ws://{}", local_view(addr)), Some(addr))
+            }
+        };
+        let socket_path = config.socket.clone();
+        let jobs = Arc::new(Jobs::new(
+            Context { config, rendezvous_url: rendezvous_url.clone() },
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        tracker.spawn(accept_loop(listener, jobs, shutdown.clone(), tracker.clone()));
+        info!(socket = %socket_path.display(), rendezvous = %rendezvous_url, "p2pd ready");
+        Ok(Daemon { socket: socket_path, rendezvous_url, rendezvous_addr, shutdown, tracker })
+    }
+
+    pub fn rendezvous_url(&self) -> &str {
+        &self.rendezvous_url
+    }
+
+    pub fn rendezvous_addr(&self) -> Option<SocketAddr> {
+        self.rendezvous_addr
+    }
+
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// A token that stops the daemon when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until shutdown is requested, then cancels every job (telling peers and
+    /// removing partials), waits for them within a grace period and removes the socket.
+    pub async fn run_until_stopped(self) {
+        self.shutdown.cancelled().await;
+        self.stop().await;
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait()).await.is_err() {
+            warn!("some jobs did not stop in time");
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        info!("p2pd stopped");
+    }
+}
+
+/// The address a local client should dial for a listener bound to `addr`.
+fn local_view(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
+async fn accept_loop(listener: UnixListener, jobs: Arc<Jobs>, shutdown: CancellationToken, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                warn!(%error, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if !socket::peer_allowed(&stream) {
+            warn!("refused a control connection from another user");
+            continue;
+        }
+        let (jobs, shutdown) = (jobs.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            if let Err(error) = connection::serve(stream, jobs, shutdown).await {
+                tracing::debug!(%error, "client connection ended");
+            }
+        });
+    }
+}

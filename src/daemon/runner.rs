@@ -1,0 +1,161 @@
+//! The body of one job, from the rendezvous to the last verified file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::jobs::{Context, Job, signal_failure};
+use crate::ipc::messages::{ErrorKind, Failure, JobState};
+use crate::rendezvous::client::RendezvousClient;
+use crate::rendezvous::{Code, Role, Session, SignalError};
+use crate::rtc::{self, RtcError};
+use crate::transfer::sender::SourceFile;
+use crate::transfer::{TransferError, receiver, sender};
+
+enum JobError {
+    Signal(SignalError),
+    Rtc(RtcError),
+    Transfer(TransferError),
+    Cancelled,
+}
+
+impl From<SignalError> for JobError {
+    fn from(e: SignalError) -> Self {
+        JobError::Signal(e)
+    }
+}
+impl From<RtcError> for JobError {
+    fn from(e: RtcError) -> Self {
+        match e {
+            RtcError::Cancelled => JobError::Cancelled,
+            other => JobError::Rtc(other),
+        }
+    }
+}
+impl From<TransferError> for JobError {
+    fn from(e: TransferError) -> Self {
+        match e {
+            TransferError::Cancelled => JobError::Cancelled,
+            other => JobError::Transfer(other),
+        }
+    }
+}
+
+impl JobError {
+    fn failure(&self) -> Failure {
+        let (kind, message) = match self {
+            JobError::Signal(e) => return signal_failure(e),
+            JobError::Rtc(e) => (
+                match e {
+                    RtcError::NoRoute => ErrorKind::NoRoute,
+                    RtcError::Signaling(s) => return signal_failure(s),
+                    _ => ErrorKind::PeerGone,
+                },
+                error_line(e),
+            ),
+            JobError::Transfer(e) => (
+                match e {
+                    TransferError::Declined | TransferError::Rejected(_) => ErrorKind::Declined,
+                    TransferError::PeerCancelled(_) | TransferError::PeerGone => ErrorKind::PeerGone,
+                    TransferError::VerificationFailed(_) => ErrorKind::VerificationFailed,
+                    TransferError::Protocol(_) | TransferError::BadOffer(_) => ErrorKind::Protocol,
+                    _ => ErrorKind::Io,
+                },
+                error_line(e),
+            ),
+            JobError::Cancelled => (ErrorKind::Cancelled, "cancelled".to_owned()),
+        };
+        Failure { kind, message }
+    }
+}
+
+/// The error and its causes on one line.
+fn error_line(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+async fn or_cancel<T>(cancel: &CancellationToken, work: impl Future<Output = Result<T, JobError>>) -> Result<T, JobError> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(JobError::Cancelled),
+        result = work => result,
+    }
+}
+
+fn finish(job: &Job, result: Result<(), JobError>) {
+    match result {
+        Ok(()) => {
+            info!("job completed");
+            job.set_state(JobState::Completed);
+        }
+        Err(error) => {
+            let failure = error.failure();
+            warn!(kind = ?failure.kind, message = %failure.message, "job ended without success");
+            job.fail(failure);
+        }
+    }
+}
+
+pub async fn run_send(job: Arc<Job>, context: Arc<Context>, mut client: RendezvousClient, code: Code, files: Vec<SourceFile>) {
+    let cancel = job.cancel.clone();
+    let result = async {
+        or_cancel(&cancel, async { Ok(client.wait_for_peer().await?) }).await?;
+        job.set_state(JobState::Negotiating);
+        let session = or_cancel(&cancel, async { Ok(Session::establish(client, Role::Sender, &code).await?) }).await?;
+        let connection = rtc::connect_offerer(session, &context.config.rtc, &cancel).await?;
+        job.set_state(JobState::Transferring);
+        let result = sender::send(&connection.link, files, job.as_ref(), &cancel).await;
+        connection.close().await;
+        Ok(result?)
+    }
+    .await;
+    finish(&job, result);
+}
+
+pub async fn run_receive(job: Arc<Job>, context: Arc<Context>, code: Code, dir: PathBuf, accept: bool) {
+    let cancel = job.cancel.clone();
+    let result = async {
+        let session = or_cancel(&cancel, async {
+            let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+            client.claim(code.nameplate).await?;
+            job.set_state(JobState::Negotiating);
+            Ok(Session::establish(client, Role::Receiver, &code).await?)
+        })
+        .await?;
+        let connection = rtc::connect_answerer(session, &context.config.rtc, &cancel).await?;
+        let approval = {
+            let job = job.clone();
+            async move {
+                if accept {
+                    return true;
+                }
+                let answer = job.ask();
+                job.set_state(JobState::AwaitingApproval);
+                answer.await.unwrap_or(false)
+            }
+        };
+        let transferring = {
+            let job = job.clone();
+            async move {
+                let accepted = approval.await;
+                if accepted {
+                    job.set_state(JobState::Transferring);
+                }
+                accepted
+            }
+        };
+        let result = receiver::receive(&connection.link, &dir, job.as_ref(), transferring, &cancel).await;
+        connection.close().await;
+        result.map(|_| ()).map_err(JobError::from)
+    }
+    .await;
+    finish(&job, result);
+}

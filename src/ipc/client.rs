@@ -1,0 +1,66 @@
+//! The CLI's connection to the daemon.
+
+use std::path::Path;
+
+use tokio::net::UnixStream;
+
+use super::codec::{CodecError, read_frame, write_frame};
+use super::messages::{ClientFrame, PROTOCOL_VERSION, Request, ServerFrame};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("p2pd is not running (no daemon at {path}): start it with `p2pd` or `systemctl --user start p2pd`")]
+    NotRunning { path: String },
+    #[error("cannot connect to p2pd at {path}: {source}")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("p2pd speaks protocol version {0}, this p2p speaks {PROTOCOL_VERSION}: use matching versions")]
+    Version(u32),
+    #[error("p2pd closed the connection")]
+    Closed,
+    #[error("talking to p2pd failed")]
+    Codec(#[from] CodecError),
+}
+
+pub struct IpcClient {
+    stream: UnixStream,
+}
+
+impl IpcClient {
+    pub async fn connect(path: &Path) -> Result<IpcClient, IpcError> {
+        let shown = path.display().to_string();
+        let stream = UnixStream::connect(path).await.map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                IpcError::NotRunning { path: shown.clone() }
+            }
+            _ => IpcError::Connect { path: shown.clone(), source },
+        })?;
+        let mut client = IpcClient { stream };
+        write_frame(&mut client.stream, &ClientFrame::Hello { version: PROTOCOL_VERSION }).await?;
+        match client.next().await? {
+            Some(ServerFrame::Hello { version }) if version == PROTOCOL_VERSION => Ok(client),
+            Some(ServerFrame::Hello { version }) => Err(IpcError::Version(version)),
+            Some(ServerFrame::Error { .. }) => Err(IpcError::Version(0)),
+            _ => Err(IpcError::Closed),
+        }
+    }
+
+    pub async fn send(&mut self, request: Request) -> Result<(), IpcError> {
+        write_frame(&mut self.stream, &ClientFrame::Request(request)).await?;
+        Ok(())
+    }
+
+    /// The next frame from the daemon, `None` when it closed the connection.
+    pub async fn next(&mut self) -> Result<Option<ServerFrame>, IpcError> {
+        Ok(read_frame(&mut self.stream).await?)
+    }
+
+    /// Sends `request` and returns the first reply.
+    pub async fn call(&mut self, request: Request) -> Result<ServerFrame, IpcError> {
+        self.send(request).await?;
+        self.next().await?.ok_or(IpcError::Closed)
+    }
+}

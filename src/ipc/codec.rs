@@ -1,0 +1,105 @@
+//! Frames on the control socket: a big-endian u32 length, then that many bytes of postcard.
+//! The pure encode/decode halves are here; `read_frame`/`write_frame` are the thin I/O.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest frame either side accepts. A job list of thousands of files fits easily.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed frame")]
+    Malformed(#[source] postcard::Error),
+    #[error("control socket I/O failed")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let body = postcard::to_stdvec(value).map_err(CodecError::Malformed)?;
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge(body.len()));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Checks a length header before any body is read, so a hostile length allocates nothing.
+pub fn body_len(header: [u8; 4]) -> Result<usize, CodecError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    postcard::from_bytes(body).map_err(CodecError::Malformed)
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream between frames.
+pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<T>, CodecError> {
+    let mut header = [0u8; 4];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let mut body = vec![0u8; body_len(header)?];
+    reader.read_exact(&mut body).await?;
+    decode(&body).map(Some)
+}
+
+pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(writer: &mut W, value: &T) -> Result<(), CodecError> {
+    writer.write_all(&encode(value)?).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::messages::{ClientFrame, Request};
+
+    #[test]
+    fn frames_round_trip() {
+        let frame = ClientFrame::Request(Request::Receive {
+            code: "7-orbit-lantern".into(),
+            download_dir: Some("/tmp/x".into()),
+            accept: true,
+            follow: false,
+        });
+        let bytes = encode(&frame).unwrap();
+        let len = body_len(bytes[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, bytes.len() - 4);
+        assert_eq!(decode::<ClientFrame>(&bytes[4..]).unwrap(), frame);
+    }
+
+    #[test]
+    fn oversized_headers_are_refused_before_reading() {
+        assert!(matches!(body_len((MAX_FRAME_BYTES as u32 + 1).to_be_bytes()), Err(CodecError::TooLarge(_))));
+        assert!(body_len((MAX_FRAME_BYTES as u32).to_be_bytes()).is_ok());
+    }
+
+    #[test]
+    fn garbage_bodies_are_errors() {
+        assert!(decode::<ClientFrame>(&[0xff, 0xff, 0xff]).is_err());
+        assert!(decode::<ClientFrame>(&[]).is_err());
+    }
+
+    #[tokio::test]
+    async fn stream_helpers_handle_eof() {
+        let mut bytes = encode(&ClientFrame::Hello { version: 1 }).unwrap();
+        let mut reader = bytes.as_slice();
+        assert_eq!(read_frame::<ClientFrame, _>(&mut reader).await.unwrap(), Some(ClientFrame::Hello { version: 1 }));
+        assert_eq!(read_frame::<ClientFrame, _>(&mut reader).await.unwrap(), None);
+        bytes.truncate(bytes.len() - 1);
+        let mut short = bytes.as_slice();
+        assert!(read_frame::<ClientFrame, _>(&mut short).await.is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! Messages between `p2p` and `p2pd`. Serde types at the boundary only.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a message changes shape; both sides must agree.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+pub type JobId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    Hello { version: u32 },
+    Request(Request),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Start sending; the reply is `Created` with the code, then updates if `follow`.
+    Send { paths: Vec<PathBuf>, follow: bool },
+    /// Start receiving; `accept` skips the question. Updates follow if `follow`.
+    Receive { code: String, download_dir: Option<PathBuf>, accept: bool, follow: bool },
+    List,
+    Watch { job: JobId },
+    Cancel { job: JobId },
+    /// Answer a receive job's question: take the offered files or not.
+    Decide { job: JobId, accept: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    Hello { version: u32 },
+    Created(JobInfo),
+    Update(JobInfo),
+    Jobs(Vec<JobInfo>),
+    Done,
+    Error { kind: ErrorKind, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    Send,
+    Receive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Talking to the rendezvous.
+    Connecting,
+    /// Sender: the code is out, waiting for the receiver.
+    WaitingForPeer,
+    /// Key exchange and WebRTC negotiation.
+    Negotiating,
+    /// Receiver: the offer is in, waiting for a yes or no.
+    AwaitingApproval,
+    Transferring,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    BadRequest,
+    NotFound,
+    WrongCode,
+    UnknownCode,
+    Expired,
+    PeerGone,
+    Declined,
+    VerificationFailed,
+    NoRoute,
+    Cancelled,
+    Rendezvous,
+    Io,
+    Protocol,
+    ShuttingDown,
+    Version,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub name: String,
+    pub size: u64,
+    pub verified: bool,
+    pub saved_as: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// Everything known about one job; the daemon streams a fresh copy on every change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: JobId,
+    pub direction: Direction,
+    pub state: JobState,
+    /// Sender only: the code to give the receiver.
+    pub code: Option<String>,
+    pub files: Vec<FileInfo>,
+    /// Bytes the receiver has written (both directions report the same figure).
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Average payload rate since the first byte, bytes per second.
+    pub rate: u64,
+    pub failure: Option<Failure>,
+}
