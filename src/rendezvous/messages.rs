@@ -59,6 +59,6 @@ mod tests {
     #[test]
     fn unknown_types_and_fields_are_rejected() {
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"nuke"}"#).is_err());
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"burn","x":1}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"claim","nameplate":1,"x":1}"#).is_err());
     }
 }

@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn junk_is_an_error() {
-        for junk in ["", "{", "null", r#"{"type":"launch"}"#, r#"{"type":"done","extra":1}"#,
+        for junk in ["", "{", "null", r#"{"type":"launch"}"#, r#"{"type":"file_start","index":1,"extra":1}"#,
                      r#"{"type":"progress","bytes":-1}"#] {
             assert_eq!(Control::decode(junk), Err(WireError::Malformed), "{junk}");
         }

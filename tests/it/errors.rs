@@ -1,0 +1,216 @@
+//! Everything that must fail, and fail cleanly: wrong and expired codes, bad paths,
+//! a second daemon, cancellation on either side, shutdown mid-transfer.
+
+use std::time::Duration;
+
+use p2pd::config::{DaemonConfig, RendezvousMode};
+use p2pd::daemon::{Daemon, DaemonError};
+use p2pd::daemon::socket::SocketError;
+use p2pd::ipc::messages::{ErrorKind, JobState};
+use p2pd::rtc::RtcSettings;
+
+use crate::support::*;
+
+fn other_words(code: &str) -> String {
+    let nameplate = code.split('-').next().unwrap();
+    let wrong = format!("{nameplate}-acid-acorn");
+    if wrong == code { format!("{nameplate}-acorn-acid") } else { wrong }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_code_fails_both_sides_and_burns_the_nameplate() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let path = random_file(src.path(), "secret.txt", 100, 1);
+        let (send_id, code) = a.send(&[path]).await.unwrap();
+        let receive_id = b.receive(&other_words(&code)).await.unwrap();
+        let received = b.wait(receive_id).await;
+        let sent = a.wait(send_id).await;
+        for info in [&received, &sent] {
+            assert_eq!(info.state, JobState::Failed);
+            let failure = info.failure.as_ref().unwrap();
+            assert_eq!(failure.kind, ErrorKind::WrongCode);
+            assert!(failure.message.contains("wrong code, or someone tried to guess it"), "{}", failure.message);
+        }
+        assert!(received.files.is_empty(), "nothing about the files reached the wrong receiver");
+        // The right code is useless now: the slot was burned.
+        let retry = b.wait(b.receive(&code).await.unwrap()).await;
+        assert_eq!(retry.failure.unwrap().kind, ErrorKind::UnknownCode);
+        assert!(listing(&b.downloads).is_empty());
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_code_fails_both_sides() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start_with(Options { code_ttl: Duration::from_secs(1), ..Options::default() }).await;
+        let src = tempfile::tempdir().unwrap();
+        let path = random_file(src.path(), "late.bin", 10, 1);
+        let (send_id, code) = a.send(&[path]).await.unwrap();
+        let sent = a.wait(send_id).await;
+        assert_eq!(sent.state, JobState::Failed);
+        let failure = sent.failure.unwrap();
+        assert_eq!(failure.kind, ErrorKind::Expired);
+        assert!(failure.message.contains("expired"), "{}", failure.message);
+        let received = a.wait(a.receive(&code).await.unwrap()).await;
+        let failure = received.failure.unwrap();
+        assert_eq!(failure.kind, ErrorKind::UnknownCode);
+        assert!(failure.message.contains("ask the sender for a new one"), "{}", failure.message);
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_paths_create_no_job() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let src = tempfile::tempdir().unwrap();
+        let good = random_file(src.path(), "good.bin", 10, 1);
+        let missing = src.path().join("missing.bin");
+        let (kind, message) = a.send(&[good.clone(), missing]).await.unwrap_err();
+        assert_eq!(kind, ErrorKind::BadRequest);
+        assert!(message.contains("missing.bin") && message.contains("no such file"), "{message}");
+        let (kind, message) = a.send(&[src.path().to_owned()]).await.unwrap_err();
+        assert_eq!(kind, ErrorKind::BadRequest);
+        assert!(message.contains("is a directory"), "{message}");
+        let (_, message) = a.send(&[]).await.unwrap_err();
+        assert!(message.contains("nothing to send"), "{message}");
+        let dup_dir = src.path().join("sub");
+        std::fs::create_dir(&dup_dir).unwrap();
+        let dup = random_file(&dup_dir, "good.bin", 1, 2);
+        let (_, message) = a.send(&[good, dup]).await.unwrap_err();
+        assert!(message.contains("two files are named"), "{message}");
+        let list = a.client().await.call(p2pd::ipc::messages::Request::List).await.unwrap();
+        assert_eq!(list, p2pd::ipc::messages::ServerFrame::Jobs(vec![]), "no job was created");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_codes_and_missing_directories_are_refused() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let (kind, message) = a.receive("orbit-lantern").await.unwrap_err();
+        assert_eq!(kind, ErrorKind::BadRequest);
+        assert!(message.contains("must start with a number"), "{message}");
+        let (_, message) = a.receive("4-orbit").await.unwrap_err();
+        assert!(message.contains("needs 2"), "{message}");
+        let (_, message) = a.receive_into("4-orbit-lantern", Some(std::path::Path::new("/nonexistent/dir"))).await.unwrap_err();
+        assert!(message.contains("does not exist"), "{message}");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+fn config_for(socket: std::path::PathBuf, downloads: std::path::PathBuf) -> DaemonConfig {
+    DaemonConfig {
+        socket,
+        download_dir: downloads,
+        rendezvous: RendezvousMode::Embedded { listen: "127.0.0.1:0".parse().unwrap() },
+        code_ttl: Duration::from_secs(60),
+        rtc: RtcSettings { ice_servers: vec![], bind: vec!["127.0.0.1:0".into()] },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_daemon_on_the_same_socket_refuses_and_a_stale_socket_is_replaced() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let mut a = TestDaemon::start().await;
+        let second = Daemon::start(config_for(a.socket.clone(), a.downloads.clone())).await;
+        match second {
+            Err(DaemonError::Socket(SocketError::InUse(path))) => assert_eq!(path, a.socket),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("a second daemon started on a live socket"),
+        }
+        // The first daemon is unharmed.
+        a.client().await;
+        a.stop().await;
+        assert!(!a.socket.exists(), "socket removed on stop");
+        // A socket file left by a crashed daemon (nobody listening) is replaced.
+        let stale = std::os::unix::net::UnixListener::bind(&a.socket).unwrap();
+        drop(stale);
+        assert!(a.socket.exists());
+        let revived = Daemon::start(config_for(a.socket.clone(), a.downloads.clone())).await.expect("replaces stale socket");
+        p2pd::ipc::client::IpcClient::connect(&a.socket).await.expect("new daemon answers");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&a.socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(a.socket.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        revived.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// Starts a 256 MiB transfer and returns once the receiver has written some of it.
+async fn transfer_in_flight(a: &TestDaemon, b: &TestDaemon, src: &std::path::Path) -> (u64, u64) {
+    let path = random_file(src, "big.bin", 256 * 1024 * 1024, 5);
+    let (send_id, code) = a.send(&[path]).await.unwrap();
+    let receive_id = b.receive(&code).await.unwrap();
+    let info = b.wait_until(receive_id, |i| i.bytes_done > 0).await;
+    assert_eq!(info.state, JobState::Transferring, "{:?}", info.failure);
+    (send_id, receive_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_cancel_mid_transfer_leaves_nothing() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let (send_id, receive_id) = transfer_in_flight(&a, &b, src.path()).await;
+        b.cancel(receive_id).await;
+        assert_eq!(b.wait(receive_id).await.state, JobState::Cancelled);
+        let sent = a.wait(send_id).await;
+        assert_eq!(sent.state, JobState::Failed);
+        assert_eq!(sent.failure.unwrap().kind, ErrorKind::PeerGone);
+        assert!(listing(&b.downloads).is_empty(), "left: {:?}", listing(&b.downloads));
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_cancel_mid_transfer_leaves_nothing() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let (send_id, receive_id) = transfer_in_flight(&a, &b, src.path()).await;
+        a.cancel(send_id).await;
+        assert_eq!(a.wait(send_id).await.state, JobState::Cancelled);
+        let received = b.wait(receive_id).await;
+        assert_eq!(received.state, JobState::Failed);
+        let failure = received.failure.unwrap();
+        assert_eq!(failure.kind, ErrorKind::PeerGone);
+        assert!(failure.message.contains("cancelled"), "{}", failure.message);
+        assert!(listing(&b.downloads).is_empty(), "left: {:?}", listing(&b.downloads));
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_shutdown_mid_transfer_tells_the_peer_and_removes_partials() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let mut b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let (send_id, _) = transfer_in_flight(&a, &b, src.path()).await;
+        b.stop().await;
+        assert!(listing(&b.downloads).is_empty(), "left: {:?}", listing(&b.downloads));
+        assert!(!b.socket.exists());
+        let sent = a.wait(send_id).await;
+        assert_eq!(sent.state, JobState::Failed);
+        assert_eq!(sent.failure.unwrap().kind, ErrorKind::PeerGone);
+    })
+    .await
+    .expect("test finished in time");
+}

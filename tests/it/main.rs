@@ -1,0 +1,6 @@
+//! Integration tests: real daemons, real rendezvous, real WebRTC over loopback.
+
+mod cli;
+mod errors;
+mod support;
+mod transfer;

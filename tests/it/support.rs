@@ -1,0 +1,167 @@
+//! Starts real daemons in-process on temporary sockets, with the embedded rendezvous and
+//! WebRTC bound to loopback, and drives them through the real IPC client.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use p2pd::config::{DaemonConfig, RendezvousMode};
+use p2pd::daemon::Daemon;
+use p2pd::ipc::client::IpcClient;
+use p2pd::ipc::messages::{ErrorKind, JobId, JobInfo, Request, ServerFrame};
+use p2pd::rtc::RtcSettings;
+use rand::{RngCore, SeedableRng};
+use tempfile::TempDir;
+
+/// Every test gets this long before it is declared hung.
+pub const TEST_LIMIT: Duration = Duration::from_secs(120);
+
+pub struct TestDaemon {
+    pub daemon: Option<Daemon>,
+    pub socket: PathBuf,
+    pub downloads: PathBuf,
+    _dir: TempDir,
+}
+
+pub struct Options {
+    pub rendezvous: Option<String>,
+    pub code_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { rendezvous: None, code_ttl: Duration::from_secs(600) }
+    }
+}
+
+impl TestDaemon {
+    pub async fn start() -> TestDaemon {
+        TestDaemon::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("run").join("p2pd.sock");
+        let downloads = dir.path().join("downloads");
+        std::fs::create_dir_all(&downloads).expect("downloads dir");
+        let config = DaemonConfig {
+            socket: socket.clone(),
+            download_dir: downloads.clone(),
+            rendezvous: match options.rendezvous {
+                Some(url) => RendezvousMode::Remote { url },
+                None => RendezvousMode::Embedded { listen: "127.0.0.1:0".parse().unwrap() },
+            },
+            code_ttl: options.code_ttl,
+            rtc: RtcSettings { ice_servers: Vec::new(), bind: vec!["127.0.0.1:0".into()] },
+        };
+        let daemon = Daemon::start(config).await.expect("daemon starts");
+        TestDaemon { daemon: Some(daemon), socket, downloads, _dir: dir }
+    }
+
+    /// A second daemon that uses this one's rendezvous, as another machine would.
+    pub async fn peer(&self) -> TestDaemon {
+        let url = self.daemon.as_ref().expect("running").rendezvous_url().to_owned();
+        TestDaemon::start_with(Options { rendezvous: Some(url), ..Options::default() }).await
+    }
+
+    pub async fn client(&self) -> IpcClient {
+        IpcClient::connect(&self.socket).await.expect("connect to daemon")
+    }
+
+    pub async fn send(&self, paths: &[PathBuf]) -> Result<(JobId, String), (ErrorKind, String)> {
+        let mut client = self.client().await;
+        match client.call(Request::Send { paths: paths.to_vec(), follow: false }).await.expect("send reply") {
+            ServerFrame::Created(info) => Ok((info.id, info.code.expect("send jobs have a code"))),
+            ServerFrame::Error { kind, message } => Err((kind, message)),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    pub async fn receive(&self, code: &str) -> Result<JobId, (ErrorKind, String)> {
+        self.receive_into(code, None).await
+    }
+
+    pub async fn receive_into(&self, code: &str, dir: Option<&Path>) -> Result<JobId, (ErrorKind, String)> {
+        let mut client = self.client().await;
+        let request = Request::Receive {
+            code: code.to_owned(),
+            download_dir: dir.map(Path::to_owned),
+            accept: true,
+            follow: false,
+        };
+        match client.call(request).await.expect("receive reply") {
+            ServerFrame::Created(info) => Ok(info.id),
+            ServerFrame::Error { kind, message } => Err((kind, message)),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Follows job `id` until it is final.
+    pub async fn wait(&self, id: JobId) -> JobInfo {
+        let mut client = self.client().await;
+        client.send(Request::Watch { job: id }).await.expect("watch");
+        let mut last = None;
+        while let Some(frame) = client.next().await.expect("watch frame") {
+            match frame {
+                ServerFrame::Update(info) => last = Some(info),
+                ServerFrame::Done => break,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        last.expect("at least one update")
+    }
+
+    /// Waits until job `id` satisfies `pred`, returning that snapshot.
+    pub async fn wait_until(&self, id: JobId, pred: impl Fn(&JobInfo) -> bool) -> JobInfo {
+        let mut client = self.client().await;
+        client.send(Request::Watch { job: id }).await.expect("watch");
+        while let Some(frame) = client.next().await.expect("watch frame") {
+            if let ServerFrame::Update(info) = frame {
+                if pred(&info) || info.state.is_final() {
+                    return info;
+                }
+            }
+        }
+        panic!("job {id} ended without matching");
+    }
+
+    pub async fn cancel(&self, id: JobId) {
+        let reply = self.client().await.call(Request::Cancel { job: id }).await.expect("cancel");
+        assert_eq!(reply, ServerFrame::Done);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.stop().await;
+        }
+    }
+}
+
+/// Writes `size` bytes of seeded random data.
+pub fn random_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; size];
+    rng.fill_bytes(&mut data);
+    let path = dir.join(name);
+    std::fs::write(&path, &data).expect("write source file");
+    path
+}
+
+/// Files in `dir` (names), sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+pub fn assert_no_partials(dir: &Path) {
+    let partials: Vec<String> = listing(dir).into_iter().filter(|n| n.ends_with(".p2pd-part")).collect();
+    assert!(partials.is_empty(), "partial files left behind: {partials:?}");
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).expect("read file")))
+}

@@ -1,0 +1,137 @@
+//! Successful transfers: sizes around the chunk boundaries, several files, concurrency.
+
+use std::path::PathBuf;
+
+use p2pd::ipc::messages::JobState;
+
+use crate::support::*;
+
+/// Sizes around the 16 KiB (classic SCTP message) boundary, and larger.
+const SIZES: &[usize] = &[0, 1, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 1024 * 1024, 64 * 1024 * 1024];
+
+async fn round_trip(sender: &TestDaemon, receiver: &TestDaemon, sources: &[PathBuf]) {
+    let (send_id, code) = sender.send(sources).await.expect("send accepted");
+    let receive_id = receiver.receive(&code).await.expect("receive accepted");
+    let received = receiver.wait(receive_id).await;
+    let sent = sender.wait(send_id).await;
+    assert_eq!(received.state, JobState::Completed, "{:?}", received.failure);
+    assert_eq!(sent.state, JobState::Completed, "{:?}", sent.failure);
+    assert_eq!(sent.bytes_done, sent.bytes_total);
+    for (source, file) in sources.iter().zip(&received.files) {
+        let saved = file.saved_as.as_ref().expect("saved path");
+        assert!(file.verified);
+        assert_eq!(saved.parent(), Some(receiver.downloads.as_path()));
+        assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(source).unwrap(), "{}", source.display());
+        assert_eq!(sha256_file(saved), sha256_file(source));
+    }
+    assert_no_partials(&receiver.downloads);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sizes_round_trip_between_two_daemons() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        for (i, size) in SIZES.iter().enumerate() {
+            let path = random_file(src.path(), &format!("file-{size}.bin"), *size, i as u64);
+            round_trip(&a, &b, &[path]).await;
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_daemon_sends_to_itself() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let src = tempfile::tempdir().unwrap();
+        for (i, size) in [0usize, 16 * 1024 + 1, 1024 * 1024].iter().enumerate() {
+            let path = random_file(src.path(), &format!("self-{size}.bin"), *size, 100 + i as u64);
+            round_trip(&a, &a, &[path]).await;
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_files_in_one_transfer() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let files = vec![
+            random_file(src.path(), "one.bin", 100_000, 1),
+            random_file(src.path(), "two words.txt", 0, 2),
+            random_file(src.path(), "drei-ü.dat", 3 * 65536 + 7, 3),
+        ];
+        round_trip(&a, &b, &files).await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_transfers_at_once_all_verify() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let mut jobs = Vec::new();
+        for i in 0..4 {
+            let path = random_file(src.path(), &format!("parallel-{i}.bin"), 8 * 1024 * 1024 + i, 40 + i as u64);
+            let (send_id, code) = a.send(std::slice::from_ref(&path)).await.unwrap();
+            let receive_id = b.receive(&code).await.unwrap();
+            jobs.push((path, send_id, receive_id));
+        }
+        for (path, send_id, receive_id) in jobs {
+            let received = b.wait(receive_id).await;
+            assert_eq!(received.state, JobState::Completed, "{:?}", received.failure);
+            assert_eq!(a.wait(send_id).await.state, JobState::Completed);
+            let saved = received.files[0].saved_as.clone().unwrap();
+            assert_eq!(sha256_file(&saved), sha256_file(&path));
+        }
+        assert_no_partials(&b.downloads);
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_collision_gets_a_free_name_and_keeps_the_old_file() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(b.downloads.join("report.pdf"), b"precious").unwrap();
+        let path = random_file(src.path(), "report.pdf", 5000, 7);
+        let (send_id, code) = a.send(std::slice::from_ref(&path)).await.unwrap();
+        let received = b.wait(b.receive(&code).await.unwrap()).await;
+        assert_eq!(received.state, JobState::Completed);
+        assert_eq!(a.wait(send_id).await.state, JobState::Completed);
+        assert_eq!(std::fs::read(b.downloads.join("report.pdf")).unwrap(), b"precious");
+        assert_eq!(received.files[0].saved_as.as_deref(), Some(b.downloads.join("report (1).pdf").as_path()));
+        assert_eq!(sha256_file(&b.downloads.join("report (1).pdf")), sha256_file(&path));
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_into_another_directory() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let src = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let path = random_file(src.path(), "x.bin", 1234, 9);
+        let (_, code) = a.send(std::slice::from_ref(&path)).await.unwrap();
+        let received = a.wait(a.receive_into(&code, Some(out.path())).await.unwrap()).await;
+        assert_eq!(received.state, JobState::Completed);
+        assert_eq!(std::fs::read(out.path().join("x.bin")).unwrap(), std::fs::read(&path).unwrap());
+        assert!(listing(&a.downloads).is_empty());
+    })
+    .await
+    .expect("test finished in time");
+}
