@@ -1,1 +1,248 @@
-// filled in below
+//! The real binaries: exit codes, one-line errors, JSON events, signals.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::random_file;
+
+const P2P: &str = env!("CARGO_BIN_EXE_p2p");
+const P2PD: &str = env!("CARGO_BIN_EXE_p2pd");
+
+struct DaemonProcess {
+    child: Child,
+    socket: PathBuf,
+    downloads: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl DaemonProcess {
+    fn start() -> DaemonProcess {
+        DaemonProcess::start_as(&[])
+    }
+
+    /// `prefix` runs the daemon under another program, such as `setpriv` to drop root.
+    fn start_as(prefix: &[&str]) -> DaemonProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run").join("p2pd.sock");
+        let downloads = dir.path().join("dl");
+        std::fs::create_dir(&downloads).unwrap();
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(P2PD);
+                c
+            }
+            None => Command::new(P2PD),
+        };
+        if !prefix.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            std::fs::set_permissions(&downloads, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let child = command
+            .args(["--socket", socket.to_str().unwrap(), "--download-dir", downloads.to_str().unwrap()])
+            .args(["--rendezvous-listen", "127.0.0.1:0", "--ice-bind", "127.0.0.1:0"])
+            .env("HOME", dir.path())
+            .env_remove("P2PD_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn p2pd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "p2pd did not create its socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        DaemonProcess { child, socket, downloads, dir }
+    }
+
+    fn p2p(&self, args: &[&str]) -> Output {
+        p2p_with_socket(&self.socket, args)
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "p2pd ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn p2p_with_socket(socket: &Path, args: &[&str]) -> Output {
+    Command::new(P2P)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .env_remove("P2PD_SOCKET")
+        .output()
+        .expect("run p2p")
+}
+
+/// Asserts a failed command printed exactly one line on stderr, containing `needle`.
+fn assert_one_line_error(output: &Output, needle: &str) {
+    assert_eq!(output.status.code(), Some(1), "exit code; stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn events(values: &[serde_json::Value]) -> Vec<String> {
+    values.iter().filter_map(|v| v["event"].as_str().map(str::to_owned)).collect()
+}
+
+#[test]
+fn daemon_not_running_says_how_to_start_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = p2p_with_socket(&dir.path().join("nothing.sock"), &["status"]);
+    assert_one_line_error(&output, "p2pd is not running");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("start it with"));
+}
+
+#[test]
+fn malformed_code_and_missing_consent_fail_before_contacting_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nothing.sock");
+    assert_one_line_error(&p2p_with_socket(&socket, &["receive", "orbit-lantern", "--yes"]), "must start with a number");
+    assert_one_line_error(&p2p_with_socket(&socket, &["receive", "7-orbit", "--yes"]), "needs 2");
+    assert_one_line_error(&p2p_with_socket(&socket, &["receive", "7-orbit-lantern"]), "without asking");
+}
+
+#[test]
+fn bad_files_are_one_line_errors() {
+    let daemon = DaemonProcess::start();
+    let missing = daemon.dir.path().join("missing.bin");
+    assert_one_line_error(&daemon.p2p(&["send", missing.to_str().unwrap()]), "no such file");
+    assert_one_line_error(&daemon.p2p(&["send", daemon.downloads.to_str().unwrap()]), "is a directory");
+    let status = daemon.p2p(&["status", "--json"]);
+    assert!(status.status.success());
+    assert!(status.stdout.is_empty(), "no job was created: {}", String::from_utf8_lossy(&status.stdout));
+}
+
+#[test]
+fn unreadable_file_is_refused() {
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "locked.bin", 10, 1);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(src.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Root reads anything, so as root the daemon runs as nobody for this test.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let daemon = if is_root {
+        DaemonProcess::start_as(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+    } else {
+        DaemonProcess::start()
+    };
+    assert_one_line_error(&daemon.p2p(&["send", path.to_str().unwrap()]), "permission denied");
+}
+
+#[test]
+fn second_daemon_on_the_same_socket_refuses_to_start() {
+    let daemon = DaemonProcess::start();
+    let output = Command::new(P2PD)
+        .args(["--socket", daemon.socket.to_str().unwrap(), "--download-dir", daemon.downloads.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_one_line_error(&output, "another p2pd is already running");
+}
+
+#[test]
+fn json_send_and_receive_with_real_binaries_then_sigterm() {
+    let mut daemon = DaemonProcess::start();
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "data.bin", 3 * 1024 * 1024 + 3, 11);
+    let mut sender = Command::new(P2P)
+        .args(["--socket", daemon.socket.to_str().unwrap(), "send", "--json", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(sender.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let created: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(created["event"], "created");
+    assert_eq!(created["direction"], "send");
+    let code = created["code"].as_str().expect("code in the first event").to_owned();
+
+    let out = tempfile::tempdir().unwrap();
+    let received = daemon.p2p(&["receive", &code, "--yes", "--json", "-o", out.path().to_str().unwrap()]);
+    assert!(received.status.success(), "{}", String::from_utf8_lossy(&received.stderr));
+    let values = json_lines(&received.stdout);
+    let names = events(&values);
+    for expected in ["created", "files", "file_verified", "completed"] {
+        assert!(names.contains(&expected.to_owned()), "{expected} missing from {names:?}");
+    }
+    let verified = values.iter().find(|v| v["event"] == "file_verified").unwrap();
+    let saved = PathBuf::from(verified["path"].as_str().unwrap());
+    assert_eq!(saved, out.path().join("data.bin"));
+    assert_eq!(std::fs::read(&saved).unwrap(), std::fs::read(&path).unwrap());
+
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+    let status = sender.wait().unwrap();
+    assert!(status.success());
+    let sender_events = events(&json_lines(&rest));
+    assert_eq!(sender_events.last().map(String::as_str), Some("completed"), "{sender_events:?}");
+
+    let listed = daemon.p2p(&["status"]);
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(table.matches("completed").count(), 2, "{table}");
+
+    // An unknown code: one line, non-zero, and the advice to check it.
+    let wrong = daemon.p2p(&["receive", "999999-orbit-lantern", "--yes"]);
+    assert_one_line_error(&wrong, "no transfer is waiting for that code");
+
+    let status = daemon.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+    assert!(!daemon.socket.exists(), "socket removed on SIGTERM");
+}
+
+#[test]
+fn human_output_prints_code_and_saved_path() {
+    let daemon = DaemonProcess::start();
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "hello.txt", 1000, 12);
+    let mut sender = Command::new(P2P)
+        .args(["--socket", daemon.socket.to_str().unwrap(), "send", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(sender.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let code = line.trim().strip_prefix("Code: ").expect("first line gives the code").to_owned();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("On the other machine run: p2p receive {code}"));
+    let received = daemon.p2p(&["receive", &code, "--yes"]);
+    assert!(received.status.success(), "{}", String::from_utf8_lossy(&received.stderr));
+    let text = String::from_utf8_lossy(&received.stdout);
+    assert!(text.contains(&format!("Saved \"{}\"", daemon.downloads.join("hello.txt").display())), "{text}");
+    assert!(sender.wait().unwrap().success());
+}
