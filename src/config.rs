@@ -64,7 +64,9 @@ impl FileConfig {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => FileConfig::parse(&text, &path),
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(FileConfig::default())
+            }
             Err(source) => Err(ConfigError::Read { path, source }),
         }
     }
@@ -99,7 +101,12 @@ fn project_dirs() -> Option<directories::ProjectDirs> {
 pub fn default_socket_path() -> PathBuf {
     if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
         // systemd may list several directories separated by ':'; ours is the first.
-        let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         return PathBuf::from(first).join("p2pd.sock");
     }
     if let Some(dir) = project_dirs().and_then(|d| d.runtime_dir().map(Path::to_owned)) {
@@ -107,7 +114,9 @@ pub fn default_socket_path() -> PathBuf {
     }
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
-    std::env::temp_dir().join(format!("p2pd-{uid}")).join("p2pd.sock")
+    std::env::temp_dir()
+        .join(format!("p2pd-{uid}"))
+        .join("p2pd.sock")
 }
 
 pub fn default_download_dir() -> Result<PathBuf, ConfigError> {
@@ -131,7 +140,10 @@ pub struct Overrides {
 
 impl DaemonConfig {
     pub fn resolve(flags: Overrides, file: FileConfig) -> Result<DaemonConfig, ConfigError> {
-        let socket = flags.socket.or(file.socket).unwrap_or_else(default_socket_path);
+        let socket = flags
+            .socket
+            .or(file.socket)
+            .unwrap_or_else(default_socket_path);
         let download_dir = match flags.download_dir.or(file.download_dir) {
             Some(dir) => dir,
             None => default_download_dir()?,
@@ -145,18 +157,27 @@ impl DaemonConfig {
                     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             },
         };
-        let code_ttl = Duration::from_secs(flags.code_ttl_secs.or(file.code_ttl_secs).unwrap_or(DEFAULT_CODE_TTL.as_secs()));
+        let code_ttl = Duration::from_secs(
+            flags
+                .code_ttl_secs
+                .or(file.code_ttl_secs)
+                .unwrap_or(DEFAULT_CODE_TTL.as_secs()),
+        );
         let bind = if !flags.ice_bind.is_empty() {
             flags.ice_bind
         } else {
-            file.ice_bind.unwrap_or_else(|| vec!["0.0.0.0:0".to_owned()])
+            file.ice_bind
+                .unwrap_or_else(|| vec!["0.0.0.0:0".to_owned()])
         };
         Ok(DaemonConfig {
             socket,
             download_dir,
             rendezvous,
             code_ttl,
-            rtc: RtcSettings { ice_servers: file.ice_servers, bind },
+            rtc: RtcSettings {
+                ice_servers: file.ice_servers,
+                bind,
+            },
         })
     }
 }
@@ -188,15 +209,27 @@ mod tests {
         let file = FileConfig::parse(text, Path::new("c.toml")).unwrap();
         assert_eq!(file.ice_servers[0].username, "u");
         let config = DaemonConfig::resolve(Overrides::default(), file).unwrap();
-        assert_eq!(config.rendezvous, RendezvousMode::Remote { url: "ws://example.org:9009".into() });
+        assert_eq!(
+            config.rendezvous,
+            RendezvousMode::Remote {
+                url: "ws://example.org:9009".into()
+            }
+        );
         assert_eq!(config.code_ttl, Duration::from_secs(60));
         assert_eq!(config.rtc.bind, vec!["127.0.0.1:0".to_owned()]);
     }
 
     #[test]
     fn flags_beat_the_file() {
-        let file = FileConfig { download_dir: Some("/file".into()), code_ttl_secs: Some(5), ..Default::default() };
-        let flags = Overrides { download_dir: Some("/flag".into()), ..Default::default() };
+        let file = FileConfig {
+            download_dir: Some("/file".into()),
+            code_ttl_secs: Some(5),
+            ..Default::default()
+        };
+        let flags = Overrides {
+            download_dir: Some("/flag".into()),
+            ..Default::default()
+        };
         let config = DaemonConfig::resolve(flags, file).unwrap();
         assert_eq!(config.download_dir, PathBuf::from("/flag"));
         assert_eq!(config.code_ttl, Duration::from_secs(5));

@@ -78,15 +78,24 @@ fn main() -> std::process::ExitCode {
 }
 
 fn one_line(error: &anyhow::Error) -> String {
-    error.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+    error
+        .chain()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let stop = stop_on_signal()?;
     if let Some(Command::Rendezvous { listen, code_ttl }) = args.command {
-        let listener = server::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = server::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
         notify::notify("READY=1");
-        let config = RendezvousConfig { slot_ttl: Duration::from_secs(code_ttl), ..Default::default() };
+        let config = RendezvousConfig {
+            slot_ttl: Duration::from_secs(code_ttl),
+            ..Default::default()
+        };
         server::serve(listener, config, stop).await;
         notify::notify("STOPPING=1");
         return Ok(());

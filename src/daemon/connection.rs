@@ -9,21 +9,42 @@ use tracing::debug;
 
 use super::jobs::Jobs;
 use crate::ipc::codec::{CodecError, read_frame, write_frame};
-use crate::ipc::messages::{ClientFrame, ErrorKind, Failure, JobId, PROTOCOL_VERSION, Request, ServerFrame};
+use crate::ipc::messages::{
+    ClientFrame, ErrorKind, Failure, JobId, PROTOCOL_VERSION, Request, ServerFrame,
+};
 
-pub async fn serve(mut stream: UnixStream, jobs: Arc<Jobs>, shutdown: CancellationToken) -> Result<(), CodecError> {
+pub async fn serve(
+    mut stream: UnixStream,
+    jobs: Arc<Jobs>,
+    shutdown: CancellationToken,
+) -> Result<(), CodecError> {
     match read_frame::<ClientFrame, _>(&mut stream).await? {
         Some(ClientFrame::Hello { version }) if version == PROTOCOL_VERSION => {}
         Some(ClientFrame::Hello { .. }) => {
             // Tell the client our version so it can say which side to upgrade.
-            return write_frame(&mut stream, &ServerFrame::Hello { version: PROTOCOL_VERSION }).await;
+            return write_frame(
+                &mut stream,
+                &ServerFrame::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+            )
+            .await;
         }
         _ => {
-            let error = ServerFrame::Error { kind: ErrorKind::Version, message: "expected a hello".into() };
+            let error = ServerFrame::Error {
+                kind: ErrorKind::Version,
+                message: "expected a hello".into(),
+            };
             return write_frame(&mut stream, &error).await;
         }
     }
-    write_frame(&mut stream, &ServerFrame::Hello { version: PROTOCOL_VERSION }).await?;
+    write_frame(
+        &mut stream,
+        &ServerFrame::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    )
+    .await?;
 
     loop {
         let request = tokio::select! {
@@ -40,16 +61,25 @@ pub async fn serve(mut stream: UnixStream, jobs: Arc<Jobs>, shutdown: Cancellati
                 let created = jobs.start_send(paths).await;
                 reply_created(&mut stream, &jobs, created, follow).await?;
             }
-            Request::Receive { code, download_dir, accept, follow } => {
+            Request::Receive {
+                code,
+                download_dir,
+                accept,
+                follow,
+            } => {
                 let created = jobs.start_receive(&code, download_dir, accept).await;
                 reply_created(&mut stream, &jobs, created, follow).await?;
             }
             Request::List => write_frame(&mut stream, &ServerFrame::Jobs(jobs.list())).await?,
             Request::Watch { job } => match jobs.get(job) {
                 Some(_) => follow_job(&mut stream, &jobs, job).await?,
-                None => write_frame(&mut stream, &error_frame(jobs.cancel(job).unwrap_err())).await?,
+                None => {
+                    write_frame(&mut stream, &error_frame(jobs.cancel(job).unwrap_err())).await?
+                }
             },
-            Request::Cancel { job } => write_frame(&mut stream, &done_or_error(jobs.cancel(job))).await?,
+            Request::Cancel { job } => {
+                write_frame(&mut stream, &done_or_error(jobs.cancel(job))).await?
+            }
             Request::Decide { job, accept } => {
                 write_frame(&mut stream, &done_or_error(jobs.decide(job, accept))).await?
             }
@@ -78,7 +108,9 @@ async fn reply_created(
 
 /// Streams every change of job `id` until it is final, then `Done`.
 async fn follow_job(stream: &mut UnixStream, jobs: &Jobs, id: JobId) -> Result<(), CodecError> {
-    let Some(job) = jobs.get(id) else { return Ok(()) };
+    let Some(job) = jobs.get(id) else {
+        return Ok(());
+    };
     let mut updates = job.info.subscribe();
     loop {
         let info = updates.borrow_and_update().clone();
@@ -95,7 +127,10 @@ async fn follow_job(stream: &mut UnixStream, jobs: &Jobs, id: JobId) -> Result<(
 }
 
 fn error_frame(failure: Failure) -> ServerFrame {
-    ServerFrame::Error { kind: failure.kind, message: failure.message }
+    ServerFrame::Error {
+        kind: failure.kind,
+        message: failure.message,
+    }
 }
 
 fn done_or_error(result: Result<(), Failure>) -> ServerFrame {

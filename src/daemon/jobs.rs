@@ -37,12 +37,19 @@ pub struct Job {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Job {
     fn new(info: JobInfo, cancel: CancellationToken) -> Job {
-        Job { info: watch::Sender::new(info), cancel, decision: Mutex::new(None), started: Mutex::new(None) }
+        Job {
+            info: watch::Sender::new(info),
+            cancel,
+            decision: Mutex::new(None),
+            started: Mutex::new(None),
+        }
     }
 
     pub fn set_state(&self, state: JobState) {
@@ -59,7 +66,11 @@ impl Job {
     pub fn fail(&self, failure: Failure) {
         self.info.send_modify(|info| {
             if !info.state.is_final() {
-                info.state = if failure.kind == ErrorKind::Cancelled { JobState::Cancelled } else { JobState::Failed };
+                info.state = if failure.kind == ErrorKind::Cancelled {
+                    JobState::Cancelled
+                } else {
+                    JobState::Failed
+                };
                 info.failure = Some(failure);
             }
         });
@@ -78,7 +89,12 @@ impl Observer for Job {
         self.info.send_modify(|info| {
             info.files = files
                 .iter()
-                .map(|f| FileInfo { name: f.name.clone(), size: f.size, verified: false, saved_as: None })
+                .map(|f| FileInfo {
+                    name: f.name.clone(),
+                    size: f.size,
+                    verified: false,
+                    saved_as: None,
+                })
                 .collect();
             info.bytes_total = files.iter().map(|f| f.size).sum();
         });
@@ -114,7 +130,10 @@ pub struct Jobs {
 }
 
 fn failure(kind: ErrorKind, message: impl Into<String>) -> Failure {
-    Failure { kind, message: message.into() }
+    Failure {
+        kind,
+        message: message.into(),
+    }
 }
 
 impl Jobs {
@@ -128,10 +147,26 @@ impl Jobs {
         }
     }
 
-    fn register(&self, direction: Direction, state: JobState, code: Option<String>, files: Vec<FileInfo>) -> Arc<Job> {
+    fn register(
+        &self,
+        direction: Direction,
+        state: JobState,
+        code: Option<String>,
+        files: Vec<FileInfo>,
+    ) -> Arc<Job> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes_total = files.iter().map(|f| f.size).sum();
-        let info = JobInfo { id, direction, state, code, files, bytes_done: 0, bytes_total, rate: 0, failure: None };
+        let info = JobInfo {
+            id,
+            direction,
+            state,
+            code,
+            files,
+            bytes_done: 0,
+            bytes_total,
+            rate: 0,
+            failure: None,
+        };
         let job = Arc::new(Job::new(info, self.shutdown.child_token()));
         let mut table = lock(&self.table);
         table.insert(id, job.clone());
@@ -155,7 +190,10 @@ impl Jobs {
 
     fn refuse_if_stopping(&self) -> Result<(), Failure> {
         if self.shutdown.is_cancelled() {
-            return Err(failure(ErrorKind::ShuttingDown, "p2pd is shutting down: start it again and retry"));
+            return Err(failure(
+                ErrorKind::ShuttingDown,
+                "p2pd is shutting down: start it again and retry",
+            ));
         }
         Ok(())
     }
@@ -174,27 +212,51 @@ impl Jobs {
         let code = Code::generate(nameplate);
         let files = sources
             .iter()
-            .map(|s| FileInfo { name: s.name.clone(), size: s.size, verified: false, saved_as: None })
+            .map(|s| FileInfo {
+                name: s.name.clone(),
+                size: s.size,
+                verified: false,
+                saved_as: None,
+            })
             .collect();
-        let job = self.register(Direction::Send, JobState::WaitingForPeer, Some(code.to_string()), files);
+        let job = self.register(
+            Direction::Send,
+            JobState::WaitingForPeer,
+            Some(code.to_string()),
+            files,
+        );
         let info = job.info.borrow().clone();
         let context = self.context.clone();
         self.tracker.spawn(
-            runner::run_send(job, context, client, code, sources).instrument(tracing::info_span!("job", id = info.id, dir = "send")),
+            runner::run_send(job, context, client, code, sources).instrument(tracing::info_span!(
+                "job",
+                id = info.id,
+                dir = "send"
+            )),
         );
         Ok(info)
     }
 
-    pub async fn start_receive(&self, code: &str, dir: Option<PathBuf>, accept: bool) -> Result<JobInfo, Failure> {
+    pub async fn start_receive(
+        &self,
+        code: &str,
+        dir: Option<PathBuf>,
+        accept: bool,
+    ) -> Result<JobInfo, Failure> {
         self.refuse_if_stopping()?;
-        let code: Code = code.parse().map_err(|e: crate::rendezvous::CodeError| failure(ErrorKind::BadRequest, e.to_string()))?;
+        let code: Code = code.parse().map_err(|e: crate::rendezvous::CodeError| {
+            failure(ErrorKind::BadRequest, e.to_string())
+        })?;
         let dir = match dir {
             Some(dir) => dir,
             None => {
                 let dir = self.context.config.download_dir.clone();
                 // The default download directory may not exist yet on a fresh account.
                 std::fs::create_dir_all(&dir).map_err(|e| {
-                    failure(ErrorKind::Io, format!("cannot create download directory {}: {e}", dir.display()))
+                    failure(
+                        ErrorKind::Io,
+                        format!("cannot create download directory {}: {e}", dir.display()),
+                    )
                 })?;
                 dir
             }
@@ -202,14 +264,21 @@ impl Jobs {
         if !dir.is_dir() {
             return Err(failure(
                 ErrorKind::BadRequest,
-                format!("download directory {} does not exist or is not a directory: create it or choose another with -o", dir.display()),
+                format!(
+                    "download directory {} does not exist or is not a directory: create it or choose another with -o",
+                    dir.display()
+                ),
             ));
         }
         let job = self.register(Direction::Receive, JobState::Connecting, None, Vec::new());
         let info = job.info.borrow().clone();
         let context = self.context.clone();
         self.tracker.spawn(
-            runner::run_receive(job, context, code, dir, accept).instrument(tracing::info_span!("job", id = info.id, dir = "receive")),
+            runner::run_receive(job, context, code, dir, accept).instrument(tracing::info_span!(
+                "job",
+                id = info.id,
+                dir = "receive"
+            )),
         );
         Ok(info)
     }
@@ -219,7 +288,10 @@ impl Jobs {
     }
 
     pub fn list(&self) -> Vec<JobInfo> {
-        let mut jobs: Vec<JobInfo> = lock(&self.table).values().map(|j| j.info.borrow().clone()).collect();
+        let mut jobs: Vec<JobInfo> = lock(&self.table)
+            .values()
+            .map(|j| j.info.borrow().clone())
+            .collect();
         jobs.sort_by_key(|j| j.id);
         jobs
     }
@@ -227,7 +299,10 @@ impl Jobs {
     pub fn cancel(&self, id: JobId) -> Result<(), Failure> {
         let job = self.get(id).ok_or_else(|| not_found(id))?;
         if job.info.borrow().state.is_final() {
-            return Err(failure(ErrorKind::BadRequest, format!("job {id} has already finished")));
+            return Err(failure(
+                ErrorKind::BadRequest,
+                format!("job {id} has already finished"),
+            ));
         }
         job.cancel.cancel();
         Ok(())
@@ -241,13 +316,19 @@ impl Jobs {
                 let _ = tx.send(accept);
                 Ok(())
             }
-            None => Err(failure(ErrorKind::BadRequest, format!("job {id} is not waiting for a decision"))),
+            None => Err(failure(
+                ErrorKind::BadRequest,
+                format!("job {id} is not waiting for a decision"),
+            )),
         }
     }
 }
 
 fn not_found(id: JobId) -> Failure {
-    failure(ErrorKind::NotFound, format!("no job {id}: see `p2p status` for the job list"))
+    failure(
+        ErrorKind::NotFound,
+        format!("no job {id}: see `p2p status` for the job list"),
+    )
 }
 
 pub fn signal_failure(error: &SignalError) -> Failure {
@@ -264,7 +345,10 @@ pub fn signal_failure(error: &SignalError) -> Failure {
 /// Validates and opens the files to send. Blocking.
 fn open_sources(paths: &[PathBuf]) -> Result<Vec<SourceFile>, Failure> {
     if paths.is_empty() {
-        return Err(failure(ErrorKind::BadRequest, "nothing to send: give one or more files"));
+        return Err(failure(
+            ErrorKind::BadRequest,
+            "nothing to send: give one or more files",
+        ));
     }
     let mut sources: Vec<SourceFile> = Vec::with_capacity(paths.len());
     for path in paths {
@@ -278,24 +362,45 @@ fn open_sources(paths: &[PathBuf]) -> Result<Vec<SourceFile>, Failure> {
             failure(ErrorKind::BadRequest, format!("cannot send {shown}: {why}"))
         })?;
         if meta.is_dir() {
-            return Err(failure(ErrorKind::BadRequest, format!("cannot send {shown}: it is a directory; send the files in it instead")));
+            return Err(failure(
+                ErrorKind::BadRequest,
+                format!("cannot send {shown}: it is a directory; send the files in it instead"),
+            ));
         }
         if !meta.is_file() {
-            return Err(failure(ErrorKind::BadRequest, format!("cannot send {shown}: not a regular file")));
+            return Err(failure(
+                ErrorKind::BadRequest,
+                format!("cannot send {shown}: not a regular file"),
+            ));
         }
         let file = std::fs::File::open(path).map_err(|e| {
-            let why = if e.kind() == std::io::ErrorKind::PermissionDenied { "permission denied".to_owned() } else { e.to_string() };
+            let why = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                "permission denied".to_owned()
+            } else {
+                e.to_string()
+            };
             failure(ErrorKind::BadRequest, format!("cannot send {shown}: {why}"))
         })?;
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| failure(ErrorKind::BadRequest, format!("cannot send {shown}: its name is not valid UTF-8")))?
+            .ok_or_else(|| {
+                failure(
+                    ErrorKind::BadRequest,
+                    format!("cannot send {shown}: its name is not valid UTF-8"),
+                )
+            })?
             .to_owned();
         crate::transfer::names::validate_name(&name)
             .map_err(|e| failure(ErrorKind::BadRequest, format!("cannot send {shown}: {e}")))?;
-        if sources.iter().any(|s| s.name.to_lowercase() == name.to_lowercase()) {
-            return Err(failure(ErrorKind::BadRequest, format!("two files are named {name}: send them separately")));
+        if sources
+            .iter()
+            .any(|s| s.name.to_lowercase() == name.to_lowercase())
+        {
+            return Err(failure(
+                ErrorKind::BadRequest,
+                format!("two files are named {name}: send them separately"),
+            ));
         }
         // Re-read the size from the open handle: the file could have been swapped since.
         let size = file.metadata().map(|m| m.len()).unwrap_or(meta.len());

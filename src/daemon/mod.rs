@@ -60,24 +60,47 @@ impl Daemon {
                     Ok(tcp) => tcp,
                     Err(source) => {
                         let _ = std::fs::remove_file(&config.socket);
-                        return Err(DaemonError::Rendezvous { addr: *listen, source });
+                        return Err(DaemonError::Rendezvous {
+                            addr: *listen,
+                            source,
+                        });
                     }
                 };
-                let addr = tcp.local_addr().map_err(|source| DaemonError::Rendezvous { addr: *listen, source })?;
-                let rendezvous_config = RendezvousConfig { slot_ttl: config.code_ttl, ..RendezvousConfig::default() };
+                let addr = tcp.local_addr().map_err(|source| DaemonError::Rendezvous {
+                    addr: *listen,
+                    source,
+                })?;
+                let rendezvous_config = RendezvousConfig {
+                    slot_ttl: config.code_ttl,
+                    ..RendezvousConfig::default()
+                };
                 tracker.spawn(server::serve(tcp, rendezvous_config, shutdown.clone()));
                 (format!("ws://{}", local_view(addr)), Some(addr))
             }
         };
         let socket_path = config.socket.clone();
         let jobs = Arc::new(Jobs::new(
-            Context { config, rendezvous_url: rendezvous_url.clone() },
+            Context {
+                config,
+                rendezvous_url: rendezvous_url.clone(),
+            },
             shutdown.clone(),
             tracker.clone(),
         ));
-        tracker.spawn(accept_loop(listener, jobs, shutdown.clone(), tracker.clone()));
+        tracker.spawn(accept_loop(
+            listener,
+            jobs,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
         info!(socket = %socket_path.display(), rendezvous = %rendezvous_url, "p2pd ready");
-        Ok(Daemon { socket: socket_path, rendezvous_url, rendezvous_addr, shutdown, tracker })
+        Ok(Daemon {
+            socket: socket_path,
+            rendezvous_url,
+            rendezvous_addr,
+            shutdown,
+            tracker,
+        })
     }
 
     pub fn rendezvous_url(&self) -> &str {
@@ -107,7 +130,10 @@ impl Daemon {
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("some jobs did not stop in time");
         }
         let _ = std::fs::remove_file(&self.socket);
@@ -124,7 +150,12 @@ fn local_view(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-async fn accept_loop(listener: UnixListener, jobs: Arc<Jobs>, shutdown: CancellationToken, tracker: TaskTracker) {
+async fn accept_loop(
+    listener: UnixListener,
+    jobs: Arc<Jobs>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -58,7 +58,9 @@ impl JobError {
             JobError::Transfer(e) => (
                 match e {
                     TransferError::Declined | TransferError::Rejected(_) => ErrorKind::Declined,
-                    TransferError::PeerCancelled(_) | TransferError::PeerGone => ErrorKind::PeerGone,
+                    TransferError::PeerCancelled(_) | TransferError::PeerGone => {
+                        ErrorKind::PeerGone
+                    }
                     TransferError::VerificationFailed(_) => ErrorKind::VerificationFailed,
                     TransferError::Protocol(_) | TransferError::BadOffer(_) => ErrorKind::Protocol,
                     _ => ErrorKind::Io,
@@ -83,7 +85,10 @@ fn error_line(error: &dyn std::error::Error) -> String {
     line
 }
 
-async fn or_cancel<T>(cancel: &CancellationToken, work: impl Future<Output = Result<T, JobError>>) -> Result<T, JobError> {
+async fn or_cancel<T>(
+    cancel: &CancellationToken,
+    work: impl Future<Output = Result<T, JobError>>,
+) -> Result<T, JobError> {
     tokio::select! {
         _ = cancel.cancelled() => Err(JobError::Cancelled),
         result = work => result,
@@ -104,12 +109,21 @@ fn finish(job: &Job, result: Result<(), JobError>) {
     }
 }
 
-pub async fn run_send(job: Arc<Job>, context: Arc<Context>, mut client: RendezvousClient, code: Code, files: Vec<SourceFile>) {
+pub async fn run_send(
+    job: Arc<Job>,
+    context: Arc<Context>,
+    mut client: RendezvousClient,
+    code: Code,
+    files: Vec<SourceFile>,
+) {
     let cancel = job.cancel.clone();
     let result = async {
         or_cancel(&cancel, async { Ok(client.wait_for_peer().await?) }).await?;
         job.set_state(JobState::Negotiating);
-        let session = or_cancel(&cancel, async { Ok(Session::establish(client, Role::Sender, &code).await?) }).await?;
+        let session = or_cancel(&cancel, async {
+            Ok(Session::establish(client, Role::Sender, &code).await?)
+        })
+        .await?;
         let connection = rtc::connect_offerer(session, &context.config.rtc, &cancel).await?;
         job.set_state(JobState::Transferring);
         let result = sender::send(&connection.link, files, job.as_ref(), &cancel).await;
@@ -120,7 +134,13 @@ pub async fn run_send(job: Arc<Job>, context: Arc<Context>, mut client: Rendezvo
     finish(&job, result);
 }
 
-pub async fn run_receive(job: Arc<Job>, context: Arc<Context>, code: Code, dir: PathBuf, accept: bool) {
+pub async fn run_receive(
+    job: Arc<Job>,
+    context: Arc<Context>,
+    code: Code,
+    dir: PathBuf,
+    accept: bool,
+) {
     let cancel = job.cancel.clone();
     let result = async {
         let session = or_cancel(&cancel, async {
@@ -152,7 +172,8 @@ pub async fn run_receive(job: Arc<Job>, context: Arc<Context>, code: Code, dir: 
                 accepted
             }
         };
-        let result = receiver::receive(&connection.link, &dir, job.as_ref(), transferring, &cancel).await;
+        let result =
+            receiver::receive(&connection.link, &dir, job.as_ref(), transferring, &cancel).await;
         connection.close().await;
         result.map(|_| ()).map_err(JobError::from)
     }

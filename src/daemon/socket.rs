@@ -21,13 +21,19 @@ pub enum SocketError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SocketError + '_ {
-    move |source| SocketError::Io { path: path.to_owned(), source }
+    move |source| SocketError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Binds the control socket at `path`: parent directory `0700`, socket `0600`. A socket
 /// left by a crashed daemon is replaced only after a connection attempt to it fails.
 pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     prepare_dir(dir)?;
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
@@ -38,16 +44,28 @@ pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     let listener = UnixListener::bind(path).map_err(|source| match source.kind() {
         // Another daemon won the race between our probe and our bind.
         io::ErrorKind::AddrInUse => SocketError::InUse(path.to_owned()),
-        _ => SocketError::Io { path: path.to_owned(), source },
+        _ => SocketError::Io {
+            path: path.to_owned(),
+            source,
+        },
     })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
     Ok(listener)
 }
 
 fn prepare_dir(dir: &Path) -> Result<(), SocketError> {
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => {}
-        Err(source) => return Err(SocketError::Io { path: dir.to_owned(), source }),
+        Err(source) => {
+            return Err(SocketError::Io {
+                path: dir.to_owned(),
+                source,
+            });
+        }
     }
     let meta = std::fs::metadata(dir).map_err(io_err(dir))?;
     if meta.uid() != current_uid() {
@@ -55,10 +73,13 @@ fn prepare_dir(dir: &Path) -> Result<(), SocketError> {
         if meta.mode() & 0o1000 != 0 {
             return Ok(());
         }
-        return Err(SocketError::Unsafe { path: dir.to_owned() });
+        return Err(SocketError::Unsafe {
+            path: dir.to_owned(),
+        });
     }
     if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(dir))?;
     }
     Ok(())
 }

@@ -9,7 +9,9 @@ use super::messages::{ClientFrame, PROTOCOL_VERSION, Request, ServerFrame};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpcError {
-    #[error("p2pd is not running (no daemon at {path}): start it with `p2pd` or `systemctl --user start p2pd`")]
+    #[error(
+        "p2pd is not running (no daemon at {path}): start it with `p2pd` or `systemctl --user start p2pd`"
+    )]
     NotRunning { path: String },
     #[error("cannot connect to p2pd at {path}: {source}")]
     Connect {
@@ -17,7 +19,9 @@ pub enum IpcError {
         #[source]
         source: std::io::Error,
     },
-    #[error("p2pd speaks protocol version {0}, this p2p speaks {PROTOCOL_VERSION}: use matching versions")]
+    #[error(
+        "p2pd speaks protocol version {0}, this p2p speaks {PROTOCOL_VERSION}: use matching versions"
+    )]
     Version(u32),
     #[error("p2pd closed the connection")]
     Closed,
@@ -32,14 +36,27 @@ pub struct IpcClient {
 impl IpcClient {
     pub async fn connect(path: &Path) -> Result<IpcClient, IpcError> {
         let shown = path.display().to_string();
-        let stream = UnixStream::connect(path).await.map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                IpcError::NotRunning { path: shown.clone() }
-            }
-            _ => IpcError::Connect { path: shown.clone(), source },
-        })?;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    IpcError::NotRunning {
+                        path: shown.clone(),
+                    }
+                }
+                _ => IpcError::Connect {
+                    path: shown.clone(),
+                    source,
+                },
+            })?;
         let mut client = IpcClient { stream };
-        write_frame(&mut client.stream, &ClientFrame::Hello { version: PROTOCOL_VERSION }).await?;
+        write_frame(
+            &mut client.stream,
+            &ClientFrame::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .await?;
         match client.next().await? {
             Some(ServerFrame::Hello { version }) if version == PROTOCOL_VERSION => Ok(client),
             Some(ServerFrame::Hello { version }) => Err(IpcError::Version(version)),

@@ -43,7 +43,9 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
-pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<T>, CodecError> {
+pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<T>, CodecError> {
     let mut header = [0u8; 4];
     match reader.read_exact(&mut header).await {
         Ok(_) => {}
@@ -55,7 +57,10 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(reader: &mut 
     decode(&body).map(Some)
 }
 
-pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(writer: &mut W, value: &T) -> Result<(), CodecError> {
+pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    value: &T,
+) -> Result<(), CodecError> {
     writer.write_all(&encode(value)?).await?;
     writer.flush().await?;
     Ok(())
@@ -82,7 +87,10 @@ mod tests {
 
     #[test]
     fn oversized_headers_are_refused_before_reading() {
-        assert!(matches!(body_len((MAX_FRAME_BYTES as u32 + 1).to_be_bytes()), Err(CodecError::TooLarge(_))));
+        assert!(matches!(
+            body_len((MAX_FRAME_BYTES as u32 + 1).to_be_bytes()),
+            Err(CodecError::TooLarge(_))
+        ));
         assert!(body_len((MAX_FRAME_BYTES as u32).to_be_bytes()).is_ok());
     }
 
@@ -96,8 +104,14 @@ mod tests {
     async fn stream_helpers_handle_eof() {
         let mut bytes = encode(&ClientFrame::Hello { version: 1 }).unwrap();
         let mut reader = bytes.as_slice();
-        assert_eq!(read_frame::<ClientFrame, _>(&mut reader).await.unwrap(), Some(ClientFrame::Hello { version: 1 }));
-        assert_eq!(read_frame::<ClientFrame, _>(&mut reader).await.unwrap(), None);
+        assert_eq!(
+            read_frame::<ClientFrame, _>(&mut reader).await.unwrap(),
+            Some(ClientFrame::Hello { version: 1 })
+        );
+        assert_eq!(
+            read_frame::<ClientFrame, _>(&mut reader).await.unwrap(),
+            None
+        );
         bytes.truncate(bytes.len() - 1);
         let mut short = bytes.as_slice();
         assert!(read_frame::<ClientFrame, _>(&mut short).await.is_err());

@@ -18,14 +18,29 @@ pub enum ClientFrame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Start sending; the reply is `Created` with the code, then updates if `follow`.
-    Send { paths: Vec<PathBuf>, follow: bool },
+    Send {
+        paths: Vec<PathBuf>,
+        follow: bool,
+    },
     /// Start receiving; `accept` skips the question. Updates follow if `follow`.
-    Receive { code: String, download_dir: Option<PathBuf>, accept: bool, follow: bool },
+    Receive {
+        code: String,
+        download_dir: Option<PathBuf>,
+        accept: bool,
+        follow: bool,
+    },
     List,
-    Watch { job: JobId },
-    Cancel { job: JobId },
+    Watch {
+        job: JobId,
+    },
+    Cancel {
+        job: JobId,
+    },
     /// Answer a receive job's question: take the offered files or not.
-    Decide { job: JobId, accept: bool },
+    Decide {
+        job: JobId,
+        accept: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +77,10 @@ pub enum JobState {
 
 impl JobState {
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
     }
 }
 

@@ -1,17 +1,17 @@
 //! The daemon's side of the rendezvous: a WebSocket that allocates or claims a nameplate
 //! and then carries opaque blobs to and from the paired peer.
 
-use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::SignalError;
 use super::messages::{ClientMessage, ServerErrorKind, ServerMessage};
 use super::server::MAX_MESSAGE_BYTES;
-use super::SignalError;
 
 pub struct RendezvousClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -35,7 +35,10 @@ impl RendezvousClient {
     pub async fn allocate(&mut self) -> Result<(u32, u64), SignalError> {
         self.send(&ClientMessage::Allocate).await?;
         match self.recv().await? {
-            ServerMessage::Allocated { nameplate, expires_in_secs } => Ok((nameplate, expires_in_secs)),
+            ServerMessage::Allocated {
+                nameplate,
+                expires_in_secs,
+            } => Ok((nameplate, expires_in_secs)),
             other => Err(unexpected(&other)),
         }
     }
@@ -57,7 +60,10 @@ impl RendezvousClient {
     }
 
     pub async fn relay(&mut self, body: &[u8]) -> Result<(), SignalError> {
-        self.send(&ClientMessage::Relay { body: BASE64.encode(body) }).await
+        self.send(&ClientMessage::Relay {
+            body: BASE64.encode(body),
+        })
+        .await
     }
 
     pub async fn recv_relay(&mut self) -> Result<Vec<u8>, SignalError> {
@@ -91,8 +97,11 @@ impl RendezvousClient {
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Text(text))) => {
-                    return serde_json::from_str(&text)
-                        .map_err(|_| SignalError::Protocol("rendezvous sent a message p2pd does not understand".into()));
+                    return serde_json::from_str(&text).map_err(|_| {
+                        SignalError::Protocol(
+                            "rendezvous sent a message p2pd does not understand".into(),
+                        )
+                    });
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 _ => return Err(SignalError::RendezvousClosed),
@@ -110,7 +119,9 @@ fn unexpected(message: &ServerMessage) -> SignalError {
             ServerErrorKind::Crowded => SignalError::Crowded,
             ServerErrorKind::Burned => SignalError::WrongCode,
             ServerErrorKind::Busy => SignalError::Busy,
-            ServerErrorKind::Protocol => SignalError::Protocol("rendezvous rejected a message".into()),
+            ServerErrorKind::Protocol => {
+                SignalError::Protocol("rendezvous rejected a message".into())
+            }
         },
         _ => SignalError::Protocol("rendezvous sent a message out of turn".into()),
     }

@@ -27,7 +27,9 @@ pub enum CodeError {
     Empty,
     #[error("the code must start with a number, like 7-orbit-lantern")]
     MissingNameplate,
-    #[error("the code has {0} word(s) after the number but needs {CODE_WORDS}: check it, like 7-orbit-lantern")]
+    #[error(
+        "the code has {0} word(s) after the number but needs {CODE_WORDS}: check it, like 7-orbit-lantern"
+    )]
     WrongWordCount(usize),
     #[error("'{0}' is not one of p2pd's code words: check the spelling of the code")]
     UnknownWord(String),
@@ -124,7 +126,10 @@ mod tests {
     #[test]
     fn malformed_codes_are_rejected_before_any_network_use() {
         assert_eq!("".parse::<Code>(), Err(CodeError::Empty));
-        assert_eq!("orbit-lantern".parse::<Code>(), Err(CodeError::MissingNameplate));
+        assert_eq!(
+            "orbit-lantern".parse::<Code>(),
+            Err(CodeError::MissingNameplate)
+        );
         assert_eq!("7-orbit".parse::<Code>(), Err(CodeError::WrongWordCount(1)));
         assert_eq!("7".parse::<Code>(), Err(CodeError::WrongWordCount(0)));
         assert_eq!(
@@ -150,6 +155,10 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), 256);
-        assert!(WORDS.iter().all(|w| w.chars().all(|c| c.is_ascii_lowercase())));
+        assert!(
+            WORDS
+                .iter()
+                .all(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+        );
     }
 }

@@ -103,15 +103,18 @@ impl SessionKeys {
 
     fn confirmation_mac(&self, role: Role) -> Hmac<Sha256> {
         let key = self.derive(b"confirm", role);
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key)
-            .expect("HMAC accepts keys of any length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC accepts keys of any length");
         mac.update(b"key confirmation");
         mac
     }
 
     /// The tag we send to prove we hold the same key.
     pub fn our_confirmation(&self) -> [u8; 32] {
-        self.confirmation_mac(self.role).finalize().into_bytes().into()
+        self.confirmation_mac(self.role)
+            .finalize()
+            .into_bytes()
+            .into()
     }
 
     /// Checks the peer's tag in constant time and, if it matches, opens the sealed channel.
@@ -152,7 +155,13 @@ impl SealedChannel {
         let aad = seq.to_be_bytes();
         let sealed = self
             .seal
-            .encrypt(&nonce(seq), Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                &nonce(seq),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .expect("ChaCha20Poly1305 encryption only fails past 256 GiB per message");
         [aad.as_slice(), &sealed].concat()
     }
@@ -168,7 +177,13 @@ impl SealedChannel {
         }
         let plain = self
             .open
-            .decrypt(&nonce(seq), Payload { msg: sealed, aad: seq_bytes })
+            .decrypt(
+                &nonce(seq),
+                Payload {
+                    msg: sealed,
+                    aad: seq_bytes,
+                },
+            )
             .map_err(|_| CryptoError::BadSeal)?;
         self.next_recv += 1;
         Ok(plain)

@@ -19,11 +19,19 @@ pub enum ClientMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerMessage {
-    Allocated { nameplate: u32, expires_in_secs: u64 },
+    Allocated {
+        nameplate: u32,
+        expires_in_secs: u64,
+    },
     Paired,
-    Relay { body: String },
+    Relay {
+        body: String,
+    },
     PeerGone,
-    Error { kind: ServerErrorKind, message: String },
+    Error {
+        kind: ServerErrorKind,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,12 +61,21 @@ mod tests {
         assert_eq!(json, r#"{"type":"claim","nameplate":7}"#);
         let msg: ServerMessage =
             serde_json::from_str(r#"{"type":"error","kind":"crowded","message":"x"}"#).unwrap();
-        assert!(matches!(msg, ServerMessage::Error { kind: ServerErrorKind::Crowded, .. }));
+        assert!(matches!(
+            msg,
+            ServerMessage::Error {
+                kind: ServerErrorKind::Crowded,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn unknown_types_and_fields_are_rejected() {
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"nuke"}"#).is_err());
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"claim","nameplate":1,"x":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"claim","nameplate":1,"x":1}"#)
+                .is_err()
+        );
     }
 }

@@ -11,12 +11,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{Instrument, debug, info, warn};
 
 use super::messages::{ClientMessage, ServerErrorKind, ServerMessage};
 
@@ -66,7 +66,9 @@ type SharedSlots = Arc<Mutex<Slots>>;
 
 fn lock(slots: &SharedSlots) -> std::sync::MutexGuard<'_, Slots> {
     // A panic while holding this lock would be a bug in this module; the map stays usable.
-    slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    slots
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Serves until `shutdown` fires, then waits for every connection task to end.
@@ -208,10 +210,10 @@ impl Connection {
                     }
                 }
             };
-            if let Some(reply) = reply {
-                if send(&mut sink, &reply).await.is_err() {
-                    break;
-                }
+            if let Some(reply) = reply
+                && send(&mut sink, &reply).await.is_err()
+            {
+                break;
             }
         }
         self.leave(phase);
@@ -230,12 +232,18 @@ impl Connection {
                 let nameplate = {
                     let mut slots = lock(&self.slots);
                     if slots.by_nameplate.len() >= self.config.max_slots {
-                        return Step::End(Some(error(ServerErrorKind::Busy, "too many open codes, try again later")));
+                        return Step::End(Some(error(
+                            ServerErrorKind::Busy,
+                            "too many open codes, try again later",
+                        )));
                     }
                     let nameplate = free_nameplate(&slots);
                     slots.by_nameplate.insert(
                         nameplate,
-                        Slot::Waiting { allocator: out_tx.clone(), handoff: handoff_tx },
+                        Slot::Waiting {
+                            allocator: out_tx.clone(),
+                            handoff: handoff_tx,
+                        },
                     );
                     nameplate
                 };
@@ -260,19 +268,30 @@ impl Connection {
                         }
                         Some(Slot::Paired) => {
                             slots.by_nameplate.insert(nameplate, Slot::Paired);
-                            Err(error(ServerErrorKind::Crowded, "that code is already in use by two parties"))
+                            Err(error(
+                                ServerErrorKind::Crowded,
+                                "that code is already in use by two parties",
+                            ))
                         }
-                        None => Err(error(ServerErrorKind::UnknownNameplate, "no transfer is waiting with that code")),
+                        None => Err(error(
+                            ServerErrorKind::UnknownNameplate,
+                            "no transfer is waiting with that code",
+                        )),
                     }
                 };
                 match taken {
                     Ok((allocator, handoff)) => {
-                        if handoff.send(out_tx.clone()).is_err() || allocator.send(ServerMessage::Paired).await.is_err() {
+                        if handoff.send(out_tx.clone()).is_err()
+                            || allocator.send(ServerMessage::Paired).await.is_err()
+                        {
                             lock(&self.slots).by_nameplate.remove(&nameplate);
                             return Step::End(Some(ServerMessage::PeerGone));
                         }
                         debug!(nameplate, "paired");
-                        *phase = Phase::Paired { nameplate, peer: allocator };
+                        *phase = Phase::Paired {
+                            nameplate,
+                            peer: allocator,
+                        };
                         Step::Reply(ServerMessage::Paired)
                     }
                     Err(reply) => Step::End(Some(reply)),
@@ -285,11 +304,17 @@ impl Connection {
                 Step::Quiet
             }
             (ClientMessage::Burn, Phase::Paired { peer, .. }) => {
-                let _ = peer.try_send(error(ServerErrorKind::Burned, "the other side had a different code"));
+                let _ = peer.try_send(error(
+                    ServerErrorKind::Burned,
+                    "the other side had a different code",
+                ));
                 Step::End(None)
             }
             (ClientMessage::Burn, Phase::Waiting { .. }) => Step::End(None),
-            _ => Step::End(Some(error(ServerErrorKind::Protocol, "message not allowed now"))),
+            _ => Step::End(Some(error(
+                ServerErrorKind::Protocol,
+                "message not allowed now",
+            ))),
         }
     }
 
@@ -322,7 +347,10 @@ async fn wait_handoff(phase: &mut Phase) -> Option<mpsc::Sender<ServerMessage>> 
 }
 
 fn error(kind: ServerErrorKind, message: &str) -> ServerMessage {
-    ServerMessage::Error { kind, message: message.to_owned() }
+    ServerMessage::Error {
+        kind,
+        message: message.to_owned(),
+    }
 }
 
 /// Small numbers are easier to read aloud; widen the range only as it fills. Random within

@@ -1,9 +1,9 @@
 //! Pairing over the rendezvous: SPAKE2, key confirmation, then sealed messages only.
 
+use super::SignalError;
 use super::client::RendezvousClient;
 use super::code::Code;
 use super::crypto::{CryptoError, Pake, Role, SealedChannel};
-use super::SignalError;
 
 /// An authenticated, encrypted, ordered message pipe to the peer daemon.
 pub struct Session {

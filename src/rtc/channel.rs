@@ -28,7 +28,10 @@ pub struct DataLink {
 
 impl DataLink {
     /// Starts pumping `channel`; resolves once it is open (or fails if it closes first).
-    pub async fn open(channel: Arc<dyn DataChannel>, already_open: bool) -> Result<DataLink, LinkClosed> {
+    pub async fn open(
+        channel: Arc<dyn DataChannel>,
+        already_open: bool,
+    ) -> Result<DataLink, LinkClosed> {
         channel
             .set_buffered_amount_low_threshold(BUFFERED_LOW_BYTES)
             .await
@@ -76,7 +79,12 @@ impl DataLink {
         if !already_open && open_rx.wait_for(|open| *open).await.is_err() {
             return Err(LinkClosed);
         }
-        Ok(DataLink { channel, inbound: tokio::sync::Mutex::new(inbound), paused, pump })
+        Ok(DataLink {
+            channel,
+            inbound: tokio::sync::Mutex::new(inbound),
+            paused,
+            pump,
+        })
     }
 
     pub async fn close(&self) {

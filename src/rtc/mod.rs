@@ -5,13 +5,15 @@ pub mod channel;
 pub mod peer;
 pub mod runtime;
 
-pub use peer::{connect_answerer, connect_offerer, Connection, IceServer, RtcSettings};
+pub use peer::{Connection, IceServer, RtcSettings, connect_answerer, connect_offerer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RtcError {
     #[error("cannot set up WebRTC")]
     Setup(#[source] webrtc::error::Error),
-    #[error("no network route to the other side was found: if either side is behind a strict NAT or firewall, configure a TURN server")]
+    #[error(
+        "no network route to the other side was found: if either side is behind a strict NAT or firewall, configure a TURN server"
+    )]
     NoRoute,
     #[error("the data channel closed before the transfer started")]
     ChannelClosed,

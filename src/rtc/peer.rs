@@ -16,9 +16,9 @@ use webrtc::peer_connection::{
     RTCSessionDescription, SettingEngineBuilder,
 };
 
+use super::RtcError;
 use super::channel::DataLink;
 use super::runtime::TunedRuntime;
-use super::RtcError;
 use crate::rendezvous::Session;
 
 /// The data channel's label names the protocol version; a peer with another is refused.
@@ -115,7 +115,10 @@ struct Pending {
 }
 
 async fn build(settings: &RtcSettings) -> Result<Pending, RtcError> {
-    let loopback = settings.bind.iter().any(|a| a.starts_with("127.") || a.starts_with("[::1]"));
+    let loopback = settings
+        .bind
+        .iter()
+        .any(|a| a.starts_with("127.") || a.starts_with("[::1]"));
     let setting_engine = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_sctp_max_receive_buffer_size(SCTP_RECEIVE_WINDOW_BYTES)
@@ -138,7 +141,11 @@ async fn build(settings: &RtcSettings) -> Result<Pending, RtcError> {
     let (candidates_tx, candidates) = mpsc::channel(256);
     let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
     let (channels_tx, channels) = mpsc::channel(1);
-    let handler = Handler { candidates: candidates_tx, state: state_tx, channels: channels_tx };
+    let handler = Handler {
+        candidates: candidates_tx,
+        state: state_tx,
+        channels: channels_tx,
+    };
     let pc = PeerConnectionBuilder::new()
         .with_configuration(config)
         .with_setting_engine(setting_engine)
@@ -149,7 +156,12 @@ async fn build(settings: &RtcSettings) -> Result<Pending, RtcError> {
         .build()
         .await
         .map_err(RtcError::Setup)?;
-    Ok(Pending { pc: Arc::new(pc), candidates, state, channels })
+    Ok(Pending {
+        pc: Arc::new(pc),
+        candidates,
+        state,
+        channels,
+    })
 }
 
 /// The sending side: creates the channel and the offer.
@@ -161,14 +173,35 @@ pub async fn connect_offerer(
     let pending = build(settings).await?;
     let channel = pending
         .pc
-        .create_data_channel(CHANNEL_LABEL, Some(RTCDataChannelInit { ordered: true, ..Default::default() }))
+        .create_data_channel(
+            CHANNEL_LABEL,
+            Some(RTCDataChannelInit {
+                ordered: true,
+                ..Default::default()
+            }),
+        )
         .await
         .map_err(RtcError::Setup)?;
-    let offer = pending.pc.create_offer(None).await.map_err(RtcError::Setup)?;
+    let offer = pending
+        .pc
+        .create_offer(None)
+        .await
+        .map_err(RtcError::Setup)?;
     let sdp = offer.sdp.clone();
-    pending.pc.set_local_description(offer).await.map_err(RtcError::Setup)?;
+    pending
+        .pc
+        .set_local_description(offer)
+        .await
+        .map_err(RtcError::Setup)?;
     let opening = DataLink::open(channel, false);
-    negotiate(pending, session, Some(Signal::Offer { sdp }), opening, cancel).await
+    negotiate(
+        pending,
+        session,
+        Some(Signal::Offer { sdp }),
+        opening,
+        cancel,
+    )
+    .await
 }
 
 /// The receiving side: answers the offer and accepts the one channel the peer opens.
@@ -180,7 +213,10 @@ pub async fn connect_answerer(
     let mut pending = build(settings).await?;
     let mut channels = std::mem::replace(&mut pending.channels, mpsc::channel(1).1);
     let opening = async move {
-        let channel = channels.recv().await.ok_or(crate::transfer::link::LinkClosed)?;
+        let channel = channels
+            .recv()
+            .await
+            .ok_or(crate::transfer::link::LinkClosed)?;
         if channel.label().await.ok().as_deref() != Some(CHANNEL_LABEL) {
             warn!("peer opened a channel with an unknown label");
             let _ = channel.close().await;
@@ -255,15 +291,21 @@ async fn handle_signal(
     match signal {
         Signal::Offer { sdp } => {
             let offer = RTCSessionDescription::offer(sdp).map_err(|_| RtcError::BadSignal)?;
-            pc.set_remote_description(offer).await.map_err(|_| RtcError::BadSignal)?;
+            pc.set_remote_description(offer)
+                .await
+                .map_err(|_| RtcError::BadSignal)?;
             let answer = pc.create_answer(None).await.map_err(RtcError::Setup)?;
             let sdp = answer.sdp.clone();
-            pc.set_local_description(answer).await.map_err(RtcError::Setup)?;
+            pc.set_local_description(answer)
+                .await
+                .map_err(RtcError::Setup)?;
             send_signal(session, &Signal::Answer { sdp }).await?;
         }
         Signal::Answer { sdp } => {
             let answer = RTCSessionDescription::answer(sdp).map_err(|_| RtcError::BadSignal)?;
-            pc.set_remote_description(answer).await.map_err(|_| RtcError::BadSignal)?;
+            pc.set_remote_description(answer)
+                .await
+                .map_err(|_| RtcError::BadSignal)?;
         }
         Signal::Candidate { candidate } => {
             // A candidate we cannot use is not fatal: others may still connect.

@@ -44,13 +44,19 @@ pub enum TransferError {
     PeerGone,
     #[error("the other side broke the protocol: {0}")]
     Protocol(String),
-    #[error("verification failed for {0}: the received bytes do not match the sender's SHA-256, nothing was saved under that name")]
+    #[error(
+        "verification failed for {0}: the received bytes do not match the sender's SHA-256, nothing was saved under that name"
+    )]
     VerificationFailed(String),
-    #[error("{0} changed while it was being sent: send it again once it is no longer being written")]
+    #[error(
+        "{0} changed while it was being sent: send it again once it is no longer being written"
+    )]
     SourceChanged(String),
     #[error("disk full while receiving: free some space and run the transfer again")]
     DiskFull,
-    #[error("not enough free space: the transfer needs {needed} bytes but only {available} are free")]
+    #[error(
+        "not enough free space: the transfer needs {needed} bytes but only {available} are free"
+    )]
     NotEnoughSpace { needed: u64, available: u64 },
     #[error("the offer is not acceptable: {0}")]
     BadOffer(#[from] names::NameError),
@@ -64,10 +70,16 @@ pub enum TransferError {
 
 impl TransferError {
     fn io(context: impl Into<String>, source: std::io::Error) -> TransferError {
-        if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+        if matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        ) {
             return TransferError::DiskFull;
         }
-        TransferError::Io { context: context.into(), source }
+        TransferError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

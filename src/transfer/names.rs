@@ -35,7 +35,10 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.ends_with(PARTIAL_SUFFIX) || name.trim() != name {
         return Err(bad());
     }
-    if name.chars().any(|c| c == '/' || c == '\\' || c == ':' || is_dangerous_char(c)) {
+    if name
+        .chars()
+        .any(|c| c == '/' || c == '\\' || c == ':' || is_dangerous_char(c))
+    {
         return Err(bad());
     }
     Ok(())
@@ -63,7 +66,9 @@ pub fn validate_offer(files: &[FileEntry]) -> Result<u64, NameError> {
         if !seen.insert(file.name.to_lowercase()) {
             return Err(NameError::Duplicate(escape_for_terminal(&file.name)));
         }
-        total = total.checked_add(file.size).ok_or(NameError::SizeOverflow)?;
+        total = total
+            .checked_add(file.size)
+            .ok_or(NameError::SizeOverflow)?;
     }
     Ok(total)
 }
@@ -107,12 +112,22 @@ mod tests {
     use super::*;
 
     fn entry(name: &str) -> FileEntry {
-        FileEntry { name: name.into(), size: 1 }
+        FileEntry {
+            name: name.into(),
+            size: 1,
+        }
     }
 
     #[test]
     fn plain_names_pass() {
-        for name in ["a", "report 2024.pdf", ".bashrc", "naïve café.txt", "数据.bin", "a..b"] {
+        for name in [
+            "a",
+            "report 2024.pdf",
+            ".bashrc",
+            "naïve café.txt",
+            "数据.bin",
+            "a..b",
+        ] {
             assert_eq!(validate_name(name), Ok(()), "{name}");
         }
     }
@@ -121,8 +136,23 @@ mod tests {
     fn hostile_names_fail() {
         let long = "x".repeat(MAX_NAME_BYTES + 1);
         for name in [
-            "", ".", "..", "/etc/passwd", "a/b", "..\\x", "C:x", "a\0b", "a\nb", "\u{1b}[2J",
-            "a\u{7f}", "a\u{85}", "evil\u{202E}txt.exe", " lead", "trail ", "x.p2pd-part", &long,
+            "",
+            ".",
+            "..",
+            "/etc/passwd",
+            "a/b",
+            "..\\x",
+            "C:x",
+            "a\0b",
+            "a\nb",
+            "\u{1b}[2J",
+            "a\u{7f}",
+            "a\u{85}",
+            "evil\u{202E}txt.exe",
+            " lead",
+            "trail ",
+            "x.p2pd-part",
+            &long,
         ] {
             assert!(validate_name(name).is_err(), "{name:?} should be refused");
         }
@@ -131,9 +161,18 @@ mod tests {
     #[test]
     fn offers_with_duplicates_or_overflow_fail_whole() {
         assert_eq!(validate_offer(&[]), Err(NameError::Empty));
-        assert!(matches!(validate_offer(&[entry("a"), entry("A")]), Err(NameError::Duplicate(_))));
-        let big = FileEntry { name: "b".into(), size: u64::MAX };
-        assert_eq!(validate_offer(&[entry("a"), big]), Err(NameError::SizeOverflow));
+        assert!(matches!(
+            validate_offer(&[entry("a"), entry("A")]),
+            Err(NameError::Duplicate(_))
+        ));
+        let big = FileEntry {
+            name: "b".into(),
+            size: u64::MAX,
+        };
+        assert_eq!(
+            validate_offer(&[entry("a"), big]),
+            Err(NameError::SizeOverflow)
+        );
         assert_eq!(validate_offer(&[entry("a"), entry("b")]), Ok(2));
     }
 
@@ -150,6 +189,9 @@ mod tests {
     #[test]
     fn escaping_neutralises_terminal_control() {
         let shown = escape_for_terminal("a\u{1b}[2Jb\u{202E}");
-        assert!(!shown.contains('\u{1b}') && !shown.contains('\u{202E}'), "{shown}");
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{202E}'),
+            "{shown}"
+        );
     }
 }

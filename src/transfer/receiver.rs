@@ -53,7 +53,13 @@ pub async fn receive(
         },
     };
     if let Err(error) = check_offer(&files, dir) {
-        let _ = send_control(link, &Control::Reject { reason: error.to_string() }).await;
+        let _ = send_control(
+            link,
+            &Control::Reject {
+                reason: error.to_string(),
+            },
+        )
+        .await;
         link.flush(FLUSH_LIMIT).await;
         return Err(error);
     }
@@ -67,7 +73,13 @@ pub async fn receive(
         },
     };
     if !accepted {
-        let _ = send_control(link, &Control::Reject { reason: DECLINED.into() }).await;
+        let _ = send_control(
+            link,
+            &Control::Reject {
+                reason: DECLINED.into(),
+            },
+        )
+        .await;
         link.flush(FLUSH_LIMIT).await;
         return Err(TransferError::Declined);
     }
@@ -78,9 +90,20 @@ pub async fn receive(
     let (outcome_tx, mut outcomes) = mpsc::channel(16);
     let writer = {
         let (dir, files, written) = (dir.to_owned(), files.clone(), written.clone());
-        tokio::task::spawn_blocking(move || write_all(&dir, &files, command_rx, &outcome_tx, &written))
+        tokio::task::spawn_blocking(move || {
+            write_all(&dir, &files, command_rx, &outcome_tx, &written)
+        })
     };
-    let result = receive_files(link, &files, commands, &mut outcomes, &written, observer, cancel).await;
+    let result = receive_files(
+        link,
+        &files,
+        commands,
+        &mut outcomes,
+        &written,
+        observer,
+        cancel,
+    )
+    .await;
     // The writer removes any partial file once its command queue closes; wait for that
     // so no partial outlives the job.
     drop(outcomes);
@@ -90,10 +113,17 @@ pub async fn receive(
 
 fn check_offer(files: &[FileEntry], dir: &Path) -> Result<(), TransferError> {
     let total = validate_offer(files)?;
-    let available = store::free_space(dir)
-        .map_err(|e| TransferError::io(format!("cannot use download directory {}", dir.display()), e))?;
+    let available = store::free_space(dir).map_err(|e| {
+        TransferError::io(
+            format!("cannot use download directory {}", dir.display()),
+            e,
+        )
+    })?;
     if total > available {
-        return Err(TransferError::NotEnoughSpace { needed: total, available });
+        return Err(TransferError::NotEnoughSpace {
+            needed: total,
+            available,
+        });
     }
     Ok(())
 }
@@ -114,7 +144,10 @@ async fn receive_files(
     cancel: &CancellationToken,
 ) -> Result<Vec<PathBuf>, TransferError> {
     let mut saved = Vec::with_capacity(files.len());
-    let mut cursor = Cursor { next_index: 0, current: None };
+    let mut cursor = Cursor {
+        next_index: 0,
+        current: None,
+    };
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     let mut last_reported = u64::MAX;
     let mut commands = Some(commands);
@@ -186,7 +219,11 @@ async fn receive_files(
     }
 }
 
-fn accept_data(cursor: &mut Cursor, files: &[FileEntry], data: Bytes) -> Result<WriteCommand, TransferError> {
+fn accept_data(
+    cursor: &mut Cursor,
+    files: &[FileEntry],
+    data: Bytes,
+) -> Result<WriteCommand, TransferError> {
     let Some((index, received)) = cursor.current.as_mut() else {
         return Err(TransferError::Protocol("file data outside a file".into()));
     };
@@ -202,7 +239,13 @@ fn accept_data(cursor: &mut Cursor, files: &[FileEntry], data: Bytes) -> Result<
 }
 
 async fn protocol(link: &dyn Link, what: &str) -> TransferError {
-    let _ = send_control(link, &Control::Cancel { reason: format!("protocol error: {what}") }).await;
+    let _ = send_control(
+        link,
+        &Control::Cancel {
+            reason: format!("protocol error: {what}"),
+        },
+    )
+    .await;
     link.flush(FLUSH_LIMIT).await;
     TransferError::Protocol(what.to_owned())
 }
@@ -212,10 +255,10 @@ async fn protocol(link: &dyn Link, what: &str) -> TransferError {
 async fn wait_for_done(link: &dyn Link) {
     let wait = async {
         while let Some(incoming) = link.recv().await {
-            if let Incoming::Text(text) = incoming {
-                if matches!(Control::decode(&text), Ok(Control::Done)) {
-                    return;
-                }
+            if let Incoming::Text(text) = incoming
+                && matches!(Control::decode(&text), Ok(Control::Done))
+            {
+                return;
             }
         }
     };
@@ -238,10 +281,10 @@ impl Drop for Partial {
         if self.published {
             return;
         }
-        if let Err(error) = std::fs::remove_file(&self.path) {
-            if error.kind() != std::io::ErrorKind::NotFound {
-                warn!(%error, path = %self.path.display(), "cannot remove partial file");
-            }
+        if let Err(error) = std::fs::remove_file(&self.path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(%error, path = %self.path.display(), "cannot remove partial file");
         }
     }
 }
@@ -263,12 +306,26 @@ fn write_all(
             WriteCommand::Start { index } => {
                 let name = &files[index as usize].name;
                 match store::create_partial(dir, name) {
-                    Ok((file, path)) => partial = Some(Partial { file, path, hasher: Sha256::new(), published: false }),
-                    Err(e) => return fail(TransferError::io(format!("cannot create a file in {}", dir.display()), e)),
+                    Ok((file, path)) => {
+                        partial = Some(Partial {
+                            file,
+                            path,
+                            hasher: Sha256::new(),
+                            published: false,
+                        })
+                    }
+                    Err(e) => {
+                        return fail(TransferError::io(
+                            format!("cannot create a file in {}", dir.display()),
+                            e,
+                        ));
+                    }
                 }
             }
             WriteCommand::Data(data) => {
-                let Some(current) = partial.as_mut() else { return };
+                let Some(current) = partial.as_mut() else {
+                    return;
+                };
                 if let Err(e) = current.file.write_all(&data) {
                     return fail(TransferError::io("cannot write the received file", e));
                 }
@@ -276,11 +333,16 @@ fn write_all(
                 written.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
             WriteCommand::End { index, sha256 } => {
-                let Some(current) = partial.take() else { return };
+                let Some(current) = partial.take() else {
+                    return;
+                };
                 let name = &files[index as usize].name;
                 match finish(current, dir, name, &sha256) {
                     Ok(path) => {
-                        if outcomes.blocking_send(WriteOutcome::Saved { index, path }).is_err() {
+                        if outcomes
+                            .blocking_send(WriteOutcome::Saved { index, path })
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -291,7 +353,12 @@ fn write_all(
     }
 }
 
-fn finish(mut current: Partial, dir: &Path, name: &str, expected: &str) -> Result<PathBuf, TransferError> {
+fn finish(
+    mut current: Partial,
+    dir: &Path,
+    name: &str,
+    expected: &str,
+) -> Result<PathBuf, TransferError> {
     let actual = hex_digest(&current.hasher.clone().finalize());
     if !actual.eq_ignore_ascii_case(expected) {
         return Err(TransferError::VerificationFailed(escape_for_terminal(name)));

@@ -41,23 +41,30 @@ pub async fn send(
 ) -> Result<(), TransferError> {
     let entries: Vec<FileEntry> = files
         .iter()
-        .map(|f| FileEntry { name: f.name.clone(), size: f.size })
+        .map(|f| FileEntry {
+            name: f.name.clone(),
+            size: f.size,
+        })
         .collect();
     let total: u64 = entries.iter().map(|e| e.size).sum();
-    send_control(link, &Control::Offer { files: entries.clone() }).await?;
+    send_control(
+        link,
+        &Control::Offer {
+            files: entries.clone(),
+        },
+    )
+    .await?;
 
     // The receiver may take a while: a person reads the offer and decides.
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return Err(cancel_peer(link, "the sender cancelled").await),
-            incoming = link.recv() => match control(incoming)? {
-                Control::Accept => break,
-                Control::Reject { reason } if reason == super::receiver::DECLINED => return Err(TransferError::Declined),
-                Control::Reject { reason } => return Err(TransferError::Rejected(reason)),
-                Control::Cancel { reason } => return Err(TransferError::PeerCancelled(reason)),
-                other => return Err(unexpected(&other)),
-            },
-        }
+    tokio::select! {
+        _ = cancel.cancelled() => return Err(cancel_peer(link, "the sender cancelled").await),
+        incoming = link.recv() => match control(incoming)? {
+            Control::Accept => {}
+            Control::Reject { reason } if reason == super::receiver::DECLINED => return Err(TransferError::Declined),
+            Control::Reject { reason } => return Err(TransferError::Rejected(reason)),
+            Control::Cancel { reason } => return Err(TransferError::PeerCancelled(reason)),
+            other => return Err(unexpected(&other)),
+        },
     }
     debug!(files = files.len(), total, "offer accepted");
 
@@ -150,7 +157,10 @@ fn read_all(files: Vec<SourceFile>, items: &mpsc::Sender<ReadItem>) {
                 }
                 Err(e) => {
                     let _ = items.blocking_send(ReadItem::Failed(TransferError::io(
-                        format!("cannot read {}", super::names::escape_for_terminal(&source.name)),
+                        format!(
+                            "cannot read {}",
+                            super::names::escape_for_terminal(&source.name)
+                        ),
                         e,
                     )));
                     return;
@@ -171,7 +181,10 @@ fn read_all(files: Vec<SourceFile>, items: &mpsc::Sender<ReadItem>) {
             return;
         }
         let sha256 = hex_digest(&hasher.finalize());
-        if items.blocking_send(ReadItem::End { index, sha256 }).is_err() {
+        if items
+            .blocking_send(ReadItem::End { index, sha256 })
+            .is_err()
+        {
             return;
         }
     }
@@ -191,7 +204,9 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 pub(super) async fn send_control(link: &dyn Link, message: &Control) -> Result<(), TransferError> {
-    link.send_text(message.encode()).await.map_err(|_| TransferError::PeerGone)
+    link.send_text(message.encode())
+        .await
+        .map_err(|_| TransferError::PeerGone)
 }
 
 /// Decodes the next message as control; binary or a closed channel is an error here.
@@ -200,7 +215,9 @@ pub(super) fn control(incoming: Option<Incoming>) -> Result<Control, TransferErr
         Some(Incoming::Text(text)) => {
             Control::decode(&text).map_err(|e| TransferError::Protocol(e.to_string()))
         }
-        Some(Incoming::Binary(_)) => Err(TransferError::Protocol("unexpected binary message".into())),
+        Some(Incoming::Binary(_)) => {
+            Err(TransferError::Protocol("unexpected binary message".into()))
+        }
         None => Err(TransferError::PeerGone),
     }
 }
@@ -213,7 +230,13 @@ pub(super) fn unexpected(message: &Control) -> TransferError {
 
 /// Tells the peer we stop, waits briefly for that to arrive, and returns `Cancelled`.
 pub(super) async fn cancel_peer(link: &dyn Link, reason: &str) -> TransferError {
-    let _ = send_control(link, &Control::Cancel { reason: reason.to_owned() }).await;
+    let _ = send_control(
+        link,
+        &Control::Cancel {
+            reason: reason.to_owned(),
+        },
+    )
+    .await;
     link.flush(FLUSH_LIMIT).await;
     TransferError::Cancelled
 }

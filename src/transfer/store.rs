@@ -32,7 +32,10 @@ pub fn create_partial(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
             Err(e) => return Err(e),
         }
     }
-    Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free partial-file name"))
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free partial-file name",
+    ))
 }
 
 /// Renames the verified `partial` to `name`, or `name (1)`, ... whichever is free.
@@ -46,7 +49,10 @@ pub fn publish(dir: &Path, partial: &Path, name: &str) -> io::Result<PathBuf> {
             Err(e) => return Err(e),
         }
     }
-    Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free file name"))
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free file name",
+    ))
 }
 
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
@@ -87,7 +93,10 @@ pub fn free_space(dir: &Path) -> io::Result<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled `stat`.
     let stat = unsafe { stat.assume_init() };
-    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    // The field types differ between targets; on 64-bit Linux both are already u64.
+    #[allow(clippy::unnecessary_cast)]
+    let free = (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64);
+    Ok(free)
 }
 
 #[cfg(test)]

@@ -21,21 +21,39 @@ pub struct FileEntry {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Control {
     /// Sender → receiver, first message: everything that will be sent.
-    Offer { files: Vec<FileEntry> },
+    Offer {
+        files: Vec<FileEntry>,
+    },
     Accept,
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
     /// Sender: the binary messages that follow belong to file `index`, in offer order.
-    FileStart { index: u32 },
+    FileStart {
+        index: u32,
+    },
     /// Sender: file `index` is complete; its SHA-256 in lowercase hex.
-    FileEnd { index: u32, sha256: String },
+    FileEnd {
+        index: u32,
+        sha256: String,
+    },
     /// Receiver: bytes written to disk so far, over all files.
-    Progress { bytes: u64 },
-    FileVerified { index: u32 },
-    FileFailed { index: u32, reason: String },
+    Progress {
+        bytes: u64,
+    },
+    FileVerified {
+        index: u32,
+    },
+    FileFailed {
+        index: u32,
+        reason: String,
+    },
     /// Sender, after every file is verified: the receiver may close.
     Done,
     /// Either side gives up; the other removes partial files and stops.
-    Cancel { reason: String },
+    Cancel {
+        reason: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,16 +85,31 @@ mod tests {
     #[test]
     fn every_message_round_trips() {
         let all = [
-            Control::Offer { files: vec![FileEntry { name: "a b.txt".into(), size: 3 }] },
+            Control::Offer {
+                files: vec![FileEntry {
+                    name: "a b.txt".into(),
+                    size: 3,
+                }],
+            },
             Control::Accept,
-            Control::Reject { reason: "no".into() },
+            Control::Reject {
+                reason: "no".into(),
+            },
             Control::FileStart { index: 0 },
-            Control::FileEnd { index: 0, sha256: "00".into() },
+            Control::FileEnd {
+                index: 0,
+                sha256: "00".into(),
+            },
             Control::Progress { bytes: u64::MAX },
             Control::FileVerified { index: 1 },
-            Control::FileFailed { index: 1, reason: "x".into() },
+            Control::FileFailed {
+                index: 1,
+                reason: "x".into(),
+            },
             Control::Done,
-            Control::Cancel { reason: "bye".into() },
+            Control::Cancel {
+                reason: "bye".into(),
+            },
         ];
         for message in all {
             assert_eq!(Control::decode(&message.encode()).unwrap(), message);
@@ -85,17 +118,32 @@ mod tests {
 
     #[test]
     fn wire_form_is_stable() {
-        assert_eq!(Control::FileStart { index: 2 }.encode(), r#"{"type":"file_start","index":2}"#);
+        assert_eq!(
+            Control::FileStart { index: 2 }.encode(),
+            r#"{"type":"file_start","index":2}"#
+        );
         assert_eq!(Control::Done.encode(), r#"{"type":"done"}"#);
     }
 
     #[test]
     fn junk_is_an_error() {
-        for junk in ["", "{", "null", r#"{"type":"launch"}"#, r#"{"type":"file_start","index":1,"extra":1}"#,
-                     r#"{"type":"progress","bytes":-1}"#] {
+        for junk in [
+            "",
+            "{",
+            "null",
+            r#"{"type":"launch"}"#,
+            r#"{"type":"file_start","index":1,"extra":1}"#,
+            r#"{"type":"progress","bytes":-1}"#,
+        ] {
             assert_eq!(Control::decode(junk), Err(WireError::Malformed), "{junk}");
         }
-        let huge = format!(r#"{{"type":"reject","reason":"{}"}}"#, "x".repeat(MAX_CONTROL_BYTES));
-        assert!(matches!(Control::decode(&huge), Err(WireError::TooLarge(_))));
+        let huge = format!(
+            r#"{{"type":"reject","reason":"{}"}}"#,
+            "x".repeat(MAX_CONTROL_BYTES)
+        );
+        assert!(matches!(
+            Control::decode(&huge),
+            Err(WireError::TooLarge(_))
+        ));
     }
 }

@@ -42,8 +42,18 @@ impl DaemonProcess {
             std::fs::set_permissions(&downloads, std::fs::Permissions::from_mode(0o777)).unwrap();
         }
         let child = command
-            .args(["--socket", socket.to_str().unwrap(), "--download-dir", downloads.to_str().unwrap()])
-            .args(["--rendezvous-listen", "127.0.0.1:0", "--ice-bind", "127.0.0.1:0"])
+            .args([
+                "--socket",
+                socket.to_str().unwrap(),
+                "--download-dir",
+                downloads.to_str().unwrap(),
+            ])
+            .args([
+                "--rendezvous-listen",
+                "127.0.0.1:0",
+                "--ice-bind",
+                "127.0.0.1:0",
+            ])
             .env("HOME", dir.path())
             .env_remove("P2PD_SOCKET")
             .stdout(Stdio::null())
@@ -55,7 +65,12 @@ impl DaemonProcess {
             assert!(Instant::now() < deadline, "p2pd did not create its socket");
             std::thread::sleep(Duration::from_millis(20));
         }
-        DaemonProcess { child, socket, downloads, dir }
+        DaemonProcess {
+            child,
+            socket,
+            downloads,
+            dir,
+        }
     }
 
     fn p2p(&self, args: &[&str]) -> Output {
@@ -96,12 +111,20 @@ fn p2p_with_socket(socket: &Path, args: &[&str]) -> Output {
 
 /// Asserts a failed command printed exactly one line on stderr, containing `needle`.
 fn assert_one_line_error(output: &Output, needle: &str) {
-    assert_eq!(output.status.code(), Some(1), "exit code; stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "exit code; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line expected, got: {stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(lines[0].contains(needle), "expected {needle:?} in: {stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "expected {needle:?} in: {stderr}"
+    );
 }
 
 fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
@@ -112,7 +135,10 @@ fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
 }
 
 fn events(values: &[serde_json::Value]) -> Vec<String> {
-    values.iter().filter_map(|v| v["event"].as_str().map(str::to_owned)).collect()
+    values
+        .iter()
+        .filter_map(|v| v["event"].as_str().map(str::to_owned))
+        .collect()
 }
 
 #[test]
@@ -127,20 +153,39 @@ fn daemon_not_running_says_how_to_start_it() {
 fn malformed_code_and_missing_consent_fail_before_contacting_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nothing.sock");
-    assert_one_line_error(&p2p_with_socket(&socket, &["receive", "orbit-lantern", "--yes"]), "must start with a number");
-    assert_one_line_error(&p2p_with_socket(&socket, &["receive", "7-orbit", "--yes"]), "needs 2");
-    assert_one_line_error(&p2p_with_socket(&socket, &["receive", "7-orbit-lantern"]), "without asking");
+    assert_one_line_error(
+        &p2p_with_socket(&socket, &["receive", "orbit-lantern", "--yes"]),
+        "must start with a number",
+    );
+    assert_one_line_error(
+        &p2p_with_socket(&socket, &["receive", "7-orbit", "--yes"]),
+        "needs 2",
+    );
+    assert_one_line_error(
+        &p2p_with_socket(&socket, &["receive", "7-orbit-lantern"]),
+        "without asking",
+    );
 }
 
 #[test]
 fn bad_files_are_one_line_errors() {
     let daemon = DaemonProcess::start();
     let missing = daemon.dir.path().join("missing.bin");
-    assert_one_line_error(&daemon.p2p(&["send", missing.to_str().unwrap()]), "no such file");
-    assert_one_line_error(&daemon.p2p(&["send", daemon.downloads.to_str().unwrap()]), "is a directory");
+    assert_one_line_error(
+        &daemon.p2p(&["send", missing.to_str().unwrap()]),
+        "no such file",
+    );
+    assert_one_line_error(
+        &daemon.p2p(&["send", daemon.downloads.to_str().unwrap()]),
+        "is a directory",
+    );
     let status = daemon.p2p(&["status", "--json"]);
     assert!(status.status.success());
-    assert!(status.stdout.is_empty(), "no job was created: {}", String::from_utf8_lossy(&status.stdout));
+    assert!(
+        status.stdout.is_empty(),
+        "no job was created: {}",
+        String::from_utf8_lossy(&status.stdout)
+    );
 }
 
 #[test]
@@ -153,18 +198,31 @@ fn unreadable_file_is_refused() {
     // Root reads anything, so as root the daemon runs as nobody for this test.
     let is_root = unsafe { libc::geteuid() } == 0;
     let daemon = if is_root {
-        DaemonProcess::start_as(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        DaemonProcess::start_as(&[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
     } else {
         DaemonProcess::start()
     };
-    assert_one_line_error(&daemon.p2p(&["send", path.to_str().unwrap()]), "permission denied");
+    assert_one_line_error(
+        &daemon.p2p(&["send", path.to_str().unwrap()]),
+        "permission denied",
+    );
 }
 
 #[test]
 fn second_daemon_on_the_same_socket_refuses_to_start() {
     let daemon = DaemonProcess::start();
     let output = Command::new(P2PD)
-        .args(["--socket", daemon.socket.to_str().unwrap(), "--download-dir", daemon.downloads.to_str().unwrap()])
+        .args([
+            "--socket",
+            daemon.socket.to_str().unwrap(),
+            "--download-dir",
+            daemon.downloads.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_one_line_error(&output, "another p2pd is already running");
@@ -176,7 +234,13 @@ fn json_send_and_receive_with_real_binaries_then_sigterm() {
     let src = tempfile::tempdir().unwrap();
     let path = random_file(src.path(), "data.bin", 3 * 1024 * 1024 + 3, 11);
     let mut sender = Command::new(P2P)
-        .args(["--socket", daemon.socket.to_str().unwrap(), "send", "--json", path.to_str().unwrap()])
+        .args([
+            "--socket",
+            daemon.socket.to_str().unwrap(),
+            "send",
+            "--json",
+            path.to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -187,27 +251,54 @@ fn json_send_and_receive_with_real_binaries_then_sigterm() {
     let created: serde_json::Value = serde_json::from_str(&first).unwrap();
     assert_eq!(created["event"], "created");
     assert_eq!(created["direction"], "send");
-    let code = created["code"].as_str().expect("code in the first event").to_owned();
+    let code = created["code"]
+        .as_str()
+        .expect("code in the first event")
+        .to_owned();
 
     let out = tempfile::tempdir().unwrap();
-    let received = daemon.p2p(&["receive", &code, "--yes", "--json", "-o", out.path().to_str().unwrap()]);
-    assert!(received.status.success(), "{}", String::from_utf8_lossy(&received.stderr));
+    let received = daemon.p2p(&[
+        "receive",
+        &code,
+        "--yes",
+        "--json",
+        "-o",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(
+        received.status.success(),
+        "{}",
+        String::from_utf8_lossy(&received.stderr)
+    );
     let values = json_lines(&received.stdout);
     let names = events(&values);
     for expected in ["created", "files", "file_verified", "completed"] {
-        assert!(names.contains(&expected.to_owned()), "{expected} missing from {names:?}");
+        assert!(
+            names.contains(&expected.to_owned()),
+            "{expected} missing from {names:?}"
+        );
     }
-    let verified = values.iter().find(|v| v["event"] == "file_verified").unwrap();
+    let verified = values
+        .iter()
+        .find(|v| v["event"] == "file_verified")
+        .unwrap();
     let saved = PathBuf::from(verified["path"].as_str().unwrap());
     assert_eq!(saved, out.path().join("data.bin"));
-    assert_eq!(std::fs::read(&saved).unwrap(), std::fs::read(&path).unwrap());
+    assert_eq!(
+        std::fs::read(&saved).unwrap(),
+        std::fs::read(&path).unwrap()
+    );
 
     let mut rest = Vec::new();
     std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
     let status = sender.wait().unwrap();
     assert!(status.success());
     let sender_events = events(&json_lines(&rest));
-    assert_eq!(sender_events.last().map(String::as_str), Some("completed"), "{sender_events:?}");
+    assert_eq!(
+        sender_events.last().map(String::as_str),
+        Some("completed"),
+        "{sender_events:?}"
+    );
 
     let listed = daemon.p2p(&["status"]);
     let table = String::from_utf8_lossy(&listed.stdout);
@@ -228,7 +319,12 @@ fn human_output_prints_code_and_saved_path() {
     let src = tempfile::tempdir().unwrap();
     let path = random_file(src.path(), "hello.txt", 1000, 12);
     let mut sender = Command::new(P2P)
-        .args(["--socket", daemon.socket.to_str().unwrap(), "send", path.to_str().unwrap()])
+        .args([
+            "--socket",
+            daemon.socket.to_str().unwrap(),
+            "send",
+            path.to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -236,13 +332,30 @@ fn human_output_prints_code_and_saved_path() {
     let mut stdout = BufReader::new(sender.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    let code = line.trim().strip_prefix("Code: ").expect("first line gives the code").to_owned();
+    let code = line
+        .trim()
+        .strip_prefix("Code: ")
+        .expect("first line gives the code")
+        .to_owned();
     line.clear();
     stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), format!("On the other machine run: p2p receive {code}"));
+    assert_eq!(
+        line.trim(),
+        format!("On the other machine run: p2p receive {code}")
+    );
     let received = daemon.p2p(&["receive", &code, "--yes"]);
-    assert!(received.status.success(), "{}", String::from_utf8_lossy(&received.stderr));
+    assert!(
+        received.status.success(),
+        "{}",
+        String::from_utf8_lossy(&received.stderr)
+    );
     let text = String::from_utf8_lossy(&received.stdout);
-    assert!(text.contains(&format!("Saved \"{}\"", daemon.downloads.join("hello.txt").display())), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Saved \"{}\"",
+            daemon.downloads.join("hello.txt").display()
+        )),
+        "{text}"
+    );
     assert!(sender.wait().unwrap().success());
 }

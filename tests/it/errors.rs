@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use p2pd::config::{DaemonConfig, RendezvousMode};
-use p2pd::daemon::{Daemon, DaemonError};
 use p2pd::daemon::socket::SocketError;
+use p2pd::daemon::{Daemon, DaemonError};
 use p2pd::ipc::messages::{ErrorKind, JobState};
 use p2pd::rtc::RtcSettings;
 
@@ -14,7 +14,11 @@ use crate::support::*;
 fn other_words(code: &str) -> String {
     let nameplate = code.split('-').next().unwrap();
     let wrong = format!("{nameplate}-acid-acorn");
-    if wrong == code { format!("{nameplate}-acorn-acid") } else { wrong }
+    if wrong == code {
+        format!("{nameplate}-acorn-acid")
+    } else {
+        wrong
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,9 +36,18 @@ async fn wrong_code_fails_both_sides_and_burns_the_nameplate() {
             assert_eq!(info.state, JobState::Failed);
             let failure = info.failure.as_ref().unwrap();
             assert_eq!(failure.kind, ErrorKind::WrongCode);
-            assert!(failure.message.contains("wrong code, or someone tried to guess it"), "{}", failure.message);
+            assert!(
+                failure
+                    .message
+                    .contains("wrong code, or someone tried to guess it"),
+                "{}",
+                failure.message
+            );
         }
-        assert!(received.files.is_empty(), "nothing about the files reached the wrong receiver");
+        assert!(
+            received.files.is_empty(),
+            "nothing about the files reached the wrong receiver"
+        );
         // The right code is useless now: the slot was burned.
         let retry = b.wait(b.receive(&code).await.unwrap()).await;
         assert_eq!(retry.failure.unwrap().kind, ErrorKind::UnknownCode);
@@ -47,7 +60,11 @@ async fn wrong_code_fails_both_sides_and_burns_the_nameplate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_code_fails_both_sides() {
     tokio::time::timeout(TEST_LIMIT, async {
-        let a = TestDaemon::start_with(Options { code_ttl: Duration::from_secs(1), ..Options::default() }).await;
+        let a = TestDaemon::start_with(Options {
+            code_ttl: Duration::from_secs(1),
+            ..Options::default()
+        })
+        .await;
         let src = tempfile::tempdir().unwrap();
         let path = random_file(src.path(), "late.bin", 10, 1);
         let (send_id, code) = a.send(&[path]).await.unwrap();
@@ -59,7 +76,11 @@ async fn expired_code_fails_both_sides() {
         let received = a.wait(a.receive(&code).await.unwrap()).await;
         let failure = received.failure.unwrap();
         assert_eq!(failure.kind, ErrorKind::UnknownCode);
-        assert!(failure.message.contains("ask the sender for a new one"), "{}", failure.message);
+        assert!(
+            failure.message.contains("ask the sender for a new one"),
+            "{}",
+            failure.message
+        );
     })
     .await
     .expect("test finished in time");
@@ -74,7 +95,10 @@ async fn bad_paths_create_no_job() {
         let missing = src.path().join("missing.bin");
         let (kind, message) = a.send(&[good.clone(), missing]).await.unwrap_err();
         assert_eq!(kind, ErrorKind::BadRequest);
-        assert!(message.contains("missing.bin") && message.contains("no such file"), "{message}");
+        assert!(
+            message.contains("missing.bin") && message.contains("no such file"),
+            "{message}"
+        );
         let (kind, message) = a.send(&[src.path().to_owned()]).await.unwrap_err();
         assert_eq!(kind, ErrorKind::BadRequest);
         assert!(message.contains("is a directory"), "{message}");
@@ -85,8 +109,17 @@ async fn bad_paths_create_no_job() {
         let dup = random_file(&dup_dir, "good.bin", 1, 2);
         let (_, message) = a.send(&[good, dup]).await.unwrap_err();
         assert!(message.contains("two files are named"), "{message}");
-        let list = a.client().await.call(p2pd::ipc::messages::Request::List).await.unwrap();
-        assert_eq!(list, p2pd::ipc::messages::ServerFrame::Jobs(vec![]), "no job was created");
+        let list = a
+            .client()
+            .await
+            .call(p2pd::ipc::messages::Request::List)
+            .await
+            .unwrap();
+        assert_eq!(
+            list,
+            p2pd::ipc::messages::ServerFrame::Jobs(vec![]),
+            "no job was created"
+        );
     })
     .await
     .expect("test finished in time");
@@ -101,7 +134,13 @@ async fn malformed_codes_and_missing_directories_are_refused() {
         assert!(message.contains("must start with a number"), "{message}");
         let (_, message) = a.receive("4-orbit").await.unwrap_err();
         assert!(message.contains("needs 2"), "{message}");
-        let (_, message) = a.receive_into("4-orbit-lantern", Some(std::path::Path::new("/nonexistent/dir"))).await.unwrap_err();
+        let (_, message) = a
+            .receive_into(
+                "4-orbit-lantern",
+                Some(std::path::Path::new("/nonexistent/dir")),
+            )
+            .await
+            .unwrap_err();
         assert!(message.contains("does not exist"), "{message}");
     })
     .await
@@ -112,9 +151,14 @@ fn config_for(socket: std::path::PathBuf, downloads: std::path::PathBuf) -> Daem
     DaemonConfig {
         socket,
         download_dir: downloads,
-        rendezvous: RendezvousMode::Embedded { listen: "127.0.0.1:0".parse().unwrap() },
+        rendezvous: RendezvousMode::Embedded {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
         code_ttl: Duration::from_secs(60),
-        rtc: RtcSettings { ice_servers: vec![], bind: vec!["127.0.0.1:0".into()] },
+        rtc: RtcSettings {
+            ice_servers: vec![],
+            bind: vec!["127.0.0.1:0".into()],
+        },
     }
 }
 
@@ -136,12 +180,20 @@ async fn second_daemon_on_the_same_socket_refuses_and_a_stale_socket_is_replaced
         let stale = std::os::unix::net::UnixListener::bind(&a.socket).unwrap();
         drop(stale);
         assert!(a.socket.exists());
-        let revived = Daemon::start(config_for(a.socket.clone(), a.downloads.clone())).await.expect("replaces stale socket");
-        p2pd::ipc::client::IpcClient::connect(&a.socket).await.expect("new daemon answers");
+        let revived = Daemon::start(config_for(a.socket.clone(), a.downloads.clone()))
+            .await
+            .expect("replaces stale socket");
+        p2pd::ipc::client::IpcClient::connect(&a.socket)
+            .await
+            .expect("new daemon answers");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&a.socket).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dir_mode = std::fs::metadata(a.socket.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        let dir_mode = std::fs::metadata(a.socket.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(dir_mode, 0o700);
         revived.stop().await;
     })
@@ -171,7 +223,11 @@ async fn receiver_cancel_mid_transfer_leaves_nothing() {
         let sent = a.wait(send_id).await;
         assert_eq!(sent.state, JobState::Failed);
         assert_eq!(sent.failure.unwrap().kind, ErrorKind::PeerGone);
-        assert!(listing(&b.downloads).is_empty(), "left: {:?}", listing(&b.downloads));
+        assert!(
+            listing(&b.downloads).is_empty(),
+            "left: {:?}",
+            listing(&b.downloads)
+        );
     })
     .await
     .expect("test finished in time");
@@ -191,7 +247,11 @@ async fn sender_cancel_mid_transfer_leaves_nothing() {
         let failure = received.failure.unwrap();
         assert_eq!(failure.kind, ErrorKind::PeerGone);
         assert!(failure.message.contains("cancelled"), "{}", failure.message);
-        assert!(listing(&b.downloads).is_empty(), "left: {:?}", listing(&b.downloads));
+        assert!(
+            listing(&b.downloads).is_empty(),
+            "left: {:?}",
+            listing(&b.downloads)
+        );
     })
     .await
     .expect("test finished in time");
@@ -205,7 +265,11 @@ async fn daemon_shutdown_mid_transfer_tells_the_peer_and_removes_partials() {
         let src = tempfile::tempdir().unwrap();
         let (send_id, _) = transfer_in_flight(&a, &b, src.path()).await;
         b.stop().await;
-        assert!(listing(&b.downloads).is_empty(), "left: {:?}", listing(&b.downloads));
+        assert!(
+            listing(&b.downloads).is_empty(),
+            "left: {:?}",
+            listing(&b.downloads)
+        );
         assert!(!b.socket.exists());
         let sent = a.wait(send_id).await;
         assert_eq!(sent.state, JobState::Failed);

@@ -29,7 +29,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { rendezvous: None, code_ttl: Duration::from_secs(600) }
+        Options {
+            rendezvous: None,
+            code_ttl: Duration::from_secs(600),
+        }
     }
 }
 
@@ -48,28 +51,56 @@ impl TestDaemon {
             download_dir: downloads.clone(),
             rendezvous: match options.rendezvous {
                 Some(url) => RendezvousMode::Remote { url },
-                None => RendezvousMode::Embedded { listen: "127.0.0.1:0".parse().unwrap() },
+                None => RendezvousMode::Embedded {
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                },
             },
             code_ttl: options.code_ttl,
-            rtc: RtcSettings { ice_servers: Vec::new(), bind: vec!["127.0.0.1:0".into()] },
+            rtc: RtcSettings {
+                ice_servers: Vec::new(),
+                bind: vec!["127.0.0.1:0".into()],
+            },
         };
         let daemon = Daemon::start(config).await.expect("daemon starts");
-        TestDaemon { daemon: Some(daemon), socket, downloads, _dir: dir }
+        TestDaemon {
+            daemon: Some(daemon),
+            socket,
+            downloads,
+            _dir: dir,
+        }
     }
 
     /// A second daemon that uses this one's rendezvous, as another machine would.
     pub async fn peer(&self) -> TestDaemon {
-        let url = self.daemon.as_ref().expect("running").rendezvous_url().to_owned();
-        TestDaemon::start_with(Options { rendezvous: Some(url), ..Options::default() }).await
+        let url = self
+            .daemon
+            .as_ref()
+            .expect("running")
+            .rendezvous_url()
+            .to_owned();
+        TestDaemon::start_with(Options {
+            rendezvous: Some(url),
+            ..Options::default()
+        })
+        .await
     }
 
     pub async fn client(&self) -> IpcClient {
-        IpcClient::connect(&self.socket).await.expect("connect to daemon")
+        IpcClient::connect(&self.socket)
+            .await
+            .expect("connect to daemon")
     }
 
     pub async fn send(&self, paths: &[PathBuf]) -> Result<(JobId, String), (ErrorKind, String)> {
         let mut client = self.client().await;
-        match client.call(Request::Send { paths: paths.to_vec(), follow: false }).await.expect("send reply") {
+        match client
+            .call(Request::Send {
+                paths: paths.to_vec(),
+                follow: false,
+            })
+            .await
+            .expect("send reply")
+        {
             ServerFrame::Created(info) => Ok((info.id, info.code.expect("send jobs have a code"))),
             ServerFrame::Error { kind, message } => Err((kind, message)),
             other => panic!("unexpected reply {other:?}"),
@@ -80,7 +111,11 @@ impl TestDaemon {
         self.receive_into(code, None).await
     }
 
-    pub async fn receive_into(&self, code: &str, dir: Option<&Path>) -> Result<JobId, (ErrorKind, String)> {
+    pub async fn receive_into(
+        &self,
+        code: &str,
+        dir: Option<&Path>,
+    ) -> Result<JobId, (ErrorKind, String)> {
         let mut client = self.client().await;
         let request = Request::Receive {
             code: code.to_owned(),
@@ -98,7 +133,10 @@ impl TestDaemon {
     /// Follows job `id` until it is final.
     pub async fn wait(&self, id: JobId) -> JobInfo {
         let mut client = self.client().await;
-        client.send(Request::Watch { job: id }).await.expect("watch");
+        client
+            .send(Request::Watch { job: id })
+            .await
+            .expect("watch");
         let mut last = None;
         while let Some(frame) = client.next().await.expect("watch frame") {
             match frame {
@@ -113,19 +151,27 @@ impl TestDaemon {
     /// Waits until job `id` satisfies `pred`, returning that snapshot.
     pub async fn wait_until(&self, id: JobId, pred: impl Fn(&JobInfo) -> bool) -> JobInfo {
         let mut client = self.client().await;
-        client.send(Request::Watch { job: id }).await.expect("watch");
+        client
+            .send(Request::Watch { job: id })
+            .await
+            .expect("watch");
         while let Some(frame) = client.next().await.expect("watch frame") {
-            if let ServerFrame::Update(info) = frame {
-                if pred(&info) || info.state.is_final() {
-                    return info;
-                }
+            if let ServerFrame::Update(info) = frame
+                && (pred(&info) || info.state.is_final())
+            {
+                return info;
             }
         }
         panic!("job {id} ended without matching");
     }
 
     pub async fn cancel(&self, id: JobId) {
-        let reply = self.client().await.call(Request::Cancel { job: id }).await.expect("cancel");
+        let reply = self
+            .client()
+            .await
+            .call(Request::Cancel { job: id })
+            .await
+            .expect("cancel");
         assert_eq!(reply, ServerFrame::Done);
     }
 
@@ -157,11 +203,19 @@ pub fn listing(dir: &Path) -> Vec<String> {
 }
 
 pub fn assert_no_partials(dir: &Path) {
-    let partials: Vec<String> = listing(dir).into_iter().filter(|n| n.ends_with(".p2pd-part")).collect();
-    assert!(partials.is_empty(), "partial files left behind: {partials:?}");
+    let partials: Vec<String> = listing(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".p2pd-part"))
+        .collect();
+    assert!(
+        partials.is_empty(),
+        "partial files left behind: {partials:?}"
+    );
 }
 
 pub fn sha256_file(path: &Path) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(std::fs::read(path).expect("read file")))
+    hex::encode(sha2::Sha256::digest(
+        std::fs::read(path).expect("read file"),
+    ))
 }

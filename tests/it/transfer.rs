@@ -7,21 +7,39 @@ use p2pd::ipc::messages::JobState;
 use crate::support::*;
 
 /// Sizes around the 16 KiB (classic SCTP message) boundary, and larger.
-const SIZES: &[usize] = &[0, 1, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 1024 * 1024, 64 * 1024 * 1024];
+const SIZES: &[usize] = &[
+    0,
+    1,
+    16 * 1024 - 1,
+    16 * 1024,
+    16 * 1024 + 1,
+    1024 * 1024,
+    64 * 1024 * 1024,
+];
 
 async fn round_trip(sender: &TestDaemon, receiver: &TestDaemon, sources: &[PathBuf]) {
     let (send_id, code) = sender.send(sources).await.expect("send accepted");
     let receive_id = receiver.receive(&code).await.expect("receive accepted");
     let received = receiver.wait(receive_id).await;
     let sent = sender.wait(send_id).await;
-    assert_eq!(received.state, JobState::Completed, "{:?}", received.failure);
+    assert_eq!(
+        received.state,
+        JobState::Completed,
+        "{:?}",
+        received.failure
+    );
     assert_eq!(sent.state, JobState::Completed, "{:?}", sent.failure);
     assert_eq!(sent.bytes_done, sent.bytes_total);
     for (source, file) in sources.iter().zip(&received.files) {
         let saved = file.saved_as.as_ref().expect("saved path");
         assert!(file.verified);
         assert_eq!(saved.parent(), Some(receiver.downloads.as_path()));
-        assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(source).unwrap(), "{}", source.display());
+        assert_eq!(
+            std::fs::read(saved).unwrap(),
+            std::fs::read(source).unwrap(),
+            "{}",
+            source.display()
+        );
         assert_eq!(sha256_file(saved), sha256_file(source));
     }
     assert_no_partials(&receiver.downloads);
@@ -48,7 +66,12 @@ async fn one_daemon_sends_to_itself() {
         let a = TestDaemon::start().await;
         let src = tempfile::tempdir().unwrap();
         for (i, size) in [0usize, 16 * 1024 + 1, 1024 * 1024].iter().enumerate() {
-            let path = random_file(src.path(), &format!("self-{size}.bin"), *size, 100 + i as u64);
+            let path = random_file(
+                src.path(),
+                &format!("self-{size}.bin"),
+                *size,
+                100 + i as u64,
+            );
             round_trip(&a, &a, &[path]).await;
         }
     })
@@ -81,14 +104,24 @@ async fn four_transfers_at_once_all_verify() {
         let src = tempfile::tempdir().unwrap();
         let mut jobs = Vec::new();
         for i in 0..4 {
-            let path = random_file(src.path(), &format!("parallel-{i}.bin"), 8 * 1024 * 1024 + i, 40 + i as u64);
+            let path = random_file(
+                src.path(),
+                &format!("parallel-{i}.bin"),
+                8 * 1024 * 1024 + i,
+                40 + i as u64,
+            );
             let (send_id, code) = a.send(std::slice::from_ref(&path)).await.unwrap();
             let receive_id = b.receive(&code).await.unwrap();
             jobs.push((path, send_id, receive_id));
         }
         for (path, send_id, receive_id) in jobs {
             let received = b.wait(receive_id).await;
-            assert_eq!(received.state, JobState::Completed, "{:?}", received.failure);
+            assert_eq!(
+                received.state,
+                JobState::Completed,
+                "{:?}",
+                received.failure
+            );
             assert_eq!(a.wait(send_id).await.state, JobState::Completed);
             let saved = received.files[0].saved_as.clone().unwrap();
             assert_eq!(sha256_file(&saved), sha256_file(&path));
@@ -111,9 +144,18 @@ async fn name_collision_gets_a_free_name_and_keeps_the_old_file() {
         let received = b.wait(b.receive(&code).await.unwrap()).await;
         assert_eq!(received.state, JobState::Completed);
         assert_eq!(a.wait(send_id).await.state, JobState::Completed);
-        assert_eq!(std::fs::read(b.downloads.join("report.pdf")).unwrap(), b"precious");
-        assert_eq!(received.files[0].saved_as.as_deref(), Some(b.downloads.join("report (1).pdf").as_path()));
-        assert_eq!(sha256_file(&b.downloads.join("report (1).pdf")), sha256_file(&path));
+        assert_eq!(
+            std::fs::read(b.downloads.join("report.pdf")).unwrap(),
+            b"precious"
+        );
+        assert_eq!(
+            received.files[0].saved_as.as_deref(),
+            Some(b.downloads.join("report (1).pdf").as_path())
+        );
+        assert_eq!(
+            sha256_file(&b.downloads.join("report (1).pdf")),
+            sha256_file(&path)
+        );
     })
     .await
     .expect("test finished in time");
@@ -127,9 +169,14 @@ async fn receive_into_another_directory() {
         let out = tempfile::tempdir().unwrap();
         let path = random_file(src.path(), "x.bin", 1234, 9);
         let (_, code) = a.send(std::slice::from_ref(&path)).await.unwrap();
-        let received = a.wait(a.receive_into(&code, Some(out.path())).await.unwrap()).await;
+        let received = a
+            .wait(a.receive_into(&code, Some(out.path())).await.unwrap())
+            .await;
         assert_eq!(received.state, JobState::Completed);
-        assert_eq!(std::fs::read(out.path().join("x.bin")).unwrap(), std::fs::read(&path).unwrap());
+        assert_eq!(
+            std::fs::read(out.path().join("x.bin")).unwrap(),
+            std::fs::read(&path).unwrap()
+        );
         assert!(listing(&a.downloads).is_empty());
     })
     .await

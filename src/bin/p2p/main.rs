@@ -16,7 +16,11 @@ use p2pd::rendezvous::Code;
 use render::Renderer;
 
 #[derive(Parser)]
-#[command(name = "p2p", version, about = "Send and receive files through the p2pd daemon")]
+#[command(
+    name = "p2p",
+    version,
+    about = "Send and receive files through the p2pd daemon"
+)]
 struct Args {
     /// The daemon's control socket.
     #[arg(long, env = "P2PD_SOCKET", global = true)]
@@ -64,7 +68,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -74,7 +81,11 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(code) => code,
         Err(error) => {
-            let line = error.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ");
+            let line = error
+                .chain()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
             eprintln!("error: {line}");
             ExitCode::FAILURE
         }
@@ -85,26 +96,48 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let socket = args.socket.unwrap_or_else(default_socket_path);
     match args.command {
         Command::Send { files, json } => {
-            let paths = files.iter().map(|f| absolute(f)).collect::<anyhow::Result<Vec<_>>>()?;
+            let paths = files
+                .iter()
+                .map(|f| absolute(f))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let mut client = IpcClient::connect(&socket).await?;
-            let first = client.call(Request::Send { paths, follow: true }).await?;
+            let first = client
+                .call(Request::Send {
+                    paths,
+                    follow: true,
+                })
+                .await?;
             follow(&socket, client, first, Renderer::new(json), false).await
         }
-        Command::Receive { code, output, yes, json } => {
+        Command::Receive {
+            code,
+            output,
+            yes,
+            json,
+        } => {
             let interactive = std::io::stdin().is_terminal();
             if !yes && !interactive {
-                bail!("not accepting files without asking: run p2p receive on a terminal, or pass --yes");
+                bail!(
+                    "not accepting files without asking: run p2p receive on a terminal, or pass --yes"
+                );
             }
             let code = match code {
                 Some(code) => code,
                 // Asking keeps the code out of the process list and shell history.
                 None if interactive => prompt("Code: ")?,
-                None => bail!("no code given: pass the sender's code, like p2p receive 7-orbit-lantern"),
+                None => {
+                    bail!("no code given: pass the sender's code, like p2p receive 7-orbit-lantern")
+                }
             };
             let code: Code = code.parse()?;
             let download_dir = output.map(|o| absolute(&o)).transpose()?;
             let mut client = IpcClient::connect(&socket).await?;
-            let request = Request::Receive { code: code.to_string(), download_dir, accept: yes, follow: true };
+            let request = Request::Receive {
+                code: code.to_string(),
+                download_dir,
+                accept: yes,
+                follow: true,
+            };
             let first = client.call(request).await?;
             follow(&socket, client, first, Renderer::new(json), !yes).await
         }
@@ -148,7 +181,13 @@ fn unexpected(frame: ServerFrame) -> anyhow::Error {
 }
 
 /// Follows a job until it ends; exits 0 only if it completed.
-async fn follow(socket: &Path, mut client: IpcClient, first: ServerFrame, mut renderer: Renderer, may_ask: bool) -> anyhow::Result<ExitCode> {
+async fn follow(
+    socket: &Path,
+    mut client: IpcClient,
+    first: ServerFrame,
+    mut renderer: Renderer,
+    may_ask: bool,
+) -> anyhow::Result<ExitCode> {
     let mut frame = first;
     let mut asked = false;
     let mut last: Option<JobInfo> = None;
@@ -161,7 +200,12 @@ async fn follow(socket: &Path, mut client: IpcClient, first: ServerFrame, mut re
                     asked = true;
                     let accept = renderer.ask_accept(&info)?;
                     let mut decider = IpcClient::connect(socket).await?;
-                    decider.call(Request::Decide { job: info.id, accept }).await?;
+                    decider
+                        .call(Request::Decide {
+                            job: info.id,
+                            accept,
+                        })
+                        .await?;
                 }
                 last = Some(info);
             }
@@ -170,14 +214,19 @@ async fn follow(socket: &Path, mut client: IpcClient, first: ServerFrame, mut re
         }
         frame = match client.next().await? {
             Some(frame) => frame,
-            None => bail!("p2pd stopped while following the job: see `p2p status` once it runs again"),
+            None => {
+                bail!("p2pd stopped while following the job: see `p2p status` once it runs again")
+            }
         };
     }
     renderer.finish();
     match last {
         Some(info) if info.state == JobState::Completed => Ok(ExitCode::SUCCESS),
         Some(info) => {
-            let message = info.failure.map(|f| f.message).unwrap_or_else(|| "the job did not complete".into());
+            let message = info
+                .failure
+                .map(|f| f.message)
+                .unwrap_or_else(|| "the job did not complete".into());
             bail!(message)
         }
         None => bail!("p2pd ended the job without reporting it"),
@@ -188,6 +237,9 @@ fn prompt(question: &str) -> anyhow::Result<String> {
     eprint!("{question}");
     std::io::stderr().flush().ok();
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("cannot read the answer")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the answer")?;
     Ok(line.trim().to_owned())
 }

@@ -41,12 +41,18 @@ fn state_name(state: JobState) -> &'static str {
 /// Bytes of file `index` done, given that files go one after another.
 fn file_done(info: &JobInfo, index: usize) -> u64 {
     let before: u64 = info.files[..index].iter().map(|f| f.size).sum();
-    info.bytes_done.saturating_sub(before).min(info.files[index].size)
+    info.bytes_done
+        .saturating_sub(before)
+        .min(info.files[index].size)
 }
 
 impl Renderer {
     pub fn new(json: bool) -> Renderer {
-        Renderer { json, bars: None, last: None }
+        Renderer {
+            json,
+            bars: None,
+            last: None,
+        }
     }
 
     pub fn created(&mut self, info: &JobInfo) {
@@ -58,7 +64,10 @@ impl Renderer {
             emit(event);
         } else if let Some(code) = &info.code {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "Code: {code}\nOn the other machine run: p2p receive {code}");
+            let _ = writeln!(
+                out,
+                "Code: {code}\nOn the other machine run: p2p receive {code}"
+            );
             let _ = out.flush();
         }
         self.update(info);
@@ -71,14 +80,21 @@ impl Renderer {
             self.json_update(previous.as_ref(), info, state_changed);
             return;
         }
-        if !info.files.is_empty() && self.bars.is_none() && matches!(info.state, JobState::Transferring | JobState::Completed) {
+        if !info.files.is_empty()
+            && self.bars.is_none()
+            && matches!(info.state, JobState::Transferring | JobState::Completed)
+        {
             self.bars = Some(Bars::new(info));
         }
         if let Some(bars) = &self.bars {
             bars.show(info);
         }
         for (index, file) in info.files.iter().enumerate() {
-            let was_saved = previous.as_ref().and_then(|p| p.files.get(index)).and_then(|f| f.saved_as.as_ref()).is_some();
+            let was_saved = previous
+                .as_ref()
+                .and_then(|p| p.files.get(index))
+                .and_then(|f| f.saved_as.as_ref())
+                .is_some();
             if let (Some(path), false) = (&file.saved_as, was_saved) {
                 let line = format!("Saved {}", escape_for_terminal(&path.display().to_string()));
                 match &self.bars {
@@ -93,18 +109,32 @@ impl Renderer {
         if state_changed {
             emit(json!({"event": "state", "job": info.id, "state": state_name(info.state)}));
         }
-        let files_appeared = previous.map(|p| p.files.is_empty()).unwrap_or(true) && !info.files.is_empty();
+        let files_appeared =
+            previous.map(|p| p.files.is_empty()).unwrap_or(true) && !info.files.is_empty();
         if files_appeared {
-            let files: Vec<_> = info.files.iter().map(|f| json!({"name": f.name, "size": f.size})).collect();
-            emit(json!({"event": "files", "job": info.id, "files": files, "bytes_total": info.bytes_total}));
+            let files: Vec<_> = info
+                .files
+                .iter()
+                .map(|f| json!({"name": f.name, "size": f.size}))
+                .collect();
+            emit(
+                json!({"event": "files", "job": info.id, "files": files, "bytes_total": info.bytes_total}),
+            );
         }
         if previous.map(|p| p.bytes_done) != Some(info.bytes_done) && info.bytes_done > 0 {
-            emit(json!({"event": "progress", "job": info.id, "bytes_done": info.bytes_done, "bytes_total": info.bytes_total, "rate": info.rate}));
+            emit(
+                json!({"event": "progress", "job": info.id, "bytes_done": info.bytes_done, "bytes_total": info.bytes_total, "rate": info.rate}),
+            );
         }
         for (index, file) in info.files.iter().enumerate() {
-            let was = previous.and_then(|p| p.files.get(index)).map(|f| f.verified).unwrap_or(false);
+            let was = previous
+                .and_then(|p| p.files.get(index))
+                .map(|f| f.verified)
+                .unwrap_or(false);
             if file.verified && !was {
-                emit(json!({"event": "file_verified", "job": info.id, "name": file.name, "size": file.size, "path": file.saved_as}));
+                emit(
+                    json!({"event": "file_verified", "job": info.id, "name": file.name, "size": file.size, "path": file.saved_as}),
+                );
             }
         }
         match (info.state, state_changed) {
@@ -124,9 +154,19 @@ impl Renderer {
     /// Shows the offer and asks on the terminal whether to take it.
     pub fn ask_accept(&mut self, info: &JobInfo) -> anyhow::Result<bool> {
         let mut err = std::io::stderr().lock();
-        writeln!(err, "The sender offers {} file(s), {} in all:", info.files.len(), HumanBytes(info.bytes_total))?;
+        writeln!(
+            err,
+            "The sender offers {} file(s), {} in all:",
+            info.files.len(),
+            HumanBytes(info.bytes_total)
+        )?;
         for file in &info.files {
-            writeln!(err, "  {}  {}", escape_for_terminal(&file.name), HumanBytes(file.size))?;
+            writeln!(
+                err,
+                "  {}  {}",
+                escape_for_terminal(&file.name),
+                HumanBytes(file.size)
+            )?;
         }
         write!(err, "Accept? [y/N] ")?;
         err.flush()?;
@@ -149,9 +189,11 @@ impl Renderer {
 impl Bars {
     fn new(info: &JobInfo) -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style = ProgressStyle::with_template(
+            "{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
         let files = info
             .files
             .iter()
@@ -166,7 +208,11 @@ impl Bars {
             bar.set_prefix("total");
             bar
         });
-        Bars { multi, files, total }
+        Bars {
+            multi,
+            files,
+            total,
+        }
     }
 
     fn show(&self, info: &JobInfo) {
@@ -208,7 +254,10 @@ pub fn print_status(jobs: &[JobInfo], json: bool) {
         println!("no jobs");
         return;
     }
-    println!("{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  CODE / ERROR", "ID", "DIR", "STATE", "FILES", "DONE/TOTAL", "RATE");
+    println!(
+        "{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  CODE / ERROR",
+        "ID", "DIR", "STATE", "FILES", "DONE/TOTAL", "RATE"
+    );
     for job in jobs {
         let detail = job
             .failure
@@ -219,10 +268,17 @@ pub fn print_status(jobs: &[JobInfo], json: bool) {
         println!(
             "{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  {}",
             job.id,
-            match job.direction { Direction::Send => "send", Direction::Receive => "receive" },
+            match job.direction {
+                Direction::Send => "send",
+                Direction::Receive => "receive",
+            },
             state_name(job.state),
             job.files.len(),
-            format!("{}/{}", HumanBytes(job.bytes_done), HumanBytes(job.bytes_total)),
+            format!(
+                "{}/{}",
+                HumanBytes(job.bytes_done),
+                HumanBytes(job.bytes_total)
+            ),
             format!("{}/s", HumanBytes(job.rate)),
             detail
         );
