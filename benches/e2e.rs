@@ -69,7 +69,8 @@ fn tcp_copy(source: &Path, target: &Path) -> Duration {
 /// Payload rate of 1200-byte datagrams that actually arrive over loopback.
 fn udp_rate(total_bytes: u64) -> f64 {
     let rx = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-    rx.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
     let addr = rx.local_addr().expect("addr");
     let counter = std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
@@ -81,7 +82,10 @@ fn udp_rate(total_bytes: u64) -> f64 {
             received += n as u64;
             last = Instant::now();
         }
-        (received, first.map(|f| last.duration_since(f)).unwrap_or_default())
+        (
+            received,
+            first.map(|f| last.duration_since(f)).unwrap_or_default(),
+        )
     });
     let tx = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
     let datagram = [0x5au8; 1200];
@@ -107,7 +111,12 @@ impl Daemon {
         std::fs::create_dir_all(&downloads).expect("downloads");
         let mut command = Command::new(P2PD);
         command
-            .args(["--socket", socket.to_str().unwrap(), "--download-dir", downloads.to_str().unwrap()])
+            .args([
+                "--socket",
+                socket.to_str().unwrap(),
+                "--download-dir",
+                downloads.to_str().unwrap(),
+            ])
             .args(["--ice-bind", "127.0.0.1:0"])
             .env("RUST_LOG", "error,p2pd=info")
             .stdout(Stdio::null())
@@ -123,7 +132,10 @@ impl Daemon {
         let mut line = String::new();
         while stderr.read_line(&mut line).expect("daemon log") > 0 {
             if line.contains("p2pd ready") {
-                url = line.split("rendezvous=").nth(1).map(|u| u.trim().to_owned());
+                url = line
+                    .split("rendezvous=")
+                    .nth(1)
+                    .map(|u| u.trim().to_owned());
                 break;
             }
             line.clear();
@@ -134,7 +146,8 @@ impl Daemon {
     }
 
     fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmHWM:"))
@@ -156,17 +169,32 @@ impl Drop for Daemon {
 fn p2pd_transfer(a: &Daemon, b: &Daemon, source: &Path) -> Duration {
     let start = Instant::now();
     let mut sender = Command::new(P2P)
-        .args(["--socket", a.socket.to_str().unwrap(), "send", "--json", source.to_str().unwrap()])
+        .args([
+            "--socket",
+            a.socket.to_str().unwrap(),
+            "send",
+            "--json",
+            source.to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("p2p send");
     let mut first = String::new();
-    BufReader::new(sender.stdout.take().expect("stdout")).read_line(&mut first).expect("code line");
+    BufReader::new(sender.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("code line");
     let created: serde_json::Value = serde_json::from_str(&first).expect("json");
     let code = created["code"].as_str().expect("code").to_owned();
     let status = Command::new(P2P)
-        .args(["--socket", b.socket.to_str().unwrap(), "receive", &code, "--yes", "--json"])
+        .args([
+            "--socket",
+            b.socket.to_str().unwrap(),
+            "receive",
+            &code,
+            "--yes",
+            "--json",
+        ])
         .stdout(Stdio::null())
         .status()
         .expect("p2p receive");
@@ -183,10 +211,18 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing we need.
-    let mib: usize = std::env::var("P2PD_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
-    let runs: usize = std::env::var("P2PD_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let mib: usize = std::env::var("P2PD_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let runs: usize = std::env::var("P2PD_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let bytes = (mib * 1024 * 1024) as u64;
-    let dir = tempfile::tempdir_in(std::env::var("P2PD_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).expect("temp dir");
+    let dir =
+        tempfile::tempdir_in(std::env::var("P2PD_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+            .expect("temp dir");
     let source = dir.path().join("payload.bin");
     make_file(&source, mib);
 
@@ -216,7 +252,17 @@ fn main() {
     let (p, t, u) = (median(p2pd), median(tcp), median(udp));
     println!("e2e {mib} MiB, median of {runs}:");
     println!("  p2pd end to end     {p:>8.0} Mbit/s");
-    println!("  raw TCP file copy   {t:>8.0} Mbit/s   ratio p2pd/tcp = {:.3}", p / t);
-    println!("  UDP 1200 B datagrams{u:>8.0} Mbit/s   ratio p2pd/udp = {:.3}", p / u);
-    println!("  peak RSS: sender daemon {:.1} MiB, receiver daemon {:.1} MiB", a.peak_rss_mib(), b.peak_rss_mib());
+    println!(
+        "  raw TCP file copy   {t:>8.0} Mbit/s   ratio p2pd/tcp = {:.3}",
+        p / t
+    );
+    println!(
+        "  UDP 1200 B datagrams{u:>8.0} Mbit/s   ratio p2pd/udp = {:.3}",
+        p / u
+    );
+    println!(
+        "  peak RSS: sender daemon {:.1} MiB, receiver daemon {:.1} MiB",
+        a.peak_rss_mib(),
+        b.peak_rss_mib()
+    );
 }
