@@ -123,6 +123,8 @@ impl SessionKeys {
             .verify_slice(peer_tag)
             .map_err(|_| CryptoError::WrongCode)?;
         Ok(SealedChannel {
+            binding: self.derive(b"channel binding", Role::Sender),
+            role: self.role,
             seal: ChaCha20Poly1305::new(Key::from_slice(&self.derive(b"seal", self.role))),
             open: ChaCha20Poly1305::new(Key::from_slice(&self.derive(b"seal", self.role.peer()))),
             next_send: 0,
@@ -133,6 +135,9 @@ impl SessionKeys {
 
 /// Seals our signaling messages and opens the peer's, in order.
 pub struct SealedChannel {
+    /// Shared by both sides (derived with the sender's label on both ends, see `binding_key`).
+    binding: [u8; 32],
+    role: Role,
     seal: ChaCha20Poly1305,
     open: ChaCha20Poly1305,
     next_send: u64,
@@ -148,6 +153,17 @@ fn nonce(seq: u64) -> Nonce {
 }
 
 impl SealedChannel {
+    /// This side's role in the pairing.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Key for the data-channel binding proof. Both sides must derive the same key, so
+    /// the label is fixed rather than role-dependent; see [`channel_proof`].
+    pub fn binding_key(&self) -> [u8; 32] {
+        self.binding
+    }
+
     /// `seq || AEAD(plaintext)`, with the sequence number also bound as associated data.
     pub fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
         let seq = self.next_send;
@@ -188,6 +204,49 @@ impl SealedChannel {
         self.next_recv += 1;
         Ok(plain)
     }
+}
+
+/// The first data-channel message's proof: `role` holds the PAKE key and sees exactly
+/// these DTLS certificates (`own` is the certificate it presented, `peer` the one it got).
+/// A man in the middle terminates DTLS twice with its own certificates, so the proofs
+/// the two ends compute cannot both match what the other expects, even relayed intact.
+pub fn channel_proof(binding_key: &[u8; 32], role: Role, own: &str, peer: &str) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(binding_key)
+        .expect("HMAC accepts keys of any length");
+    mac.update(b"p2pd/1 channel binding\0");
+    mac.update(role.label());
+    for fingerprint in [own, peer] {
+        let normalized = fingerprint.trim().to_ascii_lowercase();
+        mac.update(&(normalized.len() as u64).to_be_bytes());
+        mac.update(normalized.as_bytes());
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Checks the peer's proof: it must cover the certificate we received as its own and the
+/// one we presented as its peer's. Constant time.
+pub fn verify_channel_proof(
+    binding_key: &[u8; 32],
+    our_role: Role,
+    our_certificate: &str,
+    peer_certificate: &str,
+    proof: &[u8],
+) -> bool {
+    let expected = channel_proof(
+        binding_key,
+        our_role.peer(),
+        peer_certificate,
+        our_certificate,
+    );
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(&expected).expect("HMAC accepts keys of any length");
+    // Compare through an HMAC so the comparison is constant time without another crate.
+    mac.update(b"compare");
+    let reference = mac.clone().finalize().into_bytes();
+    let mut theirs =
+        <Hmac<Sha256> as Mac>::new_from_slice(proof).expect("HMAC accepts keys of any length");
+    theirs.update(b"compare");
+    proof.len() == expected.len() && theirs.verify_slice(&reference).is_ok()
 }
 
 #[cfg(test)]
@@ -245,6 +304,63 @@ mod tests {
         let mine = b.seal(b"three");
         assert_eq!(b.open(&mine), Err(CryptoError::BadSeal), "reflected");
         assert_eq!(a.open(&[1, 2]), Err(CryptoError::BadSeal), "short");
+    }
+
+    #[test]
+    fn channel_proofs_bind_role_and_both_certificates() {
+        let (a, b) = channels();
+        let key = a.binding_key();
+        assert_eq!(
+            key,
+            b.binding_key(),
+            "both sides derive the same binding key"
+        );
+        let proof = channel_proof(&key, Role::Sender, "AA:01", "bb:02");
+        // The receiver saw AA:01 as the sender's certificate and presented BB:02.
+        assert!(verify_channel_proof(
+            &key,
+            Role::Receiver,
+            "bb:02",
+            "aa:01",
+            &proof
+        ));
+        // A relay that terminated DTLS itself shows the receiver another certificate.
+        assert!(!verify_channel_proof(
+            &key,
+            Role::Receiver,
+            "bb:02",
+            "cc:03",
+            &proof
+        ));
+        assert!(!verify_channel_proof(
+            &key,
+            Role::Receiver,
+            "cc:03",
+            "aa:01",
+            &proof
+        ));
+        // A reflected proof, or one under another key, fails.
+        assert!(!verify_channel_proof(
+            &key,
+            Role::Sender,
+            "aa:01",
+            "bb:02",
+            &proof
+        ));
+        assert!(!verify_channel_proof(
+            &[9; 32],
+            Role::Receiver,
+            "bb:02",
+            "aa:01",
+            &proof
+        ));
+        assert!(!verify_channel_proof(
+            &key,
+            Role::Receiver,
+            "bb:02",
+            "aa:01",
+            &proof[..31]
+        ));
     }
 
     #[test]

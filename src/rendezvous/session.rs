@@ -40,6 +40,15 @@ impl Session {
         }
     }
 
+    /// The key both sides use to prove, on the data channel, that they hold this session.
+    pub fn binding_key(&self) -> [u8; 32] {
+        self.sealed.binding_key()
+    }
+
+    pub fn role(&self) -> super::Role {
+        self.sealed.role()
+    }
+
     pub async fn send(&mut self, plaintext: &[u8]) -> Result<(), SignalError> {
         let blob = self.sealed.seal(plaintext);
         self.client.relay(&blob).await

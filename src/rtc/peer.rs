@@ -13,7 +13,7 @@ use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, SettingEngineBuilder,
+    RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 
 use super::RtcError;
@@ -99,6 +99,35 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The SHA-256 fingerprints of the DTLS certificates this connection actually used:
+    /// (ours, the peer's). `None` if DTLS has not completed.
+    pub async fn certificates(&self) -> Option<(String, String)> {
+        let report = self
+            .pc
+            .get_stats(std::time::Instant::now(), StatsSelector::None)
+            .await;
+        let (local_id, remote_id) = report.iter().find_map(|entry| match entry {
+            RTCStatsReportEntry::Transport(t)
+                if !t.local_certificate_id.is_empty() && !t.remote_certificate_id.is_empty() =>
+            {
+                Some((
+                    t.local_certificate_id.clone(),
+                    t.remote_certificate_id.clone(),
+                ))
+            }
+            _ => None,
+        })?;
+        let fingerprint = |id: &str| {
+            report.iter().find_map(|entry| match entry {
+                RTCStatsReportEntry::Certificate(cert) if cert.stats.id == id => {
+                    Some(cert.fingerprint.clone())
+                }
+                _ => None,
+            })
+        };
+        Some((fingerprint(&local_id)?, fingerprint(&remote_id)?))
+    }
+
     /// Ends the connection. Call only after the application-level goodbye: closing the
     /// peer connection aborts SCTP and drops anything still in flight.
     pub async fn close(self) {

@@ -32,6 +32,10 @@ pub trait Observer: Send + Sync {
 /// Why a transfer ended without success. Messages are for the user: one line, what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
+    #[error(
+        "the other side could not prove it holds the code's key for this connection (possible interception): transfer refused"
+    )]
+    Unauthenticated,
     #[error("the receiver declined the transfer")]
     Declined,
     #[error("the receiver refused the offer: {0}")]
@@ -80,6 +84,34 @@ impl TransferError {
             context: context.into(),
             source,
         }
+    }
+}
+
+/// The first exchange on a new channel: send our proof, and accept only a peer whose
+/// first message is a proof that `verify` accepts. Anything else ends the transfer before
+/// a name or a byte of a file has crossed.
+pub async fn exchange_proofs(
+    link: &dyn link::Link,
+    ours: &[u8],
+    verify: impl Fn(&[u8]) -> bool,
+) -> Result<(), TransferError> {
+    sender::send_control(
+        link,
+        &wire::Control::Hello {
+            proof: hex::encode(ours),
+        },
+    )
+    .await?;
+    let proof = tokio::time::timeout(FLUSH_LIMIT * 2, link.recv())
+        .await
+        .map_err(|_| TransferError::Unauthenticated)?;
+    match sender::control(proof) {
+        Ok(wire::Control::Hello { proof }) => match hex::decode(proof) {
+            Ok(bytes) if verify(&bytes) => Ok(()),
+            _ => Err(TransferError::Unauthenticated),
+        },
+        Ok(_) | Err(TransferError::Protocol(_)) => Err(TransferError::Unauthenticated),
+        Err(other) => Err(other),
     }
 }
 

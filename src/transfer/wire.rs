@@ -20,7 +20,12 @@ pub struct FileEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Control {
-    /// Sender → receiver, first message: everything that will be sent.
+    /// Both sides, first message: proof of the PAKE key bound to the DTLS certificates
+    /// (hex HMAC, see `rendezvous::crypto::channel_proof`).
+    Hello {
+        proof: String,
+    },
+    /// Sender → receiver, after the hellos: everything that will be sent.
     Offer {
         files: Vec<FileEntry>,
     },
@@ -85,6 +90,7 @@ mod tests {
     #[test]
     fn every_message_round_trips() {
         let all = [
+            Control::Hello { proof: "ab".into() },
             Control::Offer {
                 files: vec![FileEntry {
                     name: "a b.txt".into(),
