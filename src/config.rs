@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::rtc::{IceServer, RtcSettings};
+use crate::transfer::names::Limits;
 
 /// Default lifetime of an unclaimed code.
 pub const DEFAULT_CODE_TTL: Duration = Duration::from_secs(600);
@@ -27,6 +28,12 @@ pub struct FileConfig {
     pub ice_bind: Option<Vec<String>>,
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
+    /// Offers with more files than this are refused before anyone is asked.
+    pub max_files: Option<usize>,
+    /// Offers larger than this in total are refused before anyone is asked.
+    pub max_total_bytes: Option<u64>,
+    /// Offers with a file larger than this are refused before anyone is asked.
+    pub max_file_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +96,7 @@ pub struct DaemonConfig {
     pub rendezvous: RendezvousMode,
     pub code_ttl: Duration,
     pub rtc: RtcSettings,
+    pub limits: Limits,
 }
 
 fn project_dirs() -> Option<directories::ProjectDirs> {
@@ -136,6 +144,9 @@ pub struct Overrides {
     pub rendezvous_listen: Option<SocketAddr>,
     pub code_ttl_secs: Option<u64>,
     pub ice_bind: Vec<String>,
+    pub max_files: Option<usize>,
+    pub max_total_bytes: Option<u64>,
+    pub max_file_bytes: Option<u64>,
 }
 
 impl DaemonConfig {
@@ -169,7 +180,23 @@ impl DaemonConfig {
             file.ice_bind
                 .unwrap_or_else(|| vec!["0.0.0.0:0".to_owned()])
         };
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_files: flags
+                .max_files
+                .or(file.max_files)
+                .unwrap_or(defaults.max_files),
+            max_total_bytes: flags
+                .max_total_bytes
+                .or(file.max_total_bytes)
+                .unwrap_or(defaults.max_total_bytes),
+            max_file_bytes: flags
+                .max_file_bytes
+                .or(file.max_file_bytes)
+                .unwrap_or(defaults.max_file_bytes),
+        };
         Ok(DaemonConfig {
+            limits,
             socket,
             download_dir,
             rendezvous,
@@ -201,6 +228,9 @@ mod tests {
             rendezvous_listen = "0.0.0.0:9009"
             code_ttl_secs = 60
             ice_bind = ["127.0.0.1:0"]
+            max_files = 10
+            max_total_bytes = 1000
+            max_file_bytes = 100
             [[ice_servers]]
             urls = ["turn:turn.example.org:3478"]
             username = "u"
@@ -217,6 +247,14 @@ mod tests {
         );
         assert_eq!(config.code_ttl, Duration::from_secs(60));
         assert_eq!(config.rtc.bind, vec!["127.0.0.1:0".to_owned()]);
+        assert_eq!(
+            config.limits,
+            Limits {
+                max_files: 10,
+                max_total_bytes: 1000,
+                max_file_bytes: 100
+            }
+        );
     }
 
     #[test]

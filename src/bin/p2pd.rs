@@ -36,6 +36,15 @@ struct Args {
     /// Local UDP address for WebRTC (repeatable). Default: 0.0.0.0:0, every interface.
     #[arg(long)]
     ice_bind: Vec<String>,
+    /// Refuse offers with more files than this.
+    #[arg(long)]
+    max_files: Option<usize>,
+    /// Refuse offers larger than this many bytes in total.
+    #[arg(long)]
+    max_total_bytes: Option<u64>,
+    /// Refuse offers containing a file larger than this many bytes.
+    #[arg(long)]
+    max_file_bytes: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -110,6 +119,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rendezvous_listen: args.rendezvous_listen,
         code_ttl_secs: args.code_ttl,
         ice_bind: args.ice_bind,
+        max_files: args.max_files,
+        max_total_bytes: args.max_total_bytes,
+        max_file_bytes: args.max_file_bytes,
     };
     let config = DaemonConfig::resolve(overrides, file)?;
     let daemon = Daemon::start(config).await?;

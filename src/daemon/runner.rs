@@ -201,8 +201,15 @@ pub async fn run_receive(
                 accepted
             }
         };
-        let result =
-            receiver::receive(&connection.link, &dir, job.as_ref(), transferring, &cancel).await;
+        let result = receiver::receive(
+            &connection.link,
+            &dir,
+            &context.config.limits,
+            job.as_ref(),
+            transferring,
+            &cancel,
+        )
+        .await;
         connection.close().await;
         result.map(|_| ()).map_err(JobError::from)
     }

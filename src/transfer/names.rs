@@ -12,12 +12,40 @@ pub const MAX_NAME_BYTES: usize = 200;
 /// Most files one offer may list.
 pub const MAX_FILES: usize = 100_000;
 
+/// The receiver's own caps on an offer, checked before anyone is asked to accept it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_files: usize,
+    pub max_total_bytes: u64,
+    pub max_file_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_files: MAX_FILES,
+            max_total_bytes: u64::MAX,
+            max_file_bytes: u64::MAX,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
     #[error("the offer lists no files")]
     Empty,
-    #[error("the offer lists {0} files, more than {MAX_FILES}")]
-    TooMany(usize),
+    #[error(
+        "the offer lists {count} files, more than this receiver's limit of {limit} (max_files)"
+    )]
+    TooMany { count: usize, limit: usize },
+    #[error(
+        "file {name} is {size} bytes, more than this receiver's limit of {limit} (max_file_bytes)"
+    )]
+    FileTooLarge { name: String, size: u64, limit: u64 },
+    #[error(
+        "the offer totals {total} bytes, more than this receiver's limit of {limit} (max_total_bytes)"
+    )]
+    TotalTooLarge { total: u64, limit: u64 },
     #[error("file name {0} is not allowed")]
     Invalid(String),
     #[error("file name {0} appears twice in the offer")]
@@ -51,12 +79,16 @@ fn is_dangerous_char(c: char) -> bool {
 }
 
 /// Checks a whole offer before anything is written. Returns the total size.
-pub fn validate_offer(files: &[FileEntry]) -> Result<u64, NameError> {
+pub fn validate_offer(files: &[FileEntry], limits: &Limits) -> Result<u64, NameError> {
     if files.is_empty() {
         return Err(NameError::Empty);
     }
-    if files.len() > MAX_FILES {
-        return Err(NameError::TooMany(files.len()));
+    let max_files = limits.max_files.min(MAX_FILES);
+    if files.len() > max_files {
+        return Err(NameError::TooMany {
+            count: files.len(),
+            limit: max_files,
+        });
     }
     let mut seen = HashSet::with_capacity(files.len());
     let mut total: u64 = 0;
@@ -66,9 +98,22 @@ pub fn validate_offer(files: &[FileEntry]) -> Result<u64, NameError> {
         if !seen.insert(file.name.to_lowercase()) {
             return Err(NameError::Duplicate(escape_for_terminal(&file.name)));
         }
+        if file.size > limits.max_file_bytes {
+            return Err(NameError::FileTooLarge {
+                name: escape_for_terminal(&file.name),
+                size: file.size,
+                limit: limits.max_file_bytes,
+            });
+        }
         total = total
             .checked_add(file.size)
             .ok_or(NameError::SizeOverflow)?;
+    }
+    if total > limits.max_total_bytes {
+        return Err(NameError::TotalTooLarge {
+            total,
+            limit: limits.max_total_bytes,
+        });
     }
     Ok(total)
 }
@@ -160,9 +205,11 @@ mod tests {
 
     #[test]
     fn offers_with_duplicates_or_overflow_fail_whole() {
-        assert_eq!(validate_offer(&[]), Err(NameError::Empty));
+        let any = Limits::default();
+        assert_eq!(validate_offer(&[], &any), Err(NameError::Empty));
+        let twins = [entry("a"), entry("A")];
         assert!(matches!(
-            validate_offer(&[entry("a"), entry("A")]),
+            validate_offer(&twins, &any),
             Err(NameError::Duplicate(_))
         ));
         let big = FileEntry {
@@ -170,10 +217,60 @@ mod tests {
             size: u64::MAX,
         };
         assert_eq!(
-            validate_offer(&[entry("a"), big]),
+            validate_offer(&[entry("a"), big], &any),
             Err(NameError::SizeOverflow)
         );
-        assert_eq!(validate_offer(&[entry("a"), entry("b")]), Ok(2));
+        assert_eq!(validate_offer(&[entry("a"), entry("b")], &any), Ok(2));
+    }
+
+    #[test]
+    fn receiver_limits_apply_before_acceptance() {
+        let limits = Limits {
+            max_files: 2,
+            max_total_bytes: 10,
+            max_file_bytes: 6,
+        };
+        let three = [entry("a"), entry("b"), entry("c")];
+        assert_eq!(
+            validate_offer(&three, &limits),
+            Err(NameError::TooMany { count: 3, limit: 2 })
+        );
+        let fat = [FileEntry {
+            name: "f".into(),
+            size: 7,
+        }];
+        assert!(matches!(
+            validate_offer(&fat, &limits),
+            Err(NameError::FileTooLarge { size: 7, .. })
+        ));
+        let sum = [
+            FileEntry {
+                name: "f".into(),
+                size: 6,
+            },
+            FileEntry {
+                name: "g".into(),
+                size: 5,
+            },
+        ];
+        assert_eq!(
+            validate_offer(&sum, &limits),
+            Err(NameError::TotalTooLarge {
+                total: 11,
+                limit: 10
+            })
+        );
+        let fine = [
+            FileEntry {
+                name: "f".into(),
+                size: 6,
+            },
+            FileEntry {
+                name: "g".into(),
+                size: 4,
+            },
+        ];
+        assert_eq!(validate_offer(&fine, &limits), Ok(10));
     }
 
     #[test]

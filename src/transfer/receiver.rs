@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::link::{Incoming, Link};
-use super::names::{escape_for_terminal, validate_offer};
+use super::names::{Limits, escape_for_terminal, validate_offer};
 use super::sender::{cancel_peer, control, send_control, unexpected};
 use super::wire::{Control, FileEntry};
 use super::{FLUSH_LIMIT, Observer, PROGRESS_INTERVAL, TransferError, hex_digest, store};
@@ -40,6 +40,7 @@ enum WriteOutcome {
 pub async fn receive(
     link: &dyn Link,
     dir: &Path,
+    limits: &Limits,
     observer: &dyn Observer,
     approve: impl Future<Output = bool> + Send,
     cancel: &CancellationToken,
@@ -52,7 +53,7 @@ pub async fn receive(
             other => return Err(unexpected(&other)),
         },
     };
-    if let Err(error) = check_offer(&files, dir) {
+    if let Err(error) = check_offer(&files, dir, limits) {
         let _ = send_control(
             link,
             &Control::Reject {
@@ -111,8 +112,8 @@ pub async fn receive(
     result
 }
 
-fn check_offer(files: &[FileEntry], dir: &Path) -> Result<(), TransferError> {
-    let total = validate_offer(files)?;
+fn check_offer(files: &[FileEntry], dir: &Path, limits: &Limits) -> Result<(), TransferError> {
+    let total = validate_offer(files, limits)?;
     let available = store::free_space(dir).map_err(|e| {
         TransferError::io(
             format!("cannot use download directory {}", dir.display()),

@@ -159,6 +159,7 @@ fn config_for(socket: std::path::PathBuf, downloads: std::path::PathBuf) -> Daem
             ice_servers: vec![],
             bind: vec!["127.0.0.1:0".into()],
         },
+        limits: Default::default(),
     }
 }
 

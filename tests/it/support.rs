@@ -25,6 +25,7 @@ pub struct TestDaemon {
 pub struct Options {
     pub rendezvous: Option<String>,
     pub code_ttl: Duration,
+    pub limits: p2pd::transfer::names::Limits,
 }
 
 impl Default for Options {
@@ -32,6 +33,7 @@ impl Default for Options {
         Options {
             rendezvous: None,
             code_ttl: Duration::from_secs(600),
+            limits: Default::default(),
         }
     }
 }
@@ -60,6 +62,7 @@ impl TestDaemon {
                 ice_servers: Vec::new(),
                 bind: vec!["127.0.0.1:0".into()],
             },
+            limits: options.limits,
         };
         let daemon = Daemon::start(config).await.expect("daemon starts");
         TestDaemon {
