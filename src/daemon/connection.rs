@@ -2,13 +2,19 @@
 //! clients that follow a job. A client leaving never stops a job.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::jobs::Jobs;
-use crate::ipc::codec::{CodecError, read_frame, write_frame};
+use crate::ipc::codec::{CodecError, read_frame_within, write_frame};
+
+/// A new client must say hello within this.
+const HELLO_LIMIT: Duration = Duration::from_secs(5);
+/// Any frame, once started, must arrive whole within this.
+const FRAME_LIMIT: Duration = Duration::from_secs(10);
 use crate::ipc::messages::{
     ClientFrame, ErrorKind, Failure, JobId, PROTOCOL_VERSION, Request, ServerFrame,
 };
@@ -18,7 +24,7 @@ pub async fn serve(
     jobs: Arc<Jobs>,
     shutdown: CancellationToken,
 ) -> Result<(), CodecError> {
-    match read_frame::<ClientFrame, _>(&mut stream).await? {
+    match read_frame_within::<ClientFrame, _>(&mut stream, Some(HELLO_LIMIT), FRAME_LIMIT).await? {
         Some(ClientFrame::Hello { version }) if version == PROTOCOL_VERSION => {}
         Some(ClientFrame::Hello { .. }) => {
             // Tell the client our version so it can say which side to upgrade.
@@ -49,7 +55,8 @@ pub async fn serve(
     loop {
         let request = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            frame = read_frame::<ClientFrame, _>(&mut stream) => match frame? {
+            // Idle between requests is fine (a watcher may wait hours); a half-sent frame is not.
+            frame = read_frame_within::<ClientFrame, _>(&mut stream, None, FRAME_LIMIT) => match frame? {
                 Some(ClientFrame::Request(request)) => request,
                 Some(ClientFrame::Hello { .. }) => continue,
                 None => return Ok(()),

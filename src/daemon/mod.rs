@@ -21,6 +21,8 @@ use crate::config::{DaemonConfig, RendezvousMode};
 use crate::rendezvous::server::{self, RendezvousConfig};
 use jobs::{Context, Jobs};
 
+/// Concurrent control connections; more are refused so a local flood cannot exhaust memory.
+const MAX_CONTROL_CONNECTIONS: usize = 256;
 /// How long shutdown waits for jobs to tell their peers and remove partial files.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -156,6 +158,7 @@ async fn accept_loop(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -171,10 +174,26 @@ async fn accept_loop(
         };
         if !socket::peer_allowed(&stream) {
             warn!("refused a control connection from another user");
+            // Say why, best effort and bounded: this peer gets nothing else.
+            let mut stream = stream;
+            let refusal = crate::ipc::messages::ServerFrame::Error {
+                kind: crate::ipc::messages::ErrorKind::PermissionDenied,
+                message: "this p2pd belongs to another user: start your own p2pd".into(),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                crate::ipc::codec::write_frame(&mut stream, &refusal),
+            )
+            .await;
             continue;
         }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            warn!("too many control connections, refusing one");
+            continue;
+        };
         let (jobs, shutdown) = (jobs.clone(), shutdown.clone());
         tracker.spawn(async move {
+            let _permit = permit;
             if let Err(error) = connection::serve(stream, jobs, shutdown).await {
                 tracing::debug!(%error, "client connection ended");
             }

@@ -23,6 +23,8 @@ pub enum IpcError {
         "p2pd speaks protocol version {0}, this p2p speaks {PROTOCOL_VERSION}: use matching versions"
     )]
     Version(u32),
+    #[error("{0}")]
+    Refused(String),
     #[error("p2pd closed the connection")]
     Closed,
     #[error("talking to p2pd failed")]
@@ -50,17 +52,22 @@ impl IpcClient {
                 },
             })?;
         let mut client = IpcClient { stream };
-        write_frame(
-            &mut client.stream,
-            &ClientFrame::Hello {
-                version: PROTOCOL_VERSION,
-            },
-        )
-        .await?;
-        match client.next().await? {
-            Some(ServerFrame::Hello { version }) if version == PROTOCOL_VERSION => Ok(client),
-            Some(ServerFrame::Hello { version }) => Err(IpcError::Version(version)),
-            Some(ServerFrame::Error { .. }) => Err(IpcError::Version(0)),
+        let hello = ClientFrame::Hello {
+            version: PROTOCOL_VERSION,
+        };
+        // A refusing daemon writes its reason and hangs up, possibly before our hello
+        // lands: read the reason even when the write failed.
+        let wrote = write_frame(&mut client.stream, &hello).await;
+        let reply = match (wrote, client.next().await) {
+            (_, Ok(Some(frame))) => frame,
+            (Err(error), _) => return Err(error.into()),
+            (Ok(()), Ok(None)) => return Err(IpcError::Closed),
+            (Ok(()), Err(error)) => return Err(error),
+        };
+        match reply {
+            ServerFrame::Hello { version } if version == PROTOCOL_VERSION => Ok(client),
+            ServerFrame::Hello { version } => Err(IpcError::Version(version)),
+            ServerFrame::Error { message, .. } => Err(IpcError::Refused(message)),
             _ => Err(IpcError::Closed),
         }
     }

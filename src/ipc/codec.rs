@@ -1,6 +1,8 @@
 //! Frames on the control socket: a big-endian u32 length, then that many bytes of postcard.
 //! The pure encode/decode halves are here; `read_frame`/`write_frame` are the thin I/O.
 
+use std::time::Duration;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -14,6 +16,8 @@ pub enum CodecError {
     TooLarge(usize),
     #[error("malformed frame")]
     Malformed(#[source] postcard::Error),
+    #[error("the peer was too slow to send a whole frame")]
+    TimedOut,
     #[error("control socket I/O failed")]
     Io(#[from] std::io::Error),
 }
@@ -55,6 +59,43 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
     let mut body = vec![0u8; body_len(header)?];
     reader.read_exact(&mut body).await?;
     decode(&body).map(Some)
+}
+
+/// Like [`read_frame`], but a frame, once its first byte arrived, must be complete within
+/// `frame_limit`, and the first byte must come within `idle_limit` if one is given. A
+/// client trickling one byte a second, or stopping mid-frame, is cut off.
+pub async fn read_frame_within<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    reader: &mut R,
+    idle_limit: Option<Duration>,
+    frame_limit: Duration,
+) -> Result<Option<T>, CodecError> {
+    let mut header = [0u8; 4];
+    let first = async {
+        match reader.read(&mut header[..1]).await {
+            Ok(0) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(e) => Err(CodecError::Io(e)),
+        }
+    };
+    let started = match idle_limit {
+        Some(limit) => tokio::time::timeout(limit, first)
+            .await
+            .map_err(|_| CodecError::TimedOut)??,
+        None => first.await?,
+    };
+    if !started {
+        return Ok(None);
+    }
+    let rest = async {
+        reader.read_exact(&mut header[1..]).await?;
+        let mut body = vec![0u8; body_len(header)?];
+        reader.read_exact(&mut body).await?;
+        decode(&body)
+    };
+    tokio::time::timeout(frame_limit, rest)
+        .await
+        .map_err(|_| CodecError::TimedOut)?
+        .map(Some)
 }
 
 pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(

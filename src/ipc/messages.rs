@@ -101,6 +101,7 @@ pub enum ErrorKind {
     Protocol,
     ShuttingDown,
     Version,
+    PermissionDenied,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
