@@ -9,11 +9,10 @@ use tracing::{info, warn};
 use super::jobs::{Context, Job, signal_failure};
 use crate::ipc::messages::{ErrorKind, Failure, JobState};
 use crate::rendezvous::client::RendezvousClient;
-use crate::rendezvous::crypto::{channel_proof, verify_channel_proof};
 use crate::rendezvous::{Code, Role, Session, SignalError};
 use crate::rtc::{self, RtcError};
 use crate::transfer::sender::SourceFile;
-use crate::transfer::{self, TransferError, receiver, sender};
+use crate::transfer::{TransferError, receiver, sender};
 
 enum JobError {
     Signal(SignalError),
@@ -112,23 +111,6 @@ fn finish(job: &Job, result: Result<(), JobError>) {
     }
 }
 
-/// The second lock on the channel: both sides prove the PAKE key over the DTLS
-/// certificates they actually see, whatever the library checked.
-async fn authenticate(
-    connection: &rtc::Connection,
-    binding_key: &[u8; 32],
-    role: Role,
-) -> Result<(), TransferError> {
-    let Some((ours, theirs)) = connection.certificates().await else {
-        return Err(TransferError::Unauthenticated);
-    };
-    let proof = channel_proof(binding_key, role, &ours, &theirs);
-    transfer::exchange_proofs(&connection.link, &proof, |peer| {
-        verify_channel_proof(binding_key, role, &ours, &theirs, peer)
-    })
-    .await
-}
-
 pub async fn run_send(
     job: Arc<Job>,
     context: Arc<Context>,
@@ -147,7 +129,7 @@ pub async fn run_send(
         let binding_key = session.binding_key();
         let connection = rtc::connect_offerer(session, &context.config.rtc, &cancel).await?;
         job.set_state(JobState::Transferring);
-        let result = match authenticate(&connection, &binding_key, Role::Sender).await {
+        let result = match connection.authenticate(&binding_key, Role::Sender).await {
             Ok(()) => sender::send(&connection.link, files, job.as_ref(), &cancel).await,
             Err(error) => Err(error),
         };
@@ -176,7 +158,7 @@ pub async fn run_receive(
         .await?;
         let binding_key = session.binding_key();
         let connection = rtc::connect_answerer(session, &context.config.rtc, &cancel).await?;
-        if let Err(error) = authenticate(&connection, &binding_key, Role::Receiver).await {
+        if let Err(error) = connection.authenticate(&binding_key, Role::Receiver).await {
             connection.close().await;
             return Err(error.into());
         }

@@ -19,7 +19,9 @@ use webrtc::peer_connection::{
 use super::RtcError;
 use super::channel::DataLink;
 use super::runtime::TunedRuntime;
-use crate::rendezvous::Session;
+use crate::rendezvous::crypto::{channel_proof, verify_channel_proof};
+use crate::rendezvous::{Role, Session};
+use crate::transfer::{self, TransferError};
 
 /// The data channel's label names the protocol version; a peer with another is refused.
 pub const CHANNEL_LABEL: &str = "p2pd/1";
@@ -99,6 +101,24 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The second lock on the channel: both sides prove the PAKE key over the DTLS
+    /// certificates they actually see, whatever the library checked. Must be the first
+    /// exchange on the channel.
+    pub async fn authenticate(
+        &self,
+        binding_key: &[u8; 32],
+        role: Role,
+    ) -> Result<(), TransferError> {
+        let Some((ours, theirs)) = self.certificates().await else {
+            return Err(TransferError::Unauthenticated);
+        };
+        let proof = channel_proof(binding_key, role, &ours, &theirs);
+        transfer::exchange_proofs(&self.link, &proof, |peer| {
+            verify_channel_proof(binding_key, role, &ours, &theirs, peer)
+        })
+        .await
+    }
+
     /// The SHA-256 fingerprints of the DTLS certificates this connection actually used:
     /// (ours, the peer's). `None` if DTLS has not completed.
     pub async fn certificates(&self) -> Option<(String, String)> {

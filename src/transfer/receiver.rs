@@ -186,7 +186,10 @@ async fn receive_files(
             incoming = link.recv(), if commands.is_some() => {
                 let Some(queue) = commands.as_ref() else { continue };
                 let command = match incoming {
-                    Some(Incoming::Binary(data)) => accept_data(&mut cursor, files, data)?,
+                    Some(Incoming::Binary(data)) => match accept_data(&mut cursor, files, data) {
+                        Ok(command) => command,
+                        Err(what) => return Err(protocol(link, &what).await),
+                    },
                     Some(Incoming::Text(_)) | None => match control(incoming)? {
                         Control::FileStart { index } => {
                             if cursor.current.is_some() || index != cursor.next_index || index as usize >= files.len() {
@@ -224,17 +227,17 @@ fn accept_data(
     cursor: &mut Cursor,
     files: &[FileEntry],
     data: Bytes,
-) -> Result<WriteCommand, TransferError> {
+) -> Result<WriteCommand, String> {
     let Some((index, received)) = cursor.current.as_mut() else {
-        return Err(TransferError::Protocol("file data outside a file".into()));
+        return Err("file data outside a file".into());
     };
     let size = files[*index as usize].size;
     *received += data.len() as u64;
     if *received > size {
-        return Err(TransferError::Protocol(format!(
+        return Err(format!(
             "more bytes than announced for {}",
             escape_for_terminal(&files[*index as usize].name)
-        )));
+        ));
     }
     Ok(WriteCommand::Data(data))
 }

@@ -3,5 +3,6 @@
 mod abuse;
 mod cli;
 mod errors;
+mod hostile;
 mod support;
 mod transfer;

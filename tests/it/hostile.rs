@@ -1,0 +1,352 @@
+//! A hostile sender built from p2pd's own modules: it holds the code and passes every
+//! authentication, then sends bad offers and bad streams. The receiving daemon must refuse
+//! each with a clear reason, leave its download directory byte-for-byte unchanged, and
+//! keep serving.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use p2pd::ipc::messages::{ErrorKind, JobInfo, JobState};
+use p2pd::rendezvous::client::RendezvousClient;
+use p2pd::rendezvous::{Code, Role, Session};
+use p2pd::rtc::{self, Connection, RtcSettings};
+use p2pd::transfer::link::{Incoming, Link};
+use p2pd::transfer::names::Limits;
+use p2pd::transfer::wire::{Control, FileEntry};
+use sha2::Digest;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+fn settings() -> RtcSettings {
+    RtcSettings {
+        ice_servers: vec![],
+        bind: vec!["127.0.0.1:0".into()],
+    }
+}
+
+/// Every file in `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    listing(dir)
+        .into_iter()
+        .map(|name| {
+            let bytes = std::fs::read(dir.join(&name)).unwrap_or_default();
+            (name, bytes)
+        })
+        .collect()
+}
+
+async fn say(link: &dyn Link, message: Control) {
+    // The receiver may already have hung up; that is one of the outcomes we check.
+    let _ = link.send_text(message.encode()).await;
+}
+
+/// The receiver's next message, skipping progress reports.
+async fn hear(link: &dyn Link) -> Option<Control> {
+    loop {
+        let message = match tokio::time::timeout(Duration::from_secs(10), link.recv()).await {
+            Ok(Some(Incoming::Text(text))) => Control::decode(&text).ok(),
+            _ => None,
+        };
+        if !matches!(message, Some(Control::Progress { .. })) {
+            return message;
+        }
+    }
+}
+
+fn offer(files: &[(&str, u64)]) -> Control {
+    Control::Offer {
+        files: files
+            .iter()
+            .map(|(n, s)| FileEntry {
+                name: n.to_string(),
+                size: *s,
+            })
+            .collect(),
+    }
+}
+
+/// Connects to `daemon` as a sender with a valid code and runs `script` on the channel.
+async fn attack<F, Fut>(daemon: &TestDaemon, script: F) -> JobInfo
+where
+    F: FnOnce(Connection) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let url = daemon.daemon.as_ref().unwrap().rendezvous_url().to_owned();
+    let mut client = RendezvousClient::connect(&url).await.unwrap();
+    let (nameplate, _) = client.allocate().await.unwrap();
+    let code = Code::generate(nameplate);
+    let text = code.to_string();
+    let attacker = tokio::spawn(async move {
+        client.wait_for_peer().await.unwrap();
+        let session = Session::establish(client, Role::Sender, &code)
+            .await
+            .unwrap();
+        let key = session.binding_key();
+        let connection = rtc::connect_offerer(session, &settings(), &CancellationToken::new())
+            .await
+            .unwrap();
+        connection.authenticate(&key, Role::Sender).await.unwrap();
+        script(connection).await;
+    });
+    let info = daemon.wait(daemon.receive(&text).await.unwrap()).await;
+    tokio::time::timeout(Duration::from_secs(30), attacker)
+        .await
+        .expect("attacker finished")
+        .expect("attacker ran");
+    info
+}
+
+fn assert_refused(info: &JobInfo, kind: ErrorKind, needle: &str) {
+    assert_eq!(info.state, JobState::Failed, "{info:?}");
+    let failure = info.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, kind, "{failure:?}");
+    assert!(
+        failure.message.contains(needle),
+        "expected {needle:?} in {:?}",
+        failure.message
+    );
+    assert!(
+        !failure.message.chars().any(|c| c.is_control()),
+        "unescaped control character: {:?}",
+        failure.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_offers_are_refused_before_anything_is_written() {
+    tokio::time::timeout(TEST_LIMIT * 2, async {
+        let limits = Limits {
+            max_files: 5,
+            max_total_bytes: u64::MAX,
+            max_file_bytes: 1 << 20,
+        };
+        let daemon = TestDaemon::start_with(Options {
+            limits,
+            ..Options::default()
+        })
+        .await;
+        std::fs::write(daemon.downloads.join("existing.txt"), b"keep me").unwrap();
+        let before = snapshot(&daemon.downloads);
+        let outside = daemon.downloads.parent().unwrap().to_owned();
+        let cases: Vec<(Vec<(&str, u64)>, &str)> = vec![
+            (vec![("../evil", 1)], "not allowed"),
+            (vec![("/tmp/p2pd-evil", 1)], "not allowed"),
+            (vec![("a/../../evil", 1)], "not allowed"),
+            (vec![("C:\\evil", 1)], "not allowed"),
+            (vec![("..", 1)], "not allowed"),
+            (vec![("evil\u{1b}[2J\u{7}", 1)], "not allowed"),
+            (vec![("invoice\u{202E}fdp.exe", 1)], "not allowed"),
+            (vec![("x.p2pd-part", 1)], "not allowed"),
+            (
+                vec![("existing.txt", 1), ("EXISTING.txt", 1)],
+                "appears twice",
+            ),
+            (
+                vec![("1", 1), ("2", 1), ("3", 1), ("4", 1), ("5", 1), ("6", 1)],
+                "limit of 5",
+            ),
+            (vec![("big.bin", 2 << 20)], "limit of 1048576"),
+            (vec![], "no files"),
+        ];
+        for (files, needle) in cases {
+            let message = offer(&files);
+            let info = attack(&daemon, move |c| async move {
+                say(&c.link, message).await;
+                assert!(
+                    matches!(hear(&c.link).await, Some(Control::Reject { .. })),
+                    "offer must be rejected"
+                );
+            })
+            .await;
+            assert_refused(&info, ErrorKind::Protocol, needle);
+            assert!(
+                info.files.is_empty(),
+                "a refused offer is never shown to the user"
+            );
+            assert_eq!(
+                snapshot(&daemon.downloads),
+                before,
+                "download dir changed by {files:?}"
+            );
+        }
+        assert!(!outside.join("evil").exists() && !Path::new("/tmp/p2pd-evil").exists());
+        // Free space is checked before anyone is asked (a receiver without size limits).
+        let roomy = TestDaemon::start().await;
+        let info = attack(&roomy, |c| async move {
+            say(&c.link, offer(&[("huge.bin", 1 << 60)])).await;
+            assert!(matches!(hear(&c.link).await, Some(Control::Reject { .. })));
+        })
+        .await;
+        assert_refused(&info, ErrorKind::Io, "not enough free space");
+        assert!(listing(&roomy.downloads).is_empty());
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// Accepted offer of one 10-byte file, then `stream` runs.
+async fn after_accept<F, Fut>(daemon: &TestDaemon, stream: F) -> JobInfo
+where
+    F: FnOnce(Connection) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    attack(daemon, move |c| async move {
+        say(&c.link, offer(&[("data.bin", 10)])).await;
+        assert_eq!(hear(&c.link).await, Some(Control::Accept));
+        stream(c).await;
+    })
+    .await
+}
+
+fn bytes(n: usize) -> bytes::BytesMut {
+    bytes::BytesMut::from(&vec![b'x'; n][..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_streams_are_cut_off_and_nothing_is_published() {
+    tokio::time::timeout(TEST_LIMIT * 2, async {
+        let daemon = TestDaemon::start().await;
+        std::fs::write(daemon.downloads.join("existing.txt"), b"keep me").unwrap();
+        let before = snapshot(&daemon.downloads);
+
+        // More bytes than announced.
+        let info = after_accept(&daemon, |c| async move {
+            say(&c.link, Control::FileStart { index: 0 }).await;
+            let _ = c.link.send_binary(bytes(11)).await;
+            assert!(matches!(hear(&c.link).await, Some(Control::Cancel { .. })));
+        })
+        .await;
+        assert_refused(&info, ErrorKind::Protocol, "more bytes than announced");
+        assert_eq!(snapshot(&daemon.downloads), before);
+
+        // Fewer bytes, then a claim that the file is complete.
+        let info = after_accept(&daemon, |c| async move {
+            say(&c.link, Control::FileStart { index: 0 }).await;
+            let _ = c.link.send_binary(bytes(5)).await;
+            say(
+                &c.link,
+                Control::FileEnd {
+                    index: 0,
+                    sha256: hex::encode(sha2::Sha256::digest(b"xxxxx")),
+                },
+            )
+            .await;
+            assert!(matches!(hear(&c.link).await, Some(Control::Cancel { .. })));
+        })
+        .await;
+        assert_refused(&info, ErrorKind::Protocol, "file_end does not match");
+        assert_eq!(snapshot(&daemon.downloads), before);
+
+        // The right size with a wrong final digest.
+        let info = after_accept(&daemon, |c| async move {
+            say(&c.link, Control::FileStart { index: 0 }).await;
+            let _ = c.link.send_binary(bytes(10)).await;
+            say(
+                &c.link,
+                Control::FileEnd {
+                    index: 0,
+                    sha256: "00".repeat(32),
+                },
+            )
+            .await;
+            loop {
+                match hear(&c.link).await {
+                    Some(Control::Progress { .. }) => continue,
+                    other => {
+                        assert!(
+                            matches!(other, Some(Control::FileFailed { index: 0, .. })),
+                            "{other:?}"
+                        );
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+        assert_refused(
+            &info,
+            ErrorKind::VerificationFailed,
+            "do not match the sender's SHA-256",
+        );
+        assert_eq!(snapshot(&daemon.downloads), before);
+
+        // A flood of tiny messages outside any file.
+        let info = after_accept(&daemon, |c| async move {
+            for _ in 0..20_000 {
+                if c.link.send_binary(bytes(1)).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert_refused(&info, ErrorKind::Protocol, "file data outside a file");
+        assert_eq!(snapshot(&daemon.downloads), before);
+
+        // Files out of order.
+        let info = after_accept(&daemon, |c| async move {
+            say(&c.link, Control::FileStart { index: 3 }).await;
+            let _ = hear(&c.link).await;
+        })
+        .await;
+        assert_refused(&info, ErrorKind::Protocol, "out of order");
+        assert_eq!(snapshot(&daemon.downloads), before);
+
+        // Still serving, and an honest sender still gets through.
+        let src = tempfile::tempdir().unwrap();
+        let path = random_file(src.path(), "honest.bin", 4096, 3);
+        let (_, code) = daemon.send(std::slice::from_ref(&path)).await.unwrap();
+        let received = daemon.wait(daemon.receive(&code).await.unwrap()).await;
+        assert_eq!(received.state, JobState::Completed);
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_data_channels_from_the_peer_are_closed_and_ignored() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let daemon = TestDaemon::start().await;
+        let content = b"0123456789".to_vec();
+        let digest = hex::encode(sha2::Sha256::digest(&content));
+        let info = attack(&daemon, move |c| async move {
+            let extra = c.pc.create_data_channel("evil", None).await.unwrap();
+            let _ = extra.send_text("hello?").await;
+            say(&c.link, offer(&[("data.bin", 10)])).await;
+            assert_eq!(hear(&c.link).await, Some(Control::Accept));
+            say(&c.link, Control::FileStart { index: 0 }).await;
+            let _ = c
+                .link
+                .send_binary(bytes::BytesMut::from(&content[..]))
+                .await;
+            say(
+                &c.link,
+                Control::FileEnd {
+                    index: 0,
+                    sha256: digest,
+                },
+            )
+            .await;
+            loop {
+                match hear(&c.link).await {
+                    Some(Control::Progress { .. }) => continue,
+                    other => {
+                        assert_eq!(other, Some(Control::FileVerified { index: 0 }));
+                        break;
+                    }
+                }
+            }
+            say(&c.link, Control::Done).await;
+            c.link.flush(Duration::from_secs(2)).await;
+        })
+        .await;
+        assert_eq!(info.state, JobState::Completed, "{:?}", info.failure);
+        assert_eq!(
+            std::fs::read(daemon.downloads.join("data.bin")).unwrap(),
+            b"0123456789"
+        );
+    })
+    .await
+    .expect("test finished in time");
+}
