@@ -50,6 +50,7 @@ impl JobError {
             JobError::Rtc(e) => (
                 match e {
                     RtcError::NoRoute => ErrorKind::NoRoute,
+                    RtcError::Handshake => ErrorKind::Protocol,
                     RtcError::Signaling(s) => return signal_failure(s),
                     _ => ErrorKind::PeerGone,
                 },

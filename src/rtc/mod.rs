@@ -15,6 +15,10 @@ pub enum RtcError {
         "no network route to the other side was found: if either side is behind a strict NAT or firewall, configure a TURN server"
     )]
     NoRoute,
+    #[error(
+        "the encrypted handshake with the other side failed: its DTLS certificate does not match the one it announced (what an interception looks like), so the transfer was refused"
+    )]
+    Handshake,
     #[error("the data channel closed before the transfer started")]
     ChannelClosed,
     #[error("the peer sent a malformed signaling message")]

@@ -12,8 +12,9 @@ use tracing::{debug, warn};
 use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
+    RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder,
+    StatsSelector,
 };
 
 use super::RtcError;
@@ -33,6 +34,8 @@ const SCTP_RECEIVE_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 const SEND_BUFFER_LIMIT_BYTES: usize = 16 * 1024 * 1024;
 /// From the first signaling message to an open channel. Past it there is no route.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// From ICE connectivity to an open channel: DTLS, SCTP and the channel open.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +66,7 @@ enum Signal {
 struct Handler {
     candidates: mpsc::Sender<RTCIceCandidateInit>,
     state: watch::Sender<RTCPeerConnectionState>,
+    ice_state: watch::Sender<RTCIceConnectionState>,
     channels: mpsc::Sender<Arc<dyn DataChannel>>,
 }
 
@@ -76,6 +80,11 @@ impl PeerConnectionEventHandler for Handler {
             }
             Err(error) => debug!(%error, "unusable local candidate"),
         }
+    }
+
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        debug!(%state, "ice connection state");
+        self.ice_state.send_replace(state);
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -160,6 +169,7 @@ struct Pending {
     pc: Arc<dyn PeerConnection>,
     candidates: mpsc::Receiver<RTCIceCandidateInit>,
     state: watch::Receiver<RTCPeerConnectionState>,
+    ice_state: watch::Receiver<RTCIceConnectionState>,
     channels: mpsc::Receiver<Arc<dyn DataChannel>>,
 }
 
@@ -189,10 +199,12 @@ async fn build(settings: &RtcSettings) -> Result<Pending, RtcError> {
         .build();
     let (candidates_tx, candidates) = mpsc::channel(256);
     let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let (ice_state_tx, ice_state) = watch::channel(RTCIceConnectionState::New);
     let (channels_tx, channels) = mpsc::channel(1);
     let handler = Handler {
         candidates: candidates_tx,
         state: state_tx,
+        ice_state: ice_state_tx,
         channels: channels_tx,
     };
     let pc = PeerConnectionBuilder::new()
@@ -209,6 +221,7 @@ async fn build(settings: &RtcSettings) -> Result<Pending, RtcError> {
         pc: Arc::new(pc),
         candidates,
         state,
+        ice_state,
         channels,
     })
 }
@@ -295,14 +308,33 @@ async fn negotiate(
         // Once the peer hangs up the rendezvous (it may, as soon as its side is open),
         // keep waiting for our channel rather than failing.
         let mut signaling = true;
+        // Once ICE has a path, what remains (DTLS, SCTP, the channel) is quick; if it stalls
+        // or fails there, the route was fine and the handshake was not.
+        let mut handshake_deadline: Option<tokio::time::Instant> = None;
         loop {
+            let handshake_expired = async {
+                match handshake_deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return Err(RtcError::Cancelled),
                 _ = &mut deadline => return Err(RtcError::NoRoute),
+                _ = handshake_expired => return Err(RtcError::Handshake),
                 link = &mut opening => return link.map_err(|_| RtcError::ChannelClosed),
+                changed = pending.ice_state.changed() => {
+                    let ice = *pending.ice_state.borrow();
+                    if changed.is_ok()
+                        && handshake_deadline.is_none()
+                        && matches!(ice, RTCIceConnectionState::Connected | RTCIceConnectionState::Completed)
+                    {
+                        handshake_deadline = Some(tokio::time::Instant::now() + HANDSHAKE_TIMEOUT);
+                    }
+                }
                 changed = pending.state.changed() => {
                     if changed.is_err() || *pending.state.borrow() == RTCPeerConnectionState::Failed {
-                        return Err(RtcError::NoRoute);
+                        return Err(if handshake_deadline.is_some() { RtcError::Handshake } else { RtcError::NoRoute });
                     }
                 }
                 Some(candidate) = pending.candidates.recv() => {

@@ -350,3 +350,115 @@ async fn extra_data_channels_from_the_peer_are_closed_and_ignored() {
     .await
     .expect("test finished in time");
 }
+
+mod mismatched_certificate {
+    //! A peer that announces one DTLS certificate in its (sealed, authentic) SDP and
+    //! presents another on the wire: the transfer must be refused.
+
+    use std::sync::Arc;
+
+    use tokio::sync::mpsc;
+    use webrtc::peer_connection::{
+        PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+        RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription,
+    };
+
+    use super::*;
+
+    struct Candidates(mpsc::Sender<RTCIceCandidateInit>);
+
+    #[async_trait::async_trait]
+    impl PeerConnectionEventHandler for Candidates {
+        async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+            if let Ok(init) = event.candidate.to_json() {
+                let _ = self.0.try_send(init);
+            }
+        }
+    }
+
+    /// Replaces the first byte of every SDP fingerprint, so it names a certificate nobody has.
+    fn forge_fingerprint(sdp: &str) -> String {
+        sdp.lines()
+            .map(|line| match line.strip_prefix("a=fingerprint:sha-256 ") {
+                Some(value) => {
+                    let first = if value.starts_with("00") { "11" } else { "00" };
+                    format!("a=fingerprint:sha-256 {first}{}", &value[2..])
+                }
+                None => line.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n")
+            + "\r\n"
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_certificate_other_than_the_signaled_one_is_refused() {
+        tokio::time::timeout(TEST_LIMIT, async {
+            let daemon = TestDaemon::start().await;
+            let url = daemon.daemon.as_ref().unwrap().rendezvous_url().to_owned();
+            let mut client = RendezvousClient::connect(&url).await.unwrap();
+            let (nameplate, _) = client.allocate().await.unwrap();
+            let code = Code::generate(nameplate);
+            let text = code.to_string();
+            let (tx, mut local_candidates) = mpsc::channel(64);
+            let pc = PeerConnectionBuilder::new()
+                .with_configuration(RTCConfigurationBuilder::new().build())
+                .with_handler(Arc::new(Candidates(tx)))
+                .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+                .build()
+                .await
+                .unwrap();
+            let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+            let attacker = {
+                let pc = pc.clone();
+                tokio::spawn(async move {
+                    client.wait_for_peer().await.unwrap();
+                    let mut session = Session::establish(client, Role::Sender, &code).await.unwrap();
+                    let _channel = pc.create_data_channel("p2pd/1", None).await.unwrap();
+                    let offer = pc.create_offer(None).await.unwrap();
+                    let forged = forge_fingerprint(&offer.sdp);
+                    assert_ne!(forged, offer.sdp.replace("\r\n", "\n").replace('\n', "\r\n"));
+                    pc.set_local_description(offer).await.unwrap();
+                    let message = serde_json::json!({"type": "offer", "sdp": forged});
+                    session.send(message.to_string().as_bytes()).await.unwrap();
+                    loop {
+                        tokio::select! {
+                            Some(candidate) = local_candidates.recv() => {
+                                let message = serde_json::json!({"type": "candidate", "candidate": candidate});
+                                if session.send(message.to_string().as_bytes()).await.is_err() { break; }
+                            }
+                            received = session.recv() => {
+                                let Ok(bytes) = received else { break };
+                                let signal: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                                match signal["type"].as_str() {
+                                    Some("answer") => {
+                                        let sdp = signal["sdp"].as_str().unwrap().to_owned();
+                                        pc.set_remote_description(RTCSessionDescription::answer(sdp).unwrap()).await.unwrap();
+                                    }
+                                    Some("candidate") => {
+                                        let init: RTCIceCandidateInit = serde_json::from_value(signal["candidate"].clone()).unwrap();
+                                        let _ = pc.add_ice_candidate(init).await;
+                                    }
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                })
+            };
+            let info = daemon.wait(daemon.receive(&text).await.unwrap()).await;
+            attacker.abort();
+            let _ = pc.close().await;
+            assert_eq!(info.state, JobState::Failed, "{info:?}");
+            assert!(info.files.is_empty(), "no offer may be seen over an unauthenticated channel");
+            let failure = info.failure.unwrap();
+            assert!(
+                failure.message.contains("certificate") || failure.message.contains("could not prove"),
+                "{failure:?}"
+            );
+            assert!(listing(&daemon.downloads).is_empty());
+        })
+        .await
+        .expect("test finished in time");
+    }
+}
