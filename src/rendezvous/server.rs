@@ -4,9 +4,10 @@
 //! sealed bytes. Every connection, slot and message is bounded.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use super::limits::{Action, AddressTable, PerAddressLimits};
 use super::messages::{ClientMessage, ServerErrorKind, ServerMessage};
 
 /// Largest WebSocket message accepted; SDPs and candidates are far smaller.
@@ -35,6 +37,7 @@ pub struct RendezvousConfig {
     pub slot_ttl: Duration,
     pub max_slots: usize,
     pub max_connections: usize,
+    pub per_address: PerAddressLimits,
 }
 
 impl Default for RendezvousConfig {
@@ -43,6 +46,7 @@ impl Default for RendezvousConfig {
             slot_ttl: Duration::from_secs(600),
             max_slots: 10_000,
             max_connections: 1_000,
+            per_address: PerAddressLimits::default(),
         }
     }
 }
@@ -64,9 +68,9 @@ struct Slots {
 
 type SharedSlots = Arc<Mutex<Slots>>;
 
-fn lock(slots: &SharedSlots) -> std::sync::MutexGuard<'_, Slots> {
-    // A panic while holding this lock would be a bug in this module; the map stays usable.
-    slots
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a lock would be a bug in this module; the data stays usable.
+    mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -75,6 +79,7 @@ fn lock(slots: &SharedSlots) -> std::sync::MutexGuard<'_, Slots> {
 pub async fn serve(listener: TcpListener, config: RendezvousConfig, shutdown: CancellationToken) {
     let slots: SharedSlots = Arc::default();
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let addresses = Arc::new(Mutex::new(AddressTable::new(config.per_address)));
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "rendezvous listening");
@@ -97,14 +102,21 @@ pub async fn serve(listener: TcpListener, config: RendezvousConfig, shutdown: Ca
             debug!(%peer, "rendezvous full, dropping connection");
             continue;
         };
+        if !lock(&addresses).connect(peer.ip(), Instant::now()) {
+            debug!(%peer, "too many connections from this address");
+            continue;
+        }
         let conn = Connection {
             slots: slots.clone(),
             config: config.clone(),
             shutdown: shutdown.clone(),
+            addresses: addresses.clone(),
+            ip: peer.ip(),
         };
         tracker.spawn(
             async move {
                 conn.run(stream).await;
+                lock(&conn.addresses).disconnect(conn.ip);
                 drop(permit);
             }
             .instrument(tracing::info_span!("rendezvous_conn", %peer)),
@@ -118,6 +130,8 @@ struct Connection {
     slots: SharedSlots,
     config: RendezvousConfig,
     shutdown: CancellationToken,
+    addresses: Arc<Mutex<AddressTable>>,
+    ip: IpAddr,
 }
 
 /// What this connection is doing in the pairing dance.
@@ -135,7 +149,7 @@ enum Phase {
 }
 
 impl Connection {
-    async fn run(self, stream: TcpStream) {
+    async fn run(&self, stream: TcpStream) {
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
@@ -226,7 +240,21 @@ impl Connection {
         phase: &mut Phase,
         out_tx: &mpsc::Sender<ServerMessage>,
     ) -> Step {
+        let rate_limited = matches!(phase, Phase::Fresh)
+            && matches!(
+                message,
+                ClientMessage::Allocate | ClientMessage::Claim { .. }
+            )
+            && !self.allowed(&message);
         match (message, &mut *phase) {
+            (ClientMessage::Allocate | ClientMessage::Claim { .. }, Phase::Fresh)
+                if rate_limited =>
+            {
+                Step::End(Some(error(
+                    ServerErrorKind::Busy,
+                    "too many requests from your address, try again in a minute",
+                )))
+            }
             (ClientMessage::Allocate, Phase::Fresh) => {
                 let (handoff_tx, handoff_rx) = oneshot::channel();
                 let nameplate = {
@@ -316,6 +344,14 @@ impl Connection {
                 "message not allowed now",
             ))),
         }
+    }
+
+    fn allowed(&self, message: &ClientMessage) -> bool {
+        let action = match message {
+            ClientMessage::Claim { .. } => Action::Claim,
+            _ => Action::Allocate,
+        };
+        lock(&self.addresses).allow(self.ip, action, Instant::now())
     }
 
     /// Frees this connection's slot and tells a paired peer we left.

@@ -3,6 +3,7 @@
 mod abuse;
 mod cli;
 mod errors;
+mod flood;
 mod hostile;
 mod support;
 mod transfer;
