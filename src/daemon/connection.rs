@@ -62,7 +62,8 @@ pub async fn serve(
                 None => return Ok(()),
             },
         };
-        debug!(?request, "request");
+        // Never the request itself: a receive request carries the code.
+        debug!(request = request.name(), "request");
         match request {
             Request::Send { paths, follow } => {
                 let created = jobs.start_send(paths).await;

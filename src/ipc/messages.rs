@@ -43,6 +43,20 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// What kind of request this is, safe to log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Send { .. } => "send",
+            Request::Receive { .. } => "receive",
+            Request::List => "list",
+            Request::Watch { .. } => "watch",
+            Request::Cancel { .. } => "cancel",
+            Request::Decide { .. } => "decide",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerFrame {
     Hello { version: u32 },

@@ -24,6 +24,11 @@ impl DaemonProcess {
 
     /// `prefix` runs the daemon under another program, such as `setpriv` to drop root.
     fn start_as(prefix: &[&str]) -> DaemonProcess {
+        DaemonProcess::start_with(prefix, "error")
+    }
+
+    /// The daemon's log (at `log_level`) goes to `log_path()`.
+    fn start_with(prefix: &[&str], log_level: &str) -> DaemonProcess {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("run").join("p2pd.sock");
         let downloads = dir.path().join("dl");
@@ -55,9 +60,10 @@ impl DaemonProcess {
                 "127.0.0.1:0",
             ])
             .env("HOME", dir.path())
+            .env("RUST_LOG", log_level)
             .env_remove("P2PD_SOCKET")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("p2pd.log")).unwrap())
             .spawn()
             .expect("spawn p2pd");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -71,6 +77,10 @@ impl DaemonProcess {
             downloads,
             dir,
         }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("p2pd.log")).unwrap_or_default()
     }
 
     fn p2p(&self, args: &[&str]) -> Output {
@@ -358,4 +368,51 @@ fn human_output_prints_code_and_saved_path() {
         "{text}"
     );
     assert!(sender.wait().unwrap().success());
+}
+
+#[test]
+fn codes_never_reach_the_log_even_at_trace_level() {
+    let daemon = DaemonProcess::start_with(&[], "trace");
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "quiet.bin", 70_000, 13);
+    let mut sender = Command::new(P2P)
+        .args([
+            "--socket",
+            daemon.socket.to_str().unwrap(),
+            "send",
+            "--json",
+            path.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(sender.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let created: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let code = created["code"].as_str().unwrap().to_owned();
+    let received = daemon.p2p(&["receive", &code, "--yes"]);
+    assert!(
+        received.status.success(),
+        "{}",
+        String::from_utf8_lossy(&received.stderr)
+    );
+    assert!(sender.wait().unwrap().success());
+    let log = daemon.log();
+    assert!(
+        log.len() > 10_000,
+        "trace logging was on ({} bytes)",
+        log.len()
+    );
+    let words: Vec<&str> = code.split('-').skip(1).collect();
+    assert!(!log.contains(&code), "the code is in the log");
+    for word in words {
+        // Words can appear inside unrelated text; the code's words together must not.
+        assert!(
+            !log.contains(&format!("-{word}")),
+            "code word {word} is in the log"
+        );
+    }
 }
