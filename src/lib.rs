@@ -2,6 +2,8 @@
 pub mod config;
 pub mod daemon;
 pub mod ipc;
+#[cfg(test)]
+mod proptests;
 pub mod rendezvous;
 pub mod rtc;
 pub mod transfer;
