@@ -63,6 +63,9 @@ impl JobError {
                         ErrorKind::PeerGone
                     }
                     TransferError::VerificationFailed(_) => ErrorKind::VerificationFailed,
+                    TransferError::ReceiverFailed { reason, .. } if reason.contains("SHA-256") => {
+                        ErrorKind::VerificationFailed
+                    }
                     TransferError::Protocol(_)
                     | TransferError::BadOffer(_)
                     | TransferError::Unauthenticated => ErrorKind::Protocol,

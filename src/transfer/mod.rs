@@ -40,6 +40,8 @@ pub enum TransferError {
     Declined,
     #[error("the receiver refused the offer: {0}")]
     Rejected(String),
+    #[error("the receiver could not save {name}: {reason}")]
+    ReceiverFailed { name: String, reason: String },
     #[error("the other side cancelled: {0}")]
     PeerCancelled(String),
     #[error("cancelled")]

@@ -139,6 +139,24 @@ pub fn partial_name(name: &str, n: u32) -> String {
     }
 }
 
+/// Free text from the peer (a reason), made safe for one terminal line: dangerous
+/// characters escaped, and cut to a sane length.
+pub fn peer_text(text: &str) -> String {
+    const MAX_CHARS: usize = 200;
+    let mut out = String::new();
+    for c in text.chars().take(MAX_CHARS) {
+        if is_dangerous_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    if text.chars().count() > MAX_CHARS {
+        out.push('…');
+    }
+    out
+}
+
 /// A name as it may be shown on a terminal: control and invisible characters escaped.
 pub fn escape_for_terminal(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
@@ -281,6 +299,13 @@ mod tests {
         assert_eq!(numbered_name(".bashrc", 1), ".bashrc (1)");
         assert_eq!(partial_name("a.bin", 0), "a.bin.p2pd-part");
         assert_eq!(partial_name("a.bin", 3), "a.bin.3.p2pd-part");
+    }
+
+    #[test]
+    fn peer_text_is_one_harmless_line() {
+        let shown = peer_text(&format!("bad\n\u{1b}]0;owned\u{7}{}", "x".repeat(500)));
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown}");
+        assert!(shown.chars().count() < 300);
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub async fn receive(
         _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
         incoming = link.recv() => match control(incoming)? {
             Control::Offer { files } => files,
-            Control::Cancel { reason } => return Err(TransferError::PeerCancelled(reason)),
+            Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
             other => return Err(unexpected(&other)),
         },
     };
@@ -69,7 +69,7 @@ pub async fn receive(
         _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
         accepted = approve => accepted,
         incoming = link.recv() => match control(incoming)? {
-            Control::Cancel { reason } => return Err(TransferError::PeerCancelled(reason)),
+            Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
             other => return Err(unexpected(&other)),
         },
     };
@@ -206,7 +206,7 @@ async fn receive_files(
                             }
                             WriteCommand::End { index, sha256 }
                         }
-                        Control::Cancel { reason } => return Err(TransferError::PeerCancelled(reason)),
+                        Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
                         other => return Err(protocol(link, &unexpected(&other).to_string()).await),
                     },
                 };

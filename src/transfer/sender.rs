@@ -61,8 +61,8 @@ pub async fn send(
         incoming = link.recv() => match control(incoming)? {
             Control::Accept => {}
             Control::Reject { reason } if reason == super::receiver::DECLINED => return Err(TransferError::Declined),
-            Control::Reject { reason } => return Err(TransferError::Rejected(reason)),
-            Control::Cancel { reason } => return Err(TransferError::PeerCancelled(reason)),
+            Control::Reject { reason } => return Err(TransferError::Rejected(super::names::peer_text(&reason))),
+            Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
             other => return Err(unexpected(&other)),
         },
     }
@@ -108,11 +108,15 @@ async fn stream(
                         return Ok(());
                     }
                 }
-                Control::FileFailed { index, .. } => {
+                Control::FileFailed { index, reason } => {
                     let name = entries.get(index as usize).map(|e| e.name.as_str()).unwrap_or("a file");
-                    return Err(TransferError::VerificationFailed(super::names::escape_for_terminal(name)));
+                    return Err(TransferError::ReceiverFailed {
+                        name: super::names::escape_for_terminal(name),
+                        // The peer's words: escaped, and kept to one short line.
+                        reason: super::names::peer_text(&reason),
+                    });
                 }
-                Control::Cancel { reason } => return Err(TransferError::PeerCancelled(reason)),
+                Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
                 other => return Err(unexpected(&other)),
             },
             _ = link.writable(), if pending.is_some() => {

@@ -279,3 +279,77 @@ async fn daemon_shutdown_mid_transfer_tells_the_peer_and_removes_partials() {
     .await
     .expect("test finished in time");
 }
+
+/// A small tmpfs, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .ok()?;
+        status.success().then_some(Tmpfs { dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_mid_transfer_fails_cleanly_on_both_sides() {
+    let Some(disk) = Tmpfs::mount("8m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let path = random_file(src.path(), "six.bin", 6 * 1024 * 1024, 21);
+        let (send_id, code) = a.send(&[path]).await.unwrap();
+        // The offer fits the free space when checked; then something else fills the disk.
+        let id = b.receive_asking(&code, disk.dir.path()).await;
+        let asked = b
+            .wait_until(id, |i| i.state == JobState::AwaitingApproval)
+            .await;
+        assert_eq!(
+            asked.state,
+            JobState::AwaitingApproval,
+            "{:?}",
+            asked.failure
+        );
+        let filler = random_file(disk.dir.path(), "filler", 4 * 1024 * 1024, 22);
+        let filler_hash = sha256_file(&filler);
+        b.decide(id, true).await;
+
+        let received = b.wait(id).await;
+        assert_eq!(received.state, JobState::Failed);
+        let failure = received.failure.unwrap();
+        assert_eq!(failure.kind, ErrorKind::Io);
+        assert!(failure.message.contains("disk full"), "{}", failure.message);
+        let sent = a.wait(send_id).await;
+        assert_eq!(sent.state, JobState::Failed);
+        assert!(
+            sent.failure.unwrap().message.contains("disk full"),
+            "the sender hears why"
+        );
+        assert_eq!(
+            listing(disk.dir.path()),
+            vec!["filler".to_owned()],
+            "no partial, no final file"
+        );
+        assert_eq!(sha256_file(&filler), filler_hash);
+    })
+    .await
+    .expect("test finished in time");
+}

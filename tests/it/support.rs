@@ -133,6 +133,36 @@ impl TestDaemon {
         }
     }
 
+    /// Starts a receive that waits for [`TestDaemon::decide`] before accepting.
+    pub async fn receive_asking(&self, code: &str, dir: &Path) -> JobId {
+        let request = Request::Receive {
+            code: code.to_owned(),
+            download_dir: Some(dir.to_owned()),
+            accept: false,
+            follow: false,
+        };
+        match self
+            .client()
+            .await
+            .call(request)
+            .await
+            .expect("receive reply")
+        {
+            ServerFrame::Created(info) => info.id,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    pub async fn decide(&self, id: JobId, accept: bool) {
+        let reply = self
+            .client()
+            .await
+            .call(Request::Decide { job: id, accept })
+            .await
+            .expect("decide");
+        assert_eq!(reply, ServerFrame::Done);
+    }
+
     /// Follows job `id` until it is final.
     pub async fn wait(&self, id: JobId) -> JobInfo {
         let mut client = self.client().await;
