@@ -166,3 +166,37 @@ async fn a_flood_from_one_address_does_not_stop_a_real_pair() {
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_party_claiming_a_paired_nameplate_is_told_crowded() {
+    use p2pd::rendezvous::SignalError;
+    use p2pd::rendezvous::client::RendezvousClient;
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let url = a.daemon.as_ref().unwrap().rendezvous_url().to_owned();
+        let mut sender = RendezvousClient::connect(&url).await.unwrap();
+        let (nameplate, _) = sender.allocate().await.unwrap();
+        let mut receiver = RendezvousClient::connect(&url).await.unwrap();
+        receiver.claim(nameplate).await.unwrap();
+        sender.wait_for_peer().await.unwrap();
+        let mut third = RendezvousClient::connect(&url).await.unwrap();
+        assert!(matches!(
+            third.claim(nameplate).await,
+            Err(SignalError::Crowded)
+        ));
+        // The pair is unaffected: a relayed message still arrives.
+        sender.relay(b"still here").await.unwrap();
+        assert_eq!(receiver.recv_relay().await.unwrap(), b"still here");
+        // Once both leave, the nameplate is free and unknown again.
+        sender.close().await;
+        receiver.close().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut late = RendezvousClient::connect(&url).await.unwrap();
+        assert!(matches!(
+            late.claim(nameplate).await,
+            Err(SignalError::UnknownCode)
+        ));
+    })
+    .await
+    .expect("test finished in time");
+}
