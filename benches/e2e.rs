@@ -165,17 +165,13 @@ impl Drop for Daemon {
     }
 }
 
-/// Sends `source` from `a` to `b` with the real CLI; returns the end-to-end time.
-fn p2pd_transfer(a: &Daemon, b: &Daemon, source: &Path) -> Duration {
+/// Sends `sources` from `a` to `b` with the real CLI; returns the end-to-end time, from
+/// the send request to the receiving CLI's exit after the last verified rename.
+fn p2pd_transfer(a: &Daemon, b: &Daemon, sources: &[PathBuf]) -> Duration {
     let start = Instant::now();
     let mut sender = Command::new(P2P)
-        .args([
-            "--socket",
-            a.socket.to_str().unwrap(),
-            "send",
-            "--json",
-            source.to_str().unwrap(),
-        ])
+        .args(["--socket", a.socket.to_str().unwrap(), "send", "--json"])
+        .args(sources)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -209,38 +205,54 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` passes nothing we need.
-    let mib: usize = std::env::var("P2PD_BENCH_MIB")
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
-    let runs: usize = std::env::var("P2PD_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(default)
+}
+
+fn clear(dir: &Path) {
+    for entry in std::fs::read_dir(dir).expect("downloads") {
+        let _ = std::fs::remove_file(entry.expect("entry").path());
+    }
+}
+
+struct Pair {
+    a: Daemon,
+    b: Daemon,
+    received: PathBuf,
+}
+
+fn pair(dir: &Path, tag: &str) -> Pair {
+    let (a, url) = Daemon::start(dir, &format!("{tag}-a"), None);
+    let (b, _) = Daemon::start(dir, &format!("{tag}-b"), url.as_deref());
+    Pair {
+        a,
+        b,
+        received: dir.join(format!("{tag}-b-dl")),
+    }
+}
+
+/// One large file: p2pd against TCP and UDP on loopback, same run.
+fn throughput(dir: &Path) {
+    let mib = env_or("P2PD_BENCH_MIB", 1024);
+    let runs = env_or("P2PD_BENCH_RUNS", 3);
     let bytes = (mib * 1024 * 1024) as u64;
-    let dir =
-        tempfile::tempdir_in(std::env::var("P2PD_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
-            .expect("temp dir");
-    let source = dir.path().join("payload.bin");
+    let source = dir.join("payload.bin");
     make_file(&source, mib);
-
-    let (a, url) = Daemon::start(dir.path(), "a", None);
-    let (b, _) = Daemon::start(dir.path(), "b", url.as_deref());
-
-    let mut tcp = Vec::new();
-    let mut udp = Vec::new();
-    let mut p2pd = Vec::new();
+    let pair = pair(dir, "throughput");
+    let (mut tcp, mut udp, mut p2pd) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
-        let target = dir.path().join("tcp-copy.bin");
+        let target = dir.join("tcp-copy.bin");
         tcp.push(mbit(bytes, tcp_copy(&source, &target)));
         let _ = std::fs::remove_file(&target);
         udp.push(udp_rate(bytes.min(512 * 1024 * 1024)));
-        p2pd.push(mbit(bytes, p2pd_transfer(&a, &b, &source)));
-        for entry in std::fs::read_dir(dir.path().join("b-dl")).expect("downloads") {
-            let _ = std::fs::remove_file(entry.expect("entry").path());
-        }
+        p2pd.push(mbit(
+            bytes,
+            p2pd_transfer(&pair.a, &pair.b, std::slice::from_ref(&source)),
+        ));
+        clear(&pair.received);
         println!(
             "run {}: p2pd {:.0} Mbit/s, tcp copy {:.0} Mbit/s, udp 1200 B {:.0} Mbit/s",
             run + 1,
@@ -250,19 +262,191 @@ fn main() {
         );
     }
     let (p, t, u) = (median(p2pd), median(tcp), median(udp));
-    println!("e2e {mib} MiB, median of {runs}:");
-    println!("  p2pd end to end     {p:>8.0} Mbit/s");
+    println!("throughput: {mib} MiB, median of {runs}");
+    println!("  p2pd end to end      {p:>8.0} Mbit/s");
     println!(
-        "  raw TCP file copy   {t:>8.0} Mbit/s   ratio p2pd/tcp = {:.3}",
+        "  raw TCP file copy    {t:>8.0} Mbit/s   ratio p2pd/tcp = {:.3}",
         p / t
     );
     println!(
-        "  UDP 1200 B datagrams{u:>8.0} Mbit/s   ratio p2pd/udp = {:.3}",
+        "  UDP 1200 B datagrams {u:>8.0} Mbit/s   ratio p2pd/udp = {:.3}",
         p / u
     );
     println!(
         "  peak RSS: sender daemon {:.1} MiB, receiver daemon {:.1} MiB",
-        a.peak_rss_mib(),
-        b.peak_rss_mib()
+        pair.a.peak_rss_mib(),
+        pair.b.peak_rss_mib()
     );
+    let _ = std::fs::remove_file(&source);
+}
+
+/// Peak memory of fresh daemons for a small and a large file: it must not grow with size.
+fn memory(dir: &Path) {
+    let big_mib = env_or("P2PD_BENCH_BIG_MIB", 4096);
+    for mib in [256, big_mib] {
+        let source = dir.join(format!("memory-{mib}.bin"));
+        make_file(&source, mib);
+        let pair = pair(dir, &format!("memory{mib}"));
+        let elapsed = p2pd_transfer(&pair.a, &pair.b, std::slice::from_ref(&source));
+        println!(
+            "memory: {mib} MiB in {:.1} s ({:.0} Mbit/s): peak RSS sender {:.1} MiB, receiver {:.1} MiB",
+            elapsed.as_secs_f64(),
+            mbit((mib * 1024 * 1024) as u64, elapsed),
+            pair.a.peak_rss_mib(),
+            pair.b.peak_rss_mib()
+        );
+        drop(pair);
+        let _ = std::fs::remove_file(&source);
+    }
+}
+
+/// Sends `files` over loopback TCP as name, length, bytes; the far side creates each file.
+fn tcp_many(files: &[PathBuf], target: &Path) -> Duration {
+    std::fs::create_dir_all(target).expect("target dir");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    let addr = listener.local_addr().expect("addr");
+    let target = target.to_owned();
+    let count = files.len();
+    let start = Instant::now();
+    let receiver = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let mut stream = std::io::BufReader::new(stream);
+        for _ in 0..count {
+            let mut header = [0u8; 10];
+            stream.read_exact(&mut header).expect("header");
+            let name_len = u16::from_be_bytes([header[0], header[1]]) as usize;
+            let len = u64::from_be_bytes(header[2..].try_into().unwrap()) as usize;
+            let mut name = vec![0u8; name_len];
+            stream.read_exact(&mut name).expect("name");
+            let mut data = vec![0u8; len];
+            stream.read_exact(&mut data).expect("data");
+            std::fs::write(target.join(String::from_utf8(name).unwrap()), &data).expect("write");
+        }
+    });
+    let mut stream = std::io::BufWriter::new(TcpStream::connect(addr).expect("connect"));
+    for file in files {
+        let data = std::fs::read(file).expect("read");
+        let name = file.file_name().unwrap().to_str().unwrap().as_bytes();
+        stream
+            .write_all(&(name.len() as u16).to_be_bytes())
+            .unwrap();
+        stream
+            .write_all(&(data.len() as u64).to_be_bytes())
+            .unwrap();
+        stream.write_all(name).unwrap();
+        stream.write_all(&data).unwrap();
+    }
+    stream.flush().unwrap();
+    drop(stream);
+    receiver.join().expect("receiver");
+    start.elapsed()
+}
+
+/// Many small files in one transfer: files per second, against a TCP copy of them.
+fn small_files(dir: &Path) {
+    let count = env_or("P2PD_BENCH_FILES", 10_000);
+    let source_dir = dir.join("small");
+    std::fs::create_dir_all(&source_dir).expect("small dir");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let files: Vec<PathBuf> = (0..count)
+        .map(|i| {
+            let path = source_dir.join(format!("f{i:05}.bin"));
+            let mut data = vec![0u8; 4096];
+            rng.fill_bytes(&mut data);
+            std::fs::write(&path, &data).expect("write small file");
+            path
+        })
+        .collect();
+    let tcp = tcp_many(&files, &dir.join("small-tcp"));
+    let pair = pair(dir, "small");
+    let elapsed = p2pd_transfer(&pair.a, &pair.b, &files);
+    let received = std::fs::read_dir(&pair.received).expect("received").count();
+    assert_eq!(received, count, "every file arrived");
+    let (p, t) = (
+        count as f64 / elapsed.as_secs_f64(),
+        count as f64 / tcp.as_secs_f64(),
+    );
+    println!("small files: {count} × 4 KiB in one transfer");
+    println!(
+        "  p2pd end to end      {p:>8.0} files/s ({:.2} s)",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  TCP stream, no fsync {t:>8.0} files/s   ratio p2pd/tcp = {:.3}",
+        p / t
+    );
+}
+
+/// Four transfers at once between the same daemons, against one alone.
+fn concurrent(dir: &Path) {
+    let mib = env_or("P2PD_BENCH_CONCURRENT_MIB", 256);
+    let sources: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            let path = dir.join(format!("concurrent-{i}.bin"));
+            make_file(&path, mib);
+            path
+        })
+        .collect();
+    let pair = pair(dir, "concurrent");
+    let single = p2pd_transfer(&pair.a, &pair.b, &sources[..1]);
+    clear(&pair.received);
+    let start = Instant::now();
+    let times: Vec<Duration> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sources
+            .iter()
+            .map(|source| {
+                scope.spawn(|| p2pd_transfer(&pair.a, &pair.b, std::slice::from_ref(source)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("transfer thread"))
+            .collect()
+    });
+    let all = start.elapsed();
+    let bytes = (mib * 1024 * 1024) as u64;
+    let single_rate = mbit(bytes, single);
+    let aggregate = mbit(bytes * 4, all);
+    let slowest = times.iter().max().unwrap().as_secs_f64();
+    let fastest = times.iter().min().unwrap().as_secs_f64();
+    println!("concurrent: 4 × {mib} MiB at once");
+    println!("  one alone            {single_rate:>8.0} Mbit/s");
+    println!(
+        "  four, aggregate      {aggregate:>8.0} Mbit/s   ratio aggregate/single = {:.3}",
+        aggregate / single_rate
+    );
+    println!(
+        "  each finished in {:?} s; slowest/fastest = {:.2}",
+        times
+            .iter()
+            .map(|t| (t.as_secs_f64() * 10.0).round() / 10.0)
+            .collect::<Vec<_>>(),
+        slowest / fastest
+    );
+    for source in sources {
+        let _ = std::fs::remove_file(source);
+    }
+}
+
+fn main() {
+    // `cargo bench --bench e2e -- small concurrent` runs those sections; no name runs all.
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| chosen.is_empty() || chosen.iter().any(|c| c == name);
+    let base = std::env::var("P2PD_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    let dir = tempfile::tempdir_in(base).expect("temp dir");
+    if wanted("throughput") {
+        throughput(dir.path());
+    }
+    if wanted("small") {
+        small_files(dir.path());
+    }
+    if wanted("concurrent") {
+        concurrent(dir.path());
+    }
+    if wanted("memory") {
+        memory(dir.path());
+    }
 }

@@ -13,6 +13,8 @@ use crate::ipc::codec::{CodecError, read_frame_within, write_frame};
 
 /// A new client must say hello within this.
 const HELLO_LIMIT: Duration = Duration::from_secs(5);
+/// Fastest rate at which a following client gets job updates.
+const UPDATE_INTERVAL: Duration = Duration::from_millis(100);
 /// Any frame, once started, must arrive whole within this.
 const FRAME_LIMIT: Duration = Duration::from_secs(10);
 use crate::ipc::messages::{
@@ -130,6 +132,11 @@ async fn follow_job(stream: &mut UnixStream, jobs: &Jobs, id: JobId) -> Result<(
         // On shutdown every job is cancelled and reaches a final state, which ends this.
         if updates.changed().await.is_err() {
             return Ok(());
+        }
+        // A job of thousands of small files changes thousands of times a second; the
+        // watch keeps only the latest state, so pausing here coalesces without loss.
+        if !updates.borrow().state.is_final() {
+            tokio::time::sleep(UPDATE_INTERVAL).await;
         }
     }
 }

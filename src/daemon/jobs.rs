@@ -351,6 +351,7 @@ fn open_sources(paths: &[PathBuf]) -> Result<Vec<SourceFile>, Failure> {
         ));
     }
     let mut sources: Vec<SourceFile> = Vec::with_capacity(paths.len());
+    let mut names = std::collections::HashSet::with_capacity(paths.len());
     for path in paths {
         let shown = path.display();
         let meta = std::fs::metadata(path).map_err(|e| {
@@ -393,10 +394,7 @@ fn open_sources(paths: &[PathBuf]) -> Result<Vec<SourceFile>, Failure> {
             .to_owned();
         crate::transfer::names::validate_name(&name)
             .map_err(|e| failure(ErrorKind::BadRequest, format!("cannot send {shown}: {e}")))?;
-        if sources
-            .iter()
-            .any(|s| s.name.to_lowercase() == name.to_lowercase())
-        {
+        if !names.insert(name.to_lowercase()) {
             return Err(failure(
                 ErrorKind::BadRequest,
                 format!("two files are named {name}: send them separately"),
@@ -404,7 +402,11 @@ fn open_sources(paths: &[PathBuf]) -> Result<Vec<SourceFile>, Failure> {
         }
         // Re-read the size from the open handle: the file could have been swapped since.
         let size = file.metadata().map(|m| m.len()).unwrap_or(meta.len());
-        sources.push(SourceFile { name, size, file });
+        sources.push(SourceFile {
+            name,
+            size,
+            path: path.clone(),
+        });
     }
     Ok(sources)
 }

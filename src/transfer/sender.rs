@@ -22,7 +22,8 @@ const READ_AHEAD_CHUNKS: usize = 8;
 pub struct SourceFile {
     pub name: String,
     pub size: u64,
-    pub file: File,
+    /// Opened only when its turn comes, so thousands of files need one descriptor at a time.
+    pub path: std::path::PathBuf,
 }
 
 enum ReadItem {
@@ -141,8 +142,24 @@ async fn stream(
 
 /// Reads every file once, hashing as it goes. Runs on a blocking thread.
 fn read_all(files: Vec<SourceFile>, items: &mpsc::Sender<ReadItem>) {
-    for (index, mut source) in files.into_iter().enumerate() {
+    for (index, source) in files.into_iter().enumerate() {
         let index = index as u32;
+        let shown = super::names::escape_for_terminal(&source.name);
+        let mut file = match File::open(&source.path) {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = items.blocking_send(ReadItem::Failed(TransferError::io(
+                    format!("cannot read {shown}"),
+                    e,
+                )));
+                return;
+            }
+        };
+        // A file that was replaced or truncated since the offer would not match it.
+        if file.metadata().map(|m| m.len()).ok() != Some(source.size) {
+            let _ = items.blocking_send(ReadItem::Failed(TransferError::SourceChanged(shown)));
+            return;
+        }
         if items.blocking_send(ReadItem::Start(index)).is_err() {
             return;
         }
@@ -151,7 +168,7 @@ fn read_all(files: Vec<SourceFile>, items: &mpsc::Sender<ReadItem>) {
         while left > 0 {
             let want = left.min(CHUNK_BYTES as u64) as usize;
             let mut chunk = BytesMut::zeroed(want);
-            match read_full(&mut source.file, &mut chunk) {
+            match read_full(&mut file, &mut chunk) {
                 Ok(n) if n == want => {}
                 Ok(_) => {
                     let _ = items.blocking_send(ReadItem::Failed(TransferError::SourceChanged(
@@ -178,7 +195,7 @@ fn read_all(files: Vec<SourceFile>, items: &mpsc::Sender<ReadItem>) {
         }
         // A file that grew since it was announced would be sent truncated: refuse instead.
         let mut probe = [0u8; 1];
-        if matches!(source.file.read(&mut probe), Ok(n) if n > 0) {
+        if matches!(file.read(&mut probe), Ok(n) if n > 0) {
             let _ = items.blocking_send(ReadItem::Failed(TransferError::SourceChanged(
                 super::names::escape_for_terminal(&source.name),
             )));
