@@ -301,10 +301,20 @@ fn write_all(
     outcomes: &mpsc::Sender<WriteOutcome>,
     written: &AtomicU64,
 ) {
-    let mut partial: Option<Partial> = None;
     let fail = |error: TransferError| {
         let _ = outcomes.blocking_send(WriteOutcome::Failed(error));
     };
+    let dir_handle = match File::open(dir) {
+        Ok(handle) => handle,
+        Err(e) => {
+            return fail(TransferError::io(
+                format!("cannot open {}", dir.display()),
+                e,
+            ));
+        }
+    };
+    let mut partial: Option<Partial> = None;
+    let mut batch = Batch::default();
     while let Some(command) = commands.blocking_recv() {
         match command {
             WriteCommand::Start { index } => {
@@ -340,44 +350,78 @@ fn write_all(
                 let Some(current) = partial.take() else {
                     return;
                 };
-                let name = &files[index as usize].name;
-                match finish(current, dir, name, &sha256) {
-                    Ok(path) => {
-                        if outcomes
-                            .blocking_send(WriteOutcome::Saved { index, path })
-                            .is_err()
-                        {
-                            return;
+                let entry = &files[index as usize];
+                let actual = hex_digest(&current.hasher.clone().finalize());
+                if !actual.eq_ignore_ascii_case(&sha256) {
+                    return fail(TransferError::VerificationFailed(escape_for_terminal(
+                        &entry.name,
+                    )));
+                }
+                batch.bytes += entry.size;
+                batch.files.push((index, current));
+                // Publish when nothing else is queued (so a lone or slow transfer is never
+                // held back), at the last file, or when the batch is big.
+                let last = index as usize + 1 == files.len();
+                if last
+                    || commands.is_empty()
+                    || batch.files.len() >= BATCH_FILES
+                    || batch.bytes >= BATCH_BYTES
+                {
+                    match publish_batch(&mut batch, dir, &dir_handle, files) {
+                        Ok(saved) => {
+                            for (index, path) in saved {
+                                if outcomes
+                                    .blocking_send(WriteOutcome::Saved { index, path })
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                            }
                         }
+                        Err(error) => return fail(error),
                     }
-                    Err(error) => return fail(error),
                 }
             }
         }
     }
 }
 
-fn finish(
-    mut current: Partial,
+/// Most verified files waiting to be published together (each holds a descriptor).
+const BATCH_FILES: usize = 256;
+/// Most verified bytes waiting to be published together.
+const BATCH_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Verified partial files waiting for one flush to disk and their final names.
+#[derive(Default)]
+struct Batch {
+    files: Vec<(u32, Partial)>,
+    bytes: u64,
+}
+
+/// Makes a batch of verified files durable, then names them, then makes the names durable:
+/// one `fsync` for a lone file or one `syncfs` for many, and one directory `fsync`, instead
+/// of two `fsync`s per file. A name never points at data that is not on disk.
+fn publish_batch(
+    batch: &mut Batch,
     dir: &Path,
-    name: &str,
-    expected: &str,
-) -> Result<PathBuf, TransferError> {
-    let actual = hex_digest(&current.hasher.clone().finalize());
-    if !actual.eq_ignore_ascii_case(expected) {
-        return Err(TransferError::VerificationFailed(escape_for_terminal(name)));
+    dir_handle: &File,
+    files: &[FileEntry],
+) -> Result<Vec<(u32, PathBuf)>, TransferError> {
+    let flushed = match batch.files.as_slice() {
+        [(_, only)] => only.file.sync_all(),
+        _ => store::sync_filesystem(dir_handle),
+    };
+    flushed.map_err(|e| TransferError::io("cannot flush the received files to disk", e))?;
+    let mut saved = Vec::with_capacity(batch.files.len());
+    for (index, mut current) in batch.files.drain(..) {
+        let path = store::publish(dir, &current.path, &files[index as usize].name)
+            .map_err(|e| TransferError::io("cannot give the received file its name", e))?;
+        current.published = true;
+        saved.push((index, path));
     }
-    current
-        .file
+    batch.bytes = 0;
+    dir_handle
         .sync_all()
-        .map_err(|e| TransferError::io("cannot flush the received file to disk", e))?;
-    let path = store::publish(dir, &current.path, name)
-        .map_err(|e| TransferError::io("cannot give the received file its name", e))?;
-    current.published = true;
-    drop(current);
-    // Make the rename itself durable.
-    if let Ok(dir_handle) = File::open(dir) {
-        let _ = dir_handle.sync_all();
-    }
-    Ok(path)
+        .map_err(|e| TransferError::io("cannot flush the download directory", e))?;
+    Ok(saved)
 }

@@ -82,6 +82,18 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Flushes everything written to the filesystem holding `handle`: one call for a whole
+/// batch of files instead of one `fsync` each.
+pub fn sync_filesystem(handle: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor belongs to `handle`, which outlives the call.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Bytes an unprivileged user may still write on the filesystem holding `dir`.
 pub fn free_space(dir: &Path) -> io::Result<u64> {
     let path = CString::new(dir.as_os_str().as_bytes())?;
