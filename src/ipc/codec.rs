@@ -7,8 +7,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Largest frame either side accepts. A job list of thousands of files fits easily.
-pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// Largest frame accepted at all: a job of 10 000 files with their saved paths is ~1 MiB.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Largest frame the daemon reads from a client: requests are small (a send of 10 000
+/// paths is well under 1 MiB), so a client gets far less room than the daemon's updates.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -88,7 +91,11 @@ pub async fn read_frame_within<T: DeserializeOwned, R: AsyncRead + Unpin>(
     }
     let rest = async {
         reader.read_exact(&mut header[1..]).await?;
-        let mut body = vec![0u8; body_len(header)?];
+        let len = body_len(header)?;
+        if len > MAX_REQUEST_BYTES {
+            return Err(CodecError::TooLarge(len));
+        }
+        let mut body = vec![0u8; len];
         reader.read_exact(&mut body).await?;
         decode(&body)
     };

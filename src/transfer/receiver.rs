@@ -45,14 +45,40 @@ pub async fn receive(
     approve: impl Future<Output = bool> + Send,
     cancel: &CancellationToken,
 ) -> Result<Vec<PathBuf>, TransferError> {
-    let files = tokio::select! {
-        _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
-        incoming = link.recv() => match control(incoming)? {
-            Control::Offer { files } => files,
-            Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
-            other => return Err(unexpected(&other)),
-        },
-    };
+    let mut files = Vec::new();
+    loop {
+        let more = tokio::select! {
+            _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
+            incoming = link.recv() => match control(incoming)? {
+                Control::Offer { files: part, more } => {
+                    files.extend(part);
+                    more
+                }
+                Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
+                other => return Err(unexpected(&other)),
+            },
+        };
+        // Count as the parts arrive, so an endless offer cannot grow memory without bound.
+        let limit = limits.max_files.min(super::names::MAX_FILES);
+        if files.len() > limit {
+            let error = TransferError::BadOffer(super::names::NameError::TooMany {
+                count: files.len(),
+                limit,
+            });
+            let _ = send_control(
+                link,
+                &Control::Reject {
+                    reason: error.to_string(),
+                },
+            )
+            .await;
+            link.flush(FLUSH_LIMIT).await;
+            return Err(error);
+        }
+        if !more {
+            break;
+        }
+    }
     if let Err(error) = check_offer(&files, dir, limits) {
         let _ = send_control(
             link,
@@ -151,7 +177,8 @@ async fn receive_files(
     };
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     let mut last_reported = u64::MAX;
-    let mut commands = Some(commands);
+    let mut all_in = false;
+    let mut pending: Option<WriteCommand> = None;
     loop {
         tokio::select! {
             biased;
@@ -183,8 +210,19 @@ async fn receive_files(
                     send_control(link, &Control::Progress { bytes: done }).await?;
                 }
             }
-            incoming = link.recv(), if commands.is_some() => {
-                let Some(queue) = commands.as_ref() else { continue };
+            // Handing a command to the writer never blocks this loop: the writer may itself
+            // be waiting for us to take its outcomes.
+            permit = commands.reserve(), if pending.is_some() => {
+                let Ok(permit) = permit else {
+                    return Err(TransferError::Protocol("disk writer stopped".into()));
+                };
+                let Some(command) = pending.take() else { continue };
+                let last = matches!(command, WriteCommand::End { index, .. } if index as usize + 1 == files.len());
+                permit.send(command);
+                // After the last file, only outcomes matter.
+                all_in = last;
+            }
+            incoming = link.recv(), if !all_in && pending.is_none() => {
                 let command = match incoming {
                     Some(Incoming::Binary(data)) => match accept_data(&mut cursor, files, data) {
                         Ok(command) => command,
@@ -210,14 +248,7 @@ async fn receive_files(
                         other => return Err(protocol(link, &unexpected(&other).to_string()).await),
                     },
                 };
-                let last = matches!(command, WriteCommand::End { index, .. } if index as usize + 1 == files.len());
-                if queue.send(command).await.is_err() {
-                    return Err(TransferError::Protocol("disk writer stopped".into()));
-                }
-                if last {
-                    // Everything is in; only outcomes matter now.
-                    commands = None;
-                }
+                pending = Some(command);
             }
         }
     }

@@ -48,13 +48,9 @@ pub async fn send(
         })
         .collect();
     let total: u64 = entries.iter().map(|e| e.size).sum();
-    send_control(
-        link,
-        &Control::Offer {
-            files: entries.clone(),
-        },
-    )
-    .await?;
+    for part in Control::offer_parts(&entries) {
+        send_control(link, &part).await?;
+    }
 
     // The receiver may take a while: a person reads the offer and decides.
     tokio::select! {

@@ -6,8 +6,38 @@ use serde::{Deserialize, Serialize};
 /// Size of the binary messages file bytes are cut into. Large messages keep the per-message
 /// cost low and let the sender batch datagrams (GSO needs runs of equal-size packets).
 pub const CHUNK_BYTES: usize = 64 * 1024;
-/// Largest control message accepted; an offer of many files is the biggest.
-pub const MAX_CONTROL_BYTES: usize = 256 * 1024;
+/// Largest control message accepted. Below the data channel's 256 KiB message ceiling.
+pub const MAX_CONTROL_BYTES: usize = 192 * 1024;
+/// The sender starts a new offer message past this much of file list, leaving room for
+/// JSON escaping to stay under [`MAX_CONTROL_BYTES`].
+pub const OFFER_PART_BYTES: usize = 32 * 1024;
+
+impl Control {
+    /// The offer for `files`, split into messages that each stay under the size limit.
+    pub fn offer_parts(files: &[FileEntry]) -> Vec<Control> {
+        let mut parts = Vec::new();
+        let mut current = Vec::new();
+        let mut bytes = 0;
+        for file in files {
+            // A name escapes to at most 6 bytes per byte (\uXXXX), plus the fixed fields.
+            let cost = file.name.len() * 6 + 48;
+            if !current.is_empty() && bytes + cost > OFFER_PART_BYTES {
+                parts.push(Control::Offer {
+                    files: std::mem::take(&mut current),
+                    more: true,
+                });
+                bytes = 0;
+            }
+            bytes += cost;
+            current.push(file.clone());
+        }
+        parts.push(Control::Offer {
+            files: current,
+            more: false,
+        });
+        parts
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,9 +55,12 @@ pub enum Control {
     Hello {
         proof: String,
     },
-    /// Sender → receiver, after the hellos: everything that will be sent.
+    /// Sender → receiver, after the hellos: everything that will be sent, in order. A
+    /// long list is split over several messages; all but the last have `more: true`.
     Offer {
         files: Vec<FileEntry>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     Accept,
     Reject {
@@ -96,6 +129,7 @@ mod tests {
                     name: "a b.txt".into(),
                     size: 3,
                 }],
+                more: true,
             },
             Control::Accept,
             Control::Reject {
@@ -120,6 +154,41 @@ mod tests {
         for message in all {
             assert_eq!(Control::decode(&message.encode()).unwrap(), message);
         }
+    }
+
+    #[test]
+    fn long_offers_split_under_the_limit_and_keep_order() {
+        let files: Vec<FileEntry> = (0..20_000)
+            .map(|i| FileEntry {
+                name: format!("file-{i:05}-\u{1F600}.bin"),
+                size: i,
+            })
+            .collect();
+        let parts = Control::offer_parts(&files);
+        assert!(parts.len() > 1);
+        let mut joined = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(part.encode().len() <= MAX_CONTROL_BYTES);
+            let Control::Offer { files, more } = part else {
+                panic!("not an offer")
+            };
+            assert_eq!(*more, i + 1 < parts.len());
+            joined.extend(files.iter().cloned());
+        }
+        assert_eq!(joined, files);
+        let empty = Control::offer_parts(&[]);
+        assert_eq!(
+            empty,
+            vec![Control::Offer {
+                files: vec![],
+                more: false
+            }]
+        );
+        assert_eq!(
+            empty[0].encode(),
+            r#"{"type":"offer","files":[]}"#,
+            "old peers see the same form"
+        );
     }
 
     #[test]

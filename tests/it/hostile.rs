@@ -64,6 +64,7 @@ fn offer(files: &[(&str, u64)]) -> Control {
                 size: *s,
             })
             .collect(),
+        more: false,
     }
 }
 
