@@ -168,6 +168,16 @@ impl Drop for Daemon {
 /// Sends `sources` from `a` to `b` with the real CLI; returns the end-to-end time, from
 /// the send request to the receiving CLI's exit after the last verified rename.
 fn p2pd_transfer(a: &Daemon, b: &Daemon, sources: &[PathBuf]) -> Duration {
+    p2pd_transfer_into(a, b, sources, None)
+}
+
+/// As [`p2pd_transfer`], saving into `output` (`p2p receive -o`) when given.
+fn p2pd_transfer_into(
+    a: &Daemon,
+    b: &Daemon,
+    sources: &[PathBuf],
+    output: Option<&Path>,
+) -> Duration {
     let start = Instant::now();
     let mut sender = Command::new(P2P)
         .args(["--socket", a.socket.to_str().unwrap(), "send", "--json"])
@@ -182,18 +192,19 @@ fn p2pd_transfer(a: &Daemon, b: &Daemon, sources: &[PathBuf]) -> Duration {
         .expect("code line");
     let created: serde_json::Value = serde_json::from_str(&first).expect("json");
     let code = created["code"].as_str().expect("code").to_owned();
-    let status = Command::new(P2P)
-        .args([
-            "--socket",
-            b.socket.to_str().unwrap(),
-            "receive",
-            &code,
-            "--yes",
-            "--json",
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .expect("p2p receive");
+    let mut receive = Command::new(P2P);
+    receive.args([
+        "--socket",
+        b.socket.to_str().unwrap(),
+        "receive",
+        &code,
+        "--yes",
+        "--json",
+    ]);
+    if let Some(output) = output {
+        receive.arg("-o").arg(output);
+    }
+    let status = receive.stdout(Stdio::null()).status().expect("p2p receive");
     let elapsed = start.elapsed();
     assert!(status.success(), "receive failed");
     assert!(sender.wait().expect("sender").success(), "send failed");
@@ -357,20 +368,31 @@ fn small_files(dir: &Path) {
             path
         })
         .collect();
-    let tcp = tcp_many(&files, &dir.join("small-tcp"));
+    let runs = env_or("P2PD_BENCH_RUNS", 3);
     let pair = pair(dir, "small");
-    let elapsed = p2pd_transfer(&pair.a, &pair.b, &files);
-    let received = std::fs::read_dir(&pair.received).expect("received").count();
-    assert_eq!(received, count, "every file arrived");
-    let (p, t) = (
-        count as f64 / elapsed.as_secs_f64(),
-        count as f64 / tcp.as_secs_f64(),
-    );
-    println!("small files: {count} × 4 KiB in one transfer");
-    println!(
-        "  p2pd end to end      {p:>8.0} files/s ({:.2} s)",
-        elapsed.as_secs_f64()
-    );
+    let (mut p2pd, mut tcp) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let target = dir.join("small-tcp");
+        tcp.push(count as f64 / tcp_many(&files, &target).as_secs_f64());
+        let _ = std::fs::remove_dir_all(&target);
+        // A fresh directory each run, as for the TCP baseline.
+        let output = dir.join(format!("small-out-{run}"));
+        std::fs::create_dir_all(&output).expect("output dir");
+        let elapsed = p2pd_transfer_into(&pair.a, &pair.b, &files, Some(&output));
+        let received = std::fs::read_dir(&output).expect("received").count();
+        assert_eq!(received, count, "every file arrived");
+        let _ = std::fs::remove_dir_all(&output);
+        p2pd.push(count as f64 / elapsed.as_secs_f64());
+        println!(
+            "run {}: p2pd {:.0} files/s, tcp {:.0} files/s",
+            run + 1,
+            p2pd[run],
+            tcp[run]
+        );
+    }
+    let (p, t) = (median(p2pd), median(tcp));
+    println!("small files: {count} × 4 KiB in one transfer, median of {runs}");
+    println!("  p2pd end to end      {p:>8.0} files/s");
     println!(
         "  TCP stream, no fsync {t:>8.0} files/s   ratio p2pd/tcp = {:.3}",
         p / t

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -346,7 +347,40 @@ fn write_all(
     };
     let mut partial: Option<Partial> = None;
     let mut batch = Batch::default();
-    while let Some(command) = commands.blocking_recv() {
+    // This runs on a blocking thread, where waiting on the runtime with a timeout is allowed.
+    let runtime = tokio::runtime::Handle::current();
+    let publish = |batch: &mut Batch| -> bool {
+        match publish_batch(batch, dir, &dir_handle, files) {
+            Ok(saved) => saved.into_iter().all(|(index, path)| {
+                outcomes
+                    .blocking_send(WriteOutcome::Saved { index, path })
+                    .is_ok()
+            }),
+            Err(error) => {
+                fail(error);
+                false
+            }
+        }
+    };
+    loop {
+        // A waiting batch is published once it is old enough, so a slow sender never
+        // holds verified files back for long.
+        let command = match batch.since {
+            None => commands.blocking_recv(),
+            Some(since) => {
+                let left = BATCH_WAIT.saturating_sub(since.elapsed());
+                match runtime.block_on(tokio::time::timeout(left, commands.recv())) {
+                    Ok(command) => command,
+                    Err(_) => {
+                        if !publish(&mut batch) {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let Some(command) = command else { return };
         match command {
             WriteCommand::Start { index } => {
                 let name = &files[index as usize].name;
@@ -390,27 +424,14 @@ fn write_all(
                 }
                 batch.bytes += entry.size;
                 batch.files.push((index, current));
-                // Publish when nothing else is queued (so a lone or slow transfer is never
-                // held back), at the last file, or when the batch is big.
+                batch.since.get_or_insert_with(Instant::now);
                 let last = index as usize + 1 == files.len();
-                if last
-                    || commands.is_empty()
-                    || batch.files.len() >= BATCH_FILES
-                    || batch.bytes >= BATCH_BYTES
-                {
-                    match publish_batch(&mut batch, dir, &dir_handle, files) {
-                        Ok(saved) => {
-                            for (index, path) in saved {
-                                if outcomes
-                                    .blocking_send(WriteOutcome::Saved { index, path })
-                                    .is_err()
-                                {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(error) => return fail(error),
-                    }
+                let full = batch.files.len() >= BATCH_FILES || batch.bytes >= BATCH_BYTES;
+                let due = batch
+                    .since
+                    .is_some_and(|since| since.elapsed() >= BATCH_WAIT);
+                if (last || full || due) && !publish(&mut batch) {
+                    return;
                 }
             }
         }
@@ -419,6 +440,8 @@ fn write_all(
 
 /// Most verified files waiting to be published together (each holds a descriptor).
 const BATCH_FILES: usize = 256;
+/// Longest a verified file waits for others to share its flush.
+const BATCH_WAIT: Duration = Duration::from_millis(50);
 /// Most verified bytes waiting to be published together.
 const BATCH_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -427,6 +450,8 @@ const BATCH_BYTES: u64 = 64 * 1024 * 1024;
 struct Batch {
     files: Vec<(u32, Partial)>,
     bytes: u64,
+    /// When the oldest waiting file was verified.
+    since: Option<Instant>,
 }
 
 /// Makes a batch of verified files durable, then names them, then makes the names durable:
@@ -451,6 +476,7 @@ fn publish_batch(
         saved.push((index, path));
     }
     batch.bytes = 0;
+    batch.since = None;
     dir_handle
         .sync_all()
         .map_err(|e| TransferError::io("cannot flush the download directory", e))?;
