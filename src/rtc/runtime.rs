@@ -82,6 +82,34 @@ fn enlarge_buffers(socket: &std::net::UdpSocket) {
             setsockopt_int(fd, plain, size);
         }
     }
+    // Linux reports twice the usable size; less than asked means the sysctl capped us.
+    let granted = getsockopt_int(fd, libc::SO_RCVBUF).unwrap_or(0) / 2;
+    if (granted as usize) < UDP_SOCKET_BUFFER_BYTES {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                granted_kib = granted / 1024,
+                "UDP receive buffer limited by net.core.rmem_max, transfers will be slower: \
+                 install systemd/sysctl.d/p2pd.conf (sysctl net.core.rmem_max=8388608 net.core.wmem_max=8388608)"
+            );
+        });
+    }
+}
+
+fn getsockopt_int(fd: libc::c_int, option: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is a socket the caller keeps open; value and len describe one c_int.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(value)
 }
 
 fn setsockopt_int(fd: libc::c_int, option: libc::c_int, value: libc::c_int) -> bool {
