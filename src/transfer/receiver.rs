@@ -66,30 +66,14 @@ pub async fn receive(
                 count: files.len(),
                 limit,
             });
-            let _ = send_control(
-                link,
-                &Control::Reject {
-                    reason: error.to_string(),
-                },
-            )
-            .await;
-            link.flush(FLUSH_LIMIT).await;
-            return Err(error);
+            return Err(reject(link, &error.to_string(), error).await);
         }
         if !more {
             break;
         }
     }
     if let Err(error) = check_offer(&files, dir, limits) {
-        let _ = send_control(
-            link,
-            &Control::Reject {
-                reason: error.to_string(),
-            },
-        )
-        .await;
-        link.flush(FLUSH_LIMIT).await;
-        return Err(error);
+        return Err(reject(link, &error.to_string(), error).await);
     }
     observer.offered(&files);
     let accepted = tokio::select! {
@@ -101,15 +85,7 @@ pub async fn receive(
         },
     };
     if !accepted {
-        let _ = send_control(
-            link,
-            &Control::Reject {
-                reason: DECLINED.into(),
-            },
-        )
-        .await;
-        link.flush(FLUSH_LIMIT).await;
-        return Err(TransferError::Declined);
+        return Err(reject(link, DECLINED, TransferError::Declined).await);
     }
     send_control(link, &Control::Accept).await?;
 
@@ -137,6 +113,17 @@ pub async fn receive(
     drop(outcomes);
     let _ = writer.await;
     result
+}
+
+/// Tells the sender the offer is refused and why, waits for that to arrive, and returns
+/// `error` for our own side.
+async fn reject(link: &dyn Link, reason: &str, error: TransferError) -> TransferError {
+    let reject = Control::Reject {
+        reason: reason.to_owned(),
+    };
+    let _ = send_control(link, &reject).await;
+    link.flush(FLUSH_LIMIT).await;
+    error
 }
 
 fn check_offer(files: &[FileEntry], dir: &Path, limits: &Limits) -> Result<(), TransferError> {
