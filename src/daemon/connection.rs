@@ -81,11 +81,9 @@ pub async fn serve(
                 reply_created(&mut stream, &jobs, created, follow).await?;
             }
             Request::List => write_frame(&mut stream, &ServerFrame::Jobs(jobs.list())).await?,
-            Request::Watch { job } => match jobs.get(job) {
-                Some(_) => follow_job(&mut stream, &jobs, job).await?,
-                None => {
-                    write_frame(&mut stream, &error_frame(jobs.cancel(job).unwrap_err())).await?
-                }
+            Request::Watch { job } => match jobs.find(job) {
+                Ok(_) => follow_job(&mut stream, &jobs, job).await?,
+                Err(failure) => write_frame(&mut stream, &error_frame(failure)).await?,
             },
             Request::Cancel { job } => {
                 write_frame(&mut stream, &done_or_error(jobs.cancel(job))).await?

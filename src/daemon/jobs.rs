@@ -287,6 +287,11 @@ impl Jobs {
         lock(&self.table).get(&id).cloned()
     }
 
+    /// Like [`Jobs::get`], with the error a client should see for an unknown id.
+    pub fn find(&self, id: JobId) -> Result<Arc<Job>, Failure> {
+        self.get(id).ok_or_else(|| not_found(id))
+    }
+
     pub fn list(&self) -> Vec<JobInfo> {
         let mut jobs: Vec<JobInfo> = lock(&self.table)
             .values()
@@ -297,7 +302,7 @@ impl Jobs {
     }
 
     pub fn cancel(&self, id: JobId) -> Result<(), Failure> {
-        let job = self.get(id).ok_or_else(|| not_found(id))?;
+        let job = self.find(id)?;
         if job.info.borrow().state.is_final() {
             return Err(failure(
                 ErrorKind::BadRequest,
@@ -309,7 +314,7 @@ impl Jobs {
     }
 
     pub fn decide(&self, id: JobId, accept: bool) -> Result<(), Failure> {
-        let job = self.get(id).ok_or_else(|| not_found(id))?;
+        let job = self.find(id)?;
         let sender = lock(&job.decision).take();
         match sender {
             Some(tx) => {

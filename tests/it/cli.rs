@@ -416,3 +416,68 @@ fn codes_never_reach_the_log_even_at_trace_level() {
         );
     }
 }
+
+#[test]
+fn a_job_outlives_its_cli_and_watch_reattaches() {
+    let daemon = DaemonProcess::start();
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "later.bin", 200_000, 14);
+    let mut sender = Command::new(P2P)
+        .args([
+            "--socket",
+            daemon.socket.to_str().unwrap(),
+            "send",
+            "--json",
+            path.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(sender.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let created: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let (job, code) = (
+        created["job"].as_u64().unwrap(),
+        created["code"].as_str().unwrap().to_owned(),
+    );
+    // The sending CLI goes away before anyone has received.
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    let status = daemon.p2p(&["status", "--json"]);
+    let listed = json_lines(&status.stdout);
+    assert_eq!(listed[0]["state"], "waiting_for_peer", "{listed:?}");
+    assert_eq!(listed[0]["code"], code.as_str());
+
+    let received = daemon.p2p(&["receive", &code, "--yes"]);
+    assert!(
+        received.status.success(),
+        "{}",
+        String::from_utf8_lossy(&received.stderr)
+    );
+    let watched = daemon.p2p(&["watch", &job.to_string(), "--json"]);
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let names = events(&json_lines(&watched.stdout));
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("completed"),
+        "{names:?}"
+    );
+    assert_eq!(
+        std::fs::read(daemon.downloads.join("later.bin")).unwrap(),
+        std::fs::read(&path).unwrap()
+    );
+
+    // Watching or cancelling a job that does not exist is a one-line error.
+    assert_one_line_error(&daemon.p2p(&["watch", "999"]), "no job 999");
+    assert_one_line_error(
+        &daemon.p2p(&["cancel", &job.to_string()]),
+        "already finished",
+    );
+}
