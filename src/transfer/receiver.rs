@@ -312,62 +312,37 @@ impl Drop for Partial {
     }
 }
 
-/// The disk side, on a blocking thread: one partial at a time, published only on a match.
+/// The disk side: a writer thread (this one) and a publisher thread. The writer creates,
+/// writes and verifies one partial at a time; the publisher makes verified files durable
+/// and names them in batches, so flushing never stops the writer from taking data.
 fn write_all(
     dir: &Path,
     files: &[FileEntry],
+    commands: mpsc::Receiver<WriteCommand>,
+    outcomes: &mpsc::Sender<WriteOutcome>,
+    written: &AtomicU64,
+) {
+    let (verified_tx, verified_rx) = std::sync::mpsc::sync_channel(VERIFIED_QUEUE);
+    // The scope joins the publisher before returning, so no partial outlives the job.
+    std::thread::scope(|scope| {
+        scope.spawn(|| publish_all(dir, files, verified_rx, outcomes));
+        write_files(dir, files, commands, verified_tx, outcomes, written);
+    });
+}
+
+fn write_files(
+    dir: &Path,
+    files: &[FileEntry],
     mut commands: mpsc::Receiver<WriteCommand>,
+    verified: std::sync::mpsc::SyncSender<(u32, Partial)>,
     outcomes: &mpsc::Sender<WriteOutcome>,
     written: &AtomicU64,
 ) {
     let fail = |error: TransferError| {
         let _ = outcomes.blocking_send(WriteOutcome::Failed(error));
     };
-    let dir_handle = match File::open(dir) {
-        Ok(handle) => handle,
-        Err(e) => {
-            return fail(TransferError::io(
-                format!("cannot open {}", dir.display()),
-                e,
-            ));
-        }
-    };
     let mut partial: Option<Partial> = None;
-    let mut batch = Batch::default();
-    // This runs on a blocking thread, where waiting on the runtime with a timeout is allowed.
-    let runtime = tokio::runtime::Handle::current();
-    let publish = |batch: &mut Batch| -> bool {
-        match publish_batch(batch, dir, &dir_handle, files) {
-            Ok(saved) => saved.into_iter().all(|(index, path)| {
-                outcomes
-                    .blocking_send(WriteOutcome::Saved { index, path })
-                    .is_ok()
-            }),
-            Err(error) => {
-                fail(error);
-                false
-            }
-        }
-    };
-    loop {
-        // A waiting batch is published once it is old enough, so a slow sender never
-        // holds verified files back for long.
-        let command = match batch.since {
-            None => commands.blocking_recv(),
-            Some(since) => {
-                let left = BATCH_WAIT.saturating_sub(since.elapsed());
-                match runtime.block_on(tokio::time::timeout(left, commands.recv())) {
-                    Ok(command) => command,
-                    Err(_) => {
-                        if !publish(&mut batch) {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
-        };
-        let Some(command) = command else { return };
+    while let Some(command) = commands.blocking_recv() {
         match command {
             WriteCommand::Start { index } => {
                 let name = &files[index as usize].name;
@@ -402,22 +377,13 @@ fn write_all(
                 let Some(current) = partial.take() else {
                     return;
                 };
-                let entry = &files[index as usize];
                 let actual = hex_digest(&current.hasher.clone().finalize());
                 if !actual.eq_ignore_ascii_case(&sha256) {
-                    return fail(TransferError::VerificationFailed(escape_for_terminal(
-                        &entry.name,
-                    )));
+                    let name = &files[index as usize].name;
+                    return fail(TransferError::VerificationFailed(escape_for_terminal(name)));
                 }
-                batch.bytes += entry.size;
-                batch.files.push((index, current));
-                batch.since.get_or_insert_with(Instant::now);
-                let last = index as usize + 1 == files.len();
-                let full = batch.files.len() >= BATCH_FILES || batch.bytes >= BATCH_BYTES;
-                let due = batch
-                    .since
-                    .is_some_and(|since| since.elapsed() >= BATCH_WAIT);
-                if (last || full || due) && !publish(&mut batch) {
+                if verified.send((index, current)).is_err() {
+                    // The publisher stopped on an error it has already reported.
                     return;
                 }
             }
@@ -425,6 +391,68 @@ fn write_all(
     }
 }
 
+/// Publishes verified files in order, a batch at a time: when the batch is big, when its
+/// oldest file has waited long enough, or at the last file.
+fn publish_all(
+    dir: &Path,
+    files: &[FileEntry],
+    verified: std::sync::mpsc::Receiver<(u32, Partial)>,
+    outcomes: &mpsc::Sender<WriteOutcome>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let dir_handle = match File::open(dir) {
+        Ok(handle) => handle,
+        Err(e) => {
+            let error = TransferError::io(format!("cannot open {}", dir.display()), e);
+            let _ = outcomes.blocking_send(WriteOutcome::Failed(error));
+            return;
+        }
+    };
+    let mut batch = Batch::default();
+    loop {
+        let next = match batch.since {
+            None => verified.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(since) => verified.recv_timeout(BATCH_WAIT.saturating_sub(since.elapsed())),
+        };
+        let publish_now = match next {
+            Ok((index, partial)) => {
+                batch.bytes += files[index as usize].size;
+                batch.files.push((index, partial));
+                batch.since.get_or_insert_with(Instant::now);
+                let last = index as usize + 1 == files.len();
+                let full = batch.files.len() >= BATCH_FILES || batch.bytes >= BATCH_BYTES;
+                last || full
+                    || batch
+                        .since
+                        .is_some_and(|since| since.elapsed() >= BATCH_WAIT)
+            }
+            Err(RecvTimeoutError::Timeout) => true,
+            // The writer is done or failed; an unpublished batch is removed as it drops.
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if publish_now {
+            match publish_batch(&mut batch, dir, &dir_handle, files) {
+                Ok(saved) => {
+                    for (index, path) in saved {
+                        if outcomes
+                            .blocking_send(WriteOutcome::Saved { index, path })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                Err(error) => {
+                    let _ = outcomes.blocking_send(WriteOutcome::Failed(error));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Verified files queued between the writer and the publisher (each holds a descriptor).
+const VERIFIED_QUEUE: usize = 64;
 /// Most verified files waiting to be published together (each holds a descriptor).
 const BATCH_FILES: usize = 256;
 /// Longest a verified file waits for others to share its flush.
