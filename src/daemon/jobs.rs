@@ -76,6 +76,14 @@ impl Job {
         });
     }
 
+    pub fn set_route(&self, route: Option<crate::rtc::Route>) {
+        let route = route.map(|r| crate::ipc::messages::RouteInfo {
+            relayed: r.relayed,
+            description: r.description,
+        });
+        self.info.send_modify(|info| info.route = route);
+    }
+
     /// Registers the question a receive job waits on and returns the answer's receiver.
     pub fn ask(&self) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
@@ -166,6 +174,7 @@ impl Jobs {
             bytes_total,
             rate: 0,
             failure: None,
+            route: None,
         };
         let job = Arc::new(Job::new(info, self.shutdown.child_token()));
         let mut table = lock(&self.table);

@@ -132,6 +132,7 @@ pub async fn run_send(
         .await?;
         let binding_key = session.binding_key();
         let connection = rtc::connect_offerer(session, &context.config.rtc, &cancel).await?;
+        job.set_route(connection.route().await);
         job.set_state(JobState::Transferring);
         let result = match connection.authenticate(&binding_key, Role::Sender).await {
             Ok(()) => sender::send(&connection.link, files, job.as_ref(), &cancel).await,
@@ -162,6 +163,7 @@ pub async fn run_receive(
         .await?;
         let binding_key = session.binding_key();
         let connection = rtc::connect_answerer(session, &context.config.rtc, &cancel).await?;
+        job.set_route(connection.route().await);
         if let Err(error) = connection.authenticate(&binding_key, Role::Receiver).await {
             connection.close().await;
             return Err(error.into());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 pub type JobId = u64;
 
@@ -147,4 +147,13 @@ pub struct JobInfo {
     /// Average payload rate since the first byte, bytes per second.
     pub rate: u64,
     pub failure: Option<Failure>,
+    /// The network path, once connected.
+    pub route: Option<RouteInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    pub relayed: bool,
+    /// For people, like "direct (host ↔ srflx)".
+    pub description: String,
 }

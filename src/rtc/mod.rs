@@ -5,7 +5,7 @@ pub mod channel;
 pub mod peer;
 pub mod runtime;
 
-pub use peer::{Connection, IceServer, RtcSettings, connect_answerer, connect_offerer};
+pub use peer::{Connection, IceServer, Route, RtcSettings, connect_answerer, connect_offerer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RtcError {

@@ -12,9 +12,9 @@ use tracing::{debug, warn};
 use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder,
-    StatsSelector,
+    RTCIceCandidateInit, RTCIceCandidateType, RTCIceConnectionState, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry,
+    SettingEngineBuilder, StatsSelector,
 };
 
 use super::RtcError;
@@ -103,6 +103,25 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// The path a connection takes: straight between the peers, or through a TURN relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub relayed: bool,
+    /// For people: "direct (host ↔ host)", "relayed (relay ↔ srflx)", …
+    pub description: String,
+}
+
+impl Route {
+    fn new(local: RTCIceCandidateType, remote: RTCIceCandidateType) -> Route {
+        let relayed = local == RTCIceCandidateType::Relay || remote == RTCIceCandidateType::Relay;
+        let how = if relayed { "relayed" } else { "direct" };
+        Route {
+            relayed,
+            description: format!("{how} ({local} ↔ {remote})"),
+        }
+    }
+}
+
 /// A connected transfer channel and the connection that carries it.
 pub struct Connection {
     pub pc: Arc<dyn PeerConnection>,
@@ -110,6 +129,55 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Which path the selected ICE candidate pair takes, from the connection's statistics.
+    /// `None` before a pair is selected.
+    pub async fn route(&self) -> Option<Route> {
+        let report = self
+            .pc
+            .get_stats(std::time::Instant::now(), StatsSelector::None)
+            .await;
+        let pair_id = report.iter().find_map(|entry| match entry {
+            RTCStatsReportEntry::Transport(t) if !t.selected_candidate_pair_id.is_empty() => {
+                Some(t.selected_candidate_pair_id.clone())
+            }
+            _ => None,
+        })?;
+        let (local_id, remote_id) = report.iter().find_map(|entry| match entry {
+            RTCStatsReportEntry::IceCandidatePair(pair) if pair.stats.id == pair_id => Some((
+                pair.local_candidate_id.clone(),
+                pair.remote_candidate_id.clone(),
+            )),
+            _ => None,
+        })?;
+        // webrtc 0.21 names candidates in a pair "candidate:X" but files the candidate
+        // entries as "RTCLocalIceCandidate_candidate:X" / "RTCRemoteIceCandidate_…": accept both.
+        let same = |entry_id: &str, prefix: &str, id: &str| {
+            entry_id == id || entry_id.strip_prefix(prefix) == Some(id)
+        };
+        let local = report.iter().find_map(|entry| match entry {
+            RTCStatsReportEntry::LocalCandidate(c)
+                if same(&c.stats.id, "RTCLocalIceCandidate_", &local_id) =>
+            {
+                Some(c.candidate_type)
+            }
+            _ => None,
+        })?;
+        let remote = report
+            .iter()
+            .find_map(|entry| match entry {
+                RTCStatsReportEntry::RemoteCandidate(c)
+                    if same(&c.stats.id, "RTCRemoteIceCandidate_", &remote_id) =>
+                {
+                    Some(c.candidate_type)
+                }
+                _ => None,
+            })
+            // A remote candidate learned from a connectivity check rather than signaled is not
+            // listed; that is what ICE calls peer-reflexive.
+            .unwrap_or(RTCIceCandidateType::Prflx);
+        Some(Route::new(local, remote))
+    }
+
     /// The second lock on the channel: both sides prove the PAKE key over the DTLS
     /// certificates they actually see, whatever the library checked. Must be the first
     /// exchange on the channel.
@@ -401,4 +469,25 @@ async fn handle_signal(
 async fn send_signal(session: &mut Session, signal: &Signal) -> Result<(), RtcError> {
     let bytes = serde_json::to_vec(signal).map_err(|_| RtcError::BadSignal)?;
     session.send(&bytes).await.map_err(RtcError::Signaling)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_on_either_side_makes_the_route_relayed() {
+        use RTCIceCandidateType::*;
+        assert_eq!(
+            Route::new(Host, Host),
+            Route {
+                relayed: false,
+                description: "direct (host ↔ host)".into()
+            }
+        );
+        assert!(!Route::new(Srflx, Prflx).relayed);
+        assert!(Route::new(Relay, Host).relayed);
+        assert!(Route::new(Srflx, Relay).relayed);
+        assert!(Route::new(Relay, Relay).description.starts_with("relayed"));
+    }
 }

@@ -282,7 +282,7 @@ fn json_send_and_receive_with_real_binaries_then_sigterm() {
     );
     let values = json_lines(&received.stdout);
     let names = events(&values);
-    for expected in ["created", "files", "file_verified", "completed"] {
+    for expected in ["created", "route", "files", "file_verified", "completed"] {
         assert!(
             names.contains(&expected.to_owned()),
             "{expected} missing from {names:?}"
@@ -313,6 +313,7 @@ fn json_send_and_receive_with_real_binaries_then_sigterm() {
     let listed = daemon.p2p(&["status"]);
     let table = String::from_utf8_lossy(&listed.stdout);
     assert_eq!(table.matches("completed").count(), 2, "{table}");
+    assert_eq!(table.matches("direct (host ↔ ").count(), 2, "{table}");
 
     // An unknown code: one line, non-zero, and the advice to check it.
     let wrong = daemon.p2p(&["receive", "999999-orbit-lantern", "--yes"]);

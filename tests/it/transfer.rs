@@ -30,6 +30,15 @@ async fn round_trip(sender: &TestDaemon, receiver: &TestDaemon, sources: &[PathB
     );
     assert_eq!(sent.state, JobState::Completed, "{:?}", sent.failure);
     assert_eq!(sent.bytes_done, sent.bytes_total);
+    for info in [&sent, &received] {
+        let route = info.route.as_ref().expect("the route is reported");
+        assert!(!route.relayed, "loopback is direct: {route:?}");
+        // The far side may be peer-reflexive: its check can beat its trickled candidate.
+        assert!(
+            route.description.starts_with("direct (host ↔ "),
+            "{route:?}"
+        );
+    }
     for (source, file) in sources.iter().zip(&received.files) {
         let saved = file.saved_as.as_ref().expect("saved path");
         assert!(file.verified);

@@ -80,6 +80,10 @@ impl Renderer {
             self.json_update(previous.as_ref(), info, state_changed);
             return;
         }
+        let route_appeared = previous.as_ref().and_then(|p| p.route.as_ref()).is_none();
+        if let (Some(route), true) = (&info.route, route_appeared) {
+            eprintln!("Connected: {}", route.description);
+        }
         if !info.files.is_empty()
             && self.bars.is_none()
             && matches!(info.state, JobState::Transferring | JobState::Completed)
@@ -108,6 +112,11 @@ impl Renderer {
     fn json_update(&self, previous: Option<&JobInfo>, info: &JobInfo, state_changed: bool) {
         if state_changed {
             emit(json!({"event": "state", "job": info.id, "state": state_name(info.state)}));
+        }
+        if let (Some(route), None) = (&info.route, previous.and_then(|p| p.route.as_ref())) {
+            emit(
+                json!({"event": "route", "job": info.id, "relayed": route.relayed, "path": route.description}),
+            );
         }
         let files_appeared =
             previous.map(|p| p.files.is_empty()).unwrap_or(true) && !info.files.is_empty();
@@ -246,6 +255,8 @@ pub fn print_status(jobs: &[JobInfo], json: bool) {
                 "rate": job.rate,
                 "code": job.code,
                 "error": job.failure.as_ref().map(|f| f.message.clone()),
+                "route": job.route.as_ref().map(|r| r.description.clone()),
+                "relayed": job.route.as_ref().map(|r| r.relayed),
             }));
         }
         return;
@@ -255,8 +266,8 @@ pub fn print_status(jobs: &[JobInfo], json: bool) {
         return;
     }
     println!(
-        "{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  CODE / ERROR",
-        "ID", "DIR", "STATE", "FILES", "DONE/TOTAL", "RATE"
+        "{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  {:<24}  CODE / ERROR",
+        "ID", "DIR", "STATE", "FILES", "DONE/TOTAL", "RATE", "ROUTE"
     );
     for job in jobs {
         let detail = job
@@ -266,7 +277,7 @@ pub fn print_status(jobs: &[JobInfo], json: bool) {
             .or_else(|| job.code.clone().filter(|_| !job.state.is_final()))
             .unwrap_or_default();
         println!(
-            "{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  {}",
+            "{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  {:<24}  {}",
             job.id,
             match job.direction {
                 Direction::Send => "send",
@@ -280,6 +291,10 @@ pub fn print_status(jobs: &[JobInfo], json: bool) {
                 HumanBytes(job.bytes_total)
             ),
             format!("{}/s", HumanBytes(job.rate)),
+            job.route
+                .as_ref()
+                .map(|r| r.description.as_str())
+                .unwrap_or("-"),
             detail
         );
     }
