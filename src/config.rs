@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ipc::messages::PathPolicy;
 use crate::rtc::{IceServer, RtcSettings};
 use crate::transfer::names::Limits;
 
@@ -28,6 +29,10 @@ pub struct FileConfig {
     pub ice_bind: Option<Vec<String>>,
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
+    /// Default for every transfer: only through a TURN relay.
+    pub force_relay: Option<bool>,
+    /// Default for every transfer: fail rather than relay.
+    pub require_direct: Option<bool>,
     /// Offers with more files than this are refused before anyone is asked.
     pub max_files: Option<usize>,
     /// Offers larger than this in total are refused before anyone is asked.
@@ -50,6 +55,8 @@ pub enum ConfigError {
     NoDownloadDir,
     #[error("no runtime directory for the socket: set XDG_RUNTIME_DIR or pass --socket PATH")]
     NoSocketDir,
+    #[error("force_relay and require_direct cannot both be true in the config: choose one")]
+    ConflictingPathPolicy,
 }
 
 impl FileConfig {
@@ -97,6 +104,8 @@ pub struct DaemonConfig {
     pub code_ttl: Duration,
     pub rtc: RtcSettings,
     pub limits: Limits,
+    /// The path policy of transfers whose request does not choose one.
+    pub path_policy: PathPolicy,
 }
 
 fn project_dirs() -> Option<directories::ProjectDirs> {
@@ -180,6 +189,15 @@ impl DaemonConfig {
             file.ice_bind
                 .unwrap_or_else(|| vec!["0.0.0.0:0".to_owned()])
         };
+        let path_policy = match (
+            file.force_relay.unwrap_or(false),
+            file.require_direct.unwrap_or(false),
+        ) {
+            (true, true) => return Err(ConfigError::ConflictingPathPolicy),
+            (true, false) => PathPolicy::ForceRelay,
+            (false, true) => PathPolicy::RequireDirect,
+            (false, false) => PathPolicy::Default,
+        };
         let defaults = Limits::default();
         let limits = Limits {
             max_files: flags
@@ -204,7 +222,9 @@ impl DaemonConfig {
             rtc: RtcSettings {
                 ice_servers: file.ice_servers,
                 bind,
+                relay_only: false,
             },
+            path_policy,
         })
     }
 }
@@ -255,6 +275,22 @@ mod tests {
                 max_file_bytes: 100
             }
         );
+    }
+
+    #[test]
+    fn path_policy_keys_set_the_default_and_cannot_both_hold() {
+        let file = FileConfig::parse("require_direct = true\n", Path::new("c.toml")).unwrap();
+        let config = DaemonConfig::resolve(Overrides::default(), file).unwrap();
+        assert_eq!(config.path_policy, PathPolicy::RequireDirect);
+        let both = FileConfig::parse(
+            "force_relay = true\nrequire_direct = true\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert!(matches!(
+            DaemonConfig::resolve(Overrides::default(), both),
+            Err(ConfigError::ConflictingPathPolicy)
+        ));
     }
 
     #[test]

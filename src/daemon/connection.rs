@@ -67,8 +67,12 @@ pub async fn serve(
         // Never the request itself: a receive request carries the code.
         debug!(request = request.name(), "request");
         match request {
-            Request::Send { paths, follow } => {
-                let created = jobs.start_send(paths).await;
+            Request::Send {
+                paths,
+                follow,
+                path,
+            } => {
+                let created = jobs.start_send(paths, path).await;
                 reply_created(&mut stream, &jobs, created, follow).await?;
             }
             Request::Receive {
@@ -76,8 +80,9 @@ pub async fn serve(
                 download_dir,
                 accept,
                 follow,
+                path,
             } => {
-                let created = jobs.start_receive(&code, download_dir, accept).await;
+                let created = jobs.start_receive(&code, download_dir, accept, path).await;
                 reply_created(&mut stream, &jobs, created, follow).await?;
             }
             Request::List => write_frame(&mut stream, &ServerFrame::Jobs(jobs.list())).await?,

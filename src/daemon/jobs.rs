@@ -13,7 +13,9 @@ use tracing::Instrument;
 
 use super::runner;
 use crate::config::DaemonConfig;
-use crate::ipc::messages::{Direction, ErrorKind, Failure, FileInfo, JobId, JobInfo, JobState};
+use crate::ipc::messages::{
+    Direction, ErrorKind, Failure, FileInfo, JobId, JobInfo, JobState, PathPolicy,
+};
 use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::{Code, SignalError};
 use crate::transfer::Observer;
@@ -197,6 +199,22 @@ impl Jobs {
         }
     }
 
+    /// The request's path policy, or the configured default; refuses a relay-only transfer
+    /// when no relay is configured, before any job exists.
+    fn resolve_path(&self, requested: PathPolicy) -> Result<PathPolicy, Failure> {
+        let path = match requested {
+            PathPolicy::Default => self.context.config.path_policy,
+            chosen => chosen,
+        };
+        if path == PathPolicy::ForceRelay && !self.context.config.rtc.has_relay() {
+            return Err(failure(
+                ErrorKind::BadRequest,
+                "--force-relay needs a TURN server: add one under [[ice_servers]] in the daemon's config",
+            ));
+        }
+        Ok(path)
+    }
+
     fn refuse_if_stopping(&self) -> Result<(), Failure> {
         if self.shutdown.is_cancelled() {
             return Err(failure(
@@ -209,8 +227,13 @@ impl Jobs {
 
     /// Opens every file, gets a code from the rendezvous, and starts the job. Nothing is
     /// created when any path is unusable.
-    pub async fn start_send(&self, paths: Vec<PathBuf>) -> Result<JobInfo, Failure> {
+    pub async fn start_send(
+        &self,
+        paths: Vec<PathBuf>,
+        path: PathPolicy,
+    ) -> Result<JobInfo, Failure> {
         self.refuse_if_stopping()?;
+        let path = self.resolve_path(path)?;
         let sources = tokio::task::spawn_blocking(move || open_sources(&paths))
             .await
             .map_err(|_| failure(ErrorKind::Io, "opening the files failed"))??;
@@ -237,11 +260,8 @@ impl Jobs {
         let info = job.info.borrow().clone();
         let context = self.context.clone();
         self.tracker.spawn(
-            runner::run_send(job, context, client, code, sources).instrument(tracing::info_span!(
-                "job",
-                id = info.id,
-                dir = "send"
-            )),
+            runner::run_send(job, context, client, code, sources, path)
+                .instrument(tracing::info_span!("job", id = info.id, dir = "send")),
         );
         Ok(info)
     }
@@ -251,8 +271,10 @@ impl Jobs {
         code: &str,
         dir: Option<PathBuf>,
         accept: bool,
+        path: PathPolicy,
     ) -> Result<JobInfo, Failure> {
         self.refuse_if_stopping()?;
+        let path = self.resolve_path(path)?;
         let code: Code = code.parse().map_err(|e: crate::rendezvous::CodeError| {
             failure(ErrorKind::BadRequest, e.to_string())
         })?;
@@ -283,11 +305,8 @@ impl Jobs {
         let info = job.info.borrow().clone();
         let context = self.context.clone();
         self.tracker.spawn(
-            runner::run_receive(job, context, code, dir, accept).instrument(tracing::info_span!(
-                "job",
-                id = info.id,
-                dir = "receive"
-            )),
+            runner::run_receive(job, context, code, dir, accept, path)
+                .instrument(tracing::info_span!("job", id = info.id, dir = "receive")),
         );
         Ok(info)
     }

@@ -7,17 +7,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::jobs::{Context, Job, signal_failure};
+use crate::ipc::messages::PathPolicy;
 use crate::ipc::messages::{ErrorKind, Failure, JobState};
 use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::{Code, Role, Session, SignalError};
-use crate::rtc::{self, RtcError};
+use crate::rtc::{self, RtcError, RtcSettings};
 use crate::transfer::sender::SourceFile;
-use crate::transfer::{TransferError, receiver, sender};
+use crate::transfer::{self, TransferError, receiver, sender};
 
 enum JobError {
     Signal(SignalError),
     Rtc(RtcError),
     Transfer(TransferError),
+    /// `--require-direct`, and the only path was relayed.
+    RelayForbidden,
     Cancelled,
 }
 
@@ -74,6 +77,10 @@ impl JobError {
                 error_line(e),
             ),
             JobError::Cancelled => (ErrorKind::Cancelled, "cancelled".to_owned()),
+            JobError::RelayForbidden => (
+                ErrorKind::NoRoute,
+                "the only path found goes through a relay, and --require-direct forbids it: retry without it, or from networks with a direct path".to_owned(),
+            ),
         };
         Failure { kind, message }
     }
@@ -115,12 +122,43 @@ fn finish(job: &Job, result: Result<(), JobError>) {
     }
 }
 
+fn settings_for(context: &Context, path: PathPolicy) -> RtcSettings {
+    RtcSettings {
+        relay_only: path == PathPolicy::ForceRelay,
+        ..context.config.rtc.clone()
+    }
+}
+
+/// Reports the route, proves the channel (the first message each way), then enforces
+/// `--require-direct`, telling the peer why when it refuses.
+async fn secure(
+    connection: &rtc::Connection,
+    binding_key: &[u8; 32],
+    role: Role,
+    path: PathPolicy,
+    job: &Job,
+) -> Result<(), JobError> {
+    let route = connection.route().await;
+    job.set_route(route.clone());
+    connection.authenticate(binding_key, role).await?;
+    if path == PathPolicy::RequireDirect && route.is_none_or(|r| r.relayed) {
+        transfer::abandon(
+            &connection.link,
+            "the other side requires a direct path (--require-direct)",
+        )
+        .await;
+        return Err(JobError::RelayForbidden);
+    }
+    Ok(())
+}
+
 pub async fn run_send(
     job: Arc<Job>,
     context: Arc<Context>,
     mut client: RendezvousClient,
     code: Code,
     files: Vec<SourceFile>,
+    path: PathPolicy,
 ) {
     let cancel = job.cancel.clone();
     let result = async {
@@ -131,13 +169,14 @@ pub async fn run_send(
         })
         .await?;
         let binding_key = session.binding_key();
-        let connection = rtc::connect_offerer(session, &context.config.rtc, &cancel).await?;
-        job.set_route(connection.route().await);
+        let settings = settings_for(&context, path);
+        let connection = rtc::connect_offerer(session, &settings, &cancel).await?;
+        if let Err(error) = secure(&connection, &binding_key, Role::Sender, path, &job).await {
+            connection.close().await;
+            return Err(error);
+        }
         job.set_state(JobState::Transferring);
-        let result = match connection.authenticate(&binding_key, Role::Sender).await {
-            Ok(()) => sender::send(&connection.link, files, job.as_ref(), &cancel).await,
-            Err(error) => Err(error),
-        };
+        let result = sender::send(&connection.link, files, job.as_ref(), &cancel).await;
         connection.close().await;
         Ok(result?)
     }
@@ -151,6 +190,7 @@ pub async fn run_receive(
     code: Code,
     dir: PathBuf,
     accept: bool,
+    path: PathPolicy,
 ) {
     let cancel = job.cancel.clone();
     let result = async {
@@ -162,11 +202,11 @@ pub async fn run_receive(
         })
         .await?;
         let binding_key = session.binding_key();
-        let connection = rtc::connect_answerer(session, &context.config.rtc, &cancel).await?;
-        job.set_route(connection.route().await);
-        if let Err(error) = connection.authenticate(&binding_key, Role::Receiver).await {
+        let settings = settings_for(&context, path);
+        let connection = rtc::connect_answerer(session, &settings, &cancel).await?;
+        if let Err(error) = secure(&connection, &binding_key, Role::Receiver, path, &job).await {
             connection.close().await;
-            return Err(error.into());
+            return Err(error);
         }
         let approval = {
             let job = job.clone();

@@ -126,6 +126,7 @@ mod tests {
             download_dir: Some("/tmp/x".into()),
             accept: true,
             follow: false,
+            path: crate::ipc::messages::PathPolicy::RequireDirect,
         });
         let bytes = encode(&frame).unwrap();
         let len = body_len(bytes[..4].try_into().unwrap()).unwrap();

@@ -21,6 +21,7 @@ pub enum Request {
     Send {
         paths: Vec<PathBuf>,
         follow: bool,
+        path: PathPolicy,
     },
     /// Start receiving; `accept` skips the question. Updates follow if `follow`.
     Receive {
@@ -28,6 +29,7 @@ pub enum Request {
         download_dir: Option<PathBuf>,
         accept: bool,
         follow: bool,
+        path: PathPolicy,
     },
     List,
     Watch {
@@ -55,6 +57,18 @@ impl Request {
             Request::Decide { .. } => "decide",
         }
     }
+}
+
+/// Which network paths a transfer may use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathPolicy {
+    /// The daemon's configured default (any path, unless the config says otherwise).
+    #[default]
+    Default,
+    /// Only through a TURN relay (`--force-relay`).
+    ForceRelay,
+    /// Fail rather than relay (`--require-direct`).
+    RequireDirect,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,8 @@ use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceCandidateType, RTCIceConnectionState, RTCIceServer,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry,
-    SettingEngineBuilder, StatsSelector,
+    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 
 use super::RtcError;
@@ -52,6 +52,18 @@ pub struct RtcSettings {
     pub ice_servers: Vec<IceServer>,
     /// Local UDP addresses to bind; `0.0.0.0:0` means every non-loopback interface.
     pub bind: Vec<String>,
+    /// Gather and use relay candidates only (`--force-relay`).
+    pub relay_only: bool,
+}
+
+impl RtcSettings {
+    /// Whether any configured ICE server is a TURN relay.
+    pub fn has_relay(&self) -> bool {
+        self.ice_servers
+            .iter()
+            .flat_map(|s| &s.urls)
+            .any(|url| url.starts_with("turn:") || url.starts_with("turns:"))
+    }
 }
 
 /// Signaling messages, sealed by the session before they reach the rendezvous.
@@ -264,6 +276,11 @@ async fn build(settings: &RtcSettings) -> Result<Pending, RtcError> {
                 })
                 .collect(),
         )
+        .with_ice_transport_policy(if settings.relay_only {
+            RTCIceTransportPolicy::Relay
+        } else {
+            RTCIceTransportPolicy::All
+        })
         .build();
     let (candidates_tx, candidates) = mpsc::channel(256);
     let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);

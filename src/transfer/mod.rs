@@ -117,6 +117,11 @@ pub async fn exchange_proofs(
     }
 }
 
+/// Tells the peer this side gives up before the transfer starts, and why.
+pub async fn abandon(link: &dyn link::Link, reason: &str) {
+    let _ = sender::cancel_peer(link, reason).await;
+}
+
 /// Lowercase hex, the form digests travel in.
 pub fn hex_digest(digest: &[u8]) -> String {
     hex::encode(digest)

@@ -482,3 +482,57 @@ fn a_job_outlives_its_cli_and_watch_reattaches() {
         "already finished",
     );
 }
+
+#[test]
+fn path_flags_force_relay_needs_turn_and_require_direct_accepts_a_direct_path() {
+    let daemon = DaemonProcess::start();
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "direct.bin", 50_000, 15);
+    // No TURN server is configured: refused before any job exists.
+    assert_one_line_error(
+        &daemon.p2p(&["send", "--force-relay", path.to_str().unwrap()]),
+        "--force-relay needs a TURN server",
+    );
+    assert!(daemon.p2p(&["status", "--json"]).stdout.is_empty());
+
+    let mut sender = Command::new(P2P)
+        .args([
+            "--socket",
+            daemon.socket.to_str().unwrap(),
+            "send",
+            "--require-direct",
+            "--json",
+        ])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(sender.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let created: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let code = created["code"].as_str().unwrap().to_owned();
+    let received = daemon.p2p(&["receive", &code, "--yes", "--require-direct", "--json"]);
+    assert!(
+        received.status.success(),
+        "{}",
+        String::from_utf8_lossy(&received.stderr)
+    );
+    let values = json_lines(&received.stdout);
+    let route = values
+        .iter()
+        .find(|v| v["event"] == "route")
+        .expect("route event");
+    assert_eq!(route["relayed"], false);
+    assert!(sender.wait().unwrap().success());
+    // The two flags contradict each other.
+    let both = daemon.p2p(&[
+        "send",
+        "--force-relay",
+        "--require-direct",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(both.status.code(), Some(2), "clap rejects the combination");
+}

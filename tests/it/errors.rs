@@ -158,8 +158,10 @@ fn config_for(socket: std::path::PathBuf, downloads: std::path::PathBuf) -> Daem
         rtc: RtcSettings {
             ice_servers: vec![],
             bind: vec!["127.0.0.1:0".into()],
+            relay_only: false,
         },
         limits: Default::default(),
+        path_policy: Default::default(),
     }
 }
 

@@ -23,6 +23,7 @@ fn settings() -> RtcSettings {
     RtcSettings {
         ice_servers: vec![],
         bind: vec!["127.0.0.1:0".into()],
+        relay_only: false,
     }
 }
 

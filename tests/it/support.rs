@@ -61,8 +61,10 @@ impl TestDaemon {
             rtc: RtcSettings {
                 ice_servers: Vec::new(),
                 bind: vec!["127.0.0.1:0".into()],
+                relay_only: false,
             },
             limits: options.limits,
+            path_policy: Default::default(),
         };
         let daemon = Daemon::start(config).await.expect("daemon starts");
         TestDaemon {
@@ -100,6 +102,7 @@ impl TestDaemon {
             .call(Request::Send {
                 paths: paths.to_vec(),
                 follow: false,
+                path: Default::default(),
             })
             .await
             .expect("send reply")
@@ -125,6 +128,7 @@ impl TestDaemon {
             download_dir: dir.map(Path::to_owned),
             accept: true,
             follow: false,
+            path: Default::default(),
         };
         match client.call(request).await.expect("receive reply") {
             ServerFrame::Created(info) => Ok(info.id),
@@ -140,6 +144,7 @@ impl TestDaemon {
             download_dir: Some(dir.to_owned()),
             accept: false,
             follow: false,
+            path: Default::default(),
         };
         match self
             .client()

@@ -10,7 +10,7 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
 use p2pd::config::default_socket_path;
 use p2pd::ipc::client::IpcClient;
-use p2pd::ipc::messages::{JobInfo, JobState, Request, ServerFrame};
+use p2pd::ipc::messages::{JobInfo, JobState, PathPolicy, Request, ServerFrame};
 use p2pd::rendezvous::Code;
 
 use render::Renderer;
@@ -29,6 +29,27 @@ struct Args {
     command: Command,
 }
 
+/// Which network paths the transfer may use; the daemon's config gives the default.
+#[derive(clap::Args)]
+struct PathFlags {
+    /// Use only a TURN relay (needs one in the daemon's config).
+    #[arg(long, conflicts_with = "require_direct")]
+    force_relay: bool,
+    /// Fail rather than go through a relay.
+    #[arg(long)]
+    require_direct: bool,
+}
+
+impl PathFlags {
+    fn policy(&self) -> PathPolicy {
+        match (self.force_relay, self.require_direct) {
+            (true, _) => PathPolicy::ForceRelay,
+            (_, true) => PathPolicy::RequireDirect,
+            _ => PathPolicy::Default,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Send files; prints a code for the receiver.
@@ -38,6 +59,8 @@ enum Command {
         /// One JSON object per line instead of progress bars.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        path: PathFlags,
     },
     /// Receive files with the sender's code (asked for when not given).
     Receive {
@@ -50,6 +73,8 @@ enum Command {
         yes: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        path: PathFlags,
     },
     /// List jobs.
     Status {
@@ -95,7 +120,7 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let socket = args.socket.unwrap_or_else(default_socket_path);
     match args.command {
-        Command::Send { files, json } => {
+        Command::Send { files, json, path } => {
             let paths = files
                 .iter()
                 .map(|f| absolute(f))
@@ -105,6 +130,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .call(Request::Send {
                     paths,
                     follow: true,
+                    path: path.policy(),
                 })
                 .await?;
             follow(&socket, client, first, Renderer::new(json), false).await
@@ -114,6 +140,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             output,
             yes,
             json,
+            path,
         } => {
             let interactive = std::io::stdin().is_terminal();
             if !yes && !interactive {
@@ -137,6 +164,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 download_dir,
                 accept: yes,
                 follow: true,
+                path: path.policy(),
             };
             let first = client.call(request).await?;
             follow(&socket, client, first, Renderer::new(json), !yes).await
