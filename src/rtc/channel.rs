@@ -24,6 +24,8 @@ pub struct DataLink {
     inbound: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
     paused: watch::Receiver<bool>,
     pump: tokio::task::JoinHandle<()>,
+    /// What the peer's SDP allows per message; unlimited until the description is read.
+    peer_max_message: usize,
 }
 
 impl DataLink {
@@ -84,7 +86,12 @@ impl DataLink {
             inbound: tokio::sync::Mutex::new(inbound),
             paused,
             pump,
+            peer_max_message: usize::MAX,
         })
+    }
+
+    pub fn set_peer_max_message(&mut self, bytes: usize) {
+        self.peer_max_message = bytes;
     }
 
     pub async fn close(&self) {
@@ -102,6 +109,10 @@ impl Drop for DataLink {
 impl Link for DataLink {
     async fn send_text(&self, text: String) -> Result<(), LinkClosed> {
         self.channel.send_text(&text).await.map_err(|_| LinkClosed)
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.peer_max_message
     }
 
     async fn writable(&self) {

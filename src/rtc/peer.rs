@@ -115,6 +115,20 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// The largest message the SDP's author accepts (RFC 8841): its `a=max-message-size`, 64 KiB
+/// when absent, no limit when 0.
+pub fn max_message_size(sdp: &str) -> usize {
+    const RFC_8841_DEFAULT: usize = 64 * 1024;
+    sdp.lines()
+        .find_map(|line| line.trim().strip_prefix("a=max-message-size:"))
+        .map(|value| match value.trim().parse::<u64>() {
+            Ok(0) => usize::MAX,
+            Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            Err(_) => RFC_8841_DEFAULT,
+        })
+        .unwrap_or(RFC_8841_DEFAULT)
+}
+
 /// The path a connection takes: straight between the peers, or through a TURN relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -440,7 +454,12 @@ async fn negotiate(
     .await;
     session.close().await;
     match result {
-        Ok(link) => Ok(Connection { pc, link }),
+        Ok(mut link) => {
+            if let Some(remote) = pc.remote_description().await {
+                link.set_peer_max_message(max_message_size(&remote.sdp));
+            }
+            Ok(Connection { pc, link })
+        }
         Err(error) => {
             let _ = pc.close().await;
             Err(error)
@@ -491,6 +510,24 @@ async fn send_signal(session: &mut Session, signal: &Signal) -> Result<(), RtcEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_message_size_follows_rfc_8841() {
+        assert_eq!(
+            max_message_size("v=0\r\na=max-message-size:262144\r\n"),
+            262_144
+        );
+        assert_eq!(
+            max_message_size("v=0\r\na=max-message-size:16384\r\n"),
+            16_384
+        );
+        assert_eq!(
+            max_message_size("v=0\r\na=max-message-size:0\r\n"),
+            usize::MAX
+        );
+        assert_eq!(max_message_size("v=0\r\n"), 65_536, "absent means 64 KiB");
+        assert_eq!(max_message_size("a=max-message-size:lots\r\n"), 65_536);
+    }
 
     #[test]
     fn a_relay_on_either_side_makes_the_route_relayed() {

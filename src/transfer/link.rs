@@ -25,6 +25,10 @@ pub trait Link: Send + Sync {
     async fn send_binary(&self, data: BytesMut) -> Result<(), LinkClosed>;
     /// The next message, or `None` once the channel has closed.
     async fn recv(&self) -> Option<Incoming>;
+    /// The largest message the peer accepts (its SDP `max-message-size`).
+    fn max_message_bytes(&self) -> usize {
+        usize::MAX
+    }
     /// Waits (at most `limit`) until the peer has acknowledged everything sent, so that
     /// closing afterwards loses nothing.
     async fn flush(&self, limit: Duration);

@@ -66,7 +66,9 @@ pub async fn send(
     debug!(files = files.len(), total, "offer accepted");
 
     let (items_tx, mut items) = mpsc::channel(READ_AHEAD_CHUNKS);
-    let reader = tokio::task::spawn_blocking(move || read_all(files, &items_tx));
+    // Never larger than the peer accepts; 64 KiB otherwise (batched sends need equal runs).
+    let chunk = link.max_message_bytes().clamp(1, CHUNK_BYTES);
+    let reader = tokio::task::spawn_blocking(move || read_all(files, chunk, &items_tx));
     let result = stream(link, &mut items, &entries, total, observer, cancel).await;
     // Closing the queue makes a reader blocked on a full queue give up.
     drop(items);
@@ -137,7 +139,7 @@ async fn stream(
 }
 
 /// Reads every file once, hashing as it goes. Runs on a blocking thread.
-fn read_all(files: Vec<SourceFile>, items: &mpsc::Sender<ReadItem>) {
+fn read_all(files: Vec<SourceFile>, chunk: usize, items: &mpsc::Sender<ReadItem>) {
     for (index, source) in files.into_iter().enumerate() {
         let index = index as u32;
         let shown = super::names::escape_for_terminal(&source.name);
@@ -162,7 +164,7 @@ fn read_all(files: Vec<SourceFile>, items: &mpsc::Sender<ReadItem>) {
         let mut hasher = Sha256::new();
         let mut left = source.size;
         while left > 0 {
-            let want = left.min(CHUNK_BYTES as u64) as usize;
+            let want = left.min(chunk as u64) as usize;
             let mut chunk = BytesMut::zeroed(want);
             match read_full(&mut file, &mut chunk) {
                 Ok(n) if n == want => {}
