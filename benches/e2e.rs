@@ -272,15 +272,19 @@ fn throughput(dir: &Path) {
             udp[run]
         );
     }
-    let (p, t, u) = (median(p2pd), median(tcp), median(udp));
+    // The shared machine drifts within a run: pair each p2pd run with the baselines measured
+    // right beside it, and report the median of those ratios next to the ratio of medians.
+    let per_run = |base: &[f64]| median(p2pd.iter().zip(base).map(|(p, b)| p / b).collect());
+    let (udp_ratio, tcp_ratio) = (per_run(&udp), per_run(&tcp));
+    let (p, t, u) = (median(p2pd.clone()), median(tcp), median(udp));
     println!("throughput: {mib} MiB, median of {runs}");
     println!("  p2pd end to end      {p:>8.0} Mbit/s");
     println!(
-        "  raw TCP file copy    {t:>8.0} Mbit/s   ratio p2pd/tcp = {:.3}",
+        "  raw TCP file copy    {t:>8.0} Mbit/s   p2pd/tcp: ratio of medians {:.3}, median per-run ratio {tcp_ratio:.3}",
         p / t
     );
     println!(
-        "  UDP 1200 B datagrams {u:>8.0} Mbit/s   ratio p2pd/udp = {:.3}",
+        "  UDP 1200 B datagrams {u:>8.0} Mbit/s   p2pd/udp: ratio of medians {:.3}, median per-run ratio {udp_ratio:.3}",
         p / u
     );
     println!(
