@@ -80,6 +80,8 @@ struct Handler {
     state: watch::Sender<RTCPeerConnectionState>,
     ice_state: watch::Sender<RTCIceConnectionState>,
     channels: mpsc::Sender<Arc<dyn DataChannel>>,
+    /// Whether a remote channel may still be taken (the answerer's one).
+    accept_remote: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -105,9 +107,14 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
-        if self.channels.try_send(channel.clone()).is_err() {
-            // One channel per transfer; anything more from the peer is refused. Closing
-            // must not block the driver, so it runs on its own task.
+        // One channel per transfer, opened by the sender: the answering side takes the first
+        // and closes every other, and the offering side closes all. A handle that is kept or
+        // dropped without closing would leave the peer's stream open.
+        let take = self
+            .accept_remote
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        if !take || self.channels.try_send(channel.clone()).is_err() {
+            // Closing must not block the driver, so it runs on its own task.
             tokio::spawn(async move {
                 let _ = channel.close().await;
             });
@@ -267,7 +274,7 @@ struct Pending {
     channels: mpsc::Receiver<Arc<dyn DataChannel>>,
 }
 
-async fn build(settings: &RtcSettings) -> Result<Pending, RtcError> {
+async fn build(settings: &RtcSettings, role: Role) -> Result<Pending, RtcError> {
     let loopback = settings
         .bind
         .iter()
@@ -305,6 +312,7 @@ async fn build(settings: &RtcSettings) -> Result<Pending, RtcError> {
         state: state_tx,
         ice_state: ice_state_tx,
         channels: channels_tx,
+        accept_remote: std::sync::atomic::AtomicBool::new(role == Role::Receiver),
     };
     let pc = PeerConnectionBuilder::new()
         .with_configuration(config)
@@ -331,7 +339,7 @@ pub async fn connect_offerer(
     settings: &RtcSettings,
     cancel: &CancellationToken,
 ) -> Result<Connection, RtcError> {
-    let pending = build(settings).await?;
+    let pending = build(settings, Role::Sender).await?;
     let channel = pending
         .pc
         .create_data_channel(
@@ -371,7 +379,7 @@ pub async fn connect_answerer(
     settings: &RtcSettings,
     cancel: &CancellationToken,
 ) -> Result<Connection, RtcError> {
-    let mut pending = build(settings).await?;
+    let mut pending = build(settings, Role::Receiver).await?;
     let mut channels = std::mem::replace(&mut pending.channels, mpsc::channel(1).1);
     let opening = async move {
         let channel = channels

@@ -313,8 +313,22 @@ async fn extra_data_channels_from_the_peer_are_closed_and_ignored() {
         let content = b"0123456789".to_vec();
         let digest = hex::encode(sha2::Sha256::digest(&content));
         let info = attack(&daemon, move |c| async move {
-            let extra = c.pc.create_data_channel("evil", None).await.unwrap();
-            let _ = extra.send_text("hello?").await;
+            // Two extra channels: the receiver must close each, not hold it unpolled.
+            for label in ["evil", "evil-2"] {
+                let extra = c.pc.create_data_channel(label, None).await.unwrap();
+                let closed = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Some(event) = extra.poll().await {
+                        if let webrtc::data_channel::DataChannelEvent::OnOpen = event {
+                            let _ = extra.send_text("hello?").await;
+                        }
+                        if let webrtc::data_channel::DataChannelEvent::OnClose = event {
+                            return;
+                        }
+                    }
+                })
+                .await;
+                assert!(closed.is_ok(), "the receiver left channel {label} open");
+            }
             say(&c.link, offer(&[("data.bin", 10)])).await;
             assert_eq!(hear(&c.link).await, Some(Control::Accept));
             say(&c.link, Control::FileStart { index: 0 }).await;
