@@ -211,6 +211,13 @@ impl SealedChannel {
 /// A man in the middle terminates DTLS twice with its own certificates, so the proofs
 /// the two ends compute cannot both match what the other expects, even relayed intact.
 pub fn channel_proof(binding_key: &[u8; 32], role: Role, own: &str, peer: &str) -> [u8; 32] {
+    channel_proof_mac(binding_key, role, own, peer)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+fn channel_proof_mac(binding_key: &[u8; 32], role: Role, own: &str, peer: &str) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(binding_key)
         .expect("HMAC accepts keys of any length");
     mac.update(b"p2pd/1 channel binding\0");
@@ -220,11 +227,11 @@ pub fn channel_proof(binding_key: &[u8; 32], role: Role, own: &str, peer: &str) 
         mac.update(&(normalized.len() as u64).to_be_bytes());
         mac.update(normalized.as_bytes());
     }
-    mac.finalize().into_bytes().into()
+    mac
 }
 
-/// Checks the peer's proof: it must cover the certificate we received as its own and the
-/// one we presented as its peer's. Constant time.
+/// Checks the peer's proof, in constant time: it must cover the certificate we received as
+/// its own and the one we presented as its peer's.
 pub fn verify_channel_proof(
     binding_key: &[u8; 32],
     our_role: Role,
@@ -232,21 +239,14 @@ pub fn verify_channel_proof(
     peer_certificate: &str,
     proof: &[u8],
 ) -> bool {
-    let expected = channel_proof(
+    channel_proof_mac(
         binding_key,
         our_role.peer(),
         peer_certificate,
         our_certificate,
-    );
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(&expected).expect("HMAC accepts keys of any length");
-    // Compare through an HMAC so the comparison is constant time without another crate.
-    mac.update(b"compare");
-    let reference = mac.clone().finalize().into_bytes();
-    let mut theirs =
-        <Hmac<Sha256> as Mac>::new_from_slice(proof).expect("HMAC accepts keys of any length");
-    theirs.update(b"compare");
-    proof.len() == expected.len() && theirs.verify_slice(&reference).is_ok()
+    )
+    .verify_slice(proof)
+    .is_ok()
 }
 
 #[cfg(test)]
