@@ -125,12 +125,9 @@ impl AddressTable {
         });
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.addresses.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.addresses.is_empty()
     }
 }
 

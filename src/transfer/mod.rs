@@ -36,7 +36,7 @@ pub enum TransferError {
         "the other side could not prove it holds the code's key for this connection (possible interception): transfer refused"
     )]
     Unauthenticated,
-    #[error("the receiver declined the transfer")]
+    #[error("the transfer was declined at the receiving end")]
     Declined,
     #[error("the receiver refused the offer: {0}")]
     Rejected(String),

@@ -242,9 +242,7 @@ pub(super) fn control(incoming: Option<Incoming>) -> Result<Control, TransferErr
 }
 
 pub(super) fn unexpected(message: &Control) -> TransferError {
-    let json = message.encode();
-    let kind = json.split('"').nth(3).unwrap_or("?").to_owned();
-    TransferError::Protocol(format!("unexpected {kind} message"))
+    TransferError::Protocol(format!("unexpected {} message", message.kind()))
 }
 
 /// Tells the peer we stop, waits briefly for that to arrive, and returns `Cancelled`.

@@ -103,6 +103,23 @@ pub enum WireError {
 }
 
 impl Control {
+    /// The message's `type` tag, for errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Control::Hello { .. } => "hello",
+            Control::Offer { .. } => "offer",
+            Control::Accept => "accept",
+            Control::Reject { .. } => "reject",
+            Control::FileStart { .. } => "file_start",
+            Control::FileEnd { .. } => "file_end",
+            Control::Progress { .. } => "progress",
+            Control::FileVerified { .. } => "file_verified",
+            Control::FileFailed { .. } => "file_failed",
+            Control::Done => "done",
+            Control::Cancel { .. } => "cancel",
+        }
+    }
+
     pub fn encode(&self) -> String {
         // Serializing these plain enums into a String cannot fail.
         serde_json::to_string(self).expect("control messages always serialize")
@@ -153,6 +170,11 @@ mod tests {
         ];
         for message in all {
             assert_eq!(Control::decode(&message.encode()).unwrap(), message);
+            let tag = format!(r#"{{"type":"{}""#, message.kind());
+            assert!(
+                message.encode().starts_with(&tag),
+                "kind matches the wire tag"
+            );
         }
     }
 
