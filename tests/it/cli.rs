@@ -137,6 +137,33 @@ fn assert_one_line_error(output: &Output, needle: &str) {
     );
 }
 
+/// `p2p send ARGS` in the background: the child, its stdout after the first line, and that
+/// first line parsed (with `--json`, the `created` event carrying the code).
+fn spawn_json_send(
+    socket: &Path,
+    args: &[&str],
+) -> (
+    Child,
+    BufReader<std::process::ChildStdout>,
+    serde_json::Value,
+) {
+    let mut sender = Command::new(P2P)
+        .arg("--socket")
+        .arg(socket)
+        .arg("send")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn p2p send");
+    let mut stdout = BufReader::new(sender.stdout.take().expect("piped stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("first line");
+    let created =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
+    (sender, stdout, created)
+}
+
 fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(bytes)
         .lines()
@@ -243,22 +270,8 @@ fn json_send_and_receive_with_real_binaries_then_sigterm() {
     let mut daemon = DaemonProcess::start();
     let src = tempfile::tempdir().unwrap();
     let path = random_file(src.path(), "data.bin", 3 * 1024 * 1024 + 3, 11);
-    let mut sender = Command::new(P2P)
-        .args([
-            "--socket",
-            daemon.socket.to_str().unwrap(),
-            "send",
-            "--json",
-            path.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(sender.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let created: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let (mut sender, mut stdout, created) =
+        spawn_json_send(&daemon.socket, &["--json", path.to_str().unwrap()]);
     assert_eq!(created["event"], "created");
     assert_eq!(created["direction"], "send");
     let code = created["code"]
@@ -376,23 +389,8 @@ fn codes_never_reach_the_log_even_at_trace_level() {
     let daemon = DaemonProcess::start_with(&[], "trace");
     let src = tempfile::tempdir().unwrap();
     let path = random_file(src.path(), "quiet.bin", 70_000, 13);
-    let mut sender = Command::new(P2P)
-        .args([
-            "--socket",
-            daemon.socket.to_str().unwrap(),
-            "send",
-            "--json",
-            path.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(sender.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let created: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let (mut sender, _stdout, created) =
+        spawn_json_send(&daemon.socket, &["--json", path.to_str().unwrap()]);
     let code = created["code"].as_str().unwrap().to_owned();
     let received = daemon.p2p(&["receive", &code, "--yes"]);
     assert!(
@@ -423,23 +421,8 @@ fn a_job_outlives_its_cli_and_watch_reattaches() {
     let daemon = DaemonProcess::start();
     let src = tempfile::tempdir().unwrap();
     let path = random_file(src.path(), "later.bin", 200_000, 14);
-    let mut sender = Command::new(P2P)
-        .args([
-            "--socket",
-            daemon.socket.to_str().unwrap(),
-            "send",
-            "--json",
-            path.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(sender.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let created: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let (mut sender, _stdout, created) =
+        spawn_json_send(&daemon.socket, &["--json", path.to_str().unwrap()]);
     let (job, code) = (
         created["job"].as_u64().unwrap(),
         created["code"].as_str().unwrap().to_owned(),
@@ -495,24 +478,10 @@ fn path_flags_force_relay_needs_turn_and_require_direct_accepts_a_direct_path() 
     );
     assert!(daemon.p2p(&["status", "--json"]).stdout.is_empty());
 
-    let mut sender = Command::new(P2P)
-        .args([
-            "--socket",
-            daemon.socket.to_str().unwrap(),
-            "send",
-            "--require-direct",
-            "--json",
-        ])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(sender.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let created: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let (mut sender, _stdout, created) = spawn_json_send(
+        &daemon.socket,
+        &["--require-direct", "--json", path.to_str().unwrap()],
+    );
     let code = created["code"].as_str().unwrap().to_owned();
     let received = daemon.p2p(&["receive", &code, "--yes", "--require-direct", "--json"]);
     assert!(
