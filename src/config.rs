@@ -13,6 +13,8 @@ use crate::transfer::names::Limits;
 
 /// Default lifetime of an unclaimed code.
 pub const DEFAULT_CODE_TTL: Duration = Duration::from_secs(600);
+/// How long an interrupted job keeps trying to resume.
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// The config file as written. Every daemon flag has a key here; unknown keys are errors.
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -25,6 +27,10 @@ pub struct FileConfig {
     /// Address the embedded rendezvous listens on.
     pub rendezvous_listen: Option<SocketAddr>,
     pub code_ttl_secs: Option<u64>,
+    /// Where unfinished jobs are kept so they survive restarts.
+    pub state_dir: Option<PathBuf>,
+    /// How long an interrupted job keeps trying to resume before it fails.
+    pub resume_window_secs: Option<u64>,
     /// Local UDP addresses WebRTC binds, like `["0.0.0.0:0"]`.
     pub ice_bind: Option<Vec<String>>,
     #[serde(default)]
@@ -53,6 +59,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("no download directory is known for this user: pass --download-dir DIR")]
     NoDownloadDir,
+    #[error("no data directory is known for this user: pass --state-dir DIR")]
+    NoStateDir,
     #[error("no runtime directory for the socket: set XDG_RUNTIME_DIR or pass --socket PATH")]
     NoSocketDir,
     #[error("force_relay and require_direct cannot both be true in the config: choose one")]
@@ -102,6 +110,9 @@ pub struct DaemonConfig {
     pub download_dir: PathBuf,
     pub rendezvous: RendezvousMode,
     pub code_ttl: Duration,
+    /// Durable job records live here.
+    pub state_dir: PathBuf,
+    pub resume_window: Duration,
     pub rtc: RtcSettings,
     pub limits: Limits,
     /// The path policy of transfers whose request does not choose one.
@@ -144,11 +155,20 @@ pub fn default_download_dir() -> Result<PathBuf, ConfigError> {
         .unwrap_or_else(|| user.home_dir().join("Downloads")))
 }
 
+/// The default home of durable jobs: the user's data directory, `p2pd/jobs`.
+pub fn default_state_dir() -> Result<PathBuf, ConfigError> {
+    project_dirs()
+        .map(|d| d.data_dir().join("jobs"))
+        .ok_or(ConfigError::NoStateDir)
+}
+
 /// Values given on the command line (or through the environment, via clap).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub socket: Option<PathBuf>,
     pub download_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub resume_window_secs: Option<u64>,
     pub rendezvous: Option<String>,
     pub rendezvous_listen: Option<SocketAddr>,
     pub code_ttl_secs: Option<u64>,
@@ -168,6 +188,16 @@ impl DaemonConfig {
             Some(dir) => dir,
             None => default_download_dir()?,
         };
+        let state_dir = match flags.state_dir.or(file.state_dir) {
+            Some(dir) => dir,
+            None => default_state_dir()?,
+        };
+        let resume_window = Duration::from_secs(
+            flags
+                .resume_window_secs
+                .or(file.resume_window_secs)
+                .unwrap_or(DEFAULT_RESUME_WINDOW.as_secs()),
+        );
         let rendezvous = match flags.rendezvous.or(file.rendezvous) {
             Some(url) => RendezvousMode::Remote { url },
             None => RendezvousMode::Embedded {
@@ -219,6 +249,8 @@ impl DaemonConfig {
             download_dir,
             rendezvous,
             code_ttl,
+            state_dir,
+            resume_window,
             rtc: RtcSettings {
                 ice_servers: file.ice_servers,
                 bind,

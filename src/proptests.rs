@@ -9,8 +9,11 @@ use crate::ipc::codec;
 use crate::ipc::messages::{ClientFrame, ServerFrame};
 use crate::rendezvous::Code;
 use crate::rendezvous::messages::{ClientMessage, ServerMessage};
-use crate::transfer::names::{Limits, numbered_name, partial_name, validate_name, validate_offer};
-use crate::transfer::wire::{Control, FileEntry};
+use crate::transfer::layout::Layout;
+use crate::transfer::names::{
+    Limits, numbered_name, partial_name, validate_name, validate_offer, validate_path,
+};
+use crate::transfer::wire::{Control, FileEntry, FolderEntry, Manifest};
 
 /// Strings biased toward what path attacks are made of.
 fn hostile_name() -> impl Strategy<Value = String> {
@@ -60,17 +63,47 @@ proptest! {
         if validate_name(&name).is_ok() {
             prop_assert!(stays_directly_under(root, &name), "{name:?}");
             prop_assert!(stays_directly_under(root, &numbered_name(&name, n)), "{name:?} #{n}");
-            prop_assert!(stays_directly_under(root, &partial_name(&name, n)), "{name:?} partial #{n}");
+            prop_assert!(stays_directly_under(root, &partial_name(&name, "0a1b")), "{name:?} partial");
             prop_assert!(!name.chars().any(char::is_control));
         }
     }
 
     #[test]
     fn offers_never_panic_and_accepted_ones_are_clean(names in prop::collection::vec(hostile_name(), 0..6), size in any::<u64>()) {
-        let files: Vec<FileEntry> = names.iter().map(|n| FileEntry { name: n.clone(), size }).collect();
-        if validate_offer(&files, &Limits::default()).is_ok() {
-            for file in &files {
-                prop_assert!(validate_name(&file.name).is_ok());
+        let files: Vec<FileEntry> = names.iter().map(|n| FileEntry { name: n.clone(), size, ..FileEntry::default() }).collect();
+        let offer = Manifest { files, ..Manifest::default() };
+        if validate_offer(&offer, &Limits::default()).is_ok() {
+            for file in &offer.files {
+                prop_assert!(validate_path(&file.name).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn every_path_of_a_valid_tree_offer_stays_inside_its_partial(
+        parts in prop::collection::vec(prop::collection::vec(hostile_name(), 1..4), 1..5),
+    ) {
+        let paths: Vec<String> = parts.iter().map(|p| p.join("/")).collect();
+        let offer = Manifest {
+            files: paths.iter().map(|p| FileEntry { name: p.clone(), ..FileEntry::default() }).collect(),
+            folders: paths.iter().map(|p| FolderEntry { name: format!("{p}-d"), mtime: None }).collect(),
+            skipped: vec![],
+        };
+        if validate_offer(&offer, &Limits::default()).is_ok() {
+            let root = Path::new("/srv/downloads");
+            let layout = Layout::new(&offer, "0a1b");
+            for index in 0..offer.files.len() {
+                let path = layout.partial_file(root, index);
+                let inside = path.strip_prefix(root).map(|rest| {
+                    rest.components().all(|c| matches!(c, Component::Normal(_)))
+                });
+                prop_assert_eq!(inside, Ok(true), "{:?}", path);
+                let top = layout.partial_top(root, 0);
+                prop_assert!(top.parent() == Some(root));
+            }
+            for folder in &offer.folders {
+                let path = layout.partial_folder(root, &folder.name);
+                prop_assert!(path.starts_with(root) && path.components().all(|c| !matches!(c, Component::ParentDir)));
             }
         }
     }

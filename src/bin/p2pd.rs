@@ -33,6 +33,12 @@ struct Args {
     /// Seconds an unused code stays valid.
     #[arg(long)]
     code_ttl: Option<u64>,
+    /// Where unfinished jobs are kept across restarts. Default: the user's data dir, p2pd/jobs.
+    #[arg(long, env = "P2PD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Seconds an interrupted job keeps trying to resume before it fails (default 24 h).
+    #[arg(long)]
+    resume_window: Option<u64>,
     /// Local UDP address for WebRTC (repeatable). Default: 0.0.0.0:0, every interface.
     #[arg(long)]
     ice_bind: Vec<String>,
@@ -115,6 +121,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let overrides = Overrides {
         socket: args.socket,
         download_dir: args.download_dir,
+        state_dir: args.state_dir,
+        resume_window_secs: args.resume_window,
         rendezvous: args.rendezvous,
         rendezvous_listen: args.rendezvous_listen,
         code_ttl_secs: args.code_ttl,

@@ -73,7 +73,7 @@ pub async fn serve(
                 path,
             } => {
                 let created = jobs.start_send(paths, path).await;
-                reply_created(&mut stream, &jobs, created, follow).await?;
+                reply_created(&mut stream, &jobs, created, follow, &shutdown).await?;
             }
             Request::Receive {
                 code,
@@ -83,11 +83,11 @@ pub async fn serve(
                 path,
             } => {
                 let created = jobs.start_receive(&code, download_dir, accept, path).await;
-                reply_created(&mut stream, &jobs, created, follow).await?;
+                reply_created(&mut stream, &jobs, created, follow, &shutdown).await?;
             }
             Request::List => write_frame(&mut stream, &ServerFrame::Jobs(jobs.list())).await?,
             Request::Watch { job } => match jobs.find(job) {
-                Ok(_) => follow_job(&mut stream, &jobs, job).await?,
+                Ok(_) => follow_job(&mut stream, &jobs, job, &shutdown).await?,
                 Err(failure) => write_frame(&mut stream, &error_frame(failure)).await?,
             },
             Request::Cancel { job } => {
@@ -105,13 +105,14 @@ async fn reply_created(
     jobs: &Jobs,
     created: Result<crate::ipc::messages::JobInfo, Failure>,
     follow: bool,
+    shutdown: &CancellationToken,
 ) -> Result<(), CodecError> {
     match created {
         Ok(info) => {
             let id = info.id;
             write_frame(stream, &ServerFrame::Created(info)).await?;
             if follow {
-                follow_job(stream, jobs, id).await?;
+                follow_job(stream, jobs, id, shutdown).await?;
             }
             Ok(())
         }
@@ -120,7 +121,12 @@ async fn reply_created(
 }
 
 /// Streams every change of job `id` until it is final, then `Done`.
-async fn follow_job(stream: &mut UnixStream, jobs: &Jobs, id: JobId) -> Result<(), CodecError> {
+async fn follow_job(
+    stream: &mut UnixStream,
+    jobs: &Jobs,
+    id: JobId,
+    shutdown: &CancellationToken,
+) -> Result<(), CodecError> {
     let Some(job) = jobs.get(id) else {
         return Ok(());
     };
@@ -132,9 +138,18 @@ async fn follow_job(stream: &mut UnixStream, jobs: &Jobs, id: JobId) -> Result<(
         if last {
             return write_frame(stream, &ServerFrame::Done).await;
         }
-        // On shutdown every job is cancelled and reaches a final state, which ends this.
-        if updates.changed().await.is_err() {
-            return Ok(());
+        tokio::select! {
+            changed = updates.changed() => if changed.is_err() {
+                return Ok(());
+            },
+            // A durable job does not end when the daemon stops; its watchers do.
+            _ = shutdown.cancelled() => {
+                let stopping = ServerFrame::Error {
+                    kind: ErrorKind::ShuttingDown,
+                    message: "p2pd stopped; the job resumes when it starts again".into(),
+                };
+                return write_frame(stream, &stopping).await;
+            }
         }
         // A job of thousands of small files changes thousands of times a second; the
         // watch keeps only the latest state, so pausing here coalesces without loss.

@@ -11,16 +11,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::record::RecordStore;
 use super::runner;
 use crate::config::DaemonConfig;
+use crate::ipc::messages::ResumeInfo;
 use crate::ipc::messages::{
     Direction, ErrorKind, Failure, FileInfo, JobId, JobInfo, JobState, PathPolicy,
 };
 use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::{Code, SignalError};
 use crate::transfer::Observer;
-use crate::transfer::sender::SourceFile;
-use crate::transfer::wire::FileEntry;
+use crate::transfer::source;
+use crate::transfer::wire::Manifest;
 
 /// Finished jobs kept for `p2p status`; older ones are forgotten.
 const FINISHED_JOBS_KEPT: usize = 100;
@@ -29,6 +31,9 @@ const FINISHED_JOBS_KEPT: usize = 100;
 pub struct Context {
     pub config: DaemonConfig,
     pub rendezvous_url: String,
+    pub records: RecordStore,
+    /// Fires when the daemon stops; durable jobs then stop without cancelling.
+    pub shutdown: CancellationToken,
 }
 
 pub struct Job {
@@ -60,8 +65,25 @@ impl Job {
             let changed = !info.state.is_final() && info.state != state;
             if changed {
                 info.state = state;
+                if state != JobState::WaitingToResume {
+                    info.resume = None;
+                }
             }
             changed
+        });
+    }
+
+    /// The job lost its peer and waits to reach it again until `deadline_unix`.
+    pub fn wait_to_resume(&self, reason: &str, deadline_unix: u64) {
+        self.info.send_modify(|info| {
+            if !info.state.is_final() {
+                info.state = JobState::WaitingToResume;
+                info.rate = 0;
+                info.resume = Some(ResumeInfo {
+                    reason: reason.to_owned(),
+                    deadline_unix,
+                });
+            }
         });
     }
 
@@ -95,8 +117,10 @@ impl Job {
 }
 
 impl Observer for Job {
-    fn offered(&self, files: &[FileEntry]) {
+    fn offered(&self, offer: &Manifest) {
+        let files = &offer.files;
         self.info.send_modify(|info| {
+            info.skipped = offer.skipped.clone();
             info.files = files
                 .iter()
                 .map(|f| FileInfo {
@@ -177,8 +201,12 @@ impl Jobs {
             rate: 0,
             failure: None,
             route: None,
+            skipped: Vec::new(),
+            resume: None,
         };
-        let job = Arc::new(Job::new(info, self.shutdown.child_token()));
+        // Not a child of the daemon's shutdown: stopping the daemon interrupts a durable
+        // job (to resume later) rather than cancelling it; the runner decides.
+        let job = Arc::new(Job::new(info, CancellationToken::new()));
         let mut table = lock(&self.table);
         table.insert(id, job.clone());
         self.forget_old(&mut table);
@@ -234,15 +262,18 @@ impl Jobs {
     ) -> Result<JobInfo, Failure> {
         self.refuse_if_stopping()?;
         let path = self.resolve_path(path)?;
-        let sources = tokio::task::spawn_blocking(move || open_sources(&paths))
+        let sources = tokio::task::spawn_blocking(move || source::collect(&paths))
             .await
-            .map_err(|_| failure(ErrorKind::Io, "opening the files failed"))??;
+            .map_err(|_| failure(ErrorKind::Io, "opening the files failed"))?
+            .map_err(|e| failure(ErrorKind::BadRequest, e.to_string()))?;
         let mut client = RendezvousClient::connect(&self.context.rendezvous_url)
             .await
             .map_err(|e| signal_failure(&e))?;
         let (nameplate, _) = client.allocate().await.map_err(|e| signal_failure(&e))?;
         let code = Code::generate(nameplate);
         let files = sources
+            .manifest
+            .files
             .iter()
             .map(|s| FileInfo {
                 name: s.name.clone(),
@@ -257,6 +288,8 @@ impl Jobs {
             Some(code.to_string()),
             files,
         );
+        job.info
+            .send_modify(|info| info.skipped = sources.manifest.skipped.clone());
         let info = job.info.borrow().clone();
         let context = self.context.clone();
         self.tracker.spawn(
@@ -309,6 +342,28 @@ impl Jobs {
                 .instrument(tracing::info_span!("job", id = info.id, dir = "receive")),
         );
         Ok(info)
+    }
+
+    /// Starts every durable job left in the state directory by an earlier run.
+    pub async fn restore(&self) {
+        let records = self.context.records.clone();
+        let found = tokio::task::spawn_blocking(move || records.load_all())
+            .await
+            .unwrap_or_default();
+        for record in found {
+            let direction = record.direction;
+            let job = self.register(direction, JobState::WaitingToResume, None, Vec::new());
+            let info = job.info.borrow().clone();
+            let dir = if direction == Direction::Send {
+                "send"
+            } else {
+                "receive"
+            };
+            self.tracker.spawn(
+                runner::run_restored(job, self.context.clone(), record)
+                    .instrument(tracing::info_span!("job", id = info.id, dir)),
+            );
+        }
     }
 
     pub fn get(&self, id: JobId) -> Option<Arc<Job>> {
@@ -373,73 +428,4 @@ pub fn signal_failure(error: &SignalError) -> Failure {
         _ => ErrorKind::Rendezvous,
     };
     failure(kind, error.to_string())
-}
-
-/// Validates and opens the files to send. Blocking.
-fn open_sources(paths: &[PathBuf]) -> Result<Vec<SourceFile>, Failure> {
-    if paths.is_empty() {
-        return Err(failure(
-            ErrorKind::BadRequest,
-            "nothing to send: give one or more files",
-        ));
-    }
-    let mut sources: Vec<SourceFile> = Vec::with_capacity(paths.len());
-    let mut names = std::collections::HashSet::with_capacity(paths.len());
-    for path in paths {
-        let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| {
-            let why = match e.kind() {
-                std::io::ErrorKind::NotFound => "no such file".to_owned(),
-                std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-                _ => e.to_string(),
-            };
-            failure(ErrorKind::BadRequest, format!("cannot send {shown}: {why}"))
-        })?;
-        if meta.is_dir() {
-            return Err(failure(
-                ErrorKind::BadRequest,
-                format!("cannot send {shown}: it is a directory; send the files in it instead"),
-            ));
-        }
-        if !meta.is_file() {
-            return Err(failure(
-                ErrorKind::BadRequest,
-                format!("cannot send {shown}: not a regular file"),
-            ));
-        }
-        let file = std::fs::File::open(path).map_err(|e| {
-            let why = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                "permission denied".to_owned()
-            } else {
-                e.to_string()
-            };
-            failure(ErrorKind::BadRequest, format!("cannot send {shown}: {why}"))
-        })?;
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| {
-                failure(
-                    ErrorKind::BadRequest,
-                    format!("cannot send {shown}: its name is not valid UTF-8"),
-                )
-            })?
-            .to_owned();
-        crate::transfer::names::validate_name(&name)
-            .map_err(|e| failure(ErrorKind::BadRequest, format!("cannot send {shown}: {e}")))?;
-        if !names.insert(name.to_lowercase()) {
-            return Err(failure(
-                ErrorKind::BadRequest,
-                format!("two files are named {name}: send them separately"),
-            ));
-        }
-        // Re-read the size from the open handle: the file could have been swapped since.
-        let size = file.metadata().map(|m| m.len()).unwrap_or(meta.len());
-        sources.push(SourceFile {
-            name,
-            size,
-            path: path.clone(),
-        });
-    }
-    Ok(sources)
 }

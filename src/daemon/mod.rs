@@ -4,6 +4,7 @@
 mod connection;
 pub mod jobs;
 pub mod notify;
+pub mod record;
 mod runner;
 pub mod socket;
 
@@ -83,12 +84,15 @@ impl Daemon {
         let socket_path = config.socket.clone();
         let jobs = Arc::new(Jobs::new(
             Context {
+                records: record::RecordStore::new(config.state_dir.clone()),
                 config,
                 rendezvous_url: rendezvous_url.clone(),
+                shutdown: shutdown.clone(),
             },
             shutdown.clone(),
             tracker.clone(),
         ));
+        jobs.restore().await;
         tracker.spawn(accept_loop(
             listener,
             jobs,

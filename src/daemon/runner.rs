@@ -1,19 +1,24 @@
 //! The body of one job, from the rendezvous to the last verified file.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::jobs::{Context, Job, signal_failure};
-use crate::ipc::messages::PathPolicy;
-use crate::ipc::messages::{ErrorKind, Failure, JobState};
+use super::record::{self, JobRecord, RecordStore};
+use crate::ipc::messages::{Direction, ErrorKind, Failure, JobState, PathPolicy};
 use crate::rendezvous::client::RendezvousClient;
+use crate::rendezvous::crypto::rejoin_channel;
 use crate::rendezvous::{Code, Role, Session, SignalError};
 use crate::rtc::{self, RtcError, RtcSettings};
-use crate::transfer::sender::SourceFile;
-use crate::transfer::{self, TransferError, receiver, sender};
+use crate::transfer::journal::Journal;
+use crate::transfer::source::Sources;
+use crate::transfer::wire::Manifest;
+use crate::transfer::{self, Observer, TransferError, receiver, sender};
 
 enum JobError {
     Signal(SignalError),
@@ -152,16 +157,76 @@ async fn secure(
     Ok(())
 }
 
+/// The job's durable record, once it has one.
+struct Durable {
+    record: JobRecord,
+    /// What the transfer reads or writes, rebuilt from the record.
+    work: Work,
+}
+
+enum Work {
+    Send(Sources),
+    Receive(Arc<receiver::Plan>),
+}
+
+impl JobError {
+    /// Lost connections and an unreachable rendezvous are worth another try; anything the
+    /// peer or the data said is final.
+    fn resumable(&self) -> bool {
+        match self {
+            JobError::Signal(_) => true,
+            JobError::Rtc(e) => !matches!(e, RtcError::Cancelled),
+            JobError::Transfer(e) => receiver::resumable(e),
+            JobError::RelayForbidden | JobError::Cancelled => false,
+        }
+    }
+}
+
+/// Runs `work`, but drops it when the daemon stops if the job is durable by then, so the
+/// peer sees a lost connection (and waits for us) instead of a cancellation.
+async fn unless_stopping<T>(
+    context: &Context,
+    job: &Job,
+    durable: &AtomicBool,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        result = &mut work => Some(result),
+        _ = context.shutdown.cancelled() => {
+            if durable.load(Ordering::SeqCst) {
+                info!("daemon stopping: the job will resume when it starts again");
+                return None;
+            }
+            job.cancel.cancel();
+            Some(work.await)
+        }
+    }
+}
+
+/// A connection's transfer, ended early as "peer gone" if the connection is lost.
+async fn until_lost<T>(
+    connection: &rtc::Connection,
+    transfer: impl Future<Output = Result<T, TransferError>>,
+) -> Result<T, TransferError> {
+    tokio::select! {
+        result = transfer => result,
+        _ = connection.lost() => Err(TransferError::PeerGone),
+    }
+}
+
 pub async fn run_send(
     job: Arc<Job>,
     context: Arc<Context>,
     mut client: RendezvousClient,
     code: Code,
-    files: Vec<SourceFile>,
+    sources: Sources,
     path: PathPolicy,
 ) {
     let cancel = job.cancel.clone();
-    let result = async {
+    let durable = AtomicBool::new(false);
+    let mut record = None;
+    let work = async {
         or_cancel(&cancel, async { Ok(client.wait_for_peer().await?) }).await?;
         job.set_state(JobState::Negotiating);
         let session = or_cancel(&cancel, async {
@@ -169,6 +234,7 @@ pub async fn run_send(
         })
         .await?;
         let binding_key = session.binding_key();
+        let secret = session.resume_secret();
         let settings = settings_for(&context, path);
         let connection = rtc::connect_offerer(session, &settings, &cancel).await?;
         if let Err(error) = secure(&connection, &binding_key, Role::Sender, path, &job).await {
@@ -176,12 +242,50 @@ pub async fn run_send(
             return Err(error);
         }
         job.set_state(JobState::Transferring);
-        let result = sender::send(&connection.link, files, job.as_ref(), &cancel).await;
+        let mut fresh =
+            JobRecord::new(Direction::Send, &secret, context.config.resume_window, path);
+        fresh.manifest = sources.manifest.clone();
+        fresh.sources = sources.paths.clone();
+        let accepted = || {
+            context
+                .records
+                .save(&fresh)
+                .map_err(|e| TransferError::Io {
+                    context: "cannot record the job".into(),
+                    source: e,
+                })?;
+            durable.store(true, Ordering::SeqCst);
+            Ok(())
+        };
+        let result = until_lost(
+            &connection,
+            sender::send(&connection.link, &sources, job.as_ref(), accepted, &cancel),
+        )
+        .await;
+        if durable.load(Ordering::SeqCst) {
+            record = Some(fresh.clone());
+        }
         connection.close().await;
         Ok(result?)
+    };
+    let Some(result) = unless_stopping(&context, &job, &durable, work).await else {
+        return;
+    };
+    match (result, record) {
+        (Err(error), Some(record)) if error.resumable() => {
+            let durable = Durable {
+                record,
+                work: Work::Send(sources),
+            };
+            resume_loop(job, context, durable, error.failure().message).await;
+        }
+        (result, record) => {
+            if let Some(record) = record {
+                context.records.remove(&record.id);
+            }
+            finish(&job, result);
+        }
     }
-    .await;
-    finish(&job, result);
 }
 
 pub async fn run_receive(
@@ -193,7 +297,9 @@ pub async fn run_receive(
     path: PathPolicy,
 ) {
     let cancel = job.cancel.clone();
-    let result = async {
+    let durable = Arc::new(AtomicBool::new(false));
+    let mut kept = None;
+    let work = async {
         let session = or_cancel(&cancel, async {
             let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
             client.claim(code.nameplate).await?;
@@ -202,6 +308,7 @@ pub async fn run_receive(
         })
         .await?;
         let binding_key = session.binding_key();
+        let secret = session.resume_secret();
         let settings = settings_for(&context, path);
         let connection = rtc::connect_answerer(session, &settings, &cancel).await?;
         if let Err(error) = secure(&connection, &binding_key, Role::Receiver, path, &job).await {
@@ -229,18 +336,258 @@ pub async fn run_receive(
                 accepted
             }
         };
-        let result = receiver::receive(
-            &connection.link,
-            &dir,
-            &context.config.limits,
-            job.as_ref(),
-            transferring,
-            &cancel,
+        let mut fresh = JobRecord::new(
+            Direction::Receive,
+            &secret,
+            context.config.resume_window,
+            path,
+        );
+        fresh.dir = Some(dir.clone());
+        fresh.tag = Some(record::random_hex(4));
+        let journal = Arc::new(ReceiveJournal {
+            records: context.records.clone(),
+            record: Mutex::new(fresh.clone()),
+            dir: context.records.job_dir(&fresh.id),
+            durable: durable.clone(),
+        });
+        let plan = Arc::new(receiver::Plan {
+            dir: dir.clone(),
+            limits: context.config.limits,
+            tag: fresh.tag.clone().unwrap_or_default(),
+            journal: Some(journal.clone()),
+        });
+        let result = until_lost(
+            &connection,
+            receiver::receive(&connection.link, &plan, job.as_ref(), transferring, &cancel),
         )
         .await;
+        if durable.load(Ordering::SeqCst) {
+            kept = Some((journal.snapshot(), plan));
+        }
         connection.close().await;
         result.map(|_| ()).map_err(JobError::from)
+    };
+    let Some(result) = unless_stopping(&context, &job, &durable, work).await else {
+        return;
+    };
+    match (result, kept) {
+        (Err(error), Some((record, plan))) if error.resumable() => {
+            let durable = Durable {
+                record,
+                work: Work::Receive(plan),
+            };
+            resume_loop(job, context, durable, error.failure().message).await;
+        }
+        (result, kept) => {
+            if let Some((record, plan)) = kept {
+                if result.is_err() {
+                    discard_partials(&record, &plan).await;
+                }
+                context.records.remove(&record.id);
+            }
+            finish(&job, result);
+        }
     }
-    .await;
-    finish(&job, result);
+}
+
+/// Picks up a durable job found in the state directory when the daemon starts.
+pub async fn run_restored(job: Arc<Job>, context: Arc<Context>, record: JobRecord) {
+    let work = match record.direction {
+        Direction::Send => Work::Send(Sources {
+            manifest: record.manifest.clone(),
+            paths: record.sources.clone(),
+        }),
+        Direction::Receive => {
+            let journal = Arc::new(ReceiveJournal {
+                records: context.records.clone(),
+                record: Mutex::new(record.clone()),
+                dir: context.records.job_dir(&record.id),
+                durable: Arc::new(AtomicBool::new(true)),
+            });
+            Work::Receive(Arc::new(receiver::Plan {
+                dir: record.dir.clone().unwrap_or_default(),
+                limits: context.config.limits,
+                tag: record.tag.clone().unwrap_or_default(),
+                journal: Some(journal),
+            }))
+        }
+    };
+    job.offered(&record.manifest);
+    let durable = Durable { record, work };
+    resume_loop(job, context, durable, "p2pd restarted".to_owned()).await;
+}
+
+/// Longest pause between two attempts to reach the other side again.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
+
+/// Keeps trying to reach the other side through the rendezvous and continue, until the
+/// job completes, fails for good, is cancelled, or its resume window closes.
+async fn resume_loop(job: Arc<Job>, context: Arc<Context>, durable: Durable, mut reason: String) {
+    let cancel = job.cancel.clone();
+    let never = AtomicBool::new(true);
+    let mut pause = Duration::from_secs(1);
+    loop {
+        if durable.record.expired() {
+            let hours = context.config.resume_window.as_secs_f64() / 3600.0;
+            warn!("resume window closed");
+            job.fail(Failure {
+                kind: ErrorKind::PeerGone,
+                message: format!(
+                    "the other side did not come back within the resume window ({hours:.1} h): send again"
+                ),
+            });
+            end_for_good(&context, &durable).await;
+            return;
+        }
+        job.wait_to_resume(&reason, durable.record.deadline_unix);
+        info!(%reason, "waiting to resume");
+        let remaining = Duration::from_secs(
+            durable
+                .record
+                .deadline_unix
+                .saturating_sub(record::unix_now()),
+        );
+        let attempt = async {
+            match tokio::time::timeout(
+                remaining,
+                or_cancel(&cancel, attempt(&job, &context, &durable)),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(JobError::Signal(SignalError::Expired)),
+            }
+        };
+        let Some(result) = unless_stopping(&context, &job, &never, attempt).await else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                context.records.remove(&durable.record.id);
+                finish(&job, Ok(()));
+                return;
+            }
+            Err(error) if error.resumable() => {
+                reason = error.failure().message;
+                debug!(%reason, "resume attempt failed");
+                let paused = async {
+                    tokio::time::sleep(pause).await;
+                    Ok(())
+                };
+                if or_cancel(&cancel, paused).await.is_err() {
+                    job.fail(JobError::Cancelled.failure());
+                    end_for_good(&context, &durable).await;
+                    return;
+                }
+                pause = (pause * 2).min(MAX_RETRY_PAUSE);
+            }
+            Err(error) => {
+                end_for_good(&context, &durable).await;
+                finish(&job, Err(error));
+                return;
+            }
+        }
+    }
+}
+
+/// One attempt: meet on the rejoin channel, open a session from the resume secret,
+/// connect, prove the channel, and continue the transfer from verified data.
+async fn attempt(job: &Arc<Job>, context: &Context, durable: &Durable) -> Result<(), JobError> {
+    let record = &durable.record;
+    let secret = record
+        .secret()
+        .ok_or_else(|| JobError::Transfer(TransferError::Protocol("damaged job record".into())))?;
+    let role = match record.direction {
+        Direction::Send => Role::Sender,
+        Direction::Receive => Role::Receiver,
+    };
+    let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+    client
+        .rejoin(&rejoin_channel(&secret), role == Role::Sender)
+        .await?;
+    job.set_state(JobState::Negotiating);
+    let session = Session::resume(client, role, &secret).await?;
+    let binding_key = session.binding_key();
+    let settings = settings_for(context, record.path);
+    let cancel = job.cancel.clone();
+    let connection = match role {
+        Role::Sender => rtc::connect_offerer(session, &settings, &cancel).await?,
+        Role::Receiver => rtc::connect_answerer(session, &settings, &cancel).await?,
+    };
+    if let Err(error) = secure(&connection, &binding_key, role, record.path, job).await {
+        connection.close().await;
+        return Err(error);
+    }
+    job.set_state(JobState::Transferring);
+    let result = match &durable.work {
+        Work::Send(sources) => {
+            until_lost(
+                &connection,
+                sender::resume(&connection.link, sources, job.as_ref(), &cancel),
+            )
+            .await
+        }
+        Work::Receive(plan) => {
+            until_lost(
+                &connection,
+                receiver::resume(
+                    &connection.link,
+                    plan,
+                    &record.manifest,
+                    job.as_ref(),
+                    &cancel,
+                ),
+            )
+            .await
+        }
+    };
+    connection.close().await;
+    Ok(result?)
+}
+
+/// The job will not resume: forget its record and, on the receiving side, its partials.
+async fn end_for_good(context: &Context, durable: &Durable) {
+    if let Work::Receive(plan) = &durable.work {
+        discard_partials(&durable.record, plan).await;
+    }
+    context.records.remove(&durable.record.id);
+}
+
+async fn discard_partials(record: &JobRecord, plan: &receiver::Plan) {
+    let (dir, manifest, tag) = (plan.dir.clone(), record.manifest.clone(), plan.tag.clone());
+    let _ = tokio::task::spawn_blocking(move || receiver::discard(&dir, &manifest, &tag)).await;
+}
+
+/// The receiving side's journal: the record is written when the offer is accepted.
+struct ReceiveJournal {
+    records: RecordStore,
+    record: Mutex<JobRecord>,
+    dir: PathBuf,
+    durable: Arc<AtomicBool>,
+}
+
+impl ReceiveJournal {
+    fn snapshot(&self) -> JobRecord {
+        lock(&self.record).clone()
+    }
+}
+
+impl Journal for ReceiveJournal {
+    fn accepted(&self, manifest: &Manifest) -> std::io::Result<()> {
+        let mut record = lock(&self.record);
+        record.manifest = manifest.clone();
+        self.records.save(&record)?;
+        self.durable.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

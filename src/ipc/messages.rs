@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 pub type JobId = u64;
 
@@ -98,6 +98,8 @@ pub enum JobState {
     /// Receiver: the offer is in, waiting for a yes or no.
     AwaitingApproval,
     Transferring,
+    /// Interrupted: trying to reach the other side again to continue (see `resume`).
+    WaitingToResume,
     Completed,
     Failed,
     Cancelled,
@@ -163,6 +165,17 @@ pub struct JobInfo {
     pub failure: Option<Failure>,
     /// The network path, once connected.
     pub route: Option<RouteInfo>,
+    /// Sender-side paths left out of the offer (symlinks, special files).
+    pub skipped: Vec<String>,
+    /// While waiting to resume: why, and until when.
+    pub resume: Option<ResumeInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeInfo {
+    pub reason: String,
+    /// Seconds since the Unix epoch after which the job gives up.
+    pub deadline_unix: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -59,6 +59,20 @@ impl RendezvousClient {
         }
     }
 
+    /// Waits on a rejoin channel until the other side of the job arrives (or the server's
+    /// wait expires: [`SignalError::Expired`]).
+    pub async fn rejoin(&mut self, channel: &str, sender: bool) -> Result<(), SignalError> {
+        self.send(&ClientMessage::Rejoin {
+            channel: channel.to_owned(),
+            sender,
+        })
+        .await?;
+        match self.recv().await? {
+            ServerMessage::Paired => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     pub async fn relay(&mut self, body: &[u8]) -> Result<(), SignalError> {
         self.send(&ClientMessage::Relay {
             body: BASE64.encode(body),

@@ -81,13 +81,38 @@ impl Pake {
 pub struct SessionKeys {
     role: Role,
     hkdf: Hkdf<Sha256>,
+    /// The long-lived secret later sessions of the same job are keyed from.
+    resume: [u8; 32],
 }
+
+/// Bytes each side contributes to a resumed session's keys, so no two sessions of one job
+/// ever share a key (and so a nonce).
+pub const RESUME_NONCE_BYTES: usize = 32;
 
 impl SessionKeys {
     fn new(pake_key: &[u8], role: Role) -> SessionKeys {
-        SessionKeys {
+        let mut keys = SessionKeys {
             role,
             hkdf: Hkdf::<Sha256>::new(Some(b"p2pd/1 signaling"), pake_key),
+            resume: [0; 32],
+        };
+        keys.resume = keys.derive(b"resume", Role::Sender);
+        keys
+    }
+
+    /// Keys for a later session of a job, from its resume secret and both sides' fresh
+    /// nonces. Confirmation then proves the peer holds the same secret.
+    pub fn resumed(
+        secret: &[u8; 32],
+        role: Role,
+        sender_nonce: &[u8],
+        receiver_nonce: &[u8],
+    ) -> SessionKeys {
+        let salt = [b"p2pd/1 resume".as_slice(), sender_nonce, receiver_nonce].concat();
+        SessionKeys {
+            role,
+            hkdf: Hkdf::<Sha256>::new(Some(&salt), secret),
+            resume: *secret,
         }
     }
 
@@ -123,6 +148,7 @@ impl SessionKeys {
             .verify_slice(peer_tag)
             .map_err(|_| CryptoError::WrongCode)?;
         Ok(SealedChannel {
+            resume: self.resume,
             binding: self.derive(b"channel binding", Role::Sender),
             role: self.role,
             seal: ChaCha20Poly1305::new(Key::from_slice(&self.derive(b"seal", self.role))),
@@ -135,6 +161,7 @@ impl SessionKeys {
 
 /// Seals our signaling messages and opens the peer's, in order.
 pub struct SealedChannel {
+    resume: [u8; 32],
     /// Shared by both sides (derived with the sender's label on both ends, see `binding_key`).
     binding: [u8; 32],
     role: Role,
@@ -162,6 +189,11 @@ impl SealedChannel {
     /// the label is fixed rather than role-dependent; see [`channel_proof`].
     pub fn binding_key(&self) -> [u8; 32] {
         self.binding
+    }
+
+    /// The job's resume secret: both sides hold it, the rendezvous never sees it.
+    pub fn resume_secret(&self) -> [u8; 32] {
+        self.resume
     }
 
     /// `seq || AEAD(plaintext)`, with the sequence number also bound as associated data.
@@ -204,6 +236,16 @@ impl SealedChannel {
         self.next_recv += 1;
         Ok(plain)
     }
+}
+
+/// Where the two sides of a job meet again at the rendezvous: derived one-way from the
+/// resume secret, so the rendezvous learns nothing that opens the session.
+pub fn rejoin_channel(secret: &[u8; 32]) -> String {
+    let hkdf = Hkdf::<Sha256>::new(Some(b"p2pd/1 rejoin"), secret);
+    let mut out = [0u8; 32];
+    hkdf.expand(b"rendezvous channel", &mut out)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    hex::encode(out)
 }
 
 /// The first data-channel message's proof: `role` holds the PAKE key and sees exactly
@@ -263,6 +305,37 @@ mod tests {
         let (a, b) = pair("5-orbit-lantern", "5-orbit-lantern");
         let (tag_a, tag_b) = (a.our_confirmation(), b.our_confirmation());
         (a.confirm(&tag_b).unwrap(), b.confirm(&tag_a).unwrap())
+    }
+
+    #[test]
+    fn resumed_sessions_share_the_secret_but_never_a_key() {
+        let (a, b) = channels();
+        let secret = a.resume_secret();
+        assert_eq!(secret, b.resume_secret());
+        let resumed = |nonce_s: &[u8], nonce_r: &[u8], secret_r: &[u8; 32]| {
+            let s = SessionKeys::resumed(&secret, Role::Sender, nonce_s, nonce_r);
+            let r = SessionKeys::resumed(secret_r, Role::Receiver, nonce_s, nonce_r);
+            let (tag_s, tag_r) = (s.our_confirmation(), r.our_confirmation());
+            (s.confirm(&tag_r), r.confirm(&tag_s))
+        };
+        let (Ok(mut s1), Ok(mut r1)) = resumed(b"n1", b"n2", &secret) else {
+            panic!("same secret must confirm")
+        };
+        let (Ok(mut s2), Ok(_)) = resumed(b"n3", b"n2", &secret) else {
+            panic!("same secret must confirm")
+        };
+        assert_eq!(r1.open(&s1.seal(b"hi")).unwrap(), b"hi");
+        assert_ne!(s1.seal(b"x"), s2.seal(b"x"), "fresh nonces give fresh keys");
+        assert_ne!(s1.binding_key(), s2.binding_key());
+        assert_eq!(
+            s1.resume_secret(),
+            secret,
+            "the secret stays for later resumes"
+        );
+        let (s, r) = resumed(b"n1", b"n2", &[7; 32]);
+        assert!(s.is_err() && r.is_err(), "a wrong secret never confirms");
+        assert_ne!(rejoin_channel(&secret), rejoin_channel(&[7; 32]));
+        assert_eq!(rejoin_channel(&secret).len(), 64);
     }
 
     #[test]

@@ -10,6 +10,10 @@ pub enum ClientMessage {
     Allocate,
     /// Join the slot another daemon allocated.
     Claim { nameplate: u32 },
+    /// Wait on a job's rejoin channel (hex, from the resume secret) for the other side.
+    /// `sender` tells the two sides apart, so a stale connection of our own side is
+    /// replaced rather than paired with.
+    Rejoin { channel: String, sender: bool },
     /// Opaque bytes (base64) for the paired peer.
     Relay { body: String },
     /// Key confirmation failed: end the pairing and never reuse this slot.

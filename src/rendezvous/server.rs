@@ -61,9 +61,17 @@ enum Slot {
     Paired,
 }
 
+/// One side of a job waiting on its rejoin channel.
+struct Rejoiner {
+    sender: bool,
+    waiting: mpsc::Sender<ServerMessage>,
+    handoff: oneshot::Sender<mpsc::Sender<ServerMessage>>,
+}
+
 #[derive(Default)]
 struct Slots {
     by_nameplate: HashMap<u32, Slot>,
+    rejoin: HashMap<String, Rejoiner>,
 }
 
 type SharedSlots = Arc<Mutex<Slots>>;
@@ -142,8 +150,14 @@ enum Phase {
         handoff: oneshot::Receiver<mpsc::Sender<ServerMessage>>,
         deadline: tokio::time::Instant,
     },
+    Rejoining {
+        channel: String,
+        handoff: oneshot::Receiver<mpsc::Sender<ServerMessage>>,
+        deadline: tokio::time::Instant,
+    },
     Paired {
-        nameplate: u32,
+        /// None for a pair met on a rejoin channel.
+        nameplate: Option<u32>,
         peer: mpsc::Sender<ServerMessage>,
     },
 }
@@ -165,13 +179,13 @@ impl Connection {
 
         loop {
             let idle = match &phase {
-                Phase::Waiting { deadline, .. } => *deadline,
+                Phase::Waiting { deadline, .. } | Phase::Rejoining { deadline, .. } => *deadline,
                 _ => tokio::time::Instant::now() + PAIRED_IDLE_TIMEOUT,
             };
             let reply: Option<ServerMessage> = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(idle) => {
-                    if let Phase::Waiting { .. } = phase {
+                    if let Phase::Waiting { .. } | Phase::Rejoining { .. } = phase {
                         let _ = send(&mut sink, &error(ServerErrorKind::Expired, "nobody used the code in time")).await;
                     }
                     break;
@@ -181,7 +195,10 @@ impl Connection {
                     // never be polled again, so leave either way unless we paired.
                     match (&phase, handed) {
                         (Phase::Waiting { nameplate, .. }, Some(peer)) => {
-                            phase = Phase::Paired { nameplate: *nameplate, peer };
+                            phase = Phase::Paired { nameplate: Some(*nameplate), peer };
+                        }
+                        (Phase::Rejoining { .. }, Some(peer)) => {
+                            phase = Phase::Paired { nameplate: None, peer };
                         }
                         _ => break,
                     }
@@ -230,7 +247,7 @@ impl Connection {
                 break;
             }
         }
-        self.leave(phase);
+        self.leave(phase, &out_tx);
         let _ = sink.close().await;
     }
 
@@ -243,18 +260,21 @@ impl Connection {
         let rate_limited = matches!(phase, Phase::Fresh)
             && matches!(
                 message,
-                ClientMessage::Allocate | ClientMessage::Claim { .. }
+                ClientMessage::Allocate
+                    | ClientMessage::Claim { .. }
+                    | ClientMessage::Rejoin { .. }
             )
             && !self.allowed(&message);
         match (message, &mut *phase) {
-            (ClientMessage::Allocate | ClientMessage::Claim { .. }, Phase::Fresh)
-                if rate_limited =>
-            {
-                Step::End(Some(error(
-                    ServerErrorKind::Busy,
-                    "too many requests from your address, try again in a minute",
-                )))
-            }
+            (
+                ClientMessage::Allocate
+                | ClientMessage::Claim { .. }
+                | ClientMessage::Rejoin { .. },
+                Phase::Fresh,
+            ) if rate_limited => Step::End(Some(error(
+                ServerErrorKind::Busy,
+                "too many requests from your address, try again in a minute",
+            ))),
             (ClientMessage::Allocate, Phase::Fresh) => {
                 let (handoff_tx, handoff_rx) = oneshot::channel();
                 let nameplate = {
@@ -317,12 +337,75 @@ impl Connection {
                         }
                         debug!(nameplate, "paired");
                         *phase = Phase::Paired {
-                            nameplate,
+                            nameplate: Some(nameplate),
                             peer: allocator,
                         };
                         Step::Reply(ServerMessage::Paired)
                     }
                     Err(reply) => Step::End(Some(reply)),
+                }
+            }
+            (ClientMessage::Rejoin { channel, sender }, Phase::Fresh) => {
+                let well_formed =
+                    channel.len() == 64 && channel.bytes().all(|b| b.is_ascii_hexdigit());
+                if !well_formed {
+                    return Step::End(Some(error(ServerErrorKind::Protocol, "bad rejoin channel")));
+                }
+                let (handoff_tx, handoff_rx) = oneshot::channel();
+                let other = {
+                    let mut slots = lock(&self.slots);
+                    let other = match slots.rejoin.remove(&channel) {
+                        Some(other) if other.sender != sender => Some(other),
+                        Some(stale) => {
+                            // Our own side again (it lost its connection): the newer wins.
+                            let _ = stale.waiting.try_send(error(
+                                ServerErrorKind::Crowded,
+                                "replaced by a newer connection",
+                            ));
+                            None
+                        }
+                        None => None,
+                    };
+                    if other.is_none() {
+                        if slots.rejoin.len() >= self.config.max_slots {
+                            return Step::End(Some(error(
+                                ServerErrorKind::Busy,
+                                "too many waiting jobs, try again later",
+                            )));
+                        }
+                        slots.rejoin.insert(
+                            channel.clone(),
+                            Rejoiner {
+                                sender,
+                                waiting: out_tx.clone(),
+                                handoff: handoff_tx,
+                            },
+                        );
+                    }
+                    other
+                };
+                match other {
+                    Some(other) => {
+                        if other.handoff.send(out_tx.clone()).is_err()
+                            || other.waiting.send(ServerMessage::Paired).await.is_err()
+                        {
+                            return Step::End(Some(ServerMessage::PeerGone));
+                        }
+                        debug!("rejoined");
+                        *phase = Phase::Paired {
+                            nameplate: None,
+                            peer: other.waiting,
+                        };
+                        Step::Reply(ServerMessage::Paired)
+                    }
+                    None => {
+                        *phase = Phase::Rejoining {
+                            channel,
+                            handoff: handoff_rx,
+                            deadline: tokio::time::Instant::now() + self.config.slot_ttl,
+                        };
+                        Step::Quiet
+                    }
                 }
             }
             (ClientMessage::Relay { body }, Phase::Paired { peer, .. }) => {
@@ -338,7 +421,9 @@ impl Connection {
                 ));
                 Step::End(None)
             }
-            (ClientMessage::Burn, Phase::Waiting { .. }) => Step::End(None),
+            (ClientMessage::Burn, Phase::Waiting { .. } | Phase::Rejoining { .. }) => {
+                Step::End(None)
+            }
             _ => Step::End(Some(error(
                 ServerErrorKind::Protocol,
                 "message not allowed now",
@@ -348,21 +433,34 @@ impl Connection {
 
     fn allowed(&self, message: &ClientMessage) -> bool {
         let action = match message {
-            ClientMessage::Claim { .. } => Action::Claim,
+            ClientMessage::Claim { .. } | ClientMessage::Rejoin { .. } => Action::Claim,
             _ => Action::Allocate,
         };
         lock(&self.addresses).allow(self.ip, action, Instant::now())
     }
 
     /// Frees this connection's slot and tells a paired peer we left.
-    fn leave(&self, phase: Phase) {
+    fn leave(&self, phase: Phase, out_tx: &mpsc::Sender<ServerMessage>) {
         match phase {
             Phase::Fresh => {}
             Phase::Waiting { nameplate, .. } => {
                 lock(&self.slots).by_nameplate.remove(&nameplate);
             }
+            Phase::Rejoining { channel, .. } => {
+                let mut slots = lock(&self.slots);
+                // Only our own entry: a newer connection of our side may have replaced it.
+                if slots
+                    .rejoin
+                    .get(&channel)
+                    .is_some_and(|r| r.waiting.same_channel(out_tx))
+                {
+                    slots.rejoin.remove(&channel);
+                }
+            }
             Phase::Paired { nameplate, peer } => {
-                lock(&self.slots).by_nameplate.remove(&nameplate);
+                if let Some(nameplate) = nameplate {
+                    lock(&self.slots).by_nameplate.remove(&nameplate);
+                }
                 let _ = peer.try_send(ServerMessage::PeerGone);
             }
         }
@@ -377,7 +475,7 @@ enum Step {
 
 async fn wait_handoff(phase: &mut Phase) -> Option<mpsc::Sender<ServerMessage>> {
     match phase {
-        Phase::Waiting { handoff, .. } => handoff.await.ok(),
+        Phase::Waiting { handoff, .. } | Phase::Rejoining { handoff, .. } => handoff.await.ok(),
         _ => std::future::pending().await,
     }
 }

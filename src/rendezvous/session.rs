@@ -3,7 +3,7 @@
 use super::SignalError;
 use super::client::RendezvousClient;
 use super::code::Code;
-use super::crypto::{CryptoError, Pake, Role, SealedChannel};
+use super::crypto::{CryptoError, Pake, RESUME_NONCE_BYTES, Role, SealedChannel, SessionKeys};
 
 /// An authenticated, encrypted, ordered message pipe to the peer daemon.
 pub struct Session {
@@ -38,6 +38,40 @@ impl Session {
                 Err(SignalError::WrongCode)
             }
         }
+    }
+
+    /// Opens a later session of a job over a `client` paired on its rejoin channel: both
+    /// sides send a fresh nonce, derive keys from the resume secret and confirm them. A
+    /// peer without the secret fails here with [`SignalError::WrongCode`].
+    pub async fn resume(
+        mut client: RendezvousClient,
+        role: Role,
+        secret: &[u8; 32],
+    ) -> Result<Session, SignalError> {
+        use rand::RngCore;
+        let mut ours = [0u8; RESUME_NONCE_BYTES];
+        rand::thread_rng().fill_bytes(&mut ours);
+        client.relay(&ours).await?;
+        let theirs = client.recv_relay().await?;
+        if theirs.len() != RESUME_NONCE_BYTES {
+            return Err(SignalError::Protocol("bad resume nonce".into()));
+        }
+        let (sender_nonce, receiver_nonce) = match role {
+            Role::Sender => (&ours[..], &theirs[..]),
+            Role::Receiver => (&theirs[..], &ours[..]),
+        };
+        let keys = SessionKeys::resumed(secret, role, sender_nonce, receiver_nonce);
+        client.relay(&keys.our_confirmation()).await?;
+        let peer_tag = client.recv_relay().await?;
+        match keys.confirm(&peer_tag) {
+            Ok(sealed) => Ok(Session { client, sealed }),
+            Err(_) => Err(SignalError::WrongCode),
+        }
+    }
+
+    /// The secret that later sessions of this job are opened with.
+    pub fn resume_secret(&self) -> [u8; 32] {
+        self.sealed.resume_secret()
     }
 
     /// The key both sides use to prove, on the data channel, that they hold this session.

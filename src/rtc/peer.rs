@@ -159,9 +159,50 @@ impl Route {
 pub struct Connection {
     pub pc: Arc<dyn PeerConnection>,
     pub link: DataLink,
+    state: watch::Receiver<RTCPeerConnectionState>,
 }
 
+impl Drop for Connection {
+    /// A connection dropped without `close` (its job was interrupted) still ends: otherwise
+    /// the stack keeps answering the peer's checks and the peer never learns we left.
+    fn drop(&mut self) {
+        let pc = self.pc.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = pc.close().await;
+            });
+        }
+    }
+}
+
+/// How long a connection may stay "disconnected" (no ICE traffic) before we treat the peer
+/// as gone; ICE itself only declares failure much later.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
+
 impl Connection {
+    /// Resolves once the connection is lost: failed, closed, or silent for a while. The data
+    /// channel alone may never notice a peer that vanished.
+    pub async fn lost(&self) {
+        let mut state = self.state.clone();
+        loop {
+            let current = *state.borrow_and_update();
+            match current {
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => return,
+                RTCPeerConnectionState::Disconnected => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(DISCONNECT_GRACE) => return,
+                        changed = state.changed() => if changed.is_err() { return },
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Which path the selected ICE candidate pair takes, from the connection's statistics.
     /// `None` before a pair is selected.
     pub async fn route(&self) -> Option<Route> {
@@ -263,6 +304,7 @@ impl Connection {
     pub async fn close(self) {
         self.link.close().await;
         let _ = self.pc.close().await;
+        // Drop closes again, which is harmless.
     }
 }
 
@@ -466,7 +508,11 @@ async fn negotiate(
             if let Some(remote) = pc.remote_description().await {
                 link.set_peer_max_message(max_message_size(&remote.sdp));
             }
-            Ok(Connection { pc, link })
+            Ok(Connection {
+                pc,
+                link,
+                state: pending.state.clone(),
+            })
         }
         Err(error) => {
             let _ = pc.close().await;

@@ -2,17 +2,20 @@
 //! receiving state machines, the checks on names from the peer, and the receiver's
 //! filesystem edge. Knows nothing of WebRTC.
 
+pub mod journal;
+pub mod layout;
 pub mod link;
 pub mod names;
 pub mod receiver;
 pub mod sender;
+pub mod source;
 pub mod store;
 pub mod wire;
 
 use std::path::Path;
 use std::time::Duration;
 
-use wire::FileEntry;
+use wire::Manifest;
 
 /// How often the receiver reports bytes written.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
@@ -22,7 +25,7 @@ pub const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 /// What a transfer reports to the job that runs it. Called from the transfer's task; keep
 /// implementations quick and non-blocking.
 pub trait Observer: Send + Sync {
-    fn offered(&self, _files: &[FileEntry]) {}
+    fn offered(&self, _offer: &Manifest) {}
     /// Bytes the receiver has written, over all files.
     fn progress(&self, _bytes_done: u64) {}
     /// File `index` verified; on the receiving side, `saved` is where it now lives.

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::wire::FileEntry;
+use super::wire::Manifest;
 
 /// Suffix of files still being received; a peer may not send a name that ends with it.
 pub const PARTIAL_SUFFIX: &str = ".p2pd-part";
@@ -11,6 +11,10 @@ pub const PARTIAL_SUFFIX: &str = ".p2pd-part";
 pub const MAX_NAME_BYTES: usize = 200;
 /// Most files one offer may list.
 pub const MAX_FILES: usize = 100_000;
+/// Deepest folder nesting accepted, and longest relative path in bytes (below PATH_MAX
+/// with room for the download directory).
+pub const MAX_DEPTH: usize = 64;
+pub const MAX_PATH_BYTES: usize = 2048;
 
 /// The receiver's own caps on an offer, checked before anyone is asked to accept it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +54,8 @@ pub enum NameError {
     Invalid(String),
     #[error("file name {0} appears twice in the offer")]
     Duplicate(String),
+    #[error("{0} is offered both as a file and as a folder")]
+    FileAndFolder(String),
     #[error("the offered sizes add up to more than 2^64 bytes")]
     SizeOverflow,
 }
@@ -72,6 +78,18 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Checks a relative path from the peer: `/`-separated components, each a valid name.
+pub fn validate_path(path: &str) -> Result<(), NameError> {
+    let bad = || NameError::Invalid(escape_for_terminal(path));
+    if path.len() > MAX_PATH_BYTES || path.split('/').count() > MAX_DEPTH {
+        return Err(bad());
+    }
+    for component in path.split('/') {
+        validate_name(component).map_err(|_| bad())?;
+    }
+    Ok(())
+}
+
 /// Control characters (C0, DEL, C1) and the Unicode marks that reorder or hide text.
 fn is_dangerous_char(c: char) -> bool {
     c.is_control()
@@ -79,23 +97,36 @@ fn is_dangerous_char(c: char) -> bool {
 }
 
 /// Checks a whole offer before anything is written. Returns the total size.
-pub fn validate_offer(files: &[FileEntry], limits: &Limits) -> Result<u64, NameError> {
-    if files.is_empty() {
+pub fn validate_offer(offer: &Manifest, limits: &Limits) -> Result<u64, NameError> {
+    let files = &offer.files;
+    if files.is_empty() && offer.folders.is_empty() {
         return Err(NameError::Empty);
     }
     let max_files = limits.max_files.min(MAX_FILES);
-    if files.len() > max_files {
+    let count = files.len() + offer.folders.len() + offer.skipped.len();
+    if count > max_files {
         return Err(NameError::TooMany {
-            count: files.len(),
+            count,
             limit: max_files,
         });
+    }
+    // Case-folded, so two names cannot land on one file on a case-insensitive disk.
+    let mut folders = HashSet::with_capacity(offer.folders.len());
+    for folder in &offer.folders {
+        validate_path(&folder.name)?;
+        if !folders.insert(folder.name.to_lowercase()) {
+            return Err(NameError::Duplicate(escape_for_terminal(&folder.name)));
+        }
     }
     let mut seen = HashSet::with_capacity(files.len());
     let mut total: u64 = 0;
     for file in files {
-        validate_name(&file.name)?;
-        // Case-folded, so two names cannot land on one file on a case-insensitive disk.
-        if !seen.insert(file.name.to_lowercase()) {
+        validate_path(&file.name)?;
+        let folded = file.name.to_lowercase();
+        if folders.contains(&folded) {
+            return Err(NameError::FileAndFolder(escape_for_terminal(&file.name)));
+        }
+        if !seen.insert(folded) {
             return Err(NameError::Duplicate(escape_for_terminal(&file.name)));
         }
         if file.size > limits.max_file_bytes {
@@ -115,6 +146,21 @@ pub fn validate_offer(files: &[FileEntry], limits: &Limits) -> Result<u64, NameE
             limit: limits.max_total_bytes,
         });
     }
+    // A file may not sit where the offer needs a folder ("a" and "a/b" both as files).
+    for file in files {
+        let mut prefix = file.name.as_str();
+        while let Some(slash) = prefix.rfind('/') {
+            prefix = &prefix[..slash];
+            if seen.contains(&prefix.to_lowercase()) {
+                return Err(NameError::FileAndFolder(escape_for_terminal(prefix)));
+            }
+        }
+    }
+    for path in &offer.skipped {
+        if path.len() > MAX_PATH_BYTES {
+            return Err(NameError::Invalid(escape_for_terminal(path)));
+        }
+    }
     Ok(total)
 }
 
@@ -130,13 +176,10 @@ pub fn numbered_name(name: &str, n: u32) -> String {
     }
 }
 
-/// The partial file's name for the n-th attempt.
-pub fn partial_name(name: &str, n: u32) -> String {
-    if n == 0 {
-        format!("{name}{PARTIAL_SUFFIX}")
-    } else {
-        format!("{name}.{n}{PARTIAL_SUFFIX}")
-    }
+/// The name a top-level entry has while it is being received. `tag` is random per job,
+/// so the name is both unlikely to exist already and found again when the job resumes.
+pub fn partial_name(name: &str, tag: &str) -> String {
+    format!("{name}.{tag}{PARTIAL_SUFFIX}")
 }
 
 /// Free text from the peer (a reason), made safe for one terminal line: dangerous
@@ -174,10 +217,24 @@ pub fn escape_for_terminal(name: &str) -> String {
 mod tests {
     use super::*;
 
+    use crate::transfer::wire::{FileEntry, FolderEntry};
+
     fn entry(name: &str) -> FileEntry {
+        sized(name, 1)
+    }
+
+    fn sized(name: &str, size: u64) -> FileEntry {
         FileEntry {
             name: name.into(),
-            size: 1,
+            size,
+            ..FileEntry::default()
+        }
+    }
+
+    fn offer(files: &[FileEntry]) -> Manifest {
+        Manifest {
+            files: files.to_vec(),
+            ..Manifest::default()
         }
     }
 
@@ -224,21 +281,82 @@ mod tests {
     #[test]
     fn offers_with_duplicates_or_overflow_fail_whole() {
         let any = Limits::default();
-        assert_eq!(validate_offer(&[], &any), Err(NameError::Empty));
+        assert_eq!(validate_offer(&offer(&[]), &any), Err(NameError::Empty));
         let twins = [entry("a"), entry("A")];
         assert!(matches!(
-            validate_offer(&twins, &any),
+            validate_offer(&offer(&twins), &any),
             Err(NameError::Duplicate(_))
         ));
-        let big = FileEntry {
-            name: "b".into(),
-            size: u64::MAX,
-        };
+        let big = sized("b", u64::MAX);
         assert_eq!(
-            validate_offer(&[entry("a"), big], &any),
+            validate_offer(&offer(&[entry("a"), big]), &any),
             Err(NameError::SizeOverflow)
         );
-        assert_eq!(validate_offer(&[entry("a"), entry("b")], &any), Ok(2));
+        assert_eq!(
+            validate_offer(&offer(&[entry("a"), entry("b")]), &any),
+            Ok(2)
+        );
+    }
+
+    #[test]
+    fn folder_offers_are_checked_as_trees() {
+        let any = Limits::default();
+        let tree = Manifest {
+            files: vec![
+                entry("photos/2024/a.jpg"),
+                entry("photos/b c.jpg"),
+                entry("x"),
+            ],
+            folders: vec![
+                FolderEntry {
+                    name: "photos".into(),
+                    mtime: None,
+                },
+                FolderEntry {
+                    name: "photos/empty".into(),
+                    mtime: Some(5),
+                },
+            ],
+            skipped: vec!["photos/link".into()],
+        };
+        assert_eq!(validate_offer(&tree, &any), Ok(3));
+        for bad in [
+            "photos/../x",
+            "/abs",
+            "a//b",
+            "a/",
+            "a/./b",
+            "a/b\\c",
+            "a/.p2pd-part",
+        ] {
+            assert!(validate_path(bad).is_err(), "{bad}");
+        }
+        assert!(validate_path(&"a/".repeat(MAX_DEPTH)).is_err());
+        let clash = offer(&[entry("a"), entry("A/b")]);
+        assert!(matches!(
+            validate_offer(&clash, &any),
+            Err(NameError::FileAndFolder(_))
+        ));
+        let folder_clash = Manifest {
+            files: vec![entry("a")],
+            folders: vec![FolderEntry {
+                name: "a".into(),
+                mtime: None,
+            }],
+            skipped: vec![],
+        };
+        assert!(matches!(
+            validate_offer(&folder_clash, &any),
+            Err(NameError::FileAndFolder(_))
+        ));
+        let only_empty_folder = Manifest {
+            folders: vec![FolderEntry {
+                name: "e".into(),
+                mtime: None,
+            }],
+            ..Manifest::default()
+        };
+        assert_eq!(validate_offer(&only_empty_folder, &any), Ok(0));
     }
 
     #[test]
@@ -250,45 +368,24 @@ mod tests {
         };
         let three = [entry("a"), entry("b"), entry("c")];
         assert_eq!(
-            validate_offer(&three, &limits),
+            validate_offer(&offer(&three), &limits),
             Err(NameError::TooMany { count: 3, limit: 2 })
         );
-        let fat = [FileEntry {
-            name: "f".into(),
-            size: 7,
-        }];
+        let fat = [sized("f", 7)];
         assert!(matches!(
-            validate_offer(&fat, &limits),
+            validate_offer(&offer(&fat), &limits),
             Err(NameError::FileTooLarge { size: 7, .. })
         ));
-        let sum = [
-            FileEntry {
-                name: "f".into(),
-                size: 6,
-            },
-            FileEntry {
-                name: "g".into(),
-                size: 5,
-            },
-        ];
+        let sum = [sized("f", 6), sized("g", 5)];
         assert_eq!(
-            validate_offer(&sum, &limits),
+            validate_offer(&offer(&sum), &limits),
             Err(NameError::TotalTooLarge {
                 total: 11,
                 limit: 10
             })
         );
-        let fine = [
-            FileEntry {
-                name: "f".into(),
-                size: 6,
-            },
-            FileEntry {
-                name: "g".into(),
-                size: 4,
-            },
-        ];
-        assert_eq!(validate_offer(&fine, &limits), Ok(10));
+        let fine = [sized("f", 6), sized("g", 4)];
+        assert_eq!(validate_offer(&offer(&fine), &limits), Ok(10));
     }
 
     #[test]
@@ -297,8 +394,7 @@ mod tests {
         assert_eq!(numbered_name("a.tar.gz", 2), "a.tar (2).gz");
         assert_eq!(numbered_name("notes", 1), "notes (1)");
         assert_eq!(numbered_name(".bashrc", 1), ".bashrc (1)");
-        assert_eq!(partial_name("a.bin", 0), "a.bin.p2pd-part");
-        assert_eq!(partial_name("a.bin", 3), "a.bin.3.p2pd-part");
+        assert_eq!(partial_name("a.bin", "0f3c"), "a.bin.0f3c.p2pd-part");
     }
 
     #[test]

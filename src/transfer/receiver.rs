@@ -14,11 +14,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::journal::{self, BlockHasher, Journal, Progress};
+use super::layout::Layout;
 use super::link::{Incoming, Link};
 use super::names::{Limits, escape_for_terminal, validate_offer};
 use super::sender::{cancel_peer, control, send_control, unexpected};
-use super::wire::{Control, FileEntry};
+use super::wire::{Control, FileEntry, Manifest};
 use super::{FLUSH_LIMIT, Observer, PROGRESS_INTERVAL, TransferError, hex_digest, store};
+use std::sync::mpsc::TrySendError;
 
 /// The reject reason for a person saying no, so the sender can say so plainly.
 pub const DECLINED: &str = "declined";
@@ -26,56 +29,48 @@ pub const DECLINED: &str = "declined";
 const WRITE_QUEUE_CHUNKS: usize = 64;
 
 enum WriteCommand {
-    Start { index: u32 },
+    Start { index: u32, offset: u64 },
     Data(Bytes),
     End { index: u32, sha256: String },
 }
 
 enum WriteOutcome {
-    Saved { index: u32, path: PathBuf },
+    Saved { index: u32, path: Option<PathBuf> },
     Failed(TransferError),
 }
 
-/// Runs the receiving side. `approve` is asked once, after the offer passed every check.
-/// Returns the paths the files were saved under, in offer order.
+/// Where and how a job receives.
+pub struct Plan {
+    pub dir: PathBuf,
+    pub limits: Limits,
+    /// Random per job; part of every partial name so a resumed job finds its own.
+    pub tag: String,
+    /// Present for a durable job: partial files then outlive an interruption.
+    pub journal: Option<Arc<dyn Journal>>,
+}
+
+/// Where a (resumed) transfer starts: files before `index` are saved; file `index` has
+/// `offset` proven bytes whose SHA-256 state is `state`.
+struct StartPoint {
+    index: u32,
+    offset: u64,
+    state: Sha256,
+}
+
+/// Runs the receiving side of a new transfer. `approve` is asked once, after the offer
+/// passed every check. Returns the offer once every file is saved.
 pub async fn receive(
     link: &dyn Link,
-    dir: &Path,
-    limits: &Limits,
+    plan: &Plan,
     observer: &dyn Observer,
     approve: impl Future<Output = bool> + Send,
     cancel: &CancellationToken,
-) -> Result<Vec<PathBuf>, TransferError> {
-    let mut files = Vec::new();
-    loop {
-        let more = tokio::select! {
-            _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
-            incoming = link.recv() => match control(incoming)? {
-                Control::Offer { files: part, more } => {
-                    files.extend(part);
-                    more
-                }
-                Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
-                other => return Err(unexpected(&other)),
-            },
-        };
-        // Count as the parts arrive, so an endless offer cannot grow memory without bound.
-        let limit = limits.max_files.min(super::names::MAX_FILES);
-        if files.len() > limit {
-            let error = TransferError::BadOffer(super::names::NameError::TooMany {
-                count: files.len(),
-                limit,
-            });
-            return Err(reject(link, &error.to_string(), error).await);
-        }
-        if !more {
-            break;
-        }
-    }
-    if let Err(error) = check_offer(&files, dir, limits) {
+) -> Result<Manifest, TransferError> {
+    let manifest = read_offer(link, &plan.limits, cancel).await?;
+    if let Err(error) = check_offer(&manifest, &plan.dir, &plan.limits) {
         return Err(reject(link, &error.to_string(), error).await);
     }
-    observer.offered(&files);
+    observer.offered(&manifest);
     let accepted = tokio::select! {
         _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
         accepted = approve => accepted,
@@ -87,20 +82,208 @@ pub async fn receive(
     if !accepted {
         return Err(reject(link, DECLINED, TransferError::Declined).await);
     }
+    if let Some(journal) = &plan.journal
+        && let Err(e) = journal.accepted(&manifest)
+    {
+        let error = TransferError::io("cannot record the job", e);
+        return Err(reject(link, &error.to_string(), error).await);
+    }
     send_control(link, &Control::Accept).await?;
+    let start = StartPoint {
+        index: 0,
+        offset: 0,
+        state: Sha256::new(),
+    };
+    run(link, plan, &manifest, start, observer, cancel, true).await?;
+    Ok(manifest)
+}
 
-    let written = Arc::new(AtomicU64::new(0));
+/// Continues an accepted transfer on a new connection: finishes what the last run was
+/// publishing, proves what is on disk, tells the sender where to go on from, and receives
+/// the rest.
+pub async fn resume(
+    link: &dyn Link,
+    plan: &Plan,
+    manifest: &Manifest,
+    observer: &dyn Observer,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError> {
+    let start = {
+        let (dir, tag, manifest) = (plan.dir.clone(), plan.tag.clone(), manifest.clone());
+        let journal_dir = plan.journal.as_ref().map(|j| j.dir().to_owned());
+        tokio::task::spawn_blocking(move || {
+            recover(
+                &dir,
+                &Layout::new(&manifest, &tag),
+                &manifest,
+                journal_dir.as_deref(),
+            )
+        })
+        .await
+        .map_err(|_| TransferError::Protocol("resume preparation stopped".into()))??
+    };
+    observer.offered(manifest);
+    for index in 0..start.index as usize {
+        observer.file_verified(index, None);
+    }
+    let done: u64 = manifest.files[..start.index as usize]
+        .iter()
+        .map(|f| f.size)
+        .sum();
+    observer.progress(done + start.offset);
+    debug!(index = start.index, offset = start.offset, "resuming");
+    send_control(
+        link,
+        &Control::Resume {
+            index: start.index,
+            offset: start.offset,
+            sha256: hex_digest(&start.state.clone().finalize()),
+        },
+    )
+    .await?;
+    run(link, plan, manifest, start, observer, cancel, false).await
+}
+
+/// Removes every partial entry of this job from the download directory.
+pub fn discard(dir: &Path, manifest: &Manifest, tag: &str) {
+    let layout = Layout::new(manifest, tag);
+    for top in 0..layout.tops().len() {
+        let path = layout.partial_top(dir, top);
+        if let Err(error) = store::remove_partial(&path) {
+            warn!(%error, path = %path.display(), "cannot remove partial file");
+        }
+    }
+}
+
+/// Whether a failure leaves the job resumable: the connection was lost, nothing was wrong
+/// with the data or the request.
+pub fn resumable(error: &TransferError) -> bool {
+    matches!(error, TransferError::PeerGone)
+}
+
+async fn read_offer(
+    link: &dyn Link,
+    limits: &Limits,
+    cancel: &CancellationToken,
+) -> Result<Manifest, TransferError> {
+    let mut manifest = Manifest::default();
+    loop {
+        let more = tokio::select! {
+            _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
+            incoming = link.recv() => match control(incoming)? {
+                Control::Offer { files, folders, skipped, more } => {
+                    manifest.files.extend(files);
+                    manifest.folders.extend(folders);
+                    manifest.skipped.extend(skipped);
+                    more
+                }
+                Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
+                other => return Err(unexpected(&other)),
+            },
+        };
+        // Count as the parts arrive, so an endless offer cannot grow memory without bound.
+        let limit = limits.max_files.min(super::names::MAX_FILES);
+        let count = manifest.files.len() + manifest.folders.len() + manifest.skipped.len();
+        if count > limit {
+            let error = TransferError::BadOffer(super::names::NameError::TooMany { count, limit });
+            return Err(reject(link, &error.to_string(), error).await);
+        }
+        if !more {
+            return Ok(manifest);
+        }
+    }
+}
+
+/// Receives from `start` to the end, then keeps or removes the partial files depending on
+/// whether the job can resume.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    link: &dyn Link,
+    plan: &Plan,
+    manifest: &Manifest,
+    start: StartPoint,
+    observer: &dyn Observer,
+    cancel: &CancellationToken,
+    fresh: bool,
+) -> Result<(), TransferError> {
+    let result = transfer(link, plan, manifest, start, observer, cancel, fresh).await;
+    if let Err(error) = &result
+        && !(plan.journal.is_some() && resumable(error))
+    {
+        let (dir, tag, manifest) = (plan.dir.clone(), plan.tag.clone(), manifest.clone());
+        let _ = tokio::task::spawn_blocking(move || discard(&dir, &manifest, &tag)).await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn transfer(
+    link: &dyn Link,
+    plan: &Plan,
+    manifest: &Manifest,
+    start: StartPoint,
+    observer: &dyn Observer,
+    cancel: &CancellationToken,
+    fresh: bool,
+) -> Result<(), TransferError> {
+    let count = manifest.files.len() as u32;
+    if start.index >= count {
+        // Nothing left to receive: only folders (if any) remain to be put in place.
+        let (dir, tag, manifest2) = (plan.dir.clone(), plan.tag.clone(), manifest.clone());
+        let journal_dir = plan.journal.as_ref().map(|j| j.dir().to_owned());
+        tokio::task::spawn_blocking(move || {
+            let layout = Layout::new(&manifest2, &tag);
+            if let Some(journal_dir) = &journal_dir {
+                let all = Progress {
+                    next: count,
+                    batch_end: count,
+                    folders: true,
+                };
+                journal::append_progress(journal_dir, &all)
+                    .map_err(|e| TransferError::io("cannot record progress", e))?;
+            }
+            publish_folders(&dir, &layout, &manifest2)
+        })
+        .await
+        .map_err(|_| TransferError::Protocol("publishing stopped".into()))??;
+        observer.progress(manifest.total_bytes());
+        // A resumed sender learned this from our `resume` already.
+        if fresh {
+            send_control(link, &Control::Complete).await?;
+        }
+        wait_for_done(link).await;
+        return Ok(());
+    }
+    let written = Arc::new(AtomicU64::new(
+        manifest.files[..start.index as usize]
+            .iter()
+            .map(|f| f.size)
+            .sum::<u64>()
+            + start.offset,
+    ));
     let (commands, command_rx) = mpsc::channel(WRITE_QUEUE_CHUNKS);
     let (outcome_tx, mut outcomes) = mpsc::channel(16);
+    let cursor = Cursor {
+        next_index: start.index,
+        next_offset: start.offset,
+        current: None,
+    };
     let writer = {
-        let (dir, files, written) = (dir.to_owned(), files.clone(), written.clone());
+        let disk = Disk {
+            dir: plan.dir.clone(),
+            layout: Layout::new(manifest, &plan.tag),
+            manifest: manifest.clone(),
+            journal: plan.journal.as_ref().map(|j| j.dir().to_owned()),
+        };
+        let written = written.clone();
         tokio::task::spawn_blocking(move || {
-            write_all(&dir, &files, command_rx, &outcome_tx, &written)
+            write_all(&disk, start, command_rx, &outcome_tx, &written)
         })
     };
     let result = receive_files(
         link,
-        &files,
+        &manifest.files,
+        cursor,
         commands,
         &mut outcomes,
         &written,
@@ -108,8 +291,7 @@ pub async fn receive(
         cancel,
     )
     .await;
-    // The writer removes any partial file once its command queue closes; wait for that
-    // so no partial outlives the job.
+    // Wait for the writer so no file is still open or half-renamed when we return.
     drop(outcomes);
     let _ = writer.await;
     result
@@ -126,8 +308,8 @@ async fn reject(link: &dyn Link, reason: &str, error: TransferError) -> Transfer
     error
 }
 
-fn check_offer(files: &[FileEntry], dir: &Path, limits: &Limits) -> Result<(), TransferError> {
-    let total = validate_offer(files, limits)?;
+fn check_offer(manifest: &Manifest, dir: &Path, limits: &Limits) -> Result<(), TransferError> {
+    let total = validate_offer(manifest, limits)?;
     let available = store::free_space(dir).map_err(|e| {
         TransferError::io(
             format!("cannot use download directory {}", dir.display()),
@@ -146,23 +328,24 @@ fn check_offer(files: &[FileEntry], dir: &Path, limits: &Limits) -> Result<(), T
 /// Where the incoming byte stream is within the offer.
 struct Cursor {
     next_index: u32,
+    /// Where the next file starts: non-zero only for the first file after a resume.
+    next_offset: u64,
+    /// The file being received and the bytes of it seen so far (from its start).
     current: Option<(u32, u64)>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn receive_files(
     link: &dyn Link,
     files: &[FileEntry],
+    mut cursor: Cursor,
     commands: mpsc::Sender<WriteCommand>,
     outcomes: &mut mpsc::Receiver<WriteOutcome>,
     written: &AtomicU64,
     observer: &dyn Observer,
     cancel: &CancellationToken,
-) -> Result<Vec<PathBuf>, TransferError> {
-    let mut saved = Vec::with_capacity(files.len());
-    let mut cursor = Cursor {
-        next_index: 0,
-        current: None,
-    };
+) -> Result<(), TransferError> {
+    let mut saved = cursor.next_index as usize;
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     let mut last_reported = u64::MAX;
     let mut all_in = false;
@@ -173,13 +356,13 @@ async fn receive_files(
             _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
             outcome = outcomes.recv() => match outcome {
                 Some(WriteOutcome::Saved { index, path }) => {
-                    observer.file_verified(index as usize, Some(&path));
+                    observer.file_verified(index as usize, path.as_deref());
                     send_control(link, &Control::FileVerified { index }).await?;
-                    saved.push(path);
-                    if saved.len() == files.len() {
+                    saved += 1;
+                    if saved == files.len() {
                         observer.progress(written.load(Ordering::Relaxed));
                         wait_for_done(link).await;
-                        return Ok(saved);
+                        return Ok(());
                     }
                 }
                 Some(WriteOutcome::Failed(error)) => {
@@ -217,13 +400,14 @@ async fn receive_files(
                         Err(what) => return Err(protocol(link, &what).await),
                     },
                     Some(Incoming::Text(_)) | None => match control(incoming)? {
-                        Control::FileStart { index } => {
-                            if cursor.current.is_some() || index != cursor.next_index || index as usize >= files.len() {
+                        Control::FileStart { index, offset } => {
+                            if cursor.current.is_some() || index != cursor.next_index || offset != cursor.next_offset || index as usize >= files.len() {
                                 return Err(protocol(link, "file_start out of order").await);
                             }
-                            cursor.current = Some((index, 0));
+                            cursor.current = Some((index, offset));
                             cursor.next_index += 1;
-                            WriteCommand::Start { index }
+                            cursor.next_offset = 0;
+                            WriteCommand::Start { index, offset }
                         }
                         Control::FileEnd { index, sha256 } => {
                             match cursor.current.take() {
@@ -290,81 +474,124 @@ async fn wait_for_done(link: &dyn Link) {
     }
 }
 
-/// The current partial file: removed unless it was published.
+/// Everything the disk side needs to know about the job.
+struct Disk {
+    dir: PathBuf,
+    layout: Layout,
+    manifest: Manifest,
+    /// The job's state directory, for a durable job.
+    journal: Option<PathBuf>,
+}
+
+/// The file being written. Left on disk if the job stops: a durable job resumes from it,
+/// and the job's end removes it otherwise (see [`discard`]).
 struct Partial {
     file: File,
-    path: PathBuf,
     hasher: Sha256,
-    published: bool,
+    /// Present in a durable job: block hashes for the resume log.
+    blocks: Option<BlockHasher>,
 }
 
-impl Drop for Partial {
-    fn drop(&mut self) {
-        // Once published, the partial name may already belong to another transfer.
-        if self.published {
-            return;
-        }
-        if let Err(error) = std::fs::remove_file(&self.path)
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!(%error, path = %self.path.display(), "cannot remove partial file");
-        }
-    }
+/// A request to make a partial durable up to some point and then log its block hashes.
+struct Checkpoint {
+    file: File,
+    log: PathBuf,
+    hashes: Vec<[u8; 32]>,
 }
 
-/// The disk side: a writer thread (this one) and a publisher thread. The writer creates,
-/// writes and verifies one partial at a time; the publisher makes verified files durable
-/// and names them in batches, so flushing never stops the writer from taking data.
+/// The disk side: a writer thread (this one), a publisher thread and, for a durable job, a
+/// checkpoint thread. The writer creates, writes and verifies one file at a time; the
+/// publisher makes verified files durable and names them in batches, and the checkpointer
+/// flushes large files and logs their blocks, so neither flush stops the writer.
 fn write_all(
-    dir: &Path,
-    files: &[FileEntry],
+    disk: &Disk,
+    start: StartPoint,
     commands: mpsc::Receiver<WriteCommand>,
     outcomes: &mpsc::Sender<WriteOutcome>,
     written: &AtomicU64,
 ) {
     let (verified_tx, verified_rx) = std::sync::mpsc::sync_channel(VERIFIED_QUEUE);
-    // The scope joins the publisher before returning, so no partial outlives the job.
+    let (checkpoint_tx, checkpoint_rx) = std::sync::mpsc::sync_channel::<Checkpoint>(2);
+    // The scope joins the helpers before returning, so no file is open after the job.
     std::thread::scope(|scope| {
-        scope.spawn(|| publish_all(dir, files, verified_rx, outcomes));
-        write_files(dir, files, commands, verified_tx, outcomes, written);
+        let first = start.index;
+        scope.spawn(move || publish_all(disk, first, verified_rx, outcomes));
+        scope.spawn(move || {
+            for checkpoint in checkpoint_rx {
+                if let Err(error) =
+                    journal::checkpoint(&checkpoint.file, &checkpoint.log, &checkpoint.hashes)
+                {
+                    // Only resume gets worse: it proves fewer blocks.
+                    warn!(%error, "cannot checkpoint the partial file");
+                }
+            }
+        });
+        write_files(
+            disk,
+            start,
+            commands,
+            verified_tx,
+            checkpoint_tx,
+            outcomes,
+            written,
+        );
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_files(
-    dir: &Path,
-    files: &[FileEntry],
+    disk: &Disk,
+    start: StartPoint,
     mut commands: mpsc::Receiver<WriteCommand>,
     verified: std::sync::mpsc::SyncSender<(u32, Partial)>,
+    checkpoints: std::sync::mpsc::SyncSender<Checkpoint>,
     outcomes: &mpsc::Sender<WriteOutcome>,
     written: &AtomicU64,
 ) {
     let fail = |error: TransferError| {
         let _ = outcomes.blocking_send(WriteOutcome::Failed(error));
     };
-    let mut partial: Option<Partial> = None;
+    let mut resume_state = Some(start);
+    let mut partial: Option<(u32, Partial)> = None;
     while let Some(command) = commands.blocking_recv() {
         match command {
-            WriteCommand::Start { index } => {
-                let name = &files[index as usize].name;
-                match store::create_partial(dir, name) {
-                    Ok((file, path)) => {
-                        partial = Some(Partial {
-                            file,
-                            path,
-                            hasher: Sha256::new(),
-                            published: false,
-                        })
-                    }
+            WriteCommand::Start { index, offset } => {
+                let path = disk.layout.partial_file(&disk.dir, index as usize);
+                let resumed = resume_state
+                    .take()
+                    .filter(|s| s.index == index && s.offset == offset && offset > 0);
+                let opened = match &resumed {
+                    Some(_) => store::reopen_partial(&path, offset),
+                    None => store::create_partial(&path),
+                };
+                let file = match opened {
+                    Ok(file) => file,
                     Err(e) => {
                         return fail(TransferError::io(
-                            format!("cannot create a file in {}", dir.display()),
+                            format!("cannot create a file in {}", disk.dir.display()),
                             e,
                         ));
                     }
-                }
+                };
+                let (hasher, offset) = match resumed {
+                    Some(state) => (state.state, state.offset),
+                    None => (Sha256::new(), 0),
+                };
+                let blocks = disk
+                    .journal
+                    .as_ref()
+                    .map(|_| BlockHasher::starting_at(offset));
+                partial = Some((
+                    index,
+                    Partial {
+                        file,
+                        hasher,
+                        blocks,
+                    },
+                ));
             }
             WriteCommand::Data(data) => {
-                let Some(current) = partial.as_mut() else {
+                let Some((index, current)) = partial.as_mut() else {
                     return;
                 };
                 if let Err(e) = current.file.write_all(&data) {
@@ -372,15 +599,40 @@ fn write_files(
                 }
                 current.hasher.update(&data);
                 written.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let (Some(blocks), Some(journal)) = (current.blocks.as_mut(), &disk.journal) {
+                    blocks.update(&data);
+                    if let Some(hashes) = blocks.checkpoint_due() {
+                        let request = current.file.try_clone().map(|file| Checkpoint {
+                            file,
+                            log: journal::block_log_path(journal, *index),
+                            hashes,
+                        });
+                        match request {
+                            Ok(request) => {
+                                if let Err(TrySendError::Full(back)) = checkpoints.try_send(request)
+                                {
+                                    blocks.put_back(back.hashes);
+                                }
+                            }
+                            Err(error) => warn!(%error, "cannot checkpoint the partial file"),
+                        }
+                    }
+                }
             }
             WriteCommand::End { index, sha256 } => {
-                let Some(current) = partial.take() else {
+                let Some((_, current)) = partial.take() else {
                     return;
                 };
                 let actual = hex_digest(&current.hasher.clone().finalize());
+                let entry = &disk.manifest.files[index as usize];
                 if !actual.eq_ignore_ascii_case(&sha256) {
-                    let name = &files[index as usize].name;
-                    return fail(TransferError::VerificationFailed(escape_for_terminal(name)));
+                    return fail(TransferError::VerificationFailed(escape_for_terminal(
+                        &entry.name,
+                    )));
+                }
+                if let Err(e) = store::apply_metadata(&current.file, entry.mtime, entry.executable)
+                {
+                    return fail(TransferError::io("cannot set the received file's time", e));
                 }
                 if verified.send((index, current)).is_err() {
                     // The publisher stopped on an error it has already reported.
@@ -394,21 +646,25 @@ fn write_files(
 /// Publishes verified files in order, a batch at a time: when the batch is big, when its
 /// oldest file has waited long enough, or at the last file.
 fn publish_all(
-    dir: &Path,
-    files: &[FileEntry],
+    disk: &Disk,
+    first: u32,
     verified: std::sync::mpsc::Receiver<(u32, Partial)>,
     outcomes: &mpsc::Sender<WriteOutcome>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    let dir_handle = match File::open(dir) {
+    let dir_handle = match File::open(&disk.dir) {
         Ok(handle) => handle,
         Err(e) => {
-            let error = TransferError::io(format!("cannot open {}", dir.display()), e);
+            let error = TransferError::io(format!("cannot open {}", disk.dir.display()), e);
             let _ = outcomes.blocking_send(WriteOutcome::Failed(error));
             return;
         }
     };
-    let mut batch = Batch::default();
+    let files = &disk.manifest.files;
+    let mut batch = Batch {
+        first,
+        ..Batch::default()
+    };
     loop {
         let next = match batch.since {
             None => verified.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -427,11 +683,11 @@ fn publish_all(
                         .is_some_and(|since| since.elapsed() >= BATCH_WAIT)
             }
             Err(RecvTimeoutError::Timeout) => true,
-            // The writer is done or failed; an unpublished batch is removed as it drops.
+            // The writer is done or failed; an unpublished batch stays partial.
             Err(RecvTimeoutError::Disconnected) => return,
         };
         if publish_now {
-            match publish_batch(&mut batch, dir, &dir_handle, files) {
+            match publish_batch(&mut batch, disk, &dir_handle) {
                 Ok(saved) => {
                     for (index, path) in saved {
                         if outcomes
@@ -463,37 +719,154 @@ const BATCH_BYTES: u64 = 64 * 1024 * 1024;
 /// Verified partial files waiting for one flush to disk and their final names.
 #[derive(Default)]
 struct Batch {
+    /// Index of the first file not yet published.
+    first: u32,
     files: Vec<(u32, Partial)>,
     bytes: u64,
     /// When the oldest waiting file was verified.
     since: Option<Instant>,
 }
 
-/// Makes a batch of verified files durable, then names them, then makes the names durable:
-/// one `fsync` for a lone file or one `syncfs` for many, and one directory `fsync`, instead
-/// of two `fsync`s per file. A name never points at data that is not on disk.
+/// Makes a batch of verified files durable, logs it, then names them, then makes the names
+/// durable: one `fsync` for a lone file or one `syncfs` for many, and one directory
+/// `fsync`, instead of two `fsync`s per file. A name never points at data that is not on
+/// disk, and the log always knows which partials may still need their name.
 fn publish_batch(
     batch: &mut Batch,
-    dir: &Path,
+    disk: &Disk,
     dir_handle: &File,
-    files: &[FileEntry],
-) -> Result<Vec<(u32, PathBuf)>, TransferError> {
+) -> Result<Vec<(u32, Option<PathBuf>)>, TransferError> {
     let flushed = match batch.files.as_slice() {
         [(_, only)] => only.file.sync_all(),
         _ => store::sync_filesystem(dir_handle),
     };
     flushed.map_err(|e| TransferError::io("cannot flush the received files to disk", e))?;
-    let mut saved = Vec::with_capacity(batch.files.len());
-    for (index, mut current) in batch.files.drain(..) {
-        let path = store::publish(dir, &current.path, &files[index as usize].name)
-            .map_err(|e| TransferError::io("cannot give the received file its name", e))?;
-        current.published = true;
-        saved.push((index, path));
+    let end = batch.first + batch.files.len() as u32;
+    let count = disk.manifest.files.len() as u32;
+    if let Some(journal) = &disk.journal {
+        let progress = Progress {
+            next: batch.first,
+            batch_end: end,
+            folders: end == count,
+        };
+        journal::append_progress(journal, &progress)
+            .map_err(|e| TransferError::io("cannot record progress", e))?;
     }
+    let mut saved = Vec::with_capacity(batch.files.len());
+    for (index, current) in batch.files.drain(..) {
+        drop(current);
+        saved.push((index, publish_file(disk, index)?));
+    }
+    if end == count {
+        publish_folders(&disk.dir, &disk.layout, &disk.manifest)?;
+    }
+    batch.first = end;
     batch.bytes = 0;
     batch.since = None;
     dir_handle
         .sync_all()
         .map_err(|e| TransferError::io("cannot flush the download directory", e))?;
     Ok(saved)
+}
+
+/// Renames a verified top-level file into place; a file inside a folder waits for its
+/// folder (see [`publish_folders`]).
+fn publish_file(disk: &Disk, index: u32) -> Result<Option<PathBuf>, TransferError> {
+    if !disk.layout.is_top_file(index as usize) {
+        return Ok(None);
+    }
+    let partial = disk.layout.partial_file(&disk.dir, index as usize);
+    store::publish(&disk.dir, &partial, disk.layout.top_name_of(index as usize))
+        .map(Some)
+        .map_err(|e| TransferError::io("cannot give the received file its name", e))
+}
+
+/// Creates the offered folders (empty ones too), gives them their times deepest first, and
+/// renames each top-level folder into place under a free name. Safe to repeat: a folder
+/// already renamed is no longer under its partial name.
+fn publish_folders(dir: &Path, layout: &Layout, manifest: &Manifest) -> Result<(), TransferError> {
+    let io = |e| TransferError::io("cannot put the received folder in place", e);
+    let mut pending: Vec<usize> = (0..layout.tops().len())
+        .filter(|&top| layout.tops()[top].folder)
+        .filter(|&top| layout.partial_top(dir, top).exists())
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut folders: Vec<_> = manifest.folders.iter().collect();
+    folders.sort_by_key(|f| std::cmp::Reverse(f.name.matches('/').count()));
+    for folder in &folders {
+        std::fs::create_dir_all(layout.partial_folder(dir, &folder.name)).map_err(io)?;
+    }
+    for folder in &folders {
+        store::set_folder_time(&layout.partial_folder(dir, &folder.name), folder.mtime)
+            .map_err(io)?;
+    }
+    for top in pending.drain(..) {
+        let name = &layout.tops()[top].name;
+        store::publish(dir, &layout.partial_top(dir, top), name).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Brings the download directory back in line with the progress log after an
+/// interruption and finds where to go on from. Reads the current file's partial once.
+fn recover(
+    dir: &Path,
+    layout: &Layout,
+    manifest: &Manifest,
+    journal: Option<&Path>,
+) -> Result<StartPoint, TransferError> {
+    let io = |e| TransferError::io("cannot resume from the partial files", e);
+    let progress = match journal {
+        Some(journal) => journal::read_progress(journal).map_err(io)?,
+        None => None,
+    }
+    .unwrap_or_default();
+    let count = manifest.files.len() as u32;
+    if progress.batch_end > count || progress.next > progress.batch_end {
+        return Err(TransferError::Protocol(
+            "the progress log is damaged".into(),
+        ));
+    }
+    // The logged batch was durable before the log said so; finish naming it.
+    for index in progress.next..progress.batch_end {
+        if layout.is_top_file(index as usize) && layout.partial_file(dir, index as usize).exists() {
+            publish_file_at(dir, layout, index)?;
+        }
+    }
+    if progress.folders {
+        publish_folders(dir, layout, manifest)?;
+    }
+    let index = progress.batch_end;
+    if index == count {
+        return Ok(StartPoint {
+            index,
+            offset: 0,
+            state: Sha256::new(),
+        });
+    }
+    let (offset, state) = match journal {
+        Some(journal) => journal::verified_prefix(
+            &layout.partial_file(dir, index as usize),
+            &journal::block_log_path(journal, index),
+        )
+        .map_err(io)?,
+        None => (0, Sha256::new()),
+    };
+    Ok(StartPoint {
+        index,
+        offset: offset.min(manifest.files[index as usize].size),
+        state,
+    })
+}
+
+fn publish_file_at(dir: &Path, layout: &Layout, index: u32) -> Result<(), TransferError> {
+    store::publish(
+        dir,
+        &layout.partial_file(dir, index as usize),
+        layout.top_name_of(index as usize),
+    )
+    .map(|_| ())
+    .map_err(|e| TransferError::io("cannot give the received file its name", e))
 }

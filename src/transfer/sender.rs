@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::path::PathBuf;
 
 use bytes::BytesMut;
 use sha2::{Digest, Sha256};
@@ -11,47 +12,40 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::link::{Incoming, Link};
+use super::source::Sources;
 use super::wire::{CHUNK_BYTES, Control, FileEntry};
 use super::{FLUSH_LIMIT, Observer, TransferError, hex_digest};
 
 /// Chunks read ahead of the channel. Small: the channel's own buffer is the real queue.
 const READ_AHEAD_CHUNKS: usize = 8;
 
-/// A file opened for sending, with the name and size announced to the receiver.
-#[derive(Debug)]
-pub struct SourceFile {
-    pub name: String,
-    pub size: u64,
-    /// Opened only when its turn comes, so thousands of files need one descriptor at a time.
-    pub path: std::path::PathBuf,
-}
-
 enum ReadItem {
-    Start(u32),
+    Start { index: u32, offset: u64 },
     Chunk(BytesMut),
     End { index: u32, sha256: String },
     Failed(TransferError),
 }
 
-/// Runs the whole sending side over `link`. Returns once every file is verified.
+/// Where reading starts: file `index`, after `offset` bytes the receiver proved it holds
+/// with SHA-256 state `prefix`.
+struct From {
+    index: u32,
+    offset: u64,
+    prefix: Option<String>,
+}
+
+/// Runs the sending side of a new transfer over `link`. `accepted` runs once the receiver
+/// said yes, before any data. Returns once every file is verified.
 pub async fn send(
     link: &dyn Link,
-    files: Vec<SourceFile>,
+    sources: &Sources,
     observer: &dyn Observer,
+    accepted: impl FnOnce() -> Result<(), TransferError>,
     cancel: &CancellationToken,
 ) -> Result<(), TransferError> {
-    let entries: Vec<FileEntry> = files
-        .iter()
-        .map(|f| FileEntry {
-            name: f.name.clone(),
-            size: f.size,
-        })
-        .collect();
-    let total: u64 = entries.iter().map(|e| e.size).sum();
-    for part in Control::offer_parts(&entries) {
+    for part in Control::offer_parts(&sources.manifest) {
         send_control(link, &part).await?;
     }
-
     // The receiver may take a while: a person reads the offer and decides.
     tokio::select! {
         _ = cancel.cancelled() => return Err(cancel_peer(link, "the sender cancelled").await),
@@ -63,30 +57,126 @@ pub async fn send(
             other => return Err(unexpected(&other)),
         },
     }
-    debug!(files = files.len(), total, "offer accepted");
+    debug!(files = sources.paths.len(), "offer accepted");
+    accepted()?;
+    let from = From {
+        index: 0,
+        offset: 0,
+        prefix: None,
+    };
+    run(link, sources, from, observer, cancel).await
+}
 
+/// Continues an accepted transfer on a new connection, from where the receiver says its
+/// verified data ends. Reads that prefix once, to check it against the source.
+pub async fn resume(
+    link: &dyn Link,
+    sources: &Sources,
+    observer: &dyn Observer,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError> {
+    let files = &sources.manifest.files;
+    let from = tokio::select! {
+        _ = cancel.cancelled() => return Err(cancel_peer(link, "the sender cancelled").await),
+        incoming = tokio::time::timeout(FLUSH_LIMIT * 6, link.recv()) => {
+            let incoming = incoming.map_err(|_| TransferError::PeerGone)?;
+            match control(incoming)? {
+                Control::Resume { index, offset, sha256 } => {
+                    let valid = (index as usize) < files.len() && offset <= files[index as usize].size
+                        || index as usize == files.len() && offset == 0;
+                    if !valid {
+                        return Err(TransferError::Protocol("resume point outside the offer".into()));
+                    }
+                    From { index, offset, prefix: Some(sha256) }
+                }
+                Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
+                other => return Err(unexpected(&other)),
+            }
+        }
+    };
+    debug!(index = from.index, offset = from.offset, "resuming");
+    observer.offered(&sources.manifest);
+    for index in 0..from.index as usize {
+        observer.file_verified(index, None);
+    }
+    run(link, sources, from, observer, cancel).await
+}
+
+async fn run(
+    link: &dyn Link,
+    sources: &Sources,
+    from: From,
+    observer: &dyn Observer,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError> {
+    let entries = &sources.manifest.files;
+    let total = sources.manifest.total_bytes();
+    if from.index as usize == entries.len() {
+        return finish(
+            link,
+            sources,
+            from.index == 0 && entries.is_empty(),
+            observer,
+            cancel,
+        )
+        .await;
+    }
     let (items_tx, mut items) = mpsc::channel(READ_AHEAD_CHUNKS);
     // Never larger than the peer accepts; 64 KiB otherwise (batched sends need equal runs).
     let chunk = link.max_message_bytes().clamp(1, CHUNK_BYTES);
-    let reader = tokio::task::spawn_blocking(move || read_all(files, chunk, &items_tx));
-    let result = stream(link, &mut items, &entries, total, observer, cancel).await;
+    let first = from.index as usize;
+    let reader = {
+        let (entries, paths) = (entries.clone(), sources.paths.clone());
+        tokio::task::spawn_blocking(move || read_all(&entries, &paths, from, chunk, &items_tx))
+    };
+    let result = stream(link, &mut items, entries, first, total, observer, cancel).await;
     // Closing the queue makes a reader blocked on a full queue give up.
     drop(items);
     let _ = reader.await;
     result
 }
 
+/// Every file is already saved at the receiver. With an offer of folders only, wait for
+/// the receiver to say it created them.
+async fn finish(
+    link: &dyn Link,
+    sources: &Sources,
+    await_complete: bool,
+    observer: &dyn Observer,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError> {
+    if await_complete {
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(cancel_peer(link, "the sender cancelled").await),
+            incoming = link.recv() => match control(incoming)? {
+                Control::Complete => {}
+                Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
+                Control::FileFailed { reason, .. } => return Err(TransferError::ReceiverFailed {
+                    name: "the folders".into(),
+                    reason: super::names::peer_text(&reason),
+                }),
+                other => return Err(unexpected(&other)),
+            },
+        }
+    }
+    observer.progress(sources.manifest.total_bytes());
+    send_control(link, &Control::Done).await?;
+    link.flush(FLUSH_LIMIT).await;
+    Ok(())
+}
+
 async fn stream(
     link: &dyn Link,
     items: &mut mpsc::Receiver<ReadItem>,
     entries: &[FileEntry],
+    first: usize,
     total: u64,
     observer: &dyn Observer,
     cancel: &CancellationToken,
 ) -> Result<(), TransferError> {
     let mut pending: Option<BytesMut> = None;
     let mut reading = true;
-    let mut verified = 0usize;
+    let mut verified = first;
     loop {
         tokio::select! {
             biased;
@@ -124,7 +214,7 @@ async fn stream(
                 }
             }
             item = items.recv(), if pending.is_none() && reading => match item {
-                Some(ReadItem::Start(index)) => send_control(link, &Control::FileStart { index }).await?,
+                Some(ReadItem::Start { index, offset }) => send_control(link, &Control::FileStart { index, offset }).await?,
                 Some(ReadItem::Chunk(chunk)) => pending = Some(chunk),
                 Some(ReadItem::End { index, sha256 }) => send_control(link, &Control::FileEnd { index, sha256 }).await?,
                 Some(ReadItem::Failed(error)) => {
@@ -138,52 +228,62 @@ async fn stream(
     }
 }
 
-/// Reads every file once, hashing as it goes. Runs on a blocking thread.
-fn read_all(files: Vec<SourceFile>, chunk: usize, items: &mpsc::Sender<ReadItem>) {
-    for (index, source) in files.into_iter().enumerate() {
-        let index = index as u32;
-        let shown = super::names::escape_for_terminal(&source.name);
-        let mut file = match File::open(&source.path) {
+/// Reads every file from `from` on once, hashing as it goes. Runs on a blocking thread.
+fn read_all(
+    entries: &[FileEntry],
+    paths: &[PathBuf],
+    from: From,
+    chunk: usize,
+    items: &mpsc::Sender<ReadItem>,
+) {
+    let fail = |error: TransferError| {
+        let _ = items.blocking_send(ReadItem::Failed(error));
+    };
+    for index in from.index as usize..entries.len() {
+        let entry = &entries[index];
+        let shown = super::names::escape_for_terminal(&entry.name);
+        let changed = || TransferError::SourceChanged(shown.clone());
+        let mut file = match File::open(&paths[index]) {
             Ok(file) => file,
-            Err(e) => {
-                let _ = items.blocking_send(ReadItem::Failed(TransferError::io(
-                    format!("cannot read {shown}"),
-                    e,
-                )));
-                return;
-            }
+            Err(e) => return fail(TransferError::io(format!("cannot read {shown}"), e)),
         };
-        // A file that was replaced or truncated since the offer would not match it.
-        if file.metadata().map(|m| m.len()).ok() != Some(source.size) {
-            let _ = items.blocking_send(ReadItem::Failed(TransferError::SourceChanged(shown)));
-            return;
-        }
-        if items.blocking_send(ReadItem::Start(index)).is_err() {
-            return;
+        // A file replaced, truncated or rewritten since the offer would not match it.
+        let meta = file.metadata().ok();
+        if meta.as_ref().map(|m| m.len()) != Some(entry.size)
+            || meta.as_ref().and_then(super::store::mtime_seconds) != entry.mtime
+        {
+            return fail(changed());
         }
         let mut hasher = Sha256::new();
-        let mut left = source.size;
+        let mut offset = 0;
+        if index == from.index as usize && from.offset > 0 {
+            // The receiver holds this prefix: check it is still what the file holds, and
+            // take the hash state over it, in one read.
+            match hash_prefix(&mut file, from.offset, &mut hasher) {
+                Ok(true) => {}
+                Ok(false) => return fail(changed()),
+                Err(e) => return fail(TransferError::io(format!("cannot read {shown}"), e)),
+            }
+            if from.prefix.as_deref() != Some(hex_digest(&hasher.clone().finalize()).as_str()) {
+                return fail(changed());
+            }
+            offset = from.offset;
+        }
+        let index = index as u32;
+        if items
+            .blocking_send(ReadItem::Start { index, offset })
+            .is_err()
+        {
+            return;
+        }
+        let mut left = entry.size - offset;
         while left > 0 {
             let want = left.min(chunk as u64) as usize;
             let mut chunk = BytesMut::zeroed(want);
             match read_full(&mut file, &mut chunk) {
                 Ok(n) if n == want => {}
-                Ok(_) => {
-                    let _ = items.blocking_send(ReadItem::Failed(TransferError::SourceChanged(
-                        super::names::escape_for_terminal(&source.name),
-                    )));
-                    return;
-                }
-                Err(e) => {
-                    let _ = items.blocking_send(ReadItem::Failed(TransferError::io(
-                        format!(
-                            "cannot read {}",
-                            super::names::escape_for_terminal(&source.name)
-                        ),
-                        e,
-                    )));
-                    return;
-                }
+                Ok(_) => return fail(changed()),
+                Err(e) => return fail(TransferError::io(format!("cannot read {shown}"), e)),
             }
             hasher.update(&chunk);
             left -= want as u64;
@@ -194,10 +294,7 @@ fn read_all(files: Vec<SourceFile>, chunk: usize, items: &mpsc::Sender<ReadItem>
         // A file that grew since it was announced would be sent truncated: refuse instead.
         let mut probe = [0u8; 1];
         if matches!(file.read(&mut probe), Ok(n) if n > 0) {
-            let _ = items.blocking_send(ReadItem::Failed(TransferError::SourceChanged(
-                super::names::escape_for_terminal(&source.name),
-            )));
-            return;
+            return fail(changed());
         }
         let sha256 = hex_digest(&hasher.finalize());
         if items
@@ -207,6 +304,21 @@ fn read_all(files: Vec<SourceFile>, chunk: usize, items: &mpsc::Sender<ReadItem>
             return;
         }
     }
+}
+
+/// Hashes the first `len` bytes of `file` into `hasher`; false if the file is shorter.
+fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        if read_full(file, &mut buf[..want])? != want {
+            return Ok(false);
+        }
+        hasher.update(&buf[..want]);
+        left -= want as u64;
+    }
+    Ok(true)
 }
 
 fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -9,33 +9,95 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::names::{numbered_name, partial_name};
+use std::time::{Duration, SystemTime};
+
+use super::names::numbered_name;
 
 /// Attempts at a free name before giving up (a directory with this many copies is odd).
 const MAX_NAME_ATTEMPTS: u32 = 10_000;
 
-/// Creates a new partial file for `name` in `dir`. `O_EXCL` and `O_NOFOLLOW` mean an
-/// existing file or a planted symlink is never opened; the caller validated `name` as a
-/// single component, so the file lands directly in `dir`.
-pub fn create_partial(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
-    for n in 0..MAX_NAME_ATTEMPTS {
-        let path = dir.join(partial_name(name, n));
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o666)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-        {
-            Ok(file) => return Ok((file, path)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
+/// Creates the partial file at `path` afresh, with any folders above it inside the job's
+/// partial directory. The path carries the job's random tag, so a file already there is a
+/// leftover of this same job: it is replaced. `O_EXCL` and `O_NOFOLLOW` mean a planted
+/// symlink is never followed.
+pub fn create_partial(path: &Path) -> io::Result<File> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
     }
-    Err(io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        "no free partial-file name",
-    ))
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Opens a partial file to continue it after its first `offset` bytes.
+pub fn reopen_partial(path: &Path, offset: u64) -> io::Result<File> {
+    use std::io::Seek;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    file.set_len(offset)?;
+    file.seek(io::SeekFrom::Start(offset))?;
+    Ok(file)
+}
+
+/// Gives a received file the sender's modification time and, if it was executable there,
+/// execute permission wherever it already has read permission (so the umask still rules).
+pub fn apply_metadata(file: &File, mtime: Option<i64>, executable: bool) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if executable {
+        let mut permissions = file.metadata()?.permissions();
+        let mode = permissions.mode();
+        permissions.set_mode(mode | ((mode & 0o444) >> 2));
+        file.set_permissions(permissions)?;
+    }
+    if let Some(time) = mtime.and_then(system_time) {
+        file.set_modified(time)?;
+    }
+    Ok(())
+}
+
+/// Sets a folder's modification time (after everything inside it is written).
+pub fn set_folder_time(path: &Path, mtime: Option<i64>) -> io::Result<()> {
+    let Some(time) = mtime.and_then(system_time) else {
+        return Ok(());
+    };
+    let handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)?;
+    handle.set_modified(time)
+}
+
+fn system_time(seconds: i64) -> Option<SystemTime> {
+    if seconds >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(seconds as u64))
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(seconds.unsigned_abs()))
+    }
+}
+
+/// Seconds since the epoch of a file's modification time, as offers carry it.
+pub fn mtime_seconds(meta: &std::fs::Metadata) -> Option<i64> {
+    use std::os::unix::fs::MetadataExt;
+    Some(meta.mtime())
+}
+
+/// Removes a partial top-level entry (a file or a whole partial folder).
+pub fn remove_partial(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Renames the verified `partial` to `name`, or `name (1)`, ... whichever is free.
@@ -119,7 +181,8 @@ mod tests {
     fn publish_never_replaces_and_picks_free_names() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.txt"), b"old").unwrap();
-        let (_, part) = create_partial(dir.path(), "a.txt").unwrap();
+        let part = dir.path().join("a.txt.t.p2pd-part");
+        create_partial(&part).unwrap();
         std::fs::write(&part, b"new").unwrap();
         let saved = publish(dir.path(), &part, "a.txt").unwrap();
         assert_eq!(saved, dir.path().join("a (1).txt"));
@@ -133,9 +196,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let victim = outside.path().join("victim");
-        std::os::unix::fs::symlink(&victim, dir.path().join("x.p2pd-part")).unwrap();
-        let (_, part) = create_partial(dir.path(), "x").unwrap();
-        assert_eq!(part, dir.path().join("x.1.p2pd-part"));
+        let part = dir.path().join("x.t.p2pd-part");
+        std::os::unix::fs::symlink(&victim, &part).unwrap();
+        create_partial(&part).unwrap();
+        assert!(!victim.exists());
+        assert!(part.symlink_metadata().unwrap().is_file());
+        std::fs::remove_file(&part).unwrap();
+        std::os::unix::fs::symlink(&victim, &part).unwrap();
+        assert!(reopen_partial(&part, 0).is_err());
         assert!(!victim.exists());
     }
 

@@ -14,37 +14,99 @@ pub const OFFER_PART_BYTES: usize = 32 * 1024;
 
 impl Control {
     /// The offer for `files`, split into messages that each stay under the size limit.
-    pub fn offer_parts(files: &[FileEntry]) -> Vec<Control> {
+    pub fn offer_parts(manifest: &Manifest) -> Vec<Control> {
         let mut parts = Vec::new();
-        let mut current = Vec::new();
+        let mut current = Control::Offer {
+            files: Vec::new(),
+            folders: Vec::new(),
+            skipped: Vec::new(),
+            more: true,
+        };
         let mut bytes = 0;
-        for file in files {
-            // A name escapes to at most 6 bytes per byte (\uXXXX), plus the fixed fields.
-            let cost = file.name.len() * 6 + 48;
-            if !current.is_empty() && bytes + cost > OFFER_PART_BYTES {
-                parts.push(Control::Offer {
-                    files: std::mem::take(&mut current),
-                    more: true,
-                });
+        // A name escapes to at most 6 bytes per byte (\uXXXX), plus the fixed fields.
+        let mut add = |name: &str, push: &mut dyn FnMut(&mut Control)| {
+            let cost = name.len() * 6 + 96;
+            if bytes > 0 && bytes + cost > OFFER_PART_BYTES {
+                let full = std::mem::replace(
+                    &mut current,
+                    Control::Offer {
+                        files: Vec::new(),
+                        folders: Vec::new(),
+                        skipped: Vec::new(),
+                        more: true,
+                    },
+                );
+                parts.push(full);
                 bytes = 0;
             }
             bytes += cost;
-            current.push(file.clone());
+            push(&mut current);
+        };
+        for file in &manifest.files {
+            add(&file.name, &mut |c| {
+                if let Control::Offer { files, .. } = c {
+                    files.push(file.clone())
+                }
+            });
         }
-        parts.push(Control::Offer {
-            files: current,
-            more: false,
-        });
+        for folder in &manifest.folders {
+            add(&folder.name, &mut |c| {
+                if let Control::Offer { folders, .. } = c {
+                    folders.push(folder.clone())
+                }
+            });
+        }
+        for path in &manifest.skipped {
+            add(path, &mut |c| {
+                if let Control::Offer { skipped, .. } = c {
+                    skipped.push(path.clone())
+                }
+            });
+        }
+        if let Control::Offer { more, .. } = &mut current {
+            *more = false;
+        }
+        parts.push(current);
         parts
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
-    /// A display name chosen by the sender: one path component, validated by the receiver.
+    /// A relative path chosen by the sender, `/`-separated: the first component is the
+    /// top-level entry the receiver creates. Validated component by component.
     pub name: String,
     pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub executable: bool,
+}
+
+/// A folder in the offer, listed so that empty folders and folder times survive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderEntry {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+}
+
+/// Everything the sender offers: assembled from one or more `offer` messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub files: Vec<FileEntry>,
+    pub folders: Vec<FolderEntry>,
+    /// Sender-side paths left out (symlinks, devices, sockets), for the receiver to show.
+    pub skipped: Vec<String>,
+}
+
+impl Manifest {
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +121,10 @@ pub enum Control {
     /// long list is split over several messages; all but the last have `more: true`.
     Offer {
         files: Vec<FileEntry>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        folders: Vec<FolderEntry>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skipped: Vec<String>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         more: bool,
     },
@@ -66,10 +132,22 @@ pub enum Control {
     Reject {
         reason: String,
     },
-    /// Sender: the binary messages that follow belong to file `index`, in offer order.
+    /// Sender: the binary messages that follow belong to file `index`, in offer order,
+    /// starting at byte `offset` (non-zero only when resuming).
     FileStart {
         index: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        offset: u64,
     },
+    /// Receiver, first on a resumed connection: files before `index` are saved, and file
+    /// `index` holds `offset` verified bytes whose SHA-256 is `sha256`.
+    Resume {
+        index: u32,
+        offset: u64,
+        sha256: String,
+    },
+    /// Receiver: everything is saved (sent when the offer held only folders).
+    Complete,
     /// Sender: file `index` is complete; its SHA-256 in lowercase hex.
     FileEnd {
         index: u32,
@@ -94,6 +172,10 @@ pub enum Control {
     },
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("control message of {0} bytes is over the limit")]
@@ -111,6 +193,8 @@ impl Control {
             Control::Accept => "accept",
             Control::Reject { .. } => "reject",
             Control::FileStart { .. } => "file_start",
+            Control::Resume { .. } => "resume",
+            Control::Complete => "complete",
             Control::FileEnd { .. } => "file_end",
             Control::Progress { .. } => "progress",
             Control::FileVerified { .. } => "file_verified",
@@ -143,16 +227,32 @@ mod tests {
             Control::Hello { proof: "ab".into() },
             Control::Offer {
                 files: vec![FileEntry {
-                    name: "a b.txt".into(),
+                    name: "a b/c.txt".into(),
                     size: 3,
+                    mtime: Some(1_700_000_000),
+                    executable: true,
                 }],
+                folders: vec![FolderEntry {
+                    name: "a b".into(),
+                    mtime: None,
+                }],
+                skipped: vec!["a b/link".into()],
                 more: true,
             },
             Control::Accept,
+            Control::Resume {
+                index: 3,
+                offset: 1 << 20,
+                sha256: "ab".into(),
+            },
+            Control::Complete,
             Control::Reject {
                 reason: "no".into(),
             },
-            Control::FileStart { index: 0 },
+            Control::FileStart {
+                index: 0,
+                offset: 7,
+            },
             Control::FileEnd {
                 index: 0,
                 sha256: "00".into(),
@@ -180,29 +280,50 @@ mod tests {
 
     #[test]
     fn long_offers_split_under_the_limit_and_keep_order() {
-        let files: Vec<FileEntry> = (0..20_000)
-            .map(|i| FileEntry {
-                name: format!("file-{i:05}-\u{1F600}.bin"),
-                size: i,
-            })
-            .collect();
-        let parts = Control::offer_parts(&files);
+        let manifest = Manifest {
+            files: (0..20_000)
+                .map(|i| FileEntry {
+                    name: format!("d/file-{i:05}-\u{1F600}.bin"),
+                    size: i,
+                    mtime: Some(i as i64),
+                    executable: i % 2 == 0,
+                })
+                .collect(),
+            folders: (0..3000)
+                .map(|i| FolderEntry {
+                    name: format!("d/sub-{i}-\u{1F600}"),
+                    mtime: Some(-1),
+                })
+                .collect(),
+            skipped: (0..3000).map(|i| format!("d/link-{i}")).collect(),
+        };
+        let parts = Control::offer_parts(&manifest);
         assert!(parts.len() > 1);
-        let mut joined = Vec::new();
+        let mut joined = Manifest::default();
         for (i, part) in parts.iter().enumerate() {
             assert!(part.encode().len() <= MAX_CONTROL_BYTES);
-            let Control::Offer { files, more } = part else {
+            let Control::Offer {
+                files,
+                folders,
+                skipped,
+                more,
+            } = part
+            else {
                 panic!("not an offer")
             };
             assert_eq!(*more, i + 1 < parts.len());
-            joined.extend(files.iter().cloned());
+            joined.files.extend(files.iter().cloned());
+            joined.folders.extend(folders.iter().cloned());
+            joined.skipped.extend(skipped.iter().cloned());
         }
-        assert_eq!(joined, files);
-        let empty = Control::offer_parts(&[]);
+        assert_eq!(joined, manifest);
+        let empty = Control::offer_parts(&Manifest::default());
         assert_eq!(
             empty,
             vec![Control::Offer {
                 files: vec![],
+                folders: vec![],
+                skipped: vec![],
                 more: false
             }]
         );
@@ -216,7 +337,11 @@ mod tests {
     #[test]
     fn wire_form_is_stable() {
         assert_eq!(
-            Control::FileStart { index: 2 }.encode(),
+            Control::FileStart {
+                index: 2,
+                offset: 0
+            }
+            .encode(),
             r#"{"type":"file_start","index":2}"#
         );
         assert_eq!(Control::Done.encode(), r#"{"type":"done"}"#);

@@ -212,9 +212,15 @@ fn bad_files_are_one_line_errors() {
         &daemon.p2p(&["send", missing.to_str().unwrap()]),
         "no such file",
     );
+    let fifo = daemon.dir.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
     assert_one_line_error(
-        &daemon.p2p(&["send", daemon.downloads.to_str().unwrap()]),
-        "is a directory",
+        &daemon.p2p(&["send", fifo.to_str().unwrap()]),
+        "not a regular file or folder",
     );
     let status = daemon.p2p(&["status", "--json"]);
     assert!(status.status.success());

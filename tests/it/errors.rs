@@ -99,16 +99,28 @@ async fn bad_paths_create_no_job() {
             message.contains("missing.bin") && message.contains("no such file"),
             "{message}"
         );
-        let (kind, message) = a.send(&[src.path().to_owned()]).await.unwrap_err();
+        let fifo = src.path().join("pipe");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (kind, message) = a.send(&[fifo.clone()]).await.unwrap_err();
         assert_eq!(kind, ErrorKind::BadRequest);
-        assert!(message.contains("is a directory"), "{message}");
+        assert!(
+            message.contains("not a regular file or folder"),
+            "{message}"
+        );
+        std::fs::remove_file(&fifo).unwrap();
         let (_, message) = a.send(&[]).await.unwrap_err();
         assert!(message.contains("nothing to send"), "{message}");
         let dup_dir = src.path().join("sub");
         std::fs::create_dir(&dup_dir).unwrap();
         let dup = random_file(&dup_dir, "good.bin", 1, 2);
         let (_, message) = a.send(&[good, dup]).await.unwrap_err();
-        assert!(message.contains("two files are named"), "{message}");
+        assert!(message.contains("are named good.bin"), "{message}");
         let list = a
             .client()
             .await
@@ -149,12 +161,14 @@ async fn malformed_codes_and_missing_directories_are_refused() {
 
 fn config_for(socket: std::path::PathBuf, downloads: std::path::PathBuf) -> DaemonConfig {
     DaemonConfig {
+        state_dir: socket.with_extension("state"),
         socket,
         download_dir: downloads,
         rendezvous: RendezvousMode::Embedded {
             listen: "127.0.0.1:0".parse().unwrap(),
         },
         code_ttl: Duration::from_secs(60),
+        resume_window: Duration::from_secs(3600),
         rtc: RtcSettings {
             ice_servers: vec![],
             bind: vec!["127.0.0.1:0".into()],
@@ -261,22 +275,43 @@ async fn sender_cancel_mid_transfer_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daemon_shutdown_mid_transfer_tells_the_peer_and_removes_partials() {
+async fn a_stopped_daemon_resumes_its_job_when_it_starts_again() {
     tokio::time::timeout(TEST_LIMIT, async {
         let a = TestDaemon::start().await;
         let mut b = a.peer().await;
         let src = tempfile::tempdir().unwrap();
         let (send_id, _) = transfer_in_flight(&a, &b, src.path()).await;
         b.stop().await;
-        assert!(
-            listing(&b.downloads).is_empty(),
-            "left: {:?}",
-            listing(&b.downloads)
-        );
         assert!(!b.socket.exists());
-        let sent = a.wait(send_id).await;
-        assert_eq!(sent.state, JobState::Failed);
-        assert_eq!(sent.failure.unwrap().kind, ErrorKind::PeerGone);
+        // The partial stays for the resume; nothing is under the final name.
+        let left = listing(&b.downloads);
+        assert!(
+            left.len() == 1 && left[0].ends_with(".p2pd-part"),
+            "left: {left:?}"
+        );
+        let waiting = a
+            .wait_until(send_id, |i| i.state == JobState::WaitingToResume)
+            .await;
+        let resume = waiting.resume.expect("resume details");
+        assert!(resume.deadline_unix > 0 && !resume.reason.is_empty());
+
+        b.restart().await;
+        let restored = b.jobs().await;
+        assert_eq!(restored.len(), 1, "{restored:?}");
+        let received = b.wait(restored[0].id).await;
+        assert_eq!(
+            received.state,
+            JobState::Completed,
+            "{:?}",
+            received.failure
+        );
+        assert_eq!(a.wait(send_id).await.state, JobState::Completed);
+        let saved = b.downloads.join("big.bin");
+        assert_eq!(
+            std::fs::read(&saved).unwrap(),
+            std::fs::read(src.path().join("big.bin")).unwrap()
+        );
+        assert_eq!(listing(&b.downloads), vec!["big.bin".to_owned()]);
     })
     .await
     .expect("test finished in time");

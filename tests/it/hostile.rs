@@ -63,8 +63,11 @@ fn offer(files: &[(&str, u64)]) -> Control {
             .map(|(n, s)| FileEntry {
                 name: n.to_string(),
                 size: *s,
+                ..FileEntry::default()
             })
             .collect(),
+        folders: vec![],
+        skipped: vec![],
         more: false,
     }
 }
@@ -215,7 +218,14 @@ async fn bad_streams_are_cut_off_and_nothing_is_published() {
 
         // More bytes than announced.
         let info = after_accept(&daemon, |c| async move {
-            say(&c.link, Control::FileStart { index: 0 }).await;
+            say(
+                &c.link,
+                Control::FileStart {
+                    index: 0,
+                    offset: 0,
+                },
+            )
+            .await;
             let _ = c.link.send_binary(bytes(11)).await;
             assert!(matches!(hear(&c.link).await, Some(Control::Cancel { .. })));
         })
@@ -225,7 +235,14 @@ async fn bad_streams_are_cut_off_and_nothing_is_published() {
 
         // Fewer bytes, then a claim that the file is complete.
         let info = after_accept(&daemon, |c| async move {
-            say(&c.link, Control::FileStart { index: 0 }).await;
+            say(
+                &c.link,
+                Control::FileStart {
+                    index: 0,
+                    offset: 0,
+                },
+            )
+            .await;
             let _ = c.link.send_binary(bytes(5)).await;
             say(
                 &c.link,
@@ -243,7 +260,14 @@ async fn bad_streams_are_cut_off_and_nothing_is_published() {
 
         // The right size with a wrong final digest.
         let info = after_accept(&daemon, |c| async move {
-            say(&c.link, Control::FileStart { index: 0 }).await;
+            say(
+                &c.link,
+                Control::FileStart {
+                    index: 0,
+                    offset: 0,
+                },
+            )
+            .await;
             let _ = c.link.send_binary(bytes(10)).await;
             say(
                 &c.link,
@@ -288,7 +312,14 @@ async fn bad_streams_are_cut_off_and_nothing_is_published() {
 
         // Files out of order.
         let info = after_accept(&daemon, |c| async move {
-            say(&c.link, Control::FileStart { index: 3 }).await;
+            say(
+                &c.link,
+                Control::FileStart {
+                    index: 3,
+                    offset: 0,
+                },
+            )
+            .await;
             let _ = hear(&c.link).await;
         })
         .await;
@@ -331,7 +362,14 @@ async fn extra_data_channels_from_the_peer_are_closed_and_ignored() {
             }
             say(&c.link, offer(&[("data.bin", 10)])).await;
             assert_eq!(hear(&c.link).await, Some(Control::Accept));
-            say(&c.link, Control::FileStart { index: 0 }).await;
+            say(
+                &c.link,
+                Control::FileStart {
+                    index: 0,
+                    offset: 0,
+                },
+            )
+            .await;
             let _ = c
                 .link
                 .send_binary(bytes::BytesMut::from(&content[..]))

@@ -17,6 +17,7 @@ pub const TEST_LIMIT: Duration = Duration::from_secs(120);
 
 pub struct TestDaemon {
     pub daemon: Option<Daemon>,
+    config: DaemonConfig,
     pub socket: PathBuf,
     pub downloads: PathBuf,
     _dir: TempDir,
@@ -44,6 +45,11 @@ impl TestDaemon {
     }
 
     pub async fn start_with(options: Options) -> TestDaemon {
+        // Logs only when asked for (RUST_LOG), through the test harness's capture.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("run").join("p2pd.sock");
         let downloads = dir.path().join("downloads");
@@ -58,6 +64,8 @@ impl TestDaemon {
                 },
             },
             code_ttl: options.code_ttl,
+            state_dir: dir.path().join("state"),
+            resume_window: Duration::from_secs(3600),
             rtc: RtcSettings {
                 ice_servers: Vec::new(),
                 bind: vec!["127.0.0.1:0".into()],
@@ -66,9 +74,10 @@ impl TestDaemon {
             limits: options.limits,
             path_policy: Default::default(),
         };
-        let daemon = Daemon::start(config).await.expect("daemon starts");
+        let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
         TestDaemon {
             daemon: Some(daemon),
+            config,
             socket,
             downloads,
             _dir: dir,
@@ -216,6 +225,25 @@ impl TestDaemon {
     pub async fn stop(&mut self) {
         if let Some(daemon) = self.daemon.take() {
             daemon.stop().await;
+        }
+    }
+
+    /// Stops the daemon if it runs and starts it again on the same socket, directories and
+    /// rendezvous, as a service restart would.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.daemon = Some(
+            Daemon::start(self.config.clone())
+                .await
+                .expect("daemon restarts"),
+        );
+    }
+
+    /// Every job the daemon knows.
+    pub async fn jobs(&self) -> Vec<JobInfo> {
+        match self.client().await.call(Request::List).await {
+            Ok(ServerFrame::Jobs(jobs)) => jobs,
+            other => panic!("list failed: {other:?}"),
         }
     }
 }

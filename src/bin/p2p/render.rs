@@ -19,6 +19,50 @@ struct Bars {
     total: Option<ProgressBar>,
 }
 
+/// Above this many files, one bar for the total names the current file instead of one
+/// bar per file.
+const MAX_FILE_BARS: usize = 8;
+
+/// The first file not yet verified, as "name (n/N)".
+fn current_file(info: &JobInfo) -> String {
+    match info.files.iter().position(|f| !f.verified) {
+        Some(index) => format!(
+            "{} ({}/{})",
+            escape_for_terminal(&info.files[index].name),
+            index + 1,
+            info.files.len()
+        ),
+        None => format!("{} files", info.files.len()),
+    }
+}
+
+/// "Skipped 2 (symlinks or special files): a, b" for the sender's left-out paths.
+fn skipped_line(skipped: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut names: Vec<String> = skipped
+        .iter()
+        .take(SHOWN)
+        .map(|s| escape_for_terminal(s))
+        .collect();
+    if skipped.len() > SHOWN {
+        names.push(format!("and {} more", skipped.len() - SHOWN));
+    }
+    format!(
+        "Skipped {} (symlinks or special files are not sent): {}",
+        skipped.len(),
+        names.join(", ")
+    )
+}
+
+fn time_left(deadline_unix: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let left = deadline_unix.saturating_sub(now);
+    format!("{}h{:02}m left", left / 3600, left % 3600 / 60)
+}
+
 fn emit(value: serde_json::Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{value}");
@@ -32,6 +76,7 @@ fn state_name(state: JobState) -> &'static str {
         JobState::Negotiating => "negotiating",
         JobState::AwaitingApproval => "awaiting_approval",
         JobState::Transferring => "transferring",
+        JobState::WaitingToResume => "waiting_to_resume",
         JobState::Completed => "completed",
         JobState::Failed => "failed",
         JobState::Cancelled => "cancelled",
@@ -80,6 +125,24 @@ impl Renderer {
             self.json_update(previous.as_ref(), info, state_changed);
             return;
         }
+        let skipped_appeared = previous.as_ref().is_none_or(|p| p.skipped.is_empty());
+        if skipped_appeared && !info.skipped.is_empty() && info.direction == Direction::Send {
+            eprintln!("{}", skipped_line(&info.skipped));
+        }
+        if state_changed
+            && info.state == JobState::WaitingToResume
+            && let Some(resume) = &info.resume
+        {
+            let line = format!(
+                "Interrupted ({}): waiting to resume, {}",
+                resume.reason,
+                time_left(resume.deadline_unix)
+            );
+            match &self.bars {
+                Some(bars) => bars.multi.suspend(|| eprintln!("{line}")),
+                None => eprintln!("{line}"),
+            }
+        }
         let route_appeared = previous.as_ref().and_then(|p| p.route.as_ref()).is_none();
         if let (Some(route), true) = (&info.route, route_appeared) {
             eprintln!("Connected: {}", route.description);
@@ -111,7 +174,13 @@ impl Renderer {
 
     fn json_update(&self, previous: Option<&JobInfo>, info: &JobInfo, state_changed: bool) {
         if state_changed {
-            emit(json!({"event": "state", "job": info.id, "state": state_name(info.state)}));
+            let mut event =
+                json!({"event": "state", "job": info.id, "state": state_name(info.state)});
+            if let Some(resume) = &info.resume {
+                event["reason"] = json!(resume.reason);
+                event["resume_deadline"] = json!(resume.deadline_unix);
+            }
+            emit(event);
         }
         if let (Some(route), None) = (&info.route, previous.and_then(|p| p.route.as_ref())) {
             emit(
@@ -127,7 +196,7 @@ impl Renderer {
                 .map(|f| json!({"name": f.name, "size": f.size}))
                 .collect();
             emit(
-                json!({"event": "files", "job": info.id, "files": files, "bytes_total": info.bytes_total}),
+                json!({"event": "files", "job": info.id, "files": files, "bytes_total": info.bytes_total, "skipped": info.skipped}),
             );
         }
         if previous.map(|p| p.bytes_done) != Some(info.bytes_done) && info.bytes_done > 0 {
@@ -169,13 +238,20 @@ impl Renderer {
             info.files.len(),
             HumanBytes(info.bytes_total)
         )?;
-        for file in &info.files {
+        const LISTED: usize = 20;
+        for file in info.files.iter().take(LISTED) {
             writeln!(
                 err,
                 "  {}  {}",
                 escape_for_terminal(&file.name),
                 HumanBytes(file.size)
             )?;
+        }
+        if info.files.len() > LISTED {
+            writeln!(err, "  … and {} more", info.files.len() - LISTED)?;
+        }
+        if !info.skipped.is_empty() {
+            writeln!(err, "The sender left out: {}", skipped_line(&info.skipped))?;
         }
         write!(err, "Accept? [y/N] ")?;
         err.flush()?;
@@ -203,16 +279,29 @@ impl Bars {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
-        let files = info
-            .files
-            .iter()
-            .map(|f| {
-                let bar = multi.add(ProgressBar::new(f.size).with_style(style.clone()));
-                bar.set_prefix(escape_for_terminal(&f.name));
-                bar
-            })
-            .collect();
+        let per_file = info.files.len() <= MAX_FILE_BARS;
+        let files = if per_file {
+            info.files
+                .iter()
+                .map(|f| {
+                    let bar = multi.add(ProgressBar::new(f.size).with_style(style.clone()));
+                    bar.set_prefix(escape_for_terminal(&f.name));
+                    bar
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let total = (info.files.len() > 1).then(|| {
+            let style = if per_file {
+                style
+            } else {
+                ProgressStyle::with_template(
+                    "{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ")
+            };
             let bar = multi.add(ProgressBar::new(info.bytes_total).with_style(style));
             bar.set_prefix("total");
             bar
@@ -232,6 +321,9 @@ impl Bars {
         }
         if let Some(total) = &self.total {
             total.set_position(info.bytes_done);
+            if self.files.is_empty() {
+                total.set_message(current_file(info));
+            }
         }
     }
 
@@ -257,6 +349,8 @@ pub fn print_status(jobs: &[JobInfo], json: bool) {
                 "error": job.failure.as_ref().map(|f| f.message.clone()),
                 "route": job.route.as_ref().map(|r| r.description.clone()),
                 "relayed": job.route.as_ref().map(|r| r.relayed),
+                "resume_reason": job.resume.as_ref().map(|r| r.reason.clone()),
+                "resume_deadline": job.resume.as_ref().map(|r| r.deadline_unix),
             }));
         }
         return;
@@ -274,6 +368,15 @@ pub fn print_status(jobs: &[JobInfo], json: bool) {
             .failure
             .as_ref()
             .map(|f| f.message.clone())
+            .or_else(|| {
+                job.resume.as_ref().map(|r| {
+                    format!(
+                        "waiting to resume ({}), {}",
+                        r.reason,
+                        time_left(r.deadline_unix)
+                    )
+                })
+            })
             .or_else(|| job.code.clone().filter(|_| !job.state.is_final()))
             .unwrap_or_default();
         println!(

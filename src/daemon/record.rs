@@ -1,0 +1,197 @@
+//! Durable job records: what a job needs to resume after the daemon restarts, one private
+//! directory per job under the state directory. Blocking I/O.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::ipc::messages::{Direction, PathPolicy};
+use crate::transfer::wire::Manifest;
+
+const RECORD_FILE: &str = "job.json";
+const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRecord {
+    pub version: u32,
+    /// Random, hex; also the name of the job's directory.
+    pub id: String,
+    pub direction: Direction,
+    /// The resume secret from the original PAKE session (hex). The directory is private.
+    pub secret: String,
+    pub deadline_unix: u64,
+    pub path: PathPolicy,
+    pub manifest: Manifest,
+    /// Sender: where each offered file is read from.
+    #[serde(default)]
+    pub sources: Vec<PathBuf>,
+    /// Receiver: the download directory and the tag of the partial names.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+impl JobRecord {
+    pub fn new(
+        direction: Direction,
+        secret: &[u8; 32],
+        window: Duration,
+        path: PathPolicy,
+    ) -> JobRecord {
+        JobRecord {
+            version: RECORD_VERSION,
+            id: random_hex(16),
+            direction,
+            secret: hex::encode(secret),
+            deadline_unix: unix_now().saturating_add(window.as_secs()),
+            path,
+            manifest: Manifest::default(),
+            sources: Vec::new(),
+            dir: None,
+            tag: None,
+        }
+    }
+
+    pub fn secret(&self) -> Option<[u8; 32]> {
+        hex::decode(&self.secret).ok()?.try_into().ok()
+    }
+
+    pub fn expired(&self) -> bool {
+        unix_now() >= self.deadline_unix
+    }
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The state directory holding every durable job.
+#[derive(Debug, Clone)]
+pub struct RecordStore {
+    root: PathBuf,
+}
+
+impl RecordStore {
+    pub fn new(root: PathBuf) -> RecordStore {
+        RecordStore { root }
+    }
+
+    pub fn job_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Writes the record durably: a temporary file, flushed, renamed over the old one.
+    pub fn save(&self, record: &JobRecord) -> io::Result<()> {
+        let dir = self.job_dir(&record.id);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(&serde_json::to_vec(record).map_err(io::Error::other)?)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dir.join(RECORD_FILE))?;
+        File::open(&dir)?.sync_all()?;
+        File::open(&self.root)?.sync_all()
+    }
+
+    /// Every readable record; unreadable ones are reported and left alone.
+    pub fn load_all(&self) -> Vec<JobRecord> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
+            Err(error) => {
+                warn!(%error, dir = %self.root.display(), "cannot read the job state directory");
+                return Vec::new();
+            }
+        };
+        let mut records = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path().join(RECORD_FILE);
+            match std::fs::read(&path) {
+                Ok(bytes) => match serde_json::from_slice::<JobRecord>(&bytes) {
+                    Ok(record) if record.version == RECORD_VERSION => records.push(record),
+                    _ => warn!(path = %path.display(), "ignoring an unreadable job record"),
+                },
+                // A directory without a record is a job that never became durable.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+                Err(error) => warn!(%error, path = %path.display(), "cannot read a job record"),
+            }
+        }
+        records.sort_by_key(|r| r.deadline_unix);
+        records
+    }
+
+    pub fn remove(&self, id: &str) {
+        if let Err(error) = std::fs::remove_dir_all(self.job_dir(id))
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            warn!(%error, id, "cannot remove a finished job's record");
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_privately() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::new(dir.path().join("jobs"));
+        assert!(store.load_all().is_empty());
+        let mut record = JobRecord::new(
+            Direction::Receive,
+            &[9; 32],
+            Duration::from_secs(60),
+            PathPolicy::Default,
+        );
+        record.tag = Some("ab".into());
+        store.save(&record).unwrap();
+        store.save(&record).unwrap();
+        let loaded = store.load_all();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].secret(), Some([9; 32]));
+        assert!(!loaded[0].expired());
+        let mode = std::fs::metadata(store.job_dir(&record.id).join(RECORD_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the secret is readable by its owner only");
+        std::fs::create_dir(store.root().join("stray")).unwrap();
+        assert_eq!(store.load_all().len(), 1);
+        assert!(!store.root().join("stray").exists());
+        store.remove(&record.id);
+        assert!(store.load_all().is_empty());
+    }
+}
