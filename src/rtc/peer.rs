@@ -177,7 +177,7 @@ impl Drop for Connection {
 
 /// How long a connection may stay "disconnected" (no ICE traffic) before we treat the peer
 /// as gone; ICE itself only declares failure much later.
-const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
+const DISCONNECT_GRACE: Duration = Duration::from_secs(3);
 
 impl Connection {
     /// Resolves once the connection is lost: failed, closed, or silent for a while. The data

@@ -107,7 +107,7 @@ async fn bad_paths_create_no_job() {
                 .unwrap()
                 .success()
         );
-        let (kind, message) = a.send(&[fifo.clone()]).await.unwrap_err();
+        let (kind, message) = a.send(std::slice::from_ref(&fifo)).await.unwrap_err();
         assert_eq!(kind, ErrorKind::BadRequest);
         assert!(
             message.contains("not a regular file or folder"),

@@ -191,3 +191,110 @@ async fn receive_into_another_directory() {
     .await
     .expect("test finished in time");
 }
+
+/// What a received tree must reproduce: every path with its kind, size, bytes, time and
+/// executable bit.
+fn snapshot(root: &std::path::Path) -> Vec<(String, String, u64, i64, bool, Vec<u8>)> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let (kind, bytes) = if meta.is_dir() {
+                stack.push(path.clone());
+                ("dir", Vec::new())
+            } else if meta.is_file() {
+                ("file", std::fs::read(&path).unwrap())
+            } else {
+                ("other", Vec::new())
+            };
+            let exec = meta.is_file() && meta.permissions().mode() & 0o100 != 0;
+            let size = if meta.is_file() { meta.len() } else { 0 };
+            out.push((rel, kind.to_owned(), size, meta.mtime(), exec, bytes));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folders_round_trip_with_times_and_the_executable_bit() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, SystemTime};
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let tree = src.path().join("Projekt ünï 数据");
+        std::fs::create_dir_all(tree.join("deep/er/still")).unwrap();
+        std::fs::create_dir_all(tree.join("empty folder")).unwrap();
+        random_file(
+            &tree.join("deep/er/still"),
+            "data file.bin",
+            3 * 1024 * 1024 + 7,
+            1,
+        );
+        random_file(&tree.join("deep"), "zero", 0, 2);
+        let script = random_file(&tree, "run me.sh", 100, 3);
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", tree.join("escape")).unwrap();
+        // Distinct old times on every file and folder, set deepest first.
+        let mut when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+        for path in [
+            "deep/er/still/data file.bin",
+            "deep/zero",
+            "run me.sh",
+            "deep/er/still",
+            "deep/er",
+            "deep",
+            "empty folder",
+            "",
+        ] {
+            when += Duration::from_secs(3600);
+            let handle = std::fs::File::open(tree.join(path)).unwrap();
+            handle.set_modified(when).unwrap();
+        }
+        let single = random_file(src.path(), "alone.txt", 10, 4);
+
+        let (send_id, code) = a.send(&[tree.clone(), single.clone()]).await.unwrap();
+        let receive_id = b.receive(&code).await.unwrap();
+        let received = b.wait(receive_id).await;
+        assert_eq!(
+            received.state,
+            JobState::Completed,
+            "{:?}",
+            received.failure
+        );
+        let sent = a.wait(send_id).await;
+        assert_eq!(sent.state, JobState::Completed);
+        assert_eq!(sent.skipped, vec!["Projekt ünï 数据/escape".to_owned()]);
+        assert_eq!(received.skipped, sent.skipped, "the receiver is told");
+
+        let got = b.downloads.join("Projekt ünï 数据");
+        let mut expected = snapshot(&tree);
+        expected.retain(|(path, ..)| path != "escape");
+        assert_eq!(snapshot(&got), expected);
+        let top_time = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        assert_eq!(top_time(&got), top_time(&tree), "the folder keeps its time");
+        assert_eq!(
+            std::fs::read(b.downloads.join("alone.txt")).unwrap(),
+            std::fs::read(&single).unwrap()
+        );
+        assert_no_partials(&b.downloads);
+
+        // The same folder again lands beside the first under a free name.
+        let (_, code) = a.send(std::slice::from_ref(&tree)).await.unwrap();
+        let again = b.receive(&code).await.unwrap();
+        assert_eq!(b.wait(again).await.state, JobState::Completed);
+        assert_eq!(
+            snapshot(&b.downloads.join("Projekt ünï 数据 (1)")),
+            expected
+        );
+        assert_eq!(snapshot(&got), expected, "the first copy is untouched");
+    })
+    .await
+    .expect("test finished in time");
+}
