@@ -417,15 +417,17 @@ pub async fn run_restored(job: Arc<Job>, context: Arc<Context>, record: JobRecor
     resume_loop(job, context, durable, "p2pd restarted".to_owned()).await;
 }
 
-/// Longest pause between two attempts to reach the other side again.
-const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
+/// Longest pause between two attempts to reach the other side again (a waiting attempt
+/// itself sits on the rendezvous, so this only spaces out quick failures).
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(15);
+const FIRST_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Keeps trying to reach the other side through the rendezvous and continue, until the
 /// job completes, fails for good, is cancelled, or its resume window closes.
 async fn resume_loop(job: Arc<Job>, context: Arc<Context>, durable: Durable, mut reason: String) {
     let cancel = job.cancel.clone();
     let never = AtomicBool::new(true);
-    let mut pause = Duration::from_secs(1);
+    let mut pause = FIRST_RETRY_PAUSE;
     loop {
         if durable.record.expired() {
             let hours = context.config.resume_window.as_secs_f64() / 3600.0;
@@ -468,6 +470,11 @@ async fn resume_loop(job: Arc<Job>, context: Arc<Context>, durable: Durable, mut
                 return;
             }
             Err(error) if error.resumable() => {
+                // An attempt that got as far as transferring made progress: start the
+                // pauses over, so the next interruption is retried at once.
+                if job.info.borrow().state == JobState::Transferring {
+                    pause = FIRST_RETRY_PAUSE;
+                }
                 reason = error.failure().message;
                 debug!(%reason, "resume attempt failed");
                 let paused = async {

@@ -36,6 +36,8 @@ const SEND_BUFFER_LIMIT_BYTES: usize = 16 * 1024 * 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// From ICE connectivity to an open channel: DTLS, SCTP and the channel open.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long ICE may still take to connect after the peer left the rendezvous.
+const PEER_LEFT_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -460,6 +462,9 @@ async fn negotiate(
         // Once ICE has a path, what remains (DTLS, SCTP, the channel) is quick; if it stalls
         // or fails there, the route was fine and the handshake was not.
         let mut handshake_deadline: Option<tokio::time::Instant> = None;
+        // The peer left the rendezvous before ICE connected here: it may only be a little
+        // ahead of us, or it may be gone (killed mid-handshake). Wait a moment, not 30 s.
+        let mut peer_left_deadline: Option<tokio::time::Instant> = None;
         loop {
             let handshake_expired = async {
                 match handshake_deadline {
@@ -467,10 +472,17 @@ async fn negotiate(
                     None => std::future::pending().await,
                 }
             };
+            let peer_left = async {
+                match peer_left_deadline {
+                    Some(at) if handshake_deadline.is_none() => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return Err(RtcError::Cancelled),
                 _ = &mut deadline => return Err(RtcError::NoRoute),
                 _ = handshake_expired => return Err(RtcError::Handshake),
+                _ = peer_left => return Err(RtcError::Signaling(crate::rendezvous::SignalError::PeerGone)),
                 link = &mut opening => return link.map_err(|_| RtcError::ChannelClosed),
                 changed = pending.ice_state.changed() => {
                     let ice = *pending.ice_state.borrow();
@@ -496,6 +508,7 @@ async fn negotiate(
                     Err(error) => {
                         debug!(%error, "signaling ended");
                         signaling = false;
+                        peer_left_deadline = Some(tokio::time::Instant::now() + PEER_LEFT_GRACE);
                     }
                 },
             }

@@ -5,5 +5,6 @@ mod cli;
 mod errors;
 mod flood;
 mod hostile;
+mod resume;
 mod support;
 mod transfer;
