@@ -382,8 +382,12 @@ fn small_files(dir: &Path) {
         // A fresh directory each run, as for the TCP baseline.
         let output = dir.join(format!("small-out-{run}"));
         std::fs::create_dir_all(&output).expect("output dir");
-        let elapsed =
-            p2pd_transfer_into(&pair.a, &pair.b, std::slice::from_ref(&source_dir), Some(&output));
+        let elapsed = p2pd_transfer_into(
+            &pair.a,
+            &pair.b,
+            std::slice::from_ref(&source_dir),
+            Some(&output),
+        );
         let received = std::fs::read_dir(output.join("small"))
             .expect("received folder")
             .count();

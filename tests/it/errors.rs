@@ -390,3 +390,37 @@ async fn disk_full_mid_transfer_fails_cleanly_on_both_sides() {
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_changed_during_an_interruption_fails_instead_of_mixing() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let mut b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let (send_id, _) = transfer_in_flight(&a, &b, src.path()).await;
+        b.stop().await;
+        // Same size, different bytes at the start: only the content check can tell.
+        let path = src.path().join("big.bin");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        b.restart().await;
+        let restored = b.jobs().await;
+        let received = b.wait(restored[0].id).await;
+        assert_eq!(received.state, JobState::Failed);
+        let sent = a.wait(send_id).await;
+        assert_eq!(sent.state, JobState::Failed);
+        let message = sent.failure.unwrap().message;
+        assert!(
+            message.contains("changed while it was being sent"),
+            "{message}"
+        );
+        assert!(
+            listing(&b.downloads).is_empty(),
+            "left: {:?}",
+            listing(&b.downloads)
+        );
+    })
+    .await
+    .expect("test finished in time");
+}
