@@ -482,6 +482,7 @@ async fn resume_loop(job: Arc<Job>, context: Arc<Context>, durable: Durable, mut
                     Ok(())
                 };
                 if or_cancel(&cancel, paused).await.is_err() {
+                    farewell(&context, &durable.record).await;
                     job.fail(JobError::Cancelled.failure());
                     end_for_good(&context, &durable).await;
                     return;
@@ -489,6 +490,13 @@ async fn resume_loop(job: Arc<Job>, context: Arc<Context>, durable: Durable, mut
                 pause = (pause * 2).min(MAX_RETRY_PAUSE);
             }
             Err(error) => {
+                // Cancelled before the two sides were talking again: the other side is
+                // waiting and has not heard.
+                if matches!(error, JobError::Cancelled)
+                    && job.info.borrow().state != JobState::Transferring
+                {
+                    farewell(&context, &durable.record).await;
+                }
                 end_for_good(&context, &durable).await;
                 finish(&job, Err(error));
                 return;
@@ -513,7 +521,15 @@ async fn attempt(job: &Arc<Job>, context: &Context, durable: &Durable) -> Result
         .rejoin(&rejoin_channel(&secret), role == Role::Sender)
         .await?;
     job.set_state(JobState::Negotiating);
-    let session = Session::resume(client, role, &secret).await?;
+    let mut session = Session::resume(client, role, &secret).await?;
+    // Each side says first whether it continues or was cancelled while apart.
+    session.send(CONTINUE).await?;
+    if session.recv().await? == CANCEL {
+        session.close().await;
+        return Err(JobError::Transfer(TransferError::PeerCancelled(
+            "the transfer was cancelled while it was interrupted".into(),
+        )));
+    }
     let binding_key = session.binding_key();
     let settings = settings_for(context, record.path);
     let cancel = job.cancel.clone();
@@ -550,6 +566,40 @@ async fn attempt(job: &Arc<Job>, context: &Context, durable: &Durable) -> Result
     };
     connection.close().await;
     Ok(result?)
+}
+
+/// The first sealed message of a resumed session: the side goes on, or gives up.
+const CONTINUE: &[u8] = b"continue";
+const CANCEL: &[u8] = b"cancel";
+/// How long a job cancelled while interrupted tries to tell its peer.
+const FAREWELL_LIMIT: Duration = Duration::from_secs(10);
+
+/// Tells the other side of an interrupted job that it was cancelled here, if it can be
+/// reached on the rejoin channel within a few seconds (it waits there when its daemon runs).
+async fn farewell(context: &Context, record: &JobRecord) {
+    let Some(secret) = record.secret() else {
+        return;
+    };
+    let role = match record.direction {
+        Direction::Send => Role::Sender,
+        Direction::Receive => Role::Receiver,
+    };
+    let told = tokio::time::timeout(FAREWELL_LIMIT, async {
+        let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+        client
+            .rejoin(&rejoin_channel(&secret), role == Role::Sender)
+            .await?;
+        let mut session = Session::resume(client, role, &secret).await?;
+        session.send(CANCEL).await?;
+        let _ = session.recv().await;
+        session.close().await;
+        Ok::<(), SignalError>(())
+    })
+    .await;
+    match told {
+        Ok(Ok(())) => info!("told the other side the transfer is cancelled"),
+        _ => info!("the other side was not reachable to hear of the cancellation"),
+    }
 }
 
 /// The job will not resume: forget its record and, on the receiving side, its partials.

@@ -424,3 +424,32 @@ async fn a_source_changed_during_an_interruption_fails_instead_of_mixing() {
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_an_interrupted_job_ends_it_on_both_sides() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let mut b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let (send_id, _) = transfer_in_flight(&a, &b, src.path()).await;
+        b.stop().await;
+        a.wait_until(send_id, |i| i.state == JobState::WaitingToResume)
+            .await;
+        b.restart().await;
+        // At once: the restored job is still finding its peer.
+        let restored = b.jobs().await[0].id;
+        b.cancel(restored).await;
+        assert_eq!(b.wait(restored).await.state, JobState::Cancelled);
+        let sent = a.wait(send_id).await;
+        assert_eq!(sent.state, JobState::Failed, "{:?}", sent.failure);
+        let message = sent.failure.unwrap().message;
+        assert!(message.contains("cancelled"), "{message}");
+        assert!(
+            listing(&b.downloads).is_empty(),
+            "left: {:?}",
+            listing(&b.downloads)
+        );
+    })
+    .await
+    .expect("test finished in time");
+}
