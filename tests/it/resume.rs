@@ -332,7 +332,7 @@ fn campaign(victim: Victim, seed: u64) {
                         break true;
                     }
                     polls += 1;
-                    if polls % 200 == 0 && finished(&receiver) {
+                    if polls.is_multiple_of(200) && finished(&receiver) {
                         break true;
                     }
                     if Instant::now() > deadline {
