@@ -424,18 +424,30 @@ const FIRST_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Keeps trying to reach the other side through the rendezvous and continue, until the
 /// job completes, fails for good, is cancelled, or its resume window closes.
-async fn resume_loop(job: Arc<Job>, context: Arc<Context>, durable: Durable, mut reason: String) {
+async fn resume_loop(
+    job: Arc<Job>,
+    context: Arc<Context>,
+    mut durable: Durable,
+    mut reason: String,
+) {
     let cancel = job.cancel.clone();
     let never = AtomicBool::new(true);
     let mut pause = FIRST_RETRY_PAUSE;
+    // The window counts from the latest interruption (a restart is one).
+    restart_window(&context, &mut durable.record).await;
     loop {
         if durable.record.expired() {
-            let hours = context.config.resume_window.as_secs_f64() / 3600.0;
+            let window = context.config.resume_window.as_secs();
+            let window = if window >= 3600 {
+                format!("{:.1} h", window as f64 / 3600.0)
+            } else {
+                format!("{window} s")
+            };
             warn!("resume window closed");
             job.fail(Failure {
                 kind: ErrorKind::PeerGone,
                 message: format!(
-                    "the other side did not come back within the resume window ({hours:.1} h): send again"
+                    "the other side did not come back within the resume window ({window}): send again"
                 ),
             });
             end_for_good(&context, &durable).await;
@@ -474,6 +486,7 @@ async fn resume_loop(job: Arc<Job>, context: Arc<Context>, durable: Durable, mut
                 // pauses over, so the next interruption is retried at once.
                 if job.info.borrow().state == JobState::Transferring {
                     pause = FIRST_RETRY_PAUSE;
+                    restart_window(&context, &mut durable.record).await;
                 }
                 reason = error.failure().message;
                 debug!(%reason, "resume attempt failed");
@@ -566,6 +579,17 @@ async fn attempt(job: &Arc<Job>, context: &Context, durable: &Durable) -> Result
     };
     connection.close().await;
     Ok(result?)
+}
+
+/// Gives an interrupted job a full resume window from now, and records it.
+async fn restart_window(context: &Context, record: &mut JobRecord) {
+    record.deadline_unix =
+        record::unix_now().saturating_add(context.config.resume_window.as_secs());
+    let (records, copy) = (context.records.clone(), record.clone());
+    let saved = tokio::task::spawn_blocking(move || records.save(&copy)).await;
+    if !matches!(saved, Ok(Ok(()))) {
+        warn!("cannot record the job's new resume deadline");
+    }
 }
 
 /// The first sealed message of a resumed session: the side goes on, or gives up.

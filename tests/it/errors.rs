@@ -453,3 +453,27 @@ async fn cancelling_an_interrupted_job_ends_it_on_both_sides() {
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_peer_never_returns_fails_when_its_resume_window_closes() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start_with(Options {
+            resume_window: Duration::from_secs(3),
+            ..Options::default()
+        })
+        .await;
+        let mut b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let (send_id, _) = transfer_in_flight(&a, &b, src.path()).await;
+        b.stop().await;
+        let sent = a.wait(send_id).await;
+        assert_eq!(sent.state, JobState::Failed);
+        let message = sent.failure.unwrap().message;
+        assert!(
+            message.contains("did not come back within the resume window (3 s)"),
+            "{message}"
+        );
+    })
+    .await
+    .expect("test finished in time");
+}

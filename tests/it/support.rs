@@ -26,6 +26,7 @@ pub struct TestDaemon {
 pub struct Options {
     pub rendezvous: Option<String>,
     pub code_ttl: Duration,
+    pub resume_window: Duration,
     pub limits: p2pd::transfer::names::Limits,
 }
 
@@ -34,6 +35,7 @@ impl Default for Options {
         Options {
             rendezvous: None,
             code_ttl: Duration::from_secs(600),
+            resume_window: Duration::from_secs(3600),
             limits: Default::default(),
         }
     }
@@ -65,7 +67,7 @@ impl TestDaemon {
             },
             code_ttl: options.code_ttl,
             state_dir: dir.path().join("state"),
-            resume_window: Duration::from_secs(3600),
+            resume_window: options.resume_window,
             rtc: RtcSettings {
                 ice_servers: Vec::new(),
                 bind: vec!["127.0.0.1:0".into()],
