@@ -145,6 +145,11 @@ impl Observer for Job {
         });
     }
 
+    fn folder_saved(&self, path: &Path) {
+        self.info
+            .send_modify(|info| info.saved_folders.push(path.to_owned()));
+    }
+
     fn file_verified(&self, index: usize, saved: Option<&Path>) {
         self.info.send_modify(|info| {
             if let Some(file) = info.files.get_mut(index) {
@@ -202,6 +207,7 @@ impl Jobs {
             failure: None,
             route: None,
             skipped: Vec::new(),
+            saved_folders: Vec::new(),
             resume: None,
         };
         // Not a child of the daemon's shutdown: stopping the daemon interrupts a durable

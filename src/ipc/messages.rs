@@ -167,6 +167,8 @@ pub struct JobInfo {
     pub route: Option<RouteInfo>,
     /// Sender-side paths left out of the offer (symlinks, special files).
     pub skipped: Vec<String>,
+    /// Receiving side: top-level folders in place (their files have no `saved_as`).
+    pub saved_folders: Vec<PathBuf>,
     /// While waiting to resume: why, and until when.
     pub resume: Option<ResumeInfo>,
 }

@@ -28,8 +28,11 @@ pub trait Observer: Send + Sync {
     fn offered(&self, _offer: &Manifest) {}
     /// Bytes the receiver has written, over all files.
     fn progress(&self, _bytes_done: u64) {}
-    /// File `index` verified; on the receiving side, `saved` is where it now lives.
+    /// File `index` verified; on the receiving side, `saved` is where it now lives (files
+    /// inside a folder arrive with their folder: see `folder_saved`).
     fn file_verified(&self, _index: usize, _saved: Option<&Path>) {}
+    /// Receiving side: a top-level folder is in place at `path`.
+    fn folder_saved(&self, _path: &Path) {}
 }
 
 /// Why a transfer ended without success. Messages are for the user: one line, what to do.

@@ -36,6 +36,7 @@ enum WriteCommand {
 
 enum WriteOutcome {
     Saved { index: u32, path: Option<PathBuf> },
+    FolderSaved(PathBuf),
     Failed(TransferError),
 }
 
@@ -231,7 +232,7 @@ async fn transfer(
         // Nothing left to receive: only folders (if any) remain to be put in place.
         let (dir, tag, manifest2) = (plan.dir.clone(), plan.tag.clone(), manifest.clone());
         let journal_dir = plan.journal.as_ref().map(|j| j.dir().to_owned());
-        tokio::task::spawn_blocking(move || {
+        let folders = tokio::task::spawn_blocking(move || {
             let layout = Layout::new(&manifest2, &tag);
             if let Some(journal_dir) = &journal_dir {
                 let all = Progress {
@@ -246,6 +247,9 @@ async fn transfer(
         })
         .await
         .map_err(|_| TransferError::Protocol("publishing stopped".into()))??;
+        for folder in &folders {
+            observer.folder_saved(folder);
+        }
         observer.progress(manifest.total_bytes());
         // A resumed sender learned this from our `resume` already.
         if fresh {
@@ -355,6 +359,7 @@ async fn receive_files(
             biased;
             _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
             outcome = outcomes.recv() => match outcome {
+                Some(WriteOutcome::FolderSaved(path)) => observer.folder_saved(&path),
                 Some(WriteOutcome::Saved { index, path }) => {
                     observer.file_verified(index as usize, path.as_deref());
                     send_control(link, &Control::FileVerified { index }).await?;
@@ -688,7 +693,16 @@ fn publish_all(
         };
         if publish_now {
             match publish_batch(&mut batch, disk, &dir_handle) {
-                Ok(saved) => {
+                Ok((saved, folders)) => {
+                    // Folders first: the last file's verification ends the transfer.
+                    for folder in folders {
+                        if outcomes
+                            .blocking_send(WriteOutcome::FolderSaved(folder))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
                     for (index, path) in saved {
                         if outcomes
                             .blocking_send(WriteOutcome::Saved { index, path })
@@ -731,11 +745,13 @@ struct Batch {
 /// durable: one `fsync` for a lone file or one `syncfs` for many, and one directory
 /// `fsync`, instead of two `fsync`s per file. A name never points at data that is not on
 /// disk, and the log always knows which partials may still need their name.
+type Published = (Vec<(u32, Option<PathBuf>)>, Vec<PathBuf>);
+
 fn publish_batch(
     batch: &mut Batch,
     disk: &Disk,
     dir_handle: &File,
-) -> Result<Vec<(u32, Option<PathBuf>)>, TransferError> {
+) -> Result<Published, TransferError> {
     let flushed = match batch.files.as_slice() {
         [(_, only)] => only.file.sync_all(),
         _ => store::sync_filesystem(dir_handle),
@@ -757,16 +773,18 @@ fn publish_batch(
         drop(current);
         saved.push((index, publish_file(disk, index)?));
     }
-    if end == count {
-        publish_folders(&disk.dir, &disk.layout, &disk.manifest)?;
-    }
+    let folders = if end == count {
+        publish_folders(&disk.dir, &disk.layout, &disk.manifest)?
+    } else {
+        Vec::new()
+    };
     batch.first = end;
     batch.bytes = 0;
     batch.since = None;
     dir_handle
         .sync_all()
         .map_err(|e| TransferError::io("cannot flush the download directory", e))?;
-    Ok(saved)
+    Ok((saved, folders))
 }
 
 /// Renames a verified top-level file into place; a file inside a folder waits for its
@@ -783,15 +801,19 @@ fn publish_file(disk: &Disk, index: u32) -> Result<Option<PathBuf>, TransferErro
 
 /// Creates the offered folders (empty ones too), gives them their times deepest first, and
 /// renames each top-level folder into place under a free name. Safe to repeat: a folder
-/// already renamed is no longer under its partial name.
-fn publish_folders(dir: &Path, layout: &Layout, manifest: &Manifest) -> Result<(), TransferError> {
+/// already renamed is no longer under its partial name. Returns where they went.
+fn publish_folders(
+    dir: &Path,
+    layout: &Layout,
+    manifest: &Manifest,
+) -> Result<Vec<PathBuf>, TransferError> {
     let io = |e| TransferError::io("cannot put the received folder in place", e);
     let mut pending: Vec<usize> = (0..layout.tops().len())
         .filter(|&top| layout.tops()[top].folder)
         .filter(|&top| layout.partial_top(dir, top).exists())
         .collect();
     if pending.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut folders: Vec<_> = manifest.folders.iter().collect();
     folders.sort_by_key(|f| std::cmp::Reverse(f.name.matches('/').count()));
@@ -802,11 +824,12 @@ fn publish_folders(dir: &Path, layout: &Layout, manifest: &Manifest) -> Result<(
         store::set_folder_time(&layout.partial_folder(dir, &folder.name), folder.mtime)
             .map_err(io)?;
     }
+    let mut saved = Vec::with_capacity(pending.len());
     for top in pending.drain(..) {
         let name = &layout.tops()[top].name;
-        store::publish(dir, &layout.partial_top(dir, top), name).map_err(io)?;
+        saved.push(store::publish(dir, &layout.partial_top(dir, top), name).map_err(io)?);
     }
-    Ok(())
+    Ok(saved)
 }
 
 /// Brings the download directory back in line with the progress log after an
@@ -836,7 +859,9 @@ fn recover(
         }
     }
     if progress.folders {
-        publish_folders(dir, layout, manifest)?;
+        for folder in publish_folders(dir, layout, manifest)? {
+            debug!(path = %folder.display(), "finished putting a folder in place");
+        }
     }
     let index = progress.batch_end;
     if index == count {

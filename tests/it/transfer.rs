@@ -272,6 +272,11 @@ async fn folders_round_trip_with_times_and_the_executable_bit() {
         assert_eq!(sent.state, JobState::Completed);
         assert_eq!(sent.skipped, vec!["Projekt ünï 数据/escape".to_owned()]);
         assert_eq!(received.skipped, sent.skipped, "the receiver is told");
+        assert_eq!(
+            received.saved_folders,
+            vec![b.downloads.join("Projekt ünï 数据")],
+            "the receiver learns where the folder went"
+        );
 
         let got = b.downloads.join("Projekt ünï 数据");
         let mut expected = snapshot(&tree);

@@ -156,6 +156,17 @@ impl Renderer {
         if let Some(bars) = &self.bars {
             bars.show(info);
         }
+        let folders_before = previous.as_ref().map_or(0, |p| p.saved_folders.len());
+        for folder in info.saved_folders.iter().skip(folders_before) {
+            let line = format!(
+                "Saved {}",
+                escape_for_terminal(&folder.display().to_string())
+            );
+            match &self.bars {
+                Some(bars) => bars.multi.suspend(|| println!("{line}")),
+                None => println!("{line}"),
+            }
+        }
         for (index, file) in info.files.iter().enumerate() {
             let was_saved = previous
                 .as_ref()
@@ -214,6 +225,10 @@ impl Renderer {
                     json!({"event": "file_verified", "job": info.id, "name": file.name, "size": file.size, "path": file.saved_as}),
                 );
             }
+        }
+        let folders_before = previous.map_or(0, |p| p.saved_folders.len());
+        for folder in info.saved_folders.iter().skip(folders_before) {
+            emit(json!({"event": "folder_saved", "job": info.id, "path": folder}));
         }
         match (info.state, state_changed) {
             (JobState::Completed, true) => emit(json!({"event": "completed", "job": info.id})),
