@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use p2pd::config::{DaemonConfig, FileConfig, Overrides};
 use p2pd::daemon::{Daemon, notify};
+use p2pd::rendezvous::ice::IceHandout;
 use p2pd::rendezvous::server::{self, RendezvousConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -64,6 +65,19 @@ enum Command {
         /// Seconds an unclaimed code stays valid.
         #[arg(long, default_value_t = 600)]
         code_ttl: u64,
+        /// STUN server handed to every paired daemon, e.g. stun:203.0.113.1:3478 (repeatable).
+        #[arg(long)]
+        stun: Vec<String>,
+        /// TURN server handed out with short-lived credentials, e.g. turn:203.0.113.1:3478
+        /// (repeatable; needs --turn-secret-file).
+        #[arg(long, requires = "turn_secret_file")]
+        turn: Vec<String>,
+        /// File holding the TURN server's shared secret (coturn's static-auth-secret).
+        #[arg(long)]
+        turn_secret_file: Option<PathBuf>,
+        /// Seconds a handed-out TURN credential stays valid.
+        #[arg(long, default_value_t = 12 * 3600)]
+        turn_credential_ttl: u64,
     },
 }
 
@@ -104,13 +118,42 @@ fn one_line(error: &anyhow::Error) -> String {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let stop = stop_on_signal()?;
-    if let Some(Command::Rendezvous { listen, code_ttl }) = args.command {
+    if let Some(Command::Rendezvous {
+        listen,
+        code_ttl,
+        stun,
+        turn,
+        turn_secret_file,
+        turn_credential_ttl,
+    }) = args.command
+    {
+        let turn_secret = match &turn_secret_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the TURN secret file {}", path.display())
+                })?;
+                let secret = text.trim();
+                anyhow::ensure!(
+                    !secret.is_empty(),
+                    "the TURN secret file {} is empty: put coturn's static-auth-secret in it",
+                    path.display()
+                );
+                Some(secret.as_bytes().to_vec())
+            }
+            None => None,
+        };
         let listener = server::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         notify::notify("READY=1");
         let config = RendezvousConfig {
             slot_ttl: Duration::from_secs(code_ttl),
+            ice: IceHandout {
+                stun,
+                turn,
+                turn_secret,
+                credential_ttl: Duration::from_secs(turn_credential_ttl),
+            },
             ..Default::default()
         };
         server::serve(listener, config, stop).await;

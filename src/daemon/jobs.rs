@@ -240,7 +240,12 @@ impl Jobs {
             PathPolicy::Default => self.context.config.path_policy,
             chosen => chosen,
         };
-        if path == PathPolicy::ForceRelay && !self.context.config.rtc.has_relay() {
+        // A remote rendezvous may hand out a relay when pairing; the embedded one never does.
+        let embedded = matches!(
+            self.context.config.rendezvous,
+            crate::config::RendezvousMode::Embedded { .. }
+        );
+        if path == PathPolicy::ForceRelay && embedded && !self.context.config.rtc.has_relay() {
             return Err(failure(
                 ErrorKind::BadRequest,
                 "--force-relay needs a TURN server: add one under [[ice_servers]] in the daemon's config",

@@ -26,6 +26,8 @@ enum JobError {
     Transfer(TransferError),
     /// `--require-direct`, and the only path was relayed.
     RelayForbidden,
+    /// `--force-relay`, and neither the config nor the rendezvous gave a TURN server.
+    NoRelay,
     Cancelled,
 }
 
@@ -82,6 +84,10 @@ impl JobError {
                 error_line(e),
             ),
             JobError::Cancelled => (ErrorKind::Cancelled, "cancelled".to_owned()),
+            JobError::NoRelay => (
+                ErrorKind::NoRoute,
+                "--force-relay needs a TURN server: neither the daemon's config nor the rendezvous provides one".to_owned(),
+            ),
             JobError::RelayForbidden => (
                 ErrorKind::NoRoute,
                 "the only path found goes through a relay, and --require-direct forbids it: retry without it, or from networks with a direct path".to_owned(),
@@ -127,11 +133,28 @@ fn finish(job: &Job, result: Result<(), JobError>) {
     }
 }
 
-fn settings_for(context: &Context, path: PathPolicy) -> RtcSettings {
-    RtcSettings {
+/// The connection's WebRTC settings: the daemon's own, plus the ICE servers the rendezvous
+/// handed out with this pairing.
+fn settings_for(
+    context: &Context,
+    path: PathPolicy,
+    session: &Session,
+) -> Result<RtcSettings, JobError> {
+    let mut settings = RtcSettings {
         relay_only: path == PathPolicy::ForceRelay,
         ..context.config.rtc.clone()
+    };
+    settings
+        .ice_servers
+        .extend(session.ice_servers().iter().map(|s| rtc::IceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone(),
+            credential: s.credential.clone(),
+        }));
+    if settings.relay_only && !settings.has_relay() {
+        return Err(JobError::NoRelay);
     }
+    Ok(settings)
 }
 
 /// Reports the route, proves the channel (the first message each way), then enforces
@@ -177,7 +200,7 @@ impl JobError {
             JobError::Signal(_) => true,
             JobError::Rtc(e) => !matches!(e, RtcError::Cancelled),
             JobError::Transfer(e) => receiver::resumable(e),
-            JobError::RelayForbidden | JobError::Cancelled => false,
+            JobError::RelayForbidden | JobError::NoRelay | JobError::Cancelled => false,
         }
     }
 }
@@ -235,7 +258,7 @@ pub async fn run_send(
         .await?;
         let binding_key = session.binding_key();
         let secret = session.resume_secret();
-        let settings = settings_for(&context, path);
+        let settings = settings_for(&context, path, &session)?;
         let connection = rtc::connect_offerer(session, &settings, &cancel).await?;
         if let Err(error) = secure(&connection, &binding_key, Role::Sender, path, &job).await {
             connection.close().await;
@@ -309,7 +332,7 @@ pub async fn run_receive(
         .await?;
         let binding_key = session.binding_key();
         let secret = session.resume_secret();
-        let settings = settings_for(&context, path);
+        let settings = settings_for(&context, path, &session)?;
         let connection = rtc::connect_answerer(session, &settings, &cancel).await?;
         if let Err(error) = secure(&connection, &binding_key, Role::Receiver, path, &job).await {
             connection.close().await;
@@ -544,7 +567,7 @@ async fn attempt(job: &Arc<Job>, context: &Context, durable: &Durable) -> Result
         )));
     }
     let binding_key = session.binding_key();
-    let settings = settings_for(context, record.path);
+    let settings = settings_for(context, record.path, &session)?;
     let cancel = job.cancel.clone();
     let connection = match role {
         Role::Sender => rtc::connect_offerer(session, &settings, &cancel).await?,

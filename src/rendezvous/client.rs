@@ -10,11 +10,13 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::SignalError;
-use super::messages::{ClientMessage, ServerErrorKind, ServerMessage};
+use super::messages::{ClientMessage, IceServerInfo, ServerErrorKind, ServerMessage};
 use super::server::MAX_MESSAGE_BYTES;
 
 pub struct RendezvousClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// What the rendezvous handed out with "paired".
+    ice_servers: Vec<IceServerInfo>,
 }
 
 impl RendezvousClient {
@@ -28,7 +30,10 @@ impl RendezvousClient {
                 url: url.to_owned(),
                 source: Box::new(source),
             })?;
-        Ok(RendezvousClient { ws })
+        Ok(RendezvousClient {
+            ws,
+            ice_servers: Vec::new(),
+        })
     }
 
     /// Asks for a nameplate; returns it with the seconds the slot will wait.
@@ -46,7 +51,10 @@ impl RendezvousClient {
     /// Waits in an allocated slot until a peer claims it.
     pub async fn wait_for_peer(&mut self) -> Result<(), SignalError> {
         match self.recv().await? {
-            ServerMessage::Paired => Ok(()),
+            ServerMessage::Paired { ice_servers } => {
+                self.ice_servers = ice_servers;
+                Ok(())
+            }
             other => Err(unexpected(&other)),
         }
     }
@@ -54,7 +62,10 @@ impl RendezvousClient {
     pub async fn claim(&mut self, nameplate: u32) -> Result<(), SignalError> {
         self.send(&ClientMessage::Claim { nameplate }).await?;
         match self.recv().await? {
-            ServerMessage::Paired => Ok(()),
+            ServerMessage::Paired { ice_servers } => {
+                self.ice_servers = ice_servers;
+                Ok(())
+            }
             other => Err(unexpected(&other)),
         }
     }
@@ -68,9 +79,17 @@ impl RendezvousClient {
         })
         .await?;
         match self.recv().await? {
-            ServerMessage::Paired => Ok(()),
+            ServerMessage::Paired { ice_servers } => {
+                self.ice_servers = ice_servers;
+                Ok(())
+            }
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// The STUN/TURN servers the rendezvous handed out when pairing.
+    pub fn ice_servers(&self) -> &[IceServerInfo] {
+        &self.ice_servers
     }
 
     pub async fn relay(&mut self, body: &[u8]) -> Result<(), SignalError> {

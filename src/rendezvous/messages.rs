@@ -27,7 +27,12 @@ pub enum ServerMessage {
         nameplate: u32,
         expires_in_secs: u64,
     },
-    Paired,
+    /// The peer is here. `ice_servers`: STUN/TURN to use for this pairing (TURN with
+    /// short-lived credentials), when the rendezvous is configured with any.
+    Paired {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServerInfo>,
+    },
     Relay {
         body: String,
     },
@@ -36,6 +41,16 @@ pub enum ServerMessage {
         kind: ServerErrorKind,
         message: String,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServerInfo {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credential: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod code;
 pub mod crypto;
+pub mod ice;
 pub mod limits;
 pub mod messages;
 pub mod server;

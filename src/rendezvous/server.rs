@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use super::ice::IceHandout;
 use super::limits::{Action, AddressTable, PerAddressLimits};
 use super::messages::{ClientMessage, ServerErrorKind, ServerMessage};
 
@@ -38,6 +39,8 @@ pub struct RendezvousConfig {
     pub max_slots: usize,
     pub max_connections: usize,
     pub per_address: PerAddressLimits,
+    /// STUN/TURN handed to every paired client.
+    pub ice: IceHandout,
 }
 
 impl Default for RendezvousConfig {
@@ -47,6 +50,7 @@ impl Default for RendezvousConfig {
             max_slots: 10_000,
             max_connections: 1_000,
             per_address: PerAddressLimits::default(),
+            ice: IceHandout::default(),
         }
     }
 }
@@ -330,7 +334,7 @@ impl Connection {
                 match taken {
                     Ok((allocator, handoff)) => {
                         if handoff.send(out_tx.clone()).is_err()
-                            || allocator.send(ServerMessage::Paired).await.is_err()
+                            || allocator.send(self.paired()).await.is_err()
                         {
                             lock(&self.slots).by_nameplate.remove(&nameplate);
                             return Step::End(Some(ServerMessage::PeerGone));
@@ -340,7 +344,7 @@ impl Connection {
                             nameplate: Some(nameplate),
                             peer: allocator,
                         };
-                        Step::Reply(ServerMessage::Paired)
+                        Step::Reply(self.paired())
                     }
                     Err(reply) => Step::End(Some(reply)),
                 }
@@ -387,7 +391,7 @@ impl Connection {
                 match other {
                     Some(other) => {
                         if other.handoff.send(out_tx.clone()).is_err()
-                            || other.waiting.send(ServerMessage::Paired).await.is_err()
+                            || other.waiting.send(self.paired()).await.is_err()
                         {
                             return Step::End(Some(ServerMessage::PeerGone));
                         }
@@ -396,7 +400,7 @@ impl Connection {
                             nameplate: None,
                             peer: other.waiting,
                         };
-                        Step::Reply(ServerMessage::Paired)
+                        Step::Reply(self.paired())
                     }
                     None => {
                         *phase = Phase::Rejoining {
@@ -428,6 +432,17 @@ impl Connection {
                 ServerErrorKind::Protocol,
                 "message not allowed now",
             ))),
+        }
+    }
+
+    /// "Paired", with this client's ICE servers and fresh TURN credentials.
+    fn paired(&self) -> ServerMessage {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        ServerMessage::Paired {
+            ice_servers: self.config.ice.for_client(now),
         }
     }
 

@@ -69,6 +69,11 @@ impl Session {
         }
     }
 
+    /// STUN/TURN servers the rendezvous handed out for this pairing.
+    pub fn ice_servers(&self) -> &[super::messages::IceServerInfo] {
+        self.client.ice_servers()
+    }
+
     /// The secret that later sessions of this job are opened with.
     pub fn resume_secret(&self) -> [u8; 32] {
         self.sealed.resume_secret()

@@ -347,7 +347,9 @@ async fn extra_data_channels_from_the_peer_are_closed_and_ignored() {
             // Two extra channels: the receiver must close each, not hold it unpolled.
             for label in ["evil", "evil-2"] {
                 let extra = c.pc.create_data_channel(label, None).await.unwrap();
-                let closed = tokio::time::timeout(Duration::from_secs(5), async {
+                // Generous: with the resume campaigns loading both cores in the same run, a
+                // close took over 5 s once; a channel left open never closes at all.
+                let closed = tokio::time::timeout(Duration::from_secs(20), async {
                     while let Some(event) = extra.poll().await {
                         if let webrtc::data_channel::DataChannelEvent::OnOpen = event {
                             let _ = extra.send_text("hello?").await;
