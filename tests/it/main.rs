@@ -5,6 +5,7 @@ mod cli;
 mod errors;
 mod flood;
 mod hostile;
+mod netns;
 mod resume;
 mod support;
 mod transfer;
