@@ -6,6 +6,8 @@ mod errors;
 mod flood;
 mod hostile;
 mod netns;
+#[path = "../netns/mod.rs"]
+mod netns_harness;
 mod resume;
 mod support;
 mod transfer;

@@ -1,0 +1,130 @@
+//! Impaired and relayed paths: one file from a home behind a NAT router to another, over
+//! network namespaces (harness: `tests/netns/mod.rs`), against a TCP copy of the same
+//! file over the same path in the same run (h1 → h2 through a port forward on h2's
+//! router). Needs root, ip, iptables, tc, ethtool and coturn.
+//!
+//! `cargo bench --bench paths` runs every path; `cargo bench --bench paths -- NAME...`
+//! only those whose name contains one of the words. P2PD_PATHS_MIB sets the file size
+//! (64 by default).
+
+#[path = "../tests/netns/mod.rs"]
+mod netns;
+
+use std::time::Duration;
+
+use netns::{Impairment, Nat, random_file, transfer, two_homes};
+
+struct Scenario {
+    name: &'static str,
+    nat: Nat,
+    impairment: Impairment,
+}
+
+fn paths() -> Vec<Scenario> {
+    let impaired = |loss_percent: f64, rtt_ms: u64| Impairment {
+        loss_percent,
+        one_way_delay: Duration::from_millis(rtt_ms / 2),
+        rate_mbit: Some(50),
+    };
+    vec![
+        Scenario {
+            name: "clean-50mbit",
+            nat: Nat::Ordinary,
+            impairment: impaired(0.0, 0),
+        },
+        Scenario {
+            name: "40ms-50mbit",
+            nat: Nat::Ordinary,
+            impairment: impaired(0.0, 40),
+        },
+        Scenario {
+            name: "loss1-40ms-50mbit",
+            nat: Nat::Ordinary,
+            impairment: impaired(1.0, 40),
+        },
+        Scenario {
+            name: "loss5-40ms-50mbit",
+            nat: Nat::Ordinary,
+            impairment: impaired(5.0, 40),
+        },
+        Scenario {
+            name: "loss1-200ms-50mbit",
+            nat: Nat::Ordinary,
+            impairment: impaired(1.0, 200),
+        },
+        Scenario {
+            name: "loss5-200ms-50mbit",
+            nat: Nat::Ordinary,
+            impairment: impaired(5.0, 200),
+        },
+        Scenario {
+            name: "relayed-50mbit",
+            nat: Nat::PortRandomizing,
+            impairment: impaired(0.0, 0),
+        },
+        Scenario {
+            name: "relayed-unlimited",
+            nat: Nat::PortRandomizing,
+            impairment: Impairment::default(),
+        },
+    ]
+}
+
+fn mbit(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e6
+}
+
+fn main() {
+    // cargo bench passes --bench; the other arguments choose paths.
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let mib: usize = std::env::var("P2PD_PATHS_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let bytes = (mib * 1024 * 1024) as u64;
+    println!("{mib} MiB from h1 to h2; TCP = a socket copy over the same path, same run");
+    println!(
+        "{:<20} {:>10} {:>10} {:>7}  route",
+        "path", "TCP Mbit/s", "p2pd", "ratio"
+    );
+    for path in paths() {
+        if !wanted.is_empty() && !wanted.iter().any(|w| path.name.contains(w.as_str())) {
+            continue;
+        }
+        let Some((net, a, b)) = two_homes(path.nat, path.impairment) else {
+            return;
+        };
+        net.forward_tcp("r2", "192.168.2.2");
+        let source = random_file(net.dir.path(), "payload.bin", bytes as usize, 7);
+        let tcp_target = net.dir.path().join("tcp.bin");
+        let tcp = net.tcp_copy("h1", "h2", "203.0.113.12", &source, &tcp_target);
+        assert_eq!(
+            std::fs::metadata(&tcp_target).map(|m| m.len()).unwrap_or(0),
+            bytes,
+            "the TCP copy is short"
+        );
+        let _ = std::fs::remove_file(&tcp_target);
+        let outcome = transfer(&a, &b, &source, &[]);
+        let received = net.downloads("h2").join("payload.bin");
+        let verified = outcome.ok && std::fs::read(&received).ok() == std::fs::read(&source).ok();
+        assert!(
+            verified,
+            "{}: {:?}\n{}",
+            path.name,
+            outcome.events,
+            net.logs()
+        );
+        let route = outcome.route().map(|(_, p)| p).unwrap_or_default();
+        let (tcp_rate, p2pd_rate) = (mbit(bytes, tcp), mbit(bytes, outcome.elapsed));
+        println!(
+            "{:<20} {:>10.1} {:>10.1} {:>7.2}  {route}",
+            path.name,
+            tcp_rate,
+            p2pd_rate,
+            p2pd_rate / tcp_rate
+        );
+    }
+}
