@@ -47,6 +47,47 @@ pub struct FileConfig {
     pub max_file_bytes: Option<u64>,
 }
 
+/// The standalone rendezvous server's config file (`p2pd rendezvous --config PATH`). Its
+/// flags have the same names; a flag given on the command line wins, and a list given on
+/// the command line replaces the file's.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RendezvousFileConfig {
+    pub listen: Option<SocketAddr>,
+    pub code_ttl_secs: Option<u64>,
+    /// STUN servers handed to every paired daemon, like `["stun:turn.example.org:3478"]`.
+    #[serde(default)]
+    pub stun: Vec<String>,
+    /// TURN servers handed out with short-lived credentials (needs `turn_secret_file`).
+    #[serde(default)]
+    pub turn: Vec<String>,
+    /// File holding the TURN server's shared secret (coturn's `static-auth-secret`).
+    pub turn_secret_file: Option<PathBuf>,
+    pub turn_credential_ttl_secs: Option<u64>,
+}
+
+impl RendezvousFileConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<RendezvousFileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+
+    /// Loads `path`, or nothing: the rendezvous has no default config file, since the
+    /// daemon's own file has other keys.
+    pub fn load(path: Option<&Path>) -> Result<RendezvousFileConfig, ConfigError> {
+        let Some(path) = path else {
+            return Ok(RendezvousFileConfig::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        RendezvousFileConfig::parse(&text, path)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -269,6 +310,24 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let err = FileConfig::parse("downlaod_dir = \"/tmp\"\n", Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("downlaod_dir"), "{err}");
+    }
+
+    #[test]
+    fn every_rendezvous_key_parses_and_unknown_ones_are_refused() {
+        let text = r#"
+            listen = "0.0.0.0:9009"
+            code_ttl_secs = 300
+            stun = ["stun:turn.example.org:3478"]
+            turn = ["turn:turn.example.org:3478"]
+            turn_secret_file = "/etc/p2pd/turn-secret"
+            turn_credential_ttl_secs = 3600
+        "#;
+        let file = RendezvousFileConfig::parse(text, Path::new("r.toml")).unwrap();
+        assert_eq!(file.turn, ["turn:turn.example.org:3478"]);
+        assert_eq!(file.turn_credential_ttl_secs, Some(3600));
+        let err =
+            RendezvousFileConfig::parse("turn_secret = \"x\"\n", Path::new("r.toml")).unwrap_err();
+        assert!(err.to_string().contains("turn_secret"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use p2pd::config::{DaemonConfig, FileConfig, Overrides};
+use p2pd::config::{DaemonConfig, FileConfig, Overrides, RendezvousFileConfig};
 use p2pd::daemon::{Daemon, notify};
 use p2pd::rendezvous::ice::IceHandout;
 use p2pd::rendezvous::server::{self, RendezvousConfig};
@@ -19,8 +19,9 @@ struct Args {
     /// Control socket path.
     #[arg(long, env = "P2PD_SOCKET", global = true)]
     socket: Option<PathBuf>,
-    /// Config file (TOML). Default: the user's config dir, p2pd/config.toml, if present.
-    #[arg(long, env = "P2PD_CONFIG")]
+    /// Config file (TOML). Default: the user's config dir, p2pd/config.toml, if present;
+    /// `p2pd rendezvous` reads one only when given.
+    #[arg(long, env = "P2PD_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Where received files go. Default: the user's download directory.
     #[arg(long)]
@@ -58,26 +59,28 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run only the rendezvous server.
+    /// Run only the rendezvous server. Every flag has a key of the same name in its
+    /// --config file (code_ttl_secs, turn_credential_ttl_secs); flags win.
     Rendezvous {
-        #[arg(long, default_value = "0.0.0.0:9009")]
-        listen: SocketAddr,
-        /// Seconds an unclaimed code stays valid.
-        #[arg(long, default_value_t = 600)]
-        code_ttl: u64,
+        /// Address to listen on [default: 0.0.0.0:9009].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Seconds an unclaimed code stays valid [default: 600].
+        #[arg(long)]
+        code_ttl: Option<u64>,
         /// STUN server handed to every paired daemon, e.g. stun:203.0.113.1:3478 (repeatable).
         #[arg(long)]
         stun: Vec<String>,
         /// TURN server handed out with short-lived credentials, e.g. turn:203.0.113.1:3478
         /// (repeatable; needs --turn-secret-file).
-        #[arg(long, requires = "turn_secret_file")]
+        #[arg(long)]
         turn: Vec<String>,
         /// File holding the TURN server's shared secret (coturn's static-auth-secret).
         #[arg(long)]
         turn_secret_file: Option<PathBuf>,
-        /// Seconds a handed-out TURN credential stays valid.
-        #[arg(long, default_value_t = 12 * 3600)]
-        turn_credential_ttl: u64,
+        /// Seconds a handed-out TURN credential stays valid [default: 43200].
+        #[arg(long)]
+        turn_credential_ttl: Option<u64>,
     },
 }
 
@@ -127,6 +130,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         turn_credential_ttl,
     }) = args.command
     {
+        let file = RendezvousFileConfig::load(args.config.as_deref())?;
+        let listen = listen
+            .or(file.listen)
+            .unwrap_or(([0, 0, 0, 0], 9009).into());
+        let code_ttl = code_ttl.or(file.code_ttl_secs).unwrap_or(600);
+        let stun = if stun.is_empty() { file.stun } else { stun };
+        let turn = if turn.is_empty() { file.turn } else { turn };
+        let turn_secret_file = turn_secret_file.or(file.turn_secret_file);
+        let turn_credential_ttl = turn_credential_ttl
+            .or(file.turn_credential_ttl_secs)
+            .unwrap_or(12 * 3600);
+        anyhow::ensure!(
+            turn.is_empty() || turn_secret_file.is_some(),
+            "TURN servers need coturn's shared secret: pass --turn-secret-file PATH (or set turn_secret_file)"
+        );
         let turn_secret = match &turn_secret_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| {

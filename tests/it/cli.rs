@@ -272,6 +272,40 @@ fn second_daemon_on_the_same_socket_refuses_to_start() {
 }
 
 #[test]
+fn rendezvous_refuses_turn_without_its_secret_and_unknown_config_keys() {
+    let output = Command::new(P2PD)
+        .args([
+            "rendezvous",
+            "--listen",
+            "127.0.0.1:0",
+            "--turn",
+            "turn:127.0.0.1:3478",
+        ])
+        .output()
+        .unwrap();
+    assert_one_line_error(&output, "--turn-secret-file");
+    // The same from the config file, and a misspelt key is named.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rendezvous.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nturn = [\"turn:127.0.0.1:3478\"]\n",
+    )
+    .unwrap();
+    let output = Command::new(P2PD)
+        .args(["rendezvous", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_one_line_error(&output, "--turn-secret-file");
+    std::fs::write(&config, "turn_secrets_file = \"/etc/x\"\n").unwrap();
+    let output = Command::new(P2PD)
+        .args(["rendezvous", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_one_line_error(&output, "turn_secrets_file");
+}
+
+#[test]
 fn json_send_and_receive_with_real_binaries_then_sigterm() {
     let mut daemon = DaemonProcess::start();
     let src = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::netns_harness::{Impairment, Nat, Net, random_file, transfer, two_homes};
+use crate::netns_harness::{Impairment, Nat, Net, P2P, random_file, transfer, two_homes};
 
 /// Small: these tests are about the path, not the rate (`cargo bench --bench paths` has
 /// the rates).
@@ -120,4 +120,84 @@ fn a_lossy_slow_distant_path_still_delivers() {
     let outcome = transfer(&a, &b, &file, &[]);
     assert!(outcome.ok, "{:?}\n{}", outcome.events, net.logs());
     received_ok(&net, "h2", &file);
+}
+
+/// A laptop that changes address mid-transfer (a new DHCP lease, another network): the
+/// old ICE path dies, the job waits to resume, both daemons find each other again
+/// through the rendezvous from their new addresses and finish from verified data.
+#[test]
+fn changing_address_mid_transfer_resumes_and_verifies() {
+    let impairment = Impairment {
+        rate_mbit: Some(20),
+        ..Impairment::default()
+    };
+    let Some((net, a, b)) = two_homes(Nat::Ordinary, impairment) else {
+        return;
+    };
+    let file = random_file(net.dir.path(), "payload.bin", 16 * 1024 * 1024, 23);
+    let mut clients = start_transfer(&a, &b, &file);
+    let downloads = net.downloads("h2");
+    let partial_len = || {
+        std::fs::read_dir(&downloads)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().to_string_lossy().ends_with(".p2pd-part"))
+            .and_then(|e| e.metadata().ok())
+            .map(|m| m.len())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while partial_len().unwrap_or(0) < 3 * 1024 * 1024 {
+        assert!(Instant::now() < deadline, "no progress\n{}", net.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    net.exec(
+        "h1",
+        "ip addr flush dev eth0 && ip addr add 192.168.1.9/24 dev eth0 && ip route add default via 192.168.1.1",
+    );
+    let saved = downloads.join("payload.bin");
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while !saved.exists() {
+        assert!(Instant::now() < deadline, "never resumed\n{}", net.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    received_ok(&net, "h2", &file);
+    let log = std::fs::read_to_string(net.dir.path().join("h2").join("p2pd.log")).unwrap();
+    assert!(
+        log.contains("resuming"),
+        "finished without resuming?\n{log}"
+    );
+    for client in &mut clients {
+        let _ = client.kill();
+        let _ = client.wait();
+    }
+}
+
+/// Starts `p2p send` on `a` and `p2p receive` on `b` without waiting for them.
+fn start_transfer(a: &Path, b: &Path, file: &Path) -> Vec<std::process::Child> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut send = Command::new(P2P)
+        .arg("--socket")
+        .arg(a)
+        .args(["send", "--json"])
+        .arg(file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(send.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let created: serde_json::Value = serde_json::from_str(&first).expect(&first);
+    let code = created["code"].as_str().unwrap().to_owned();
+    let receive = Command::new(P2P)
+        .arg("--socket")
+        .arg(b)
+        .args(["receive", "--yes", "--json", &code])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    vec![send, receive]
 }

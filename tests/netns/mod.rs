@@ -267,20 +267,28 @@ impl Net {
         );
         let secret = self.dir.path().join("turn.secret");
         std::fs::write(&secret, TURN_SECRET).expect("write secret");
+        // The ICE servers come from the rendezvous's config file, the address from a flag:
+        // both ways of configuring it, merged.
+        let rendezvous_conf = self.dir.path().join("rendezvous.toml");
+        std::fs::write(
+            &rendezvous_conf,
+            format!(
+                "stun = [\"stun:{INTERNET}:3478\"]\nturn = [\"turn:{INTERNET}:3478\"]\n\
+                 turn_secret_file = \"{}\"\nturn_credential_ttl_secs = 600\n",
+                secret.display()
+            ),
+        )
+        .expect("write rendezvous config");
         let log = self.dir.path().join("rendezvous.log");
         self.spawn(
             "inet",
             P2PD,
             &[
                 "rendezvous",
+                "--config",
+                rendezvous_conf.to_str().expect("utf-8 path"),
                 "--listen",
                 &format!("{INTERNET}:9009"),
-                "--stun",
-                &format!("stun:{INTERNET}:3478"),
-                "--turn",
-                &format!("turn:{INTERNET}:3478"),
-                "--turn-secret-file",
-                secret.to_str().expect("utf-8 path"),
             ],
             &log,
         );
