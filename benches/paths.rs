@@ -18,6 +18,10 @@ struct Scenario {
     name: &'static str,
     nat: Nat,
     impairment: Impairment,
+    /// The file is split into this many parts sent as concurrent transfers, each on its
+    /// own peer connection (its own SCTP association and congestion window): what
+    /// striping one transfer over several connections would give.
+    parallel: usize,
 }
 
 fn paths() -> Vec<Scenario> {
@@ -26,48 +30,47 @@ fn paths() -> Vec<Scenario> {
         one_way_delay: Duration::from_millis(rtt_ms / 2),
         rate_mbit: Some(50),
     };
+    let direct = |name, impairment, parallel| Scenario {
+        name,
+        nat: Nat::Ordinary,
+        impairment,
+        parallel,
+    };
+    let relayed = |name, impairment| Scenario {
+        name,
+        nat: Nat::PortRandomizing,
+        impairment,
+        parallel: 1,
+    };
     vec![
-        Scenario {
-            name: "clean-50mbit",
-            nat: Nat::Ordinary,
-            impairment: impaired(0.0, 0),
-        },
-        Scenario {
-            name: "40ms-50mbit",
-            nat: Nat::Ordinary,
-            impairment: impaired(0.0, 40),
-        },
-        Scenario {
-            name: "loss1-40ms-50mbit",
-            nat: Nat::Ordinary,
-            impairment: impaired(1.0, 40),
-        },
-        Scenario {
-            name: "loss5-40ms-50mbit",
-            nat: Nat::Ordinary,
-            impairment: impaired(5.0, 40),
-        },
-        Scenario {
-            name: "loss1-200ms-50mbit",
-            nat: Nat::Ordinary,
-            impairment: impaired(1.0, 200),
-        },
-        Scenario {
-            name: "loss5-200ms-50mbit",
-            nat: Nat::Ordinary,
-            impairment: impaired(5.0, 200),
-        },
-        Scenario {
-            name: "relayed-50mbit",
-            nat: Nat::PortRandomizing,
-            impairment: impaired(0.0, 0),
-        },
-        Scenario {
-            name: "relayed-unlimited",
-            nat: Nat::PortRandomizing,
-            impairment: Impairment::default(),
-        },
+        direct("clean-50mbit", impaired(0.0, 0), 1),
+        direct("40ms-50mbit", impaired(0.0, 40), 1),
+        direct("loss1-40ms-50mbit", impaired(1.0, 40), 1),
+        direct("loss1-40ms-50mbit-x4", impaired(1.0, 40), 4),
+        direct("loss1-40ms-50mbit-x8", impaired(1.0, 40), 8),
+        direct("loss5-40ms-50mbit", impaired(5.0, 40), 1),
+        direct("loss1-200ms-50mbit", impaired(1.0, 200), 1),
+        direct("loss5-200ms-50mbit", impaired(5.0, 200), 1),
+        relayed("relayed-50mbit", impaired(0.0, 0)),
+        relayed("relayed-unlimited", Impairment::default()),
     ]
+}
+
+/// `source` itself, or `parts` files holding its consecutive slices.
+fn split(source: &std::path::Path, parts: usize) -> Vec<std::path::PathBuf> {
+    if parts <= 1 {
+        return vec![source.to_owned()];
+    }
+    let data = std::fs::read(source).expect("read source");
+    let size = data.len().div_ceil(parts);
+    data.chunks(size)
+        .enumerate()
+        .map(|(i, slice)| {
+            let part = source.with_file_name(format!("part{i}.bin"));
+            std::fs::write(&part, slice).expect("write part");
+            part
+        })
+        .collect()
 }
 
 fn mbit(bytes: u64, elapsed: Duration) -> f64 {
@@ -87,7 +90,7 @@ fn main() {
     let bytes = (mib * 1024 * 1024) as u64;
     println!("{mib} MiB from h1 to h2; TCP = a socket copy over the same path, same run");
     println!(
-        "{:<20} {:>10} {:>10} {:>7}  route",
+        "{:<22} {:>10} {:>10} {:>7}  route",
         "path", "TCP Mbit/s", "p2pd", "ratio"
     );
     for path in paths() {
@@ -107,20 +110,34 @@ fn main() {
             "the TCP copy is short"
         );
         let _ = std::fs::remove_file(&tcp_target);
-        let outcome = transfer(&a, &b, &source, &[]);
-        let received = net.downloads("h2").join("payload.bin");
-        let verified = outcome.ok && std::fs::read(&received).ok() == std::fs::read(&source).ok();
-        assert!(
-            verified,
-            "{}: {:?}\n{}",
-            path.name,
-            outcome.events,
-            net.logs()
-        );
-        let route = outcome.route().map(|(_, p)| p).unwrap_or_default();
-        let (tcp_rate, p2pd_rate) = (mbit(bytes, tcp), mbit(bytes, outcome.elapsed));
+        let parts = split(&source, path.parallel);
+        let started = std::time::Instant::now();
+        let outcomes: Vec<_> = std::thread::scope(|scope| {
+            let running: Vec<_> = parts
+                .iter()
+                .map(|part| scope.spawn(|| transfer(&a, &b, part, &[])))
+                .collect();
+            running
+                .into_iter()
+                .map(|t| t.join().expect("transfer thread"))
+                .collect()
+        });
+        let elapsed = started.elapsed();
+        for (part, outcome) in parts.iter().zip(&outcomes) {
+            let received = net.downloads("h2").join(part.file_name().expect("a name"));
+            let verified = outcome.ok && std::fs::read(&received).ok() == std::fs::read(part).ok();
+            assert!(
+                verified,
+                "{}: {:?}\n{}",
+                path.name,
+                outcome.events,
+                net.logs()
+            );
+        }
+        let route = outcomes[0].route().map(|(_, p)| p).unwrap_or_default();
+        let (tcp_rate, p2pd_rate) = (mbit(bytes, tcp), mbit(bytes, elapsed));
         println!(
-            "{:<20} {:>10.1} {:>10.1} {:>7.2}  {route}",
+            "{:<22} {:>10.1} {:>10.1} {:>7.2}  {route}",
             path.name,
             tcp_rate,
             p2pd_rate,
