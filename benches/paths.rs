@@ -4,7 +4,7 @@
 //! router). Needs root, ip, iptables, tc, ethtool and coturn.
 //!
 //! `cargo bench --bench paths` runs every path; `cargo bench --bench paths -- NAME...`
-//! only those whose name contains one of the words. P2PD_PATHS_MIB sets the file size
+//! only the paths named. P2PD_PATHS_MIB sets the file size
 //! (64 by default).
 
 #[path = "../tests/netns/mod.rs"]
@@ -94,7 +94,7 @@ fn main() {
         "path", "TCP Mbit/s", "p2pd", "ratio"
     );
     for path in paths() {
-        if !wanted.is_empty() && !wanted.iter().any(|w| path.name.contains(w.as_str())) {
+        if !wanted.is_empty() && !wanted.iter().any(|w| w == path.name) {
             continue;
         }
         let Some((net, a, b)) = two_homes(path.nat, path.impairment) else {

@@ -201,3 +201,40 @@ fn start_transfer(a: &Path, b: &Path, file: &Path) -> Vec<std::process::Child> {
         .unwrap();
     vec![send, receive]
 }
+
+/// `--force-relay` takes the relay even where a direct path exists, and `--require-direct`
+/// refuses a path that only a relay can give, telling both sides why.
+#[test]
+fn path_flags_force_the_relay_or_refuse_it() {
+    let Some((net, a, b)) = two_homes(Nat::Ordinary, Impairment::default()) else {
+        return;
+    };
+    let file = payload(&net);
+    let outcome = transfer(&a, &b, &file, &["--force-relay"]);
+    assert!(outcome.ok, "{:?}\n{}", outcome.events, net.logs());
+    let (relayed, path) = outcome.route().expect("a route event");
+    assert!(relayed, "--force-relay must relay: {path}");
+    received_ok(&net, "h2", &file);
+    drop(net);
+
+    let Some((net, a, b)) = two_homes(Nat::PortRandomizing, Impairment::default()) else {
+        return;
+    };
+    let file = payload(&net);
+    let outcome = transfer(&a, &b, &file, &["--require-direct"]);
+    assert!(!outcome.ok, "{:?}", outcome.events);
+    let failed = outcome
+        .events
+        .iter()
+        .find(|e| e["event"] == "failed")
+        .expect("a failed event");
+    let message = failed["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--require-direct"), "{message}");
+    assert!(
+        std::fs::read_dir(net.downloads("h2"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing may be written when the path is refused"
+    );
+}
