@@ -116,6 +116,9 @@ impl Daemon {
                 socket.to_str().unwrap(),
                 "--download-dir",
                 downloads.to_str().unwrap(),
+                // Job records beside everything else, never in the user's data dir.
+                "--state-dir",
+                dir.join(name).join("state").to_str().unwrap(),
             ])
             .args(["--ice-bind", "127.0.0.1:0"])
             .env("RUST_LOG", "error,p2pd=info")
