@@ -106,6 +106,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, name: &str, rendezvous: Option<&str>) -> (Daemon, Option<String>) {
+        Daemon::start_with(dir, name, rendezvous, &[])
+    }
+
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        rendezvous: Option<&str>,
+        extra: &[&str],
+    ) -> (Daemon, Option<String>) {
         let socket = dir.join(name).join("p2pd.sock");
         let downloads = dir.join(format!("{name}-dl"));
         std::fs::create_dir_all(&downloads).expect("downloads");
@@ -121,6 +130,7 @@ impl Daemon {
                 dir.join(name).join("state").to_str().unwrap(),
             ])
             .args(["--ice-bind", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "error,p2pd=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -298,6 +308,57 @@ fn throughput(dir: &Path) {
     let _ = std::fs::remove_file(&source);
 }
 
+/// The 4 MiB UDP socket buffers against the kernel's default (`--udp-buffer-bytes 0`),
+/// alternating, with the UDP baseline beside each pair of runs.
+fn buffers(dir: &Path) {
+    let mib = env_or("P2PD_BENCH_MIB", 1024).min(256);
+    let runs = env_or("P2PD_BENCH_RUNS", 3);
+    let bytes = (mib * 1024 * 1024) as u64;
+    let source = dir.join("buffers.bin");
+    make_file(&source, mib);
+    let tuned = pair(dir, "buffers-tuned");
+    let (a, url) = Daemon::start_with(dir, "buffers-default-a", None, &["--udp-buffer-bytes", "0"]);
+    let (b, _) = Daemon::start_with(
+        dir,
+        "buffers-default-b",
+        url.as_deref(),
+        &["--udp-buffer-bytes", "0"],
+    );
+    let default_received = dir.join("buffers-default-b-dl");
+    let (mut big, mut small, mut udp) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        udp.push(udp_rate(bytes.min(512 * 1024 * 1024)));
+        big.push(mbit(
+            bytes,
+            p2pd_transfer(&tuned.a, &tuned.b, std::slice::from_ref(&source)),
+        ));
+        clear(&tuned.received);
+        small.push(mbit(
+            bytes,
+            p2pd_transfer(&a, &b, std::slice::from_ref(&source)),
+        ));
+        clear(&default_received);
+        println!(
+            "run {}: 4 MiB buffers {:.0} Mbit/s, kernel default {:.0} Mbit/s, udp 1200 B {:.0} Mbit/s",
+            run + 1,
+            big[run],
+            small[run],
+            udp[run]
+        );
+    }
+    let (b4, b0, u) = (median(big), median(small), median(udp));
+    println!("buffers: {mib} MiB, median of {runs}");
+    println!(
+        "  4 MiB UDP buffers    {b4:>8.0} Mbit/s   {:.3} × udp",
+        b4 / u
+    );
+    println!(
+        "  kernel default       {b0:>8.0} Mbit/s   {:.3} × udp",
+        b0 / u
+    );
+    let _ = std::fs::remove_file(&source);
+}
+
 /// Peak memory of fresh daemons for a small and a large file: it must not grow with size.
 fn memory(dir: &Path) {
     let big_mib = env_or("P2PD_BENCH_BIG_MIB", 4096);
@@ -465,7 +526,8 @@ fn concurrent(dir: &Path) {
 }
 
 fn main() {
-    // `cargo bench --bench e2e -- small concurrent` runs those sections; no name runs all.
+    // `cargo bench --bench e2e -- small concurrent` runs those sections; no name runs all
+    // (throughput, small, concurrent, buffers, memory).
     let chosen: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -481,6 +543,9 @@ fn main() {
     }
     if wanted("concurrent") {
         concurrent(dir.path());
+    }
+    if wanted("buffers") {
+        buffers(dir.path());
     }
     if wanted("memory") {
         memory(dir.path());

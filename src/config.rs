@@ -33,6 +33,8 @@ pub struct FileConfig {
     pub resume_window_secs: Option<u64>,
     /// Local UDP addresses WebRTC binds, like `["0.0.0.0:0"]`.
     pub ice_bind: Option<Vec<String>>,
+    /// Send and receive buffer of each WebRTC UDP socket (default 4 MiB; 0 = kernel default).
+    pub udp_buffer_bytes: Option<usize>,
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
     /// Default for every transfer: only through a TURN relay.
@@ -214,6 +216,7 @@ pub struct Overrides {
     pub rendezvous_listen: Option<SocketAddr>,
     pub code_ttl_secs: Option<u64>,
     pub ice_bind: Vec<String>,
+    pub udp_buffer_bytes: Option<usize>,
     pub max_files: Option<usize>,
     pub max_total_bytes: Option<u64>,
     pub max_file_bytes: Option<u64>,
@@ -296,6 +299,10 @@ impl DaemonConfig {
                 ice_servers: file.ice_servers,
                 bind,
                 relay_only: false,
+                udp_buffer_bytes: flags
+                    .udp_buffer_bytes
+                    .or(file.udp_buffer_bytes)
+                    .unwrap_or(crate::rtc::runtime::UDP_SOCKET_BUFFER_BYTES),
             },
             path_policy,
         })
@@ -339,6 +346,7 @@ mod tests {
             rendezvous_listen = "0.0.0.0:9009"
             code_ttl_secs = 60
             ice_bind = ["127.0.0.1:0"]
+            udp_buffer_bytes = 0
             max_files = 10
             max_total_bytes = 1000
             max_file_bytes = 100
@@ -358,6 +366,7 @@ mod tests {
         );
         assert_eq!(config.code_ttl, Duration::from_secs(60));
         assert_eq!(config.rtc.bind, vec!["127.0.0.1:0".to_owned()]);
+        assert_eq!(config.rtc.udp_buffer_bytes, 0);
         assert_eq!(
             config.limits,
             Limits {

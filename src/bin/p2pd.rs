@@ -44,6 +44,10 @@ struct Args {
     /// Local UDP address for WebRTC (repeatable). Default: 0.0.0.0:0, every interface.
     #[arg(long)]
     ice_bind: Vec<String>,
+    /// Send and receive buffer of each WebRTC UDP socket, in bytes (default 4 MiB; 0 leaves
+    /// the kernel's default).
+    #[arg(long)]
+    udp_buffer_bytes: Option<usize>,
     /// Refuse offers with more files than this.
     #[arg(long)]
     max_files: Option<usize>,
@@ -188,6 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rendezvous_listen: args.rendezvous_listen,
         code_ttl_secs: args.code_ttl,
         ice_bind: args.ice_bind,
+        udp_buffer_bytes: args.udp_buffer_bytes,
         max_files: args.max_files,
         max_total_bytes: args.max_total_bytes,
         max_file_bytes: args.max_file_bytes,

@@ -56,6 +56,8 @@ pub struct RtcSettings {
     pub bind: Vec<String>,
     /// Gather and use relay candidates only (`--force-relay`).
     pub relay_only: bool,
+    /// Send and receive buffer asked for on each UDP socket; 0 leaves the kernel default.
+    pub udp_buffer_bytes: usize,
 }
 
 impl RtcSettings {
@@ -361,7 +363,9 @@ async fn build(settings: &RtcSettings, role: Role) -> Result<Pending, RtcError> 
     let pc = PeerConnectionBuilder::new()
         .with_configuration(config)
         .with_setting_engine(setting_engine)
-        .with_runtime(Arc::new(TunedRuntime))
+        .with_runtime(Arc::new(TunedRuntime {
+            buffer_bytes: settings.udp_buffer_bytes,
+        }))
         .with_handler(Arc::new(handler))
         .with_udp_addrs(settings.bind.clone())
         .with_data_channel_send_buffer_limit(SEND_BUFFER_LIMIT_BYTES)

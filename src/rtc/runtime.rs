@@ -1,4 +1,5 @@
-//! The tokio runtime for webrtc with one change: large UDP socket buffers.
+//! The tokio runtime for webrtc with one change: large UDP socket buffers (4 MiB unless
+//! configured otherwise).
 //!
 //! webrtc 0.21 never sizes its sockets, so the kernel default receive buffer (~208 KB)
 //! overflows under a 1 MiB+ SCTP window, and each drop costs SCTP its 1 s minimum RTO.
@@ -14,12 +15,15 @@ use webrtc::runtime::{
     TokioRuntime,
 };
 
-/// Requested size of each UDP socket's send and receive buffer. The kernel caps it at
+/// Default size of each UDP socket's send and receive buffer. The kernel caps it at
 /// `net.core.{r,w}mem_max` for unprivileged users, so root uses the FORCE variants.
 pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug)]
-pub struct TunedRuntime;
+pub struct TunedRuntime {
+    /// What to ask for on each socket; 0 leaves the kernel's default.
+    pub buffer_bytes: usize,
+}
 
 impl Runtime for TunedRuntime {
     fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
@@ -27,7 +31,9 @@ impl Runtime for TunedRuntime {
     }
 
     fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
-        enlarge_buffers(&socket);
+        if self.buffer_bytes > 0 {
+            enlarge_buffers(&socket, self.buffer_bytes);
+        }
         TokioRuntime.wrap_udp_socket(socket)
     }
 
@@ -69,10 +75,10 @@ impl Runtime for TunedRuntime {
     }
 }
 
-fn enlarge_buffers(socket: &std::net::UdpSocket) {
+fn enlarge_buffers(socket: &std::net::UdpSocket, bytes: usize) {
     use std::os::fd::AsRawFd;
     let fd = socket.as_raw_fd();
-    let size = UDP_SOCKET_BUFFER_BYTES as libc::c_int;
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
@@ -84,7 +90,7 @@ fn enlarge_buffers(socket: &std::net::UdpSocket) {
     }
     // Linux reports twice the usable size; less than asked means the sysctl capped us.
     let granted = getsockopt_int(fd, libc::SO_RCVBUF).unwrap_or(0) / 2;
-    if (granted as usize) < UDP_SOCKET_BUFFER_BYTES {
+    if (granted as usize) < bytes {
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
             tracing::warn!(

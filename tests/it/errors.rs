@@ -173,6 +173,7 @@ fn config_for(socket: std::path::PathBuf, downloads: std::path::PathBuf) -> Daem
             ice_servers: vec![],
             bind: vec!["127.0.0.1:0".into()],
             relay_only: false,
+            udp_buffer_bytes: p2pd::rtc::runtime::UDP_SOCKET_BUFFER_BYTES,
         },
         limits: Default::default(),
         path_policy: Default::default(),

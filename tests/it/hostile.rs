@@ -24,6 +24,7 @@ fn settings() -> RtcSettings {
         ice_servers: vec![],
         bind: vec!["127.0.0.1:0".into()],
         relay_only: false,
+        udp_buffer_bytes: p2pd::rtc::runtime::UDP_SOCKET_BUFFER_BYTES,
     }
 }
 

@@ -72,6 +72,7 @@ impl TestDaemon {
                 ice_servers: Vec::new(),
                 bind: vec!["127.0.0.1:0".into()],
                 relay_only: false,
+                udp_buffer_bytes: p2pd::rtc::runtime::UDP_SOCKET_BUFFER_BYTES,
             },
             limits: options.limits,
             path_policy: Default::default(),
