@@ -70,10 +70,7 @@ pub struct RendezvousFileConfig {
 
 impl RendezvousFileConfig {
     pub fn parse(text: &str, path: &Path) -> Result<RendezvousFileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.message().to_owned(),
-        })
+        parse_toml(text, path)
     }
 
     /// Loads `path`, or nothing: the rendezvous has no default config file, since the
@@ -110,12 +107,17 @@ pub enum ConfigError {
     ConflictingPathPolicy,
 }
 
+/// Parses a config file's text; the error names the file and the offending key.
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.message().to_owned(),
+    })
+}
+
 impl FileConfig {
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.message().to_owned(),
-        })
+        parse_toml(text, path)
     }
 
     /// Loads `explicit` (which must exist), else the default file if there is one.
