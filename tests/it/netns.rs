@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::netns_harness::{Impairment, Nat, Net, P2P, random_file, transfer, two_homes};
+use crate::netns_harness::{
+    Impairment, Nat, Net, random_file, start_transfer, transfer, two_homes,
+};
 
 /// Small: these tests are about the path, not the rate (`cargo bench --bench paths` has
 /// the rates).
@@ -135,7 +137,7 @@ fn changing_address_mid_transfer_resumes_and_verifies() {
         return;
     };
     let file = random_file(net.dir.path(), "payload.bin", 16 * 1024 * 1024, 23);
-    let mut clients = start_transfer(&a, &b, &file);
+    let (send, receive) = start_transfer(&a, &b, &file, &[]);
     let downloads = net.downloads("h2");
     let partial_len = || {
         std::fs::read_dir(&downloads)
@@ -166,40 +168,10 @@ fn changing_address_mid_transfer_resumes_and_verifies() {
         log.contains("resuming"),
         "finished without resuming?\n{log}"
     );
-    for client in &mut clients {
+    for mut client in [send, receive] {
         let _ = client.kill();
         let _ = client.wait();
     }
-}
-
-/// Starts `p2p send` on `a` and `p2p receive` on `b` without waiting for them.
-fn start_transfer(a: &Path, b: &Path, file: &Path) -> Vec<std::process::Child> {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
-    let mut send = Command::new(P2P)
-        .arg("--socket")
-        .arg(a)
-        .args(["send", "--json"])
-        .arg(file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(send.stdout.as_mut().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let created: serde_json::Value = serde_json::from_str(&first).expect(&first);
-    let code = created["code"].as_str().unwrap().to_owned();
-    let receive = Command::new(P2P)
-        .arg("--socket")
-        .arg(b)
-        .args(["receive", "--yes", "--json", &code])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    vec![send, receive]
 }
 
 /// `--force-relay` takes the relay even where a direct path exists, and `--require-direct`

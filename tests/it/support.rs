@@ -9,7 +9,6 @@ use p2pd::daemon::Daemon;
 use p2pd::ipc::client::IpcClient;
 use p2pd::ipc::messages::{ErrorKind, JobId, JobInfo, Request, ServerFrame};
 use p2pd::rtc::RtcSettings;
-use rand::{RngCore, SeedableRng};
 use tempfile::TempDir;
 
 /// Every test gets this long before it is declared hung.
@@ -251,15 +250,8 @@ impl TestDaemon {
     }
 }
 
-/// Writes `size` bytes of seeded random data.
-pub fn random_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut data = vec![0u8; size];
-    rng.fill_bytes(&mut data);
-    let path = dir.join(name);
-    std::fs::write(&path, &data).expect("write source file");
-    path
-}
+/// Seeded random files: one generator for every test and benchmark.
+pub use crate::netns_harness::random_file;
 
 /// Files in `dir` (names), sorted.
 pub fn listing(dir: &Path) -> Vec<String> {

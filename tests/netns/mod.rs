@@ -624,9 +624,9 @@ impl Outcome {
     }
 }
 
-/// Sends `file` from the daemon at `a` to the one at `b` with the real CLI.
-pub fn transfer(a: &Path, b: &Path, file: &Path, flags: &[&str]) -> Outcome {
-    let started = Instant::now();
+/// Starts `p2p send` on the daemon at `a` and, with its code, `p2p receive --yes` on the
+/// one at `b` (both `--json`, the receiver's events piped), without waiting for them.
+pub fn start_transfer(a: &Path, b: &Path, file: &Path, flags: &[&str]) -> (Child, Child) {
     let mut send = Command::new(P2P)
         .arg("--socket")
         .arg(a)
@@ -643,14 +643,24 @@ pub fn transfer(a: &Path, b: &Path, file: &Path, flags: &[&str]) -> Outcome {
         .expect("read the send's first event");
     let created: serde_json::Value = serde_json::from_str(&first).expect(&first);
     let code = created["code"].as_str().expect("a code").to_owned();
-    let out = Command::new(P2P)
+    let receive = Command::new(P2P)
         .arg("--socket")
         .arg(b)
         .args(["receive", "--yes", "--json"])
         .args(flags)
         .arg(&code)
-        .output()
-        .expect("run p2p receive");
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn p2p receive");
+    (send, receive)
+}
+
+/// Sends `file` from the daemon at `a` to the one at `b` with the real CLI.
+pub fn transfer(a: &Path, b: &Path, file: &Path, flags: &[&str]) -> Outcome {
+    let started = Instant::now();
+    let (mut send, receive) = start_transfer(a, b, file, flags);
+    let out = receive.wait_with_output().expect("run p2p receive");
     let elapsed = started.elapsed();
     let _ = send.kill();
     let _ = send.wait();
