@@ -25,18 +25,24 @@ fn received_ok(net: &Net, host: &str, source: &Path) {
     );
 }
 
+/// Sends the small payload from h1's daemon to h2's, checks it arrived intact, and returns
+/// the route the transfer reported: (relayed, description).
+fn delivered(net: &Net, a: &Path, b: &Path) -> (bool, String) {
+    let file = payload(net);
+    let outcome = transfer(a, b, &file, &[]);
+    assert!(outcome.ok, "{:?}\n{}", outcome.events, net.logs());
+    received_ok(net, "h2", &file);
+    outcome.route().expect("a route event")
+}
+
 #[test]
 fn both_behind_ordinary_nat_connect_directly_through_stun() {
     let Some((net, a, b)) = two_homes(Nat::Ordinary, Impairment::default()) else {
         return;
     };
-    let file = payload(&net);
-    let outcome = transfer(&a, &b, &file, &[]);
-    assert!(outcome.ok, "{:?}\n{}", outcome.events, net.logs());
-    let (relayed, path) = outcome.route().expect("a route event");
+    let (relayed, path) = delivered(&net, &a, &b);
     assert!(!relayed, "ordinary NAT must not need the relay: {path}");
     assert!(path.contains("srflx") || path.contains("prflx"), "{path}");
-    received_ok(&net, "h2", &file);
 }
 
 #[test]
@@ -44,15 +50,11 @@ fn both_behind_port_randomizing_nat_go_through_the_turn_relay() {
     let Some((net, a, b)) = two_homes(Nat::PortRandomizing, Impairment::default()) else {
         return;
     };
-    let file = payload(&net);
-    let outcome = transfer(&a, &b, &file, &[]);
-    assert!(outcome.ok, "{:?}\n{}", outcome.events, net.logs());
-    let (relayed, path) = outcome.route().expect("a route event");
+    let (relayed, path) = delivered(&net, &a, &b);
     assert!(
         relayed,
         "random ports defeat STUN, so only the relay works: {path}"
     );
-    received_ok(&net, "h2", &file);
 }
 
 #[test]
@@ -65,12 +67,8 @@ fn same_lan_uses_host_candidates() {
     net.services();
     let a = net.daemon("h1");
     let b = net.daemon("h2");
-    let file = payload(&net);
-    let outcome = transfer(&a, &b, &file, &[]);
-    assert!(outcome.ok, "{:?}\n{}", outcome.events, net.logs());
-    let (relayed, path) = outcome.route().expect("a route event");
+    let (relayed, path) = delivered(&net, &a, &b);
     assert!(!relayed && path == "direct (host ↔ host)", "{path}");
-    received_ok(&net, "h2", &file);
 }
 
 #[test]
@@ -118,10 +116,28 @@ fn a_lossy_slow_distant_path_still_delivers() {
     let Some((net, a, b)) = two_homes(Nat::Ordinary, impairment) else {
         return;
     };
+    // The path really is what it claims: a TCP handshake to the internet takes the round
+    // trip (the rendezvous answers at once)...
+    let started = Instant::now();
+    let connect = net.inside("h1", || {
+        std::net::TcpStream::connect((crate::netns_harness::INTERNET, 9009)).map(|_| ())
+    });
+    connect.join().unwrap().expect("reach the rendezvous");
+    let rtt = started.elapsed();
+    assert!(rtt >= Duration::from_millis(200), "round trip {rtt:?}");
     let file = random_file(net.dir.path(), "payload.bin", 1024 * 1024, 22);
     let outcome = transfer(&a, &b, &file, &[]);
     assert!(outcome.ok, "{:?}\n{}", outcome.events, net.logs());
     received_ok(&net, "h2", &file);
+    // ...and the router dropped packets of this transfer.
+    let counters = net.output("r1", "iptables -L FORWARD -v -x -n");
+    let dropped: u64 = counters
+        .lines()
+        .find(|l| l.contains("statistic"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped > 0, "no packet was lost:\n{counters}");
 }
 
 /// A laptop that changes address mid-transfer (a new DHCP lease, another network): the

@@ -101,6 +101,20 @@ impl Net {
         self.exec(name, "ip link set lo up");
     }
 
+    /// What `command` prints inside `name`.
+    pub fn output(&self, name: &str, command: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(name), "sh", "-ec", command])
+            .output()
+            .expect("run in namespace");
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn exec(&self, name: &str, command: &str) {
         sh(&format!(
             "ip netns exec {} sh -ec '{command}'",
