@@ -35,6 +35,10 @@ pub struct FileConfig {
     pub ice_bind: Option<Vec<String>>,
     /// Send and receive buffer of each WebRTC UDP socket (default 4 MiB; 0 = kernel default).
     pub udp_buffer_bytes: Option<usize>,
+    /// Peer connections a sending daemon negotiates per transfer (1 to 16).
+    pub lanes: Option<usize>,
+    /// Round trip (ms) from which a transfer stripes over all its lanes; 0 = always.
+    pub stripe_from_rtt_ms: Option<u64>,
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
     /// Default for every transfer: only through a TURN relay.
@@ -105,6 +109,8 @@ pub enum ConfigError {
     NoSocketDir,
     #[error("force_relay and require_direct cannot both be true in the config: choose one")]
     ConflictingPathPolicy,
+    #[error("lanes must be between 1 and {max}, not {given}: use 1 for a single connection")]
+    Lanes { given: usize, max: usize },
 }
 
 /// Parses a config file's text; the error names the file and the offending key.
@@ -219,6 +225,8 @@ pub struct Overrides {
     pub code_ttl_secs: Option<u64>,
     pub ice_bind: Vec<String>,
     pub udp_buffer_bytes: Option<usize>,
+    pub lanes: Option<usize>,
+    pub stripe_from_rtt_ms: Option<u64>,
     pub max_files: Option<usize>,
     pub max_total_bytes: Option<u64>,
     pub max_file_bytes: Option<u64>,
@@ -289,6 +297,26 @@ impl DaemonConfig {
                 .or(file.max_file_bytes)
                 .unwrap_or(defaults.max_file_bytes),
         };
+        // Where every local address is loopback the path cannot be long: one lane.
+        let only_loopback = bind
+            .iter()
+            .all(|a| a.starts_with("127.") || a.starts_with("[::1]"));
+        let lanes = flags.lanes.or(file.lanes).unwrap_or(if only_loopback {
+            1
+        } else {
+            crate::rtc::peer::DEFAULT_LANES
+        });
+        if !(1..=crate::rtc::peer::MAX_LANES).contains(&lanes) {
+            return Err(ConfigError::Lanes {
+                given: lanes,
+                max: crate::rtc::peer::MAX_LANES,
+            });
+        }
+        let stripe_from_rtt = flags
+            .stripe_from_rtt_ms
+            .or(file.stripe_from_rtt_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(crate::rtc::peer::STRIPE_FROM_RTT);
         Ok(DaemonConfig {
             limits,
             socket,
@@ -305,6 +333,8 @@ impl DaemonConfig {
                     .udp_buffer_bytes
                     .or(file.udp_buffer_bytes)
                     .unwrap_or(crate::rtc::runtime::UDP_SOCKET_BUFFER_BYTES),
+                lanes,
+                stripe_from_rtt,
             },
             path_policy,
         })

@@ -48,6 +48,14 @@ struct Args {
     /// the kernel's default).
     #[arg(long)]
     udp_buffer_bytes: Option<usize>,
+    /// Peer connections to negotiate per sent transfer, 1 to 16 (default 12; 1 when every
+    /// --ice-bind address is loopback). A lossy long path stripes over all of them.
+    #[arg(long)]
+    lanes: Option<usize>,
+    /// Round trip in milliseconds from which a transfer stripes over its lanes (default 5;
+    /// 0 always stripes).
+    #[arg(long)]
+    stripe_from_rtt_ms: Option<u64>,
     /// Refuse offers with more files than this.
     #[arg(long)]
     max_files: Option<usize>,
@@ -193,6 +201,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         code_ttl_secs: args.code_ttl,
         ice_bind: args.ice_bind,
         udp_buffer_bytes: args.udp_buffer_bytes,
+        lanes: args.lanes,
+        stripe_from_rtt_ms: args.stripe_from_rtt_ms,
         max_files: args.max_files,
         max_total_bytes: args.max_total_bytes,
         max_file_bytes: args.max_file_bytes,

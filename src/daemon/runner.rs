@@ -160,7 +160,7 @@ fn settings_for(
 /// Reports the route, proves the channel (the first message each way), then enforces
 /// `--require-direct`, telling the peer why when it refuses.
 async fn secure(
-    connection: &rtc::Connection,
+    connection: &mut rtc::Connection,
     binding_key: &[u8; 32],
     role: Role,
     path: PathPolicy,
@@ -169,6 +169,8 @@ async fn secure(
     let route = connection.route().await;
     job.set_route(route.clone());
     connection.authenticate(binding_key, role).await?;
+    let route = route.map(|r| r.striped(connection.active_lanes()));
+    job.set_route(route.clone());
     if path == PathPolicy::RequireDirect && route.is_none_or(|r| r.relayed) {
         transfer::abandon(
             &connection.link,
@@ -259,8 +261,8 @@ pub async fn run_send(
         let binding_key = session.binding_key();
         let secret = session.resume_secret();
         let settings = settings_for(&context, path, &session)?;
-        let connection = rtc::connect_offerer(session, &settings, &cancel).await?;
-        if let Err(error) = secure(&connection, &binding_key, Role::Sender, path, &job).await {
+        let mut connection = rtc::connect_offerer(session, &settings, &cancel).await?;
+        if let Err(error) = secure(&mut connection, &binding_key, Role::Sender, path, &job).await {
             connection.close().await;
             return Err(error);
         }
@@ -333,8 +335,9 @@ pub async fn run_receive(
         let binding_key = session.binding_key();
         let secret = session.resume_secret();
         let settings = settings_for(&context, path, &session)?;
-        let connection = rtc::connect_answerer(session, &settings, &cancel).await?;
-        if let Err(error) = secure(&connection, &binding_key, Role::Receiver, path, &job).await {
+        let mut connection = rtc::connect_answerer(session, &settings, &cancel).await?;
+        if let Err(error) = secure(&mut connection, &binding_key, Role::Receiver, path, &job).await
+        {
             connection.close().await;
             return Err(error);
         }
@@ -569,11 +572,11 @@ async fn attempt(job: &Arc<Job>, context: &Context, durable: &Durable) -> Result
     let binding_key = session.binding_key();
     let settings = settings_for(context, record.path, &session)?;
     let cancel = job.cancel.clone();
-    let connection = match role {
+    let mut connection = match role {
         Role::Sender => rtc::connect_offerer(session, &settings, &cancel).await?,
         Role::Receiver => rtc::connect_answerer(session, &settings, &cancel).await?,
     };
-    if let Err(error) = secure(&connection, &binding_key, role, record.path, job).await {
+    if let Err(error) = secure(&mut connection, &binding_key, role, record.path, job).await {
         connection.close().await;
         return Err(error);
     }

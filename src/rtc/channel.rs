@@ -115,6 +115,10 @@ impl Link for DataLink {
         self.peer_max_message
     }
 
+    fn is_writable(&self) -> bool {
+        !*self.paused.borrow()
+    }
+
     async fn writable(&self) {
         let mut paused = self.paused.clone();
         // Err means the pump ended: the channel is closed, and the next send reports it.

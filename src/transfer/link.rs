@@ -21,6 +21,15 @@ pub trait Link: Send + Sync {
     /// Resolves once the channel's buffered amount is below its high-water mark (at once if
     /// it already is). Kept apart from sending so a caller can keep reading while it waits.
     async fn writable(&self);
+    /// Whether the channel is below its high-water mark right now.
+    fn is_writable(&self) -> bool {
+        true
+    }
+    /// Bytes the link appends to each binary message: a sender that allocates this much
+    /// spare capacity spares the link a copy.
+    fn spare_capacity(&self) -> usize {
+        0
+    }
     /// Queues a binary message without waiting; pace with [`Link::writable`].
     async fn send_binary(&self, data: BytesMut) -> Result<(), LinkClosed>;
     /// The next message, or `None` once the channel has closed.

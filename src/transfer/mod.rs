@@ -10,6 +10,7 @@ pub mod receiver;
 pub mod sender;
 pub mod source;
 pub mod store;
+pub mod stripe;
 pub mod wire;
 
 use std::path::Path;

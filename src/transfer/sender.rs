@@ -124,10 +124,13 @@ async fn run(
     let (items_tx, mut items) = mpsc::channel(READ_AHEAD_CHUNKS);
     // Never larger than the peer accepts; 64 KiB otherwise (batched sends need equal runs).
     let chunk = link.max_message_bytes().clamp(1, CHUNK_BYTES);
+    let spare = link.spare_capacity();
     let first = from.index as usize;
     let reader = {
         let (entries, paths) = (entries.clone(), sources.paths.clone());
-        tokio::task::spawn_blocking(move || read_all(&entries, &paths, from, chunk, &items_tx))
+        tokio::task::spawn_blocking(move || {
+            read_all(&entries, &paths, from, (chunk, spare), &items_tx)
+        })
     };
     let result = stream(link, &mut items, entries, first, total, observer, cancel).await;
     // Closing the queue makes a reader blocked on a full queue give up.
@@ -233,7 +236,7 @@ fn read_all(
     entries: &[FileEntry],
     paths: &[PathBuf],
     from: From,
-    chunk: usize,
+    (chunk, spare): (usize, usize),
     items: &mpsc::Sender<ReadItem>,
 ) {
     let fail = |error: TransferError| {
@@ -279,7 +282,8 @@ fn read_all(
         let mut left = entry.size - offset;
         while left > 0 {
             let want = left.min(chunk as u64) as usize;
-            let mut chunk = BytesMut::zeroed(want);
+            let mut chunk = BytesMut::with_capacity(want + spare);
+            chunk.resize(want, 0);
             match read_full(&mut file, &mut chunk) {
                 Ok(n) if n == want => {}
                 Ok(_) => return fail(changed()),

@@ -25,6 +25,8 @@ fn settings() -> RtcSettings {
         bind: vec!["127.0.0.1:0".into()],
         relay_only: false,
         udp_buffer_bytes: p2pd::rtc::runtime::UDP_SOCKET_BUFFER_BYTES,
+        lanes: 1,
+        stripe_from_rtt: p2pd::rtc::peer::STRIPE_FROM_RTT,
     }
 }
 
@@ -90,7 +92,7 @@ where
             .await
             .unwrap();
         let key = session.binding_key();
-        let connection = rtc::connect_offerer(session, &settings(), &CancellationToken::new())
+        let mut connection = rtc::connect_offerer(session, &settings(), &CancellationToken::new())
             .await
             .unwrap();
         connection.authenticate(&key, Role::Sender).await.unwrap();

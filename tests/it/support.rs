@@ -27,6 +27,9 @@ pub struct Options {
     pub code_ttl: Duration,
     pub resume_window: Duration,
     pub limits: p2pd::transfer::names::Limits,
+    /// Peer connections per sent transfer, and the round trip from which they stripe.
+    pub lanes: usize,
+    pub stripe_from_rtt: Duration,
 }
 
 impl Default for Options {
@@ -36,6 +39,8 @@ impl Default for Options {
             code_ttl: Duration::from_secs(600),
             resume_window: Duration::from_secs(3600),
             limits: Default::default(),
+            lanes: 1,
+            stripe_from_rtt: p2pd::rtc::peer::STRIPE_FROM_RTT,
         }
     }
 }
@@ -72,6 +77,8 @@ impl TestDaemon {
                 bind: vec!["127.0.0.1:0".into()],
                 relay_only: false,
                 udp_buffer_bytes: p2pd::rtc::runtime::UDP_SOCKET_BUFFER_BYTES,
+                lanes: options.lanes,
+                stripe_from_rtt: options.stripe_from_rtt,
             },
             limits: options.limits,
             path_policy: Default::default(),

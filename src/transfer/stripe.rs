@@ -1,0 +1,385 @@
+//! One ordered, reliable [`Link`] striped over several lanes (each an ordered, reliable
+//! link of its own, in practice a data channel on its own peer connection).
+//!
+//! Why: SCTP in webrtc 0.21 halves its window per loss and grows it by one packet per round
+//! trip, so on a lossy path one association moves about `MTU / RTT × 1.22 / √p` whatever
+//! the path's capacity. Several associations each get that much, so the sender spreads its
+//! messages over as many lanes as the path needs and the receiver puts them back in order.
+//!
+//! Every message, text or binary, travels as a binary lane message with a trailer: the
+//! message kind and a sequence number shared by all lanes of one direction. A trailer, not
+//! a header, so the sender's chunk buffer grows in place instead of being copied. Each lane
+//! is ordered, so the receiver needs to hold at most one message per lane to merge them.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::future::{join_all, select_all};
+
+use super::link::{Incoming, Link, LinkClosed};
+
+/// Kind byte and sequence number at the end of every lane message.
+pub const TRAILER_BYTES: usize = 9;
+const KIND_TEXT: u8 = 0;
+const KIND_BINARY: u8 = 1;
+
+/// Appends the trailer to a message's payload.
+pub fn seal(mut payload: BytesMut, text: bool, seq: u64) -> BytesMut {
+    payload.extend_from_slice(&[if text { KIND_TEXT } else { KIND_BINARY }]);
+    payload.extend_from_slice(&seq.to_le_bytes());
+    payload
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("a lane message is shorter than its trailer")]
+    Short,
+    #[error("a lane message has an unknown kind")]
+    Kind,
+    #[error("a text message is not UTF-8")]
+    NotText,
+    #[error("a lane message arrived as text")]
+    TextFrame,
+}
+
+/// Splits a lane message into its sequence number and the message it carries.
+pub fn open(frame: Incoming) -> Result<(u64, Incoming), FrameError> {
+    let Incoming::Binary(mut payload) = frame else {
+        return Err(FrameError::TextFrame);
+    };
+    if payload.len() < TRAILER_BYTES {
+        return Err(FrameError::Short);
+    }
+    let trailer = payload.split_off(payload.len() - TRAILER_BYTES);
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&trailer[1..]);
+    let seq = u64::from_le_bytes(seq);
+    let message = match trailer[0] {
+        KIND_BINARY => Incoming::Binary(payload),
+        KIND_TEXT => {
+            Incoming::Text(String::from_utf8(payload.to_vec()).map_err(|_| FrameError::NotText)?)
+        }
+        _ => return Err(FrameError::Kind),
+    };
+    Ok((seq, message))
+}
+
+/// The receiving half's merge state: the next sequence number and the first unconsumed
+/// message of each lane.
+#[derive(Debug)]
+pub struct Merge {
+    next: u64,
+    heads: Vec<Option<(u64, Incoming)>>,
+}
+
+/// What the merge needs next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MergeStep {
+    /// Read more from these lanes (the ones without a pending message).
+    Read(Vec<usize>),
+    /// Every lane holds a message and none is the next one, or a lane went back in
+    /// sequence: the peer broke the protocol.
+    Broken,
+}
+
+impl Merge {
+    pub fn new(lanes: usize) -> Merge {
+        Merge {
+            next: 0,
+            heads: (0..lanes).map(|_| None).collect(),
+        }
+    }
+
+    /// Takes the next message in sequence if a lane holds it.
+    pub fn pop(&mut self) -> Option<Incoming> {
+        let next = self.next;
+        let slot = self
+            .heads
+            .iter_mut()
+            .find(|head| matches!(head, Some((seq, _)) if *seq == next))?;
+        let (_, message) = slot.take()?;
+        self.next += 1;
+        Some(message)
+    }
+
+    /// Records the message that lane `lane` delivered next.
+    pub fn push(&mut self, lane: usize, seq: u64, message: Incoming) -> Result<(), MergeStep> {
+        // A lane's messages only go up, and nothing comes twice.
+        if seq < self.next || self.heads.get(lane).is_none_or(|h| h.is_some()) {
+            return Err(MergeStep::Broken);
+        }
+        self.heads[lane] = Some((seq, message));
+        Ok(())
+    }
+
+    pub fn step(&self) -> MergeStep {
+        let empty: Vec<usize> = (0..self.heads.len())
+            .filter(|&i| self.heads[i].is_none())
+            .collect();
+        if empty.is_empty() {
+            MergeStep::Broken
+        } else {
+            MergeStep::Read(empty)
+        }
+    }
+}
+
+/// A [`Link`] over several lanes. Receives from all of them; sends on the first `active`
+/// (lane 0 alone until [`Striped::set_active`] says otherwise).
+pub struct Striped<L: Link> {
+    lanes: Vec<L>,
+    active: AtomicUsize,
+    /// Round-robin start for picking a lane to send on.
+    turn: AtomicUsize,
+    /// Held from numbering a message to queueing it, so each lane sees its messages in
+    /// sequence order.
+    send_seq: tokio::sync::Mutex<u64>,
+    merge: tokio::sync::Mutex<Merge>,
+    sent: AtomicU64,
+}
+
+impl<L: Link> Striped<L> {
+    /// `lanes` must not be empty; lane 0 is the one the peers authenticated first.
+    pub fn new(lanes: Vec<L>) -> Striped<L> {
+        assert!(!lanes.is_empty(), "a striped link needs a lane");
+        let merge = Merge::new(lanes.len());
+        Striped {
+            lanes,
+            active: AtomicUsize::new(1),
+            turn: AtomicUsize::new(0),
+            send_seq: tokio::sync::Mutex::new(0),
+            merge: tokio::sync::Mutex::new(merge),
+            sent: AtomicU64::new(0),
+        }
+    }
+
+    /// Keeps the lanes whose `keep` is true (lane 0 always), before anything was striped.
+    pub fn retain(&mut self, keep: &[bool]) {
+        let mut index = 0;
+        self.lanes.retain(|_| {
+            index += 1;
+            index == 1 || keep.get(index - 1).copied().unwrap_or(false)
+        });
+        *self.merge.get_mut() = Merge::new(self.lanes.len());
+        self.set_active(self.active());
+    }
+
+    pub fn lanes(&self) -> &[L] {
+        &self.lanes
+    }
+
+    /// Sends on the first `n` lanes from now on (at least one, at most all).
+    pub fn set_active(&self, n: usize) {
+        self.active
+            .store(n.clamp(1, self.lanes.len()), Ordering::Relaxed);
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    fn active_lanes(&self) -> &[L] {
+        &self.lanes[..self.active()]
+    }
+
+    /// The next active lane below its high-water mark, round-robin; lane `turn` if none is.
+    fn pick(&self) -> &L {
+        let lanes = self.active_lanes();
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % lanes.len();
+        (0..lanes.len())
+            .map(|i| &lanes[(start + i) % lanes.len()])
+            .find(|lane| lane.is_writable())
+            .unwrap_or(&lanes[start])
+    }
+
+    async fn send_framed(&self, payload: BytesMut, text: bool) -> Result<(), LinkClosed> {
+        let mut seq = self.send_seq.lock().await;
+        let frame = seal(payload, text, *seq);
+        self.pick().send_binary(frame).await?;
+        *seq += 1;
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl<L: Link> Link for Striped<L> {
+    async fn send_text(&self, text: String) -> Result<(), LinkClosed> {
+        let mut payload = BytesMut::with_capacity(text.len() + TRAILER_BYTES);
+        payload.extend_from_slice(text.as_bytes());
+        self.send_framed(payload, true).await
+    }
+
+    fn is_writable(&self) -> bool {
+        self.active_lanes().iter().any(|lane| lane.is_writable())
+    }
+
+    async fn writable(&self) {
+        if self.is_writable() {
+            return;
+        }
+        let waits = self
+            .active_lanes()
+            .iter()
+            .map(|lane| Box::pin(lane.writable()));
+        select_all(waits).await;
+    }
+
+    async fn send_binary(&self, data: BytesMut) -> Result<(), LinkClosed> {
+        self.send_framed(data, false).await
+    }
+
+    async fn recv(&self) -> Option<Incoming> {
+        // Cancel-safe: a message read from a lane is stored before the next await.
+        let mut merge = self.merge.lock().await;
+        loop {
+            if let Some(message) = merge.pop() {
+                return Some(message);
+            }
+            let MergeStep::Read(empty) = merge.step() else {
+                tracing::warn!("the peer's lanes are out of sequence");
+                return None;
+            };
+            let reads = empty.iter().map(|&i| {
+                let lane = &self.lanes[i];
+                Box::pin(async move { (i, lane.recv().await) })
+            });
+            let ((lane, frame), _, _) = select_all(reads).await;
+            // A lane that closed took messages with it: the whole link is gone.
+            let frame = frame?;
+            let Ok((seq, message)) = open(frame) else {
+                tracing::warn!(lane, "the peer sent a malformed lane message");
+                return None;
+            };
+            if merge.push(lane, seq, message).is_err() {
+                tracing::warn!(lane, seq, "the peer's lanes are out of sequence");
+                return None;
+            }
+        }
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.lanes
+            .iter()
+            .map(|lane| lane.max_message_bytes())
+            .min()
+            .unwrap_or(usize::MAX)
+            .saturating_sub(TRAILER_BYTES)
+    }
+
+    fn spare_capacity(&self) -> usize {
+        TRAILER_BYTES
+    }
+
+    async fn flush(&self, limit: Duration) {
+        join_all(self.lanes.iter().map(|lane| lane.flush(limit))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn binary(bytes: &[u8]) -> Incoming {
+        Incoming::Binary(Bytes::copy_from_slice(bytes))
+    }
+
+    fn framed(payload: &[u8], text: bool, seq: u64) -> Incoming {
+        Incoming::Binary(seal(BytesMut::from(payload), text, seq).freeze())
+    }
+
+    #[test]
+    fn frames_round_trip_text_and_binary() {
+        match open(framed(b"{\"type\":\"done\"}", true, 7)) {
+            Ok((7, Incoming::Text(text))) => assert_eq!(text, "{\"type\":\"done\"}"),
+            other => panic!("{other:?}"),
+        }
+        match open(framed(&[1, 2, 3], false, u64::MAX)) {
+            Ok((u64::MAX, Incoming::Binary(bytes))) => assert_eq!(&bytes[..], &[1, 2, 3]),
+            other => panic!("{other:?}"),
+        }
+        match open(framed(b"", false, 0)) {
+            Ok((0, Incoming::Binary(bytes))) => assert!(bytes.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sealing_grows_in_place_when_there_is_room() {
+        let mut payload = BytesMut::with_capacity(64 + TRAILER_BYTES);
+        payload.resize(64, 9);
+        let before = payload.as_ptr();
+        let sealed = seal(payload, false, 1);
+        assert_eq!(sealed.as_ptr(), before);
+        assert_eq!(sealed.len(), 64 + TRAILER_BYTES);
+    }
+
+    #[test]
+    fn malformed_frames_are_refused() {
+        assert_eq!(open(binary(&[1; 8])).unwrap_err(), FrameError::Short);
+        assert_eq!(
+            open(Incoming::Text("x".into())).unwrap_err(),
+            FrameError::TextFrame
+        );
+        let mut bad_kind = vec![0u8; 3];
+        bad_kind.push(7);
+        bad_kind.extend_from_slice(&0u64.to_le_bytes());
+        assert_eq!(open(binary(&bad_kind)).unwrap_err(), FrameError::Kind);
+        assert_eq!(
+            open(framed(&[0xff, 0xfe], true, 0)).unwrap_err(),
+            FrameError::NotText
+        );
+    }
+
+    fn seq_of(message: Option<Incoming>) -> u8 {
+        match message {
+            Some(Incoming::Binary(bytes)) => bytes[0],
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn merge_restores_order_across_lanes() {
+        let mut merge = Merge::new(3);
+        assert_eq!(merge.step(), MergeStep::Read(vec![0, 1, 2]));
+        merge.push(1, 1, binary(&[1])).unwrap();
+        merge.push(2, 2, binary(&[2])).unwrap();
+        assert!(merge.pop().is_none(), "0 has not arrived");
+        assert_eq!(merge.step(), MergeStep::Read(vec![0]));
+        merge.push(0, 0, binary(&[0])).unwrap();
+        assert_eq!(seq_of(merge.pop()), 0);
+        assert_eq!(seq_of(merge.pop()), 1);
+        assert_eq!(seq_of(merge.pop()), 2);
+        assert!(merge.pop().is_none());
+        merge.push(0, 3, binary(&[3])).unwrap();
+        assert_eq!(seq_of(merge.pop()), 3);
+    }
+
+    #[test]
+    fn merge_refuses_a_peer_that_breaks_sequence() {
+        let mut merge = Merge::new(2);
+        merge.push(0, 0, binary(&[0])).unwrap();
+        assert_eq!(seq_of(merge.pop()), 0);
+        assert_eq!(
+            merge.push(1, 0, binary(&[0])),
+            Err(MergeStep::Broken),
+            "a replay"
+        );
+        merge.push(0, 2, binary(&[2])).unwrap();
+        assert_eq!(
+            merge.push(0, 3, binary(&[3])),
+            Err(MergeStep::Broken),
+            "a second message on a lane whose head is not consumed"
+        );
+        merge.push(1, 3, binary(&[3])).unwrap();
+        assert!(merge.pop().is_none());
+        assert_eq!(merge.step(), MergeStep::Broken, "1 can never arrive");
+        assert_eq!(
+            merge.push(5, 9, binary(&[9])),
+            Err(MergeStep::Broken),
+            "no such lane"
+        );
+    }
+}
