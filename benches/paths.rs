@@ -18,10 +18,9 @@ struct Scenario {
     name: &'static str,
     nat: Nat,
     impairment: Impairment,
-    /// The file is split into this many parts sent as concurrent transfers, each on its
-    /// own peer connection (its own SCTP association and congestion window): what
-    /// striping one transfer over several connections would give.
-    parallel: usize,
+    /// Also send the file from a daemon limited to one peer connection (`--lanes 1`): what
+    /// striping over several gains on this path.
+    one_lane_too: bool,
 }
 
 fn paths() -> Vec<Scenario> {
@@ -30,51 +29,51 @@ fn paths() -> Vec<Scenario> {
         one_way_delay: Duration::from_millis(rtt_ms / 2),
         rate_mbit: Some(50),
     };
-    let direct = |name, impairment, parallel| Scenario {
+    let direct = |name, impairment, one_lane_too| Scenario {
         name,
         nat: Nat::Ordinary,
         impairment,
-        parallel,
+        one_lane_too,
     };
     let relayed = |name, impairment| Scenario {
         name,
         nat: Nat::PortRandomizing,
         impairment,
-        parallel: 1,
+        one_lane_too: true,
     };
     vec![
-        direct("clean-50mbit", impaired(0.0, 0), 1),
-        direct("40ms-50mbit", impaired(0.0, 40), 1),
-        direct("loss1-40ms-50mbit", impaired(1.0, 40), 1),
-        direct("loss1-40ms-50mbit-x4", impaired(1.0, 40), 4),
-        direct("loss1-40ms-50mbit-x8", impaired(1.0, 40), 8),
-        direct("loss5-40ms-50mbit", impaired(5.0, 40), 1),
-        direct("loss1-200ms-50mbit", impaired(1.0, 200), 1),
-        direct("loss5-200ms-50mbit", impaired(5.0, 200), 1),
+        direct("clean-50mbit", impaired(0.0, 0), false),
+        direct("40ms-50mbit", impaired(0.0, 40), true),
+        direct("loss1-40ms-50mbit", impaired(1.0, 40), true),
+        direct("loss5-40ms-50mbit", impaired(5.0, 40), false),
+        direct("loss1-200ms-50mbit", impaired(1.0, 200), false),
+        direct("loss5-200ms-50mbit", impaired(5.0, 200), false),
         relayed("relayed-50mbit", impaired(0.0, 0)),
         relayed("relayed-unlimited", Impairment::default()),
     ]
 }
 
-/// `source` itself, or `parts` files holding its consecutive slices.
-fn split(source: &std::path::Path, parts: usize) -> Vec<std::path::PathBuf> {
-    if parts <= 1 {
-        return vec![source.to_owned()];
-    }
-    let data = std::fs::read(source).expect("read source");
-    let size = data.len().div_ceil(parts);
-    data.chunks(size)
-        .enumerate()
-        .map(|(i, slice)| {
-            let part = source.with_file_name(format!("part{i}.bin"));
-            std::fs::write(&part, slice).expect("write part");
-            part
-        })
-        .collect()
-}
-
 fn mbit(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e6
+}
+
+/// Sends `source` from `a` to `b` and checks what arrived; the route it took.
+fn send_and_check(
+    net: &netns::Net,
+    a: &std::path::Path,
+    b: &std::path::Path,
+    source: &std::path::Path,
+    name: &str,
+) -> (Duration, String) {
+    let outcome = transfer(a, b, source, &[]);
+    let received = net
+        .downloads("h2")
+        .join(source.file_name().expect("a name"));
+    let verified = outcome.ok && std::fs::read(&received).ok() == std::fs::read(source).ok();
+    assert!(verified, "{name}: {:?}\n{}", outcome.events, net.logs());
+    let _ = std::fs::remove_file(&received);
+    let route = outcome.route().map(|(_, p)| p).unwrap_or_default();
+    (outcome.elapsed, route)
 }
 
 fn main() {
@@ -90,14 +89,14 @@ fn main() {
     let bytes = (mib * 1024 * 1024) as u64;
     println!("{mib} MiB from h1 to h2; TCP = a socket copy over the same path, same run");
     println!(
-        "{:<22} {:>10} {:>10} {:>7}  route",
+        "{:<26} {:>10} {:>10} {:>7}  route",
         "path", "TCP Mbit/s", "p2pd", "ratio"
     );
     for path in paths() {
         if !wanted.is_empty() && !wanted.iter().any(|w| w == path.name) {
             continue;
         }
-        let Some((net, a, b)) = two_homes(path.nat, path.impairment) else {
+        let Some((mut net, a, b)) = two_homes(path.nat, path.impairment) else {
             return;
         };
         net.forward_tcp("r2", "192.168.2.2");
@@ -110,38 +109,22 @@ fn main() {
             "the TCP copy is short"
         );
         let _ = std::fs::remove_file(&tcp_target);
-        let parts = split(&source, path.parallel);
-        let started = std::time::Instant::now();
-        let outcomes: Vec<_> = std::thread::scope(|scope| {
-            let running: Vec<_> = parts
-                .iter()
-                .map(|part| scope.spawn(|| transfer(&a, &b, part, &[])))
-                .collect();
-            running
-                .into_iter()
-                .map(|t| t.join().expect("transfer thread"))
-                .collect()
-        });
-        let elapsed = started.elapsed();
-        for (part, outcome) in parts.iter().zip(&outcomes) {
-            let received = net.downloads("h2").join(part.file_name().expect("a name"));
-            let verified = outcome.ok && std::fs::read(&received).ok() == std::fs::read(part).ok();
-            assert!(
-                verified,
-                "{}: {:?}\n{}",
-                path.name,
-                outcome.events,
-                net.logs()
+        let tcp_rate = mbit(bytes, tcp);
+        let mut runs = vec![(path.name.to_owned(), a)];
+        if path.one_lane_too {
+            let one = net.daemon_with("h1", "h1-one-lane", &["--lanes", "1"]);
+            runs.push((format!("{} 1 lane", path.name), one));
+        }
+        for (name, sender) in runs {
+            let (elapsed, route) = send_and_check(&net, &sender, &b, &source, &name);
+            let p2pd_rate = mbit(bytes, elapsed);
+            println!(
+                "{:<26} {:>10.1} {:>10.1} {:>7.2}  {route}",
+                name,
+                tcp_rate,
+                p2pd_rate,
+                p2pd_rate / tcp_rate
             );
         }
-        let route = outcomes[0].route().map(|(_, p)| p).unwrap_or_default();
-        let (tcp_rate, p2pd_rate) = (mbit(bytes, tcp), mbit(bytes, elapsed));
-        println!(
-            "{:<22} {:>10.1} {:>10.1} {:>7.2}  {route}",
-            path.name,
-            tcp_rate,
-            p2pd_rate,
-            p2pd_rate / tcp_rate
-        );
     }
 }

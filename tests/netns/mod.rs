@@ -311,7 +311,12 @@ impl Net {
 
     /// A daemon on `host`, returning its socket.
     pub fn daemon(&mut self, host: &str) -> PathBuf {
-        let home = self.dir.path().join(host);
+        self.daemon_with(host, host, &[])
+    }
+
+    /// Another daemon on `host`, with its own home `name` and `extra` flags.
+    pub fn daemon_with(&mut self, host: &str, name: &str, extra: &[&str]) -> PathBuf {
+        let home = self.dir.path().join(name);
         std::fs::create_dir_all(home.join("dl")).expect("download dir");
         let socket = home.join("p2pd.sock");
         let log = home.join("p2pd.log");
@@ -325,7 +330,11 @@ impl Net {
             "--rendezvous".to_owned(),
             format!("ws://{INTERNET}:9009"),
         ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect();
         self.spawn(host, P2PD, &args, &log);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !socket.exists() {
