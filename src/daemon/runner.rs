@@ -166,10 +166,12 @@ async fn secure(
     path: PathPolicy,
     job: &Job,
 ) -> Result<(), JobError> {
-    let route = connection.route().await;
-    job.set_route(route.clone());
     connection.authenticate(binding_key, role).await?;
-    let route = route.map(|r| r.striped(connection.active_lanes()));
+    // Reported once, with the striping both sides agreed on.
+    let route = connection
+        .route()
+        .await
+        .map(|r| r.striped(connection.active_lanes()));
     job.set_route(route.clone());
     if path == PathPolicy::RequireDirect && route.is_none_or(|r| r.relayed) {
         transfer::abandon(

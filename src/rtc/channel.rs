@@ -14,9 +14,11 @@ use crate::transfer::link::{Incoming, Link, LinkClosed};
 pub const BUFFERED_HIGH_BYTES: u32 = 8 * 1024 * 1024;
 /// ...and resume once the channel drains below this.
 pub const BUFFERED_LOW_BYTES: u32 = 4 * 1024 * 1024;
-/// Messages received but not yet consumed. At 64 KiB each this bounds the queue to 4 MiB;
-/// beyond it the pump waits and the driver holds the rest back from SCTP.
-const INBOUND_QUEUE: usize = 64;
+/// Messages received but not yet consumed: the striped link's credit window, so a peer
+/// that keeps to its credit never finds the queue full, whichever lane it used. One that
+/// does not makes the pump wait, and the driver holds the rest back from SCTP.
+/// Only what a lagging merge holds occupies memory.
+const INBOUND_QUEUE: usize = crate::transfer::stripe::STRIPED_CREDIT_WINDOW_MESSAGES;
 
 pub struct DataLink {
     channel: Arc<dyn DataChannel>,

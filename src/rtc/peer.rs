@@ -27,7 +27,7 @@ use crate::transfer::stripe::Striped;
 use crate::transfer::{self, TransferError};
 
 /// The data channel's label names the protocol version; a peer with another is refused.
-pub const CHANNEL_LABEL: &str = "p2pd/1";
+pub const CHANNEL_LABEL: &str = "p2pd/2";
 /// Largest message either side may send. File chunks are 64 KiB; the ceiling leaves room.
 pub const MAX_MESSAGE_BYTES: u32 = 256 * 1024;
 /// SCTP receive window. Larger than the 1 MiB default so a fast path is not window-bound.
@@ -206,6 +206,8 @@ pub struct Connection {
     /// Parallel to `link.lanes()`.
     lanes: Vec<LanePc>,
     stripe_from_rtt: Duration,
+    /// Whether the sender spreads its messages over all lanes.
+    striped: bool,
 }
 
 impl Drop for Connection {
@@ -293,12 +295,20 @@ impl Connection {
             Role::Sender => ours.stripe,
             Role::Receiver => theirs.stripe,
         };
+        // Only the side that streams the files spreads them; the receiver's few control
+        // messages stay on lane 0, so the sender's merge never waits and always reads the
+        // credit frames there.
+        self.striped = stripe;
         if stripe {
+            self.link
+                .set_window(crate::transfer::stripe::STRIPED_CREDIT_WINDOW_MESSAGES);
+        }
+        if stripe && role == Role::Sender {
             self.link.set_active(self.lanes.len());
         }
         tracing::info!(
             lanes = self.lanes.len(),
-            sending_on = self.link.active(),
+            striped = stripe,
             "connection ready"
         );
         Ok(())
@@ -315,7 +325,7 @@ impl Connection {
 
     /// How many lanes carry the sender's data.
     pub fn active_lanes(&self) -> usize {
-        self.link.active()
+        if self.striped { self.lanes.len() } else { 1 }
     }
 
     /// The SHA-256 fingerprints of the DTLS certificates lane 0 actually used:
@@ -492,9 +502,9 @@ async fn lost(mut state: watch::Receiver<RTCPeerConnectionState>) {
 
 /// Peer connections per transfer that the offering side negotiates by default: enough
 /// associations to fill 50 Mbit/s at 1 % loss and 40 ms, where one moves about 3 Mbit/s.
-pub const DEFAULT_LANES: usize = 12;
+pub const DEFAULT_LANES: usize = 16;
 /// The most lanes an answering side accepts.
-pub const MAX_LANES: usize = 16;
+pub const MAX_LANES: usize = 32;
 /// After lane 0 opens, how long the other lanes may still take; any not open by then are
 /// dropped and the transfer goes on without them.
 const EXTRA_LANES_GRACE: Duration = Duration::from_secs(5);
@@ -867,6 +877,7 @@ async fn negotiate(
         link: Striped::new(links),
         lanes: lane_pcs,
         stripe_from_rtt: lanes.settings.stripe_from_rtt,
+        striped: false,
     })
 }
 

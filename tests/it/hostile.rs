@@ -473,7 +473,7 @@ mod mismatched_certificate {
                 tokio::spawn(async move {
                     client.wait_for_peer().await.unwrap();
                     let mut session = Session::establish(client, Role::Sender, &code).await.unwrap();
-                    let _channel = pc.create_data_channel("p2pd/1", None).await.unwrap();
+                    let _channel = pc.create_data_channel(p2pd::rtc::peer::CHANNEL_LABEL, None).await.unwrap();
                     let offer = pc.create_offer(None).await.unwrap();
                     let forged = forge_fingerprint(&offer.sdp);
                     assert_ne!(forged, offer.sdp.replace("\r\n", "\n").replace('\n', "\r\n"));

@@ -68,7 +68,11 @@ fn same_lan_uses_host_candidates() {
     let a = net.daemon("h1");
     let b = net.daemon("h2");
     let (relayed, path) = delivered(&net, &a, &b);
-    assert!(!relayed && path == "direct (host ↔ host)", "{path}");
+    // The far side may be peer-reflexive: its check can beat its trickled host candidate.
+    assert!(
+        !relayed && (path == "direct (host ↔ host)" || path == "direct (host ↔ prflx)"),
+        "{path}"
+    );
 }
 
 #[test]
