@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench paths` runs every path; `cargo bench --bench paths -- NAME...`
 //! only the paths named. P2PD_PATHS_MIB sets the file size
-//! (64 by default).
+//! (64 by default); P2PD_PATHS_NO_ONE_LANE skips the one-lane comparison rows.
 
 #[path = "../tests/netns/mod.rs"]
 mod netns;
@@ -111,7 +111,7 @@ fn main() {
         let _ = std::fs::remove_file(&tcp_target);
         let tcp_rate = mbit(bytes, tcp);
         let mut runs = vec![(path.name.to_owned(), a)];
-        if path.one_lane_too {
+        if path.one_lane_too && std::env::var_os("P2PD_PATHS_NO_ONE_LANE").is_none() {
             let one = net.daemon_with("h1", "h1-one-lane", &["--lanes", "1"]);
             runs.push((format!("{} 1 lane", path.name), one));
         }
