@@ -390,7 +390,7 @@ async fn exchange_lane_lists(link: &DataLink, ours: &LaneList) -> Result<LaneLis
     match reply {
         Some(Incoming::Text(text)) => serde_json::from_str::<LaneList>(&text)
             .map_err(|_| TransferError::Protocol("a malformed lane list".into())),
-        Some(Incoming::Binary(_)) => Err(TransferError::Protocol("a malformed lane list".into())),
+        Some(_) => Err(TransferError::Protocol("a malformed lane list".into())),
         None => Err(TransferError::PeerGone),
     }
 }

@@ -9,6 +9,8 @@ use bytes::{Bytes, BytesMut};
 pub enum Incoming {
     Text(String),
     Binary(Bytes),
+    /// The peer broke the link's own framing (see `stripe`): nothing more can be trusted.
+    Broken(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -353,6 +353,7 @@ pub(super) fn control(incoming: Option<Incoming>) -> Result<Control, TransferErr
         Some(Incoming::Binary(_)) => {
             Err(TransferError::Protocol("unexpected binary message".into()))
         }
+        Some(Incoming::Broken(why)) => Err(TransferError::Protocol(why)),
         None => Err(TransferError::PeerGone),
     }
 }

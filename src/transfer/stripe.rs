@@ -116,6 +116,8 @@ pub fn open(frame: Incoming) -> Result<(u64, Incoming), FrameError> {
 pub struct Merge {
     next: u64,
     heads: Vec<Option<(u64, Incoming)>>,
+    /// Once the peer broke the framing, why; every later read says so again.
+    broken: Option<String>,
 }
 
 /// What the merge needs next.
@@ -133,6 +135,7 @@ impl Merge {
         Merge {
             next: 0,
             heads: (0..lanes).map(|_| None).collect(),
+            broken: None,
         }
     }
 
@@ -322,7 +325,16 @@ impl<L: Link> Link for Striped<L> {
     async fn recv(&self) -> Option<Incoming> {
         // Cancel-safe: a message read from a lane is stored before the next await.
         let mut merge = self.merge.lock().await;
+        let broken = |merge: &mut Merge, lane: usize, why: &str| {
+            tracing::warn!(lane, why, "the peer broke the lane framing");
+            let why = format!("{why} (lane {lane})");
+            merge.broken = Some(why.clone());
+            Some(Incoming::Broken(why))
+        };
         loop {
+            if let Some(why) = &merge.broken {
+                return Some(Incoming::Broken(why.clone()));
+            }
             // Granted before a message is handed out, so cancelling this call loses nothing.
             self.grant(merge.consumed(), self.window() / 4).await;
             if let Some(message) = merge.pop() {
@@ -330,8 +342,7 @@ impl<L: Link> Link for Striped<L> {
             }
             self.grant(merge.consumed(), 1).await;
             let MergeStep::Read(empty) = merge.step() else {
-                tracing::warn!("the peer's lanes are out of sequence");
-                return None;
+                return broken(&mut merge, 0, "lane messages out of sequence");
             };
             let reads = empty.iter().map(|&i| {
                 let lane = &self.lanes[i];
@@ -352,14 +363,10 @@ impl<L: Link> Link for Striped<L> {
                     });
                     continue;
                 }
-                _ => {
-                    tracing::warn!(lane, "the peer sent a malformed lane message");
-                    return None;
-                }
+                _ => return broken(&mut merge, lane, "a malformed lane message"),
             };
             if merge.push(lane, seq, message).is_err() {
-                tracing::warn!(lane, seq, "the peer's lanes are out of sequence");
-                return None;
+                return broken(&mut merge, lane, "lane messages out of sequence");
             }
         }
     }

@@ -521,3 +521,46 @@ mod mismatched_certificate {
         .expect("test finished in time");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_lane_framing_ends_the_transfer_and_publishes_nothing() {
+    tokio::time::timeout(TEST_LIMIT * 2, async {
+        let daemon = TestDaemon::start().await;
+        let before = snapshot(&daemon.downloads);
+        // Straight on the data channel, under the striped link: too short for a trailer.
+        let info = after_accept(&daemon, |c| async move {
+            say(
+                &c.link,
+                Control::FileStart {
+                    index: 0,
+                    offset: 0,
+                },
+            )
+            .await;
+            let _ = c.link.lanes()[0].send_binary(bytes(3)).await;
+            let _ = hear(&c.link).await;
+        })
+        .await;
+        assert_refused(&info, ErrorKind::Protocol, "a malformed lane message");
+        assert_eq!(snapshot(&daemon.downloads), before);
+        // A well-formed file message numbered far ahead: a gap no lane can fill.
+        let info = after_accept(&daemon, |c| async move {
+            say(
+                &c.link,
+                Control::FileStart {
+                    index: 0,
+                    offset: 0,
+                },
+            )
+            .await;
+            let frame = p2pd::transfer::stripe::seal(bytes(10), false, 1000);
+            let _ = c.link.lanes()[0].send_binary(frame).await;
+            let _ = hear(&c.link).await;
+        })
+        .await;
+        assert_refused(&info, ErrorKind::Protocol, "out of sequence");
+        assert_eq!(snapshot(&daemon.downloads), before);
+    })
+    .await
+    .expect("test finished in time");
+}
