@@ -48,6 +48,15 @@ fn paths() -> Vec<Scenario> {
         direct("loss5-40ms-50mbit", impaired(5.0, 40), false),
         direct("loss1-200ms-50mbit", impaired(1.0, 200), false),
         direct("loss5-200ms-50mbit", impaired(5.0, 200), false),
+        // No loss and no rate limit: what bounds one association is its 2 MiB window.
+        direct(
+            "200ms-unlimited",
+            Impairment {
+                one_way_delay: Duration::from_millis(100),
+                ..Impairment::default()
+            },
+            true,
+        ),
         relayed("relayed-50mbit", impaired(0.0, 0)),
         relayed("relayed-unlimited", Impairment::default()),
     ]

@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub lanes: Option<usize>,
     /// Round trip (ms) from which a transfer stripes over all its lanes; 0 = always.
     pub stripe_from_rtt_ms: Option<u64>,
+    /// SCTP receive window of each peer connection (default 2 MiB).
+    pub sctp_window_bytes: Option<u32>,
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
     /// Default for every transfer: only through a TURN relay.
@@ -111,6 +113,10 @@ pub enum ConfigError {
     ConflictingPathPolicy,
     #[error("lanes must be between 1 and {max}, not {given}: use 1 for a single connection")]
     Lanes { given: usize, max: usize },
+    #[error(
+        "sctp_window_bytes must be between 65536 and 268435456, not {0}: the default is 2097152"
+    )]
+    SctpWindow(u32),
 }
 
 /// Parses a config file's text; the error names the file and the offending key.
@@ -227,6 +233,7 @@ pub struct Overrides {
     pub udp_buffer_bytes: Option<usize>,
     pub lanes: Option<usize>,
     pub stripe_from_rtt_ms: Option<u64>,
+    pub sctp_window_bytes: Option<u32>,
     pub max_files: Option<usize>,
     pub max_total_bytes: Option<u64>,
     pub max_file_bytes: Option<u64>,
@@ -317,6 +324,13 @@ impl DaemonConfig {
             .or(file.stripe_from_rtt_ms)
             .map(Duration::from_millis)
             .unwrap_or(crate::rtc::peer::STRIPE_FROM_RTT);
+        let sctp_window_bytes = flags
+            .sctp_window_bytes
+            .or(file.sctp_window_bytes)
+            .unwrap_or(crate::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES);
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&sctp_window_bytes) {
+            return Err(ConfigError::SctpWindow(sctp_window_bytes));
+        }
         Ok(DaemonConfig {
             limits,
             socket,
@@ -335,6 +349,7 @@ impl DaemonConfig {
                     .unwrap_or(crate::rtc::runtime::UDP_SOCKET_BUFFER_BYTES),
                 lanes,
                 stripe_from_rtt,
+                sctp_window_bytes,
             },
             path_policy,
         })
@@ -370,6 +385,28 @@ mod tests {
     }
 
     #[test]
+    fn lanes_default_to_one_on_loopback_and_out_of_range_values_are_refused() {
+        let resolve = |text: &str| {
+            let file = FileConfig::parse(text, Path::new("c.toml")).unwrap();
+            let flags = Overrides {
+                download_dir: Some("/d".into()),
+                state_dir: Some("/s".into()),
+                socket: Some("/s.sock".into()),
+                ..Overrides::default()
+            };
+            DaemonConfig::resolve(flags, file)
+        };
+        let loopback = resolve("ice_bind = [\"127.0.0.1:0\"]").unwrap();
+        assert_eq!(loopback.rtc.lanes, 1);
+        let anywhere = resolve("ice_bind = [\"0.0.0.0:0\"]").unwrap();
+        assert_eq!(anywhere.rtc.lanes, crate::rtc::peer::DEFAULT_LANES);
+        for bad in ["lanes = 0", "lanes = 33", "sctp_window_bytes = 1000"] {
+            let error = resolve(bad).unwrap_err().to_string();
+            assert!(error.contains("must be between"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn every_key_parses() {
         let text = r#"
             socket = "/run/p2pd.sock"
@@ -379,6 +416,9 @@ mod tests {
             code_ttl_secs = 60
             ice_bind = ["127.0.0.1:0"]
             udp_buffer_bytes = 0
+            lanes = 4
+            stripe_from_rtt_ms = 20
+            sctp_window_bytes = 8388608
             max_files = 10
             max_total_bytes = 1000
             max_file_bytes = 100
@@ -399,6 +439,9 @@ mod tests {
         assert_eq!(config.code_ttl, Duration::from_secs(60));
         assert_eq!(config.rtc.bind, vec!["127.0.0.1:0".to_owned()]);
         assert_eq!(config.rtc.udp_buffer_bytes, 0);
+        assert_eq!(config.rtc.lanes, 4);
+        assert_eq!(config.rtc.stripe_from_rtt, Duration::from_millis(20));
+        assert_eq!(config.rtc.sctp_window_bytes, 8 << 20);
         assert_eq!(
             config.limits,
             Limits {

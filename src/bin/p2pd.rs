@@ -56,6 +56,10 @@ struct Args {
     /// 0 always stripes).
     #[arg(long)]
     stripe_from_rtt_ms: Option<u64>,
+    /// SCTP receive window of each peer connection in bytes (default 2 MiB; a striped
+    /// transfer gets one per lane).
+    #[arg(long)]
+    sctp_window_bytes: Option<u32>,
     /// Refuse offers with more files than this.
     #[arg(long)]
     max_files: Option<usize>,
@@ -203,6 +207,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         udp_buffer_bytes: args.udp_buffer_bytes,
         lanes: args.lanes,
         stripe_from_rtt_ms: args.stripe_from_rtt_ms,
+        sctp_window_bytes: args.sctp_window_bytes,
         max_files: args.max_files,
         max_total_bytes: args.max_total_bytes,
         max_file_bytes: args.max_file_bytes,

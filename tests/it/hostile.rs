@@ -27,6 +27,7 @@ fn settings() -> RtcSettings {
         udp_buffer_bytes: p2pd::rtc::runtime::UDP_SOCKET_BUFFER_BYTES,
         lanes: 1,
         stripe_from_rtt: p2pd::rtc::peer::STRIPE_FROM_RTT,
+        sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
     }
 }
 

@@ -79,6 +79,7 @@ impl TestDaemon {
                 udp_buffer_bytes: p2pd::rtc::runtime::UDP_SOCKET_BUFFER_BYTES,
                 lanes: options.lanes,
                 stripe_from_rtt: options.stripe_from_rtt,
+                sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
             },
             limits: options.limits,
             path_policy: Default::default(),
