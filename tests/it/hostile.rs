@@ -209,6 +209,18 @@ where
     .await
 }
 
+/// Starts file 0 from its first byte.
+async fn start_file(link: &dyn Link) {
+    say(
+        link,
+        Control::FileStart {
+            index: 0,
+            offset: 0,
+        },
+    )
+    .await;
+}
+
 fn bytes(n: usize) -> bytes::BytesMut {
     bytes::BytesMut::from(&vec![b'x'; n][..])
 }
@@ -222,14 +234,7 @@ async fn bad_streams_are_cut_off_and_nothing_is_published() {
 
         // More bytes than announced.
         let info = after_accept(&daemon, |c| async move {
-            say(
-                &c.link,
-                Control::FileStart {
-                    index: 0,
-                    offset: 0,
-                },
-            )
-            .await;
+            start_file(&c.link).await;
             let _ = c.link.send_binary(bytes(11)).await;
             assert!(matches!(hear(&c.link).await, Some(Control::Cancel { .. })));
         })
@@ -239,14 +244,7 @@ async fn bad_streams_are_cut_off_and_nothing_is_published() {
 
         // Fewer bytes, then a claim that the file is complete.
         let info = after_accept(&daemon, |c| async move {
-            say(
-                &c.link,
-                Control::FileStart {
-                    index: 0,
-                    offset: 0,
-                },
-            )
-            .await;
+            start_file(&c.link).await;
             let _ = c.link.send_binary(bytes(5)).await;
             say(
                 &c.link,
@@ -264,14 +262,7 @@ async fn bad_streams_are_cut_off_and_nothing_is_published() {
 
         // The right size with a wrong final digest.
         let info = after_accept(&daemon, |c| async move {
-            say(
-                &c.link,
-                Control::FileStart {
-                    index: 0,
-                    offset: 0,
-                },
-            )
-            .await;
+            start_file(&c.link).await;
             let _ = c.link.send_binary(bytes(10)).await;
             say(
                 &c.link,
@@ -368,14 +359,7 @@ async fn extra_data_channels_from_the_peer_are_closed_and_ignored() {
             }
             say(&c.link, offer(&[("data.bin", 10)])).await;
             assert_eq!(hear(&c.link).await, Some(Control::Accept));
-            say(
-                &c.link,
-                Control::FileStart {
-                    index: 0,
-                    offset: 0,
-                },
-            )
-            .await;
+            start_file(&c.link).await;
             let _ = c
                 .link
                 .send_binary(bytes::BytesMut::from(&content[..]))
@@ -528,39 +512,26 @@ async fn broken_lane_framing_ends_the_transfer_and_publishes_nothing() {
     tokio::time::timeout(TEST_LIMIT * 2, async {
         let daemon = TestDaemon::start().await;
         let before = snapshot(&daemon.downloads);
-        // Straight on the data channel, under the striped link: too short for a trailer.
-        let info = after_accept(&daemon, |c| async move {
-            say(
-                &c.link,
-                Control::FileStart {
-                    index: 0,
-                    offset: 0,
-                },
-            )
+        let cases = [
+            // Too short for a trailer.
+            (bytes(3), "a malformed lane message"),
+            // A well-formed file message numbered far ahead: a gap no lane can fill.
+            (
+                p2pd::transfer::stripe::seal(bytes(10), false, 1000),
+                "out of sequence",
+            ),
+        ];
+        for (frame, needle) in cases {
+            // Straight onto lane 0's data channel, under the striped link, inside file 0.
+            let info = after_accept(&daemon, |c| async move {
+                start_file(&c.link).await;
+                let _ = c.link.lanes()[0].send_binary(frame).await;
+                let _ = hear(&c.link).await;
+            })
             .await;
-            let _ = c.link.lanes()[0].send_binary(bytes(3)).await;
-            let _ = hear(&c.link).await;
-        })
-        .await;
-        assert_refused(&info, ErrorKind::Protocol, "a malformed lane message");
-        assert_eq!(snapshot(&daemon.downloads), before);
-        // A well-formed file message numbered far ahead: a gap no lane can fill.
-        let info = after_accept(&daemon, |c| async move {
-            say(
-                &c.link,
-                Control::FileStart {
-                    index: 0,
-                    offset: 0,
-                },
-            )
-            .await;
-            let frame = p2pd::transfer::stripe::seal(bytes(10), false, 1000);
-            let _ = c.link.lanes()[0].send_binary(frame).await;
-            let _ = hear(&c.link).await;
-        })
-        .await;
-        assert_refused(&info, ErrorKind::Protocol, "out of sequence");
-        assert_eq!(snapshot(&daemon.downloads), before);
+            assert_refused(&info, ErrorKind::Protocol, needle);
+            assert_eq!(snapshot(&daemon.downloads), before);
+        }
     })
     .await
     .expect("test finished in time");
