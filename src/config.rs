@@ -305,9 +305,7 @@ impl DaemonConfig {
                 .unwrap_or(defaults.max_file_bytes),
         };
         // Where every local address is loopback the path cannot be long: one lane.
-        let only_loopback = bind
-            .iter()
-            .all(|a| a.starts_with("127.") || a.starts_with("[::1]"));
+        let only_loopback = bind.iter().all(|a| crate::rtc::peer::is_loopback(a));
         let lanes = flags.lanes.or(file.lanes).unwrap_or(if only_loopback {
             1
         } else {

@@ -157,8 +157,8 @@ fn settings_for(
     Ok(settings)
 }
 
-/// Reports the route, proves the channel (the first message each way), then enforces
-/// `--require-direct`, telling the peer why when it refuses.
+/// Proves every lane (the first message each way) and agrees on the lanes, reports the
+/// route, then enforces `--require-direct`, telling the peer why when it refuses.
 async fn secure(
     connection: &mut rtc::Connection,
     binding_key: &[u8; 32],

@@ -504,6 +504,11 @@ async fn lost(mut state: watch::Receiver<RTCPeerConnectionState>) {
     }
 }
 
+/// Whether a bind address (`IP:PORT`) is on the loopback interface.
+pub fn is_loopback(bind: &str) -> bool {
+    bind.starts_with("127.") || bind.starts_with("[::1]")
+}
+
 /// Peer connections per transfer that the offering side negotiates by default: enough
 /// associations to fill 50 Mbit/s at 1 % loss and 40 ms, where one moves about 3 Mbit/s.
 pub const DEFAULT_LANES: usize = 16;
@@ -544,10 +549,7 @@ async fn build(
     ),
     RtcError,
 > {
-    let loopback = settings
-        .bind
-        .iter()
-        .any(|a| a.starts_with("127.") || a.starts_with("[::1]"));
+    let loopback = settings.bind.iter().any(|a| is_loopback(a));
     let setting_engine = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_sctp_max_receive_buffer_size(settings.sctp_window_bytes)
@@ -613,8 +615,9 @@ struct Lanes {
         ),
     >,
     openings: futures_util::stream::FuturesUnordered<Opening>,
-    /// Lane 0's watches until its connection is built (the answerer builds it on the offer).
-    first: Option<Watches>,
+    /// Lane 0's watches until its connection is built (the answerer builds it on the
+    /// offer), with a receiver of its state for the connection's entry.
+    first: Option<(Watches, watch::Receiver<RTCPeerConnectionState>)>,
 }
 
 impl Lanes {
@@ -630,7 +633,7 @@ impl Lanes {
             candidates,
             pcs: Default::default(),
             openings: Default::default(),
-            first: Some(first),
+            first: Some((first, state.clone())),
         };
         (lanes, LaneZero { state, ice_state }, candidates_rx)
     }
@@ -646,11 +649,11 @@ impl Lanes {
         RtcError,
     > {
         let (watches, state) = match (lane, self.first.take()) {
-            (0, Some(first)) => (first, None),
+            (0, Some(first)) => first,
             (_, first) => {
                 self.first = first;
                 let (watches, state, _) = Watches::new();
-                (watches, Some(state))
+                (watches, state)
             }
         };
         let (pc, channels) = build(
@@ -661,8 +664,6 @@ impl Lanes {
             watches,
         )
         .await?;
-        // Lane 0's state is watched through `LaneZero`; its entry gets a receiver later.
-        let state = state.unwrap_or_else(|| watch::channel(RTCPeerConnectionState::New).1);
         self.pcs.insert(lane, (pc.clone(), state));
         Ok((pc, channels))
     }
@@ -870,12 +871,17 @@ async fn negotiate(
         if let Some(remote) = pc.remote_description().await {
             link.set_peer_max_message(max_message_size(&remote.sdp));
         }
-        let state = if id == 0 { zero.state.clone() } else { state };
         lane_pcs.push(LanePc { id, pc, state });
         links.push(link);
     }
-    // Lane 0 is open (or negotiation failed above), and the map is ordered by lane.
-    let pc = lane_pcs[0].pc.clone();
+    // The map is ordered by lane, and negotiation succeeds only once lane 0 is open.
+    let Some(pc) = lane_pcs
+        .first()
+        .filter(|lane| lane.id == 0)
+        .map(|lane| lane.pc.clone())
+    else {
+        return Err(RtcError::ChannelClosed);
+    };
     Ok(Connection {
         pc,
         link: Striped::new(links),
