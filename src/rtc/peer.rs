@@ -253,8 +253,9 @@ impl Connection {
     /// The second lock on the channel: both sides prove the PAKE key over the DTLS
     /// certificates they actually see, whatever the library checked, on every lane. Lane
     /// 0's proof must be the first exchange; then the two sides agree which other lanes
-    /// both have open, prove each of those, and drop the rest. Finally, on a path where one
-    /// SCTP association cannot fill the pipe, sending is spread over every lane.
+    /// both have open, prove each of those, agree again on the ones proven in time, and
+    /// drop the rest. Finally, on a path where one SCTP association cannot fill the pipe,
+    /// sending is spread over every lane.
     pub async fn authenticate(
         &mut self,
         binding_key: &[u8; 32],
@@ -266,34 +267,35 @@ impl Connection {
             stripe: role == Role::Sender && self.is_far().await,
         };
         let theirs = exchange_lane_lists(&self.link.lanes()[0], &ours).await?;
-        let keep: Vec<bool> = self
-            .lanes
-            .iter()
-            .map(|lane| lane.id == 0 || theirs.lanes.contains(&lane.id))
-            .collect();
-        let dropped: Vec<_> = self
-            .lanes
-            .iter()
-            .zip(&keep)
-            .filter(|(_, keep)| !**keep)
-            .map(|(lane, _)| lane.pc.clone())
-            .collect();
-        let mut index = 0;
-        self.lanes.retain(|_| {
-            index += 1;
-            keep[index - 1]
-        });
-        self.link.retain(&keep);
-        for pc in dropped {
-            let _ = pc.close().await;
-        }
-        let proofs = self.lanes[1..]
-            .iter()
-            .zip(&self.link.lanes()[1..])
-            .map(|(lane, link)| prove(&lane.pc, link, binding_key, role));
+        self.keep_lanes(&theirs.lanes).await;
+        // A wrong proof is an attack and ends everything; a lane whose proof is still on
+        // its way (a lossy path's first messages can wait out SCTP's timers) only drops out.
+        let proofs =
+            self.lanes[1..]
+                .iter()
+                .zip(&self.link.lanes()[1..])
+                .map(|(lane, link)| async move {
+                    let proof = prove(&lane.pc, link, binding_key, role);
+                    match tokio::time::timeout(EXTRA_LANES_GRACE, proof).await {
+                        Ok(Ok(())) => Ok(Some(lane.id)),
+                        Ok(Err(TransferError::PeerGone)) | Err(_) => Ok(None),
+                        Ok(Err(error)) => Err(error),
+                    }
+                });
+        let mut proven = Vec::new();
         for proof in futures_util::future::join_all(proofs).await {
-            proof?;
+            proven.extend(proof?);
         }
+        let theirs_proven = exchange_lane_lists(
+            &self.link.lanes()[0],
+            &LaneList {
+                lanes: proven.clone(),
+                stripe: ours.stripe,
+            },
+        )
+        .await?;
+        proven.retain(|id| theirs_proven.lanes.contains(id));
+        self.keep_lanes(&proven).await;
         // The sending side decides, so both report the same.
         let stripe = match role {
             Role::Sender => ours.stripe,
@@ -316,6 +318,29 @@ impl Connection {
             "connection ready"
         );
         Ok(())
+    }
+
+    /// Keeps lane 0 and the lanes named in `ids`, closing the others; only before anything
+    /// was striped.
+    async fn keep_lanes(&mut self, ids: &[u8]) {
+        let keep: Vec<bool> = self
+            .lanes
+            .iter()
+            .map(|lane| lane.id == 0 || ids.contains(&lane.id))
+            .collect();
+        let mut dropped = Vec::new();
+        let mut index = 0;
+        self.lanes.retain(|lane| {
+            index += 1;
+            if !keep[index - 1] {
+                dropped.push(lane.pc.clone());
+            }
+            keep[index - 1]
+        });
+        self.link.retain(&keep);
+        for pc in dropped {
+            let _ = pc.close().await;
+        }
     }
 
     /// One association is enough where the round trip is short (loss costs it little and
