@@ -10,7 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
 use crate::ipc::messages::{Direction, PathPolicy};
+use crate::transfer::source::FileId;
 use crate::transfer::wire::Manifest;
 
 const RECORD_FILE: &str = "job.json";
@@ -23,14 +26,18 @@ pub struct JobRecord {
     /// Random, hex; also the name of the job's directory.
     pub id: String,
     pub direction: Direction,
-    /// The resume secret from the original PAKE session (hex). The directory is private.
-    pub secret: String,
+    /// The resume secret from the original PAKE session (hex in the file, which is
+    /// private). Wiped from memory when the record is dropped; never printed.
+    pub secret: ResumeSecret,
     pub deadline_unix: u64,
     pub path: PathPolicy,
     pub manifest: Manifest,
     /// Sender: where each offered file is read from.
     #[serde(default)]
     pub sources: Vec<PathBuf>,
+    /// Sender: the device and inode of each offered file (absent in older records).
+    #[serde(default)]
+    pub source_ids: Vec<FileId>,
     /// Receiver: the download directory and the tag of the partial names.
     #[serde(default)]
     pub dir: Option<PathBuf>,
@@ -49,22 +56,58 @@ impl JobRecord {
             version: RECORD_VERSION,
             id: random_hex(16),
             direction,
-            secret: hex::encode(secret),
+            secret: ResumeSecret(*secret),
             deadline_unix: unix_now().saturating_add(window.as_secs()),
             path,
             manifest: Manifest::default(),
             sources: Vec::new(),
+            source_ids: Vec::new(),
             dir: None,
             tag: None,
         }
     }
 
-    pub fn secret(&self) -> Option<[u8; 32]> {
-        hex::decode(&self.secret).ok()?.try_into().ok()
+    pub fn secret(&self) -> &ResumeSecret {
+        &self.secret
     }
 
     pub fn expired(&self) -> bool {
         unix_now() >= self.deadline_unix
+    }
+}
+
+/// A job's resume secret: zeroed when dropped, hex only on its way to or from the
+/// record file, and never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct ResumeSecret([u8; 32]);
+
+impl std::ops::Deref for ResumeSecret {
+    type Target = [u8; 32];
+    fn deref(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ResumeSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResumeSecret(..)")
+    }
+}
+
+impl Serialize for ResumeSecret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = Zeroizing::new(hex::encode(self.0));
+        serializer.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for ResumeSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Zeroizing::new(String::deserialize(deserializer)?);
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.as_bytes(), bytes.as_mut())
+            .map_err(|_| serde::de::Error::custom("the resume secret is not 32 bytes of hex"))?;
+        Ok(ResumeSecret(*bytes))
     }
 }
 
@@ -181,7 +224,11 @@ mod tests {
         store.save(&record).unwrap();
         let loaded = store.load_all();
         assert_eq!(loaded.len(), 1);
-        assert_eq!(loaded[0].secret(), Some([9; 32]));
+        assert_eq!(**loaded[0].secret(), [9; 32]);
+        assert!(
+            !format!("{:?}", loaded[0]).contains("0909"),
+            "Debug shows no secret"
+        );
         assert!(!loaded[0].expired());
         let mode = std::fs::metadata(store.job_dir(&record.id).join(RECORD_FILE))
             .unwrap()

@@ -273,6 +273,7 @@ pub async fn run_send(
             JobRecord::new(Direction::Send, &secret, context.config.resume_window, path);
         fresh.manifest = sources.manifest.clone();
         fresh.sources = sources.paths.clone();
+        fresh.source_ids = sources.ids.clone();
         let accepted = || {
             context
                 .records
@@ -424,6 +425,7 @@ pub async fn run_restored(job: Arc<Job>, context: Arc<Context>, record: JobRecor
         Direction::Send => Work::Send(Sources {
             manifest: record.manifest.clone(),
             paths: record.sources.clone(),
+            ids: record.source_ids.clone(),
         }),
         Direction::Receive => {
             let journal = Arc::new(ReceiveJournal {
@@ -550,9 +552,7 @@ async fn resume_loop(
 /// connect, prove the channel, and continue the transfer from verified data.
 async fn attempt(job: &Arc<Job>, context: &Context, durable: &Durable) -> Result<(), JobError> {
     let record = &durable.record;
-    let secret = record
-        .secret()
-        .ok_or_else(|| JobError::Transfer(TransferError::Protocol("damaged job record".into())))?;
+    let secret = record.secret();
     let role = match record.direction {
         Direction::Send => Role::Sender,
         Direction::Receive => Role::Receiver,
@@ -629,9 +629,7 @@ const FAREWELL_LIMIT: Duration = Duration::from_secs(10);
 /// Tells the other side of an interrupted job that it was cancelled here, if it can be
 /// reached on the rejoin channel within a few seconds (it waits there when its daemon runs).
 async fn farewell(context: &Context, record: &JobRecord) {
-    let Some(secret) = record.secret() else {
-        return;
-    };
+    let secret = record.secret();
     let role = match record.direction {
         Direction::Send => Role::Sender,
         Direction::Receive => Role::Receiver,

@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::PathBuf;
 
 use bytes::BytesMut;
 use sha2::{Digest, Sha256};
@@ -12,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::link::{Incoming, Link};
-use super::source::Sources;
+use super::source::{self, OpenError, Sources};
 use super::wire::{CHUNK_BYTES, Control, FileEntry};
 use super::{FLUSH_LIMIT, Observer, TransferError, hex_digest};
 
@@ -127,10 +126,8 @@ async fn run(
     let spare = link.spare_capacity();
     let first = from.index as usize;
     let reader = {
-        let (entries, paths) = (entries.clone(), sources.paths.clone());
-        tokio::task::spawn_blocking(move || {
-            read_all(&entries, &paths, from, (chunk, spare), &items_tx)
-        })
+        let sources = sources.clone();
+        tokio::task::spawn_blocking(move || read_all(&sources, from, (chunk, spare), &items_tx))
     };
     let result = stream(link, &mut items, entries, first, total, observer, cancel).await;
     // Closing the queue makes a reader blocked on a full queue give up.
@@ -233,8 +230,7 @@ async fn stream(
 
 /// Reads every file from `from` on once, hashing as it goes. Runs on a blocking thread.
 fn read_all(
-    entries: &[FileEntry],
-    paths: &[PathBuf],
+    sources: &Sources,
     from: From,
     (chunk, spare): (usize, usize),
     items: &mpsc::Sender<ReadItem>,
@@ -242,13 +238,17 @@ fn read_all(
     let fail = |error: TransferError| {
         let _ = items.blocking_send(ReadItem::Failed(error));
     };
+    let entries = &sources.manifest.files;
     for index in from.index as usize..entries.len() {
         let entry = &entries[index];
         let shown = super::names::escape_for_terminal(&entry.name);
         let changed = || TransferError::SourceChanged(shown.clone());
-        let mut file = match File::open(&paths[index]) {
+        let mut file = match source::open(sources, index) {
             Ok(file) => file,
-            Err(e) => return fail(TransferError::io(format!("cannot read {shown}"), e)),
+            Err(OpenError::Changed) => return fail(changed()),
+            Err(OpenError::Io(e)) => {
+                return fail(TransferError::io(format!("cannot read {shown}"), e));
+            }
         };
         // A file replaced, truncated or rewritten since the offer would not match it.
         let meta = file.metadata().ok();

@@ -8,6 +8,7 @@ mod hostile;
 mod netns;
 #[path = "../netns/mod.rs"]
 mod netns_harness;
+mod races;
 mod resume;
 mod support;
 mod transfer;
