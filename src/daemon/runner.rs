@@ -274,10 +274,12 @@ pub async fn run_send(
         fresh.manifest = sources.manifest.clone();
         fresh.sources = sources.paths.clone();
         fresh.source_ids = sources.ids.clone();
-        let accepted = || {
-            context
-                .records
-                .save(&fresh)
+        let accepted = async {
+            // Three fsyncs: off the workers that drive the peer connections.
+            let (records, copy) = (context.records.clone(), fresh.clone());
+            tokio::task::spawn_blocking(move || records.save(&copy))
+                .await
+                .map_err(|_| TransferError::Protocol("recording the job stopped".into()))?
                 .map_err(|e| TransferError::Io {
                     context: "cannot record the job".into(),
                     source: e,
@@ -309,7 +311,7 @@ pub async fn run_send(
         }
         (result, record) => {
             if let Some(record) = record {
-                context.records.remove(&record.id);
+                forget(&context, &record.id).await;
             }
             finish(&job, result);
         }
@@ -384,6 +386,7 @@ pub async fn run_receive(
             limits: context.config.limits,
             tag: fresh.tag.clone().unwrap_or_default(),
             journal: Some(journal.clone()),
+            disk: Default::default(),
         });
         let result = until_lost(
             &connection,
@@ -412,7 +415,7 @@ pub async fn run_receive(
                 if result.is_err() {
                     discard_partials(&record, &plan).await;
                 }
-                context.records.remove(&record.id);
+                forget(&context, &record.id).await;
             }
             finish(&job, result);
         }
@@ -439,6 +442,7 @@ pub async fn run_restored(job: Arc<Job>, context: Arc<Context>, record: JobRecor
                 limits: context.config.limits,
                 tag: record.tag.clone().unwrap_or_default(),
                 journal: Some(journal),
+                disk: Default::default(),
             }))
         }
     };
@@ -507,7 +511,7 @@ async fn resume_loop(
         };
         match result {
             Ok(()) => {
-                context.records.remove(&durable.record.id);
+                forget(&context, &durable.record.id).await;
                 finish(&job, Ok(()));
                 return;
             }
@@ -657,12 +661,24 @@ async fn end_for_good(context: &Context, durable: &Durable) {
     if let Work::Receive(plan) = &durable.work {
         discard_partials(&durable.record, plan).await;
     }
-    context.records.remove(&durable.record.id);
+    forget(&context, &durable.record.id).await;
+}
+
+/// Removes a job's record (a directory tree) on a blocking thread.
+async fn forget(context: &Context, id: &str) {
+    let (records, id) = (context.records.clone(), id.to_owned());
+    let _ = tokio::task::spawn_blocking(move || records.remove(&id)).await;
 }
 
 async fn discard_partials(record: &JobRecord, plan: &receiver::Plan) {
     let (dir, manifest, tag) = (plan.dir.clone(), record.manifest.clone(), plan.tag.clone());
-    let _ = tokio::task::spawn_blocking(move || receiver::discard(&dir, &manifest, &tag)).await;
+    // The disk threads of a run cut short may still be writing these files.
+    let guard = plan.disk.enter().await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let _guard = guard;
+        receiver::discard(&dir, &manifest, &tag)
+    })
+    .await;
 }
 
 /// The receiving side's journal: the record is written when the offer is accepted.

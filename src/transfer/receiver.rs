@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::fence::DiskFence;
 use super::journal::{self, BlockHasher, Journal, Progress};
 use super::layout::Layout;
 use super::link::{Incoming, Link};
@@ -48,6 +49,9 @@ pub struct Plan {
     pub tag: String,
     /// Present for a durable job: partial files then outlive an interruption.
     pub journal: Option<Arc<dyn Journal>>,
+    /// Held by whatever touches the partial files, so a resume starts only after the disk
+    /// threads of the run it follows have stopped.
+    pub disk: DiskFence,
 }
 
 /// Where a (resumed) transfer starts: files before `index` are saved; file `index` has
@@ -68,7 +72,14 @@ pub async fn receive(
     cancel: &CancellationToken,
 ) -> Result<Manifest, TransferError> {
     let manifest = read_offer(link, &plan.limits, cancel).await?;
-    if let Err(error) = check_offer(&manifest, &plan.dir, &plan.limits) {
+    // Up to 100,000 names and a statvfs: a blocking thread, not a worker that drives peers.
+    let checked = {
+        let (manifest, dir, limits) = (manifest.clone(), plan.dir.clone(), plan.limits);
+        tokio::task::spawn_blocking(move || check_offer(&manifest, &dir, &limits))
+            .await
+            .unwrap_or_else(|_| Err(TransferError::Protocol("checking the offer stopped".into())))
+    };
+    if let Err(error) = checked {
         return Err(reject(link, &error.to_string(), error).await);
     }
     observer.offered(&manifest);
@@ -83,11 +94,15 @@ pub async fn receive(
     if !accepted {
         return Err(reject(link, DECLINED, TransferError::Declined).await);
     }
-    if let Some(journal) = &plan.journal
-        && let Err(e) = journal.accepted(&manifest)
-    {
-        let error = TransferError::io("cannot record the job", e);
-        return Err(reject(link, &error.to_string(), error).await);
+    if let Some(journal) = &plan.journal {
+        let (journal, copy) = (journal.clone(), manifest.clone());
+        let recorded = tokio::task::spawn_blocking(move || journal.accepted(&copy))
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("recording the job stopped")));
+        if let Err(e) = recorded {
+            let error = TransferError::io("cannot record the job", e);
+            return Err(reject(link, &error.to_string(), error).await);
+        }
     }
     send_control(link, &Control::Accept).await?;
     let start = StartPoint {
@@ -112,7 +127,9 @@ pub async fn resume(
     let start = {
         let (dir, tag, manifest) = (plan.dir.clone(), plan.tag.clone(), manifest.clone());
         let journal_dir = plan.journal.as_ref().map(|j| j.dir().to_owned());
+        let guard = plan.disk.enter().await;
         tokio::task::spawn_blocking(move || {
+            let _guard = guard;
             recover(
                 &dir,
                 &Layout::new(&manifest, &tag),
@@ -212,7 +229,12 @@ async fn run(
         && !(plan.journal.is_some() && resumable(error))
     {
         let (dir, tag, manifest) = (plan.dir.clone(), plan.tag.clone(), manifest.clone());
-        let _ = tokio::task::spawn_blocking(move || discard(&dir, &manifest, &tag)).await;
+        let guard = plan.disk.enter().await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            discard(&dir, &manifest, &tag)
+        })
+        .await;
     }
     result
 }
@@ -232,7 +254,9 @@ async fn transfer(
         // Nothing left to receive: only folders (if any) remain to be put in place.
         let (dir, tag, manifest2) = (plan.dir.clone(), plan.tag.clone(), manifest.clone());
         let journal_dir = plan.journal.as_ref().map(|j| j.dir().to_owned());
+        let guard = plan.disk.enter().await;
         let folders = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
             let layout = Layout::new(&manifest2, &tag);
             if let Some(journal_dir) = &journal_dir {
                 let all = Progress {
@@ -280,7 +304,11 @@ async fn transfer(
             journal: plan.journal.as_ref().map(|j| j.dir().to_owned()),
         };
         let written = written.clone();
+        // Released only when the writer and the threads it scopes have all returned, even
+        // if this future is dropped first (a lost connection).
+        let guard = plan.disk.enter().await;
         tokio::task::spawn_blocking(move || {
+            let _guard = guard;
             write_all(&disk, start, command_rx, &outcome_tx, &written)
         })
     };
@@ -742,8 +770,8 @@ struct Batch {
 }
 
 /// Makes a batch of verified files durable, logs it, then names them, then makes the names
-/// durable: one `fsync` for a lone file or one `syncfs` for many, and one directory
-/// `fsync`, instead of two `fsync`s per file. A name never points at data that is not on
+/// durable: the batch's files flushed together on a few threads, and one directory `fsync`
+/// instead of one per file. A name never points at data that is not on
 /// disk, and the log always knows which partials may still need their name.
 type Published = (Vec<(u32, Option<PathBuf>)>, Vec<PathBuf>);
 
@@ -752,10 +780,8 @@ fn publish_batch(
     disk: &Disk,
     dir_handle: &File,
 ) -> Result<Published, TransferError> {
-    let flushed = match batch.files.as_slice() {
-        [(_, only)] => only.file.sync_all(),
-        _ => store::sync_filesystem(dir_handle),
-    };
+    let files: Vec<&File> = batch.files.iter().map(|(_, p)| &p.file).collect();
+    let flushed = store::sync_files(&files);
     flushed.map_err(|e| TransferError::io("cannot flush the received files to disk", e))?;
     let end = batch.first + batch.files.len() as u32;
     let count = disk.manifest.files.len() as u32;

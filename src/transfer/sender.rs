@@ -33,13 +33,13 @@ struct From {
     prefix: Option<String>,
 }
 
-/// Runs the sending side of a new transfer over `link`. `accepted` runs once the receiver
-/// said yes, before any data. Returns once every file is verified.
+/// Runs the sending side of a new transfer over `link`. `accepted` is awaited once the
+/// receiver said yes, before any data (it is lazy: nothing of it runs before). Returns once every file is verified.
 pub async fn send(
     link: &dyn Link,
     sources: &Sources,
     observer: &dyn Observer,
-    accepted: impl FnOnce() -> Result<(), TransferError>,
+    accepted: impl Future<Output = Result<(), TransferError>>,
     cancel: &CancellationToken,
 ) -> Result<(), TransferError> {
     for part in Control::offer_parts(&sources.manifest) {
@@ -57,7 +57,7 @@ pub async fn send(
         },
     }
     debug!(files = sources.paths.len(), "offer accepted");
-    accepted()?;
+    accepted.await?;
     let from = From {
         index: 0,
         offset: 0,

@@ -93,3 +93,45 @@ async fn a_file_swapped_after_the_offer_is_never_sent_and_never_hangs() {
         .expect("test finished in time");
     }
 }
+
+/// A lost connection drops the receive future while its disk threads are still publishing
+/// a batch; the resume that starts at once must wait for them, not race their renames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_while_publishing_resumes_without_losing_a_file() {
+    const FILES: usize = 1500;
+    tokio::time::timeout(TEST_LIMIT, async {
+        // The receiver hosts the rendezvous, so the sender's daemon can restart.
+        let a = TestDaemon::start().await;
+        let mut b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let paths: Vec<_> = (0..FILES)
+            .map(|i| random_file(src.path(), &format!("f{i:04}.bin"), 4096, i as u64))
+            .collect();
+        let (_, code) = b.send(&paths).await.expect("send");
+        let recv_id = a.receive(&code).await.expect("receive");
+        // Mid-stream: batches are being published when the sender's daemon goes away.
+        a.wait_until(recv_id, |info| info.bytes_done >= (FILES as u64 * 4096) / 3)
+            .await;
+        b.stop().await;
+        b.restart().await;
+        let received = a.wait(recv_id).await;
+        assert_eq!(
+            received.state,
+            JobState::Completed,
+            "{:?}",
+            received.failure
+        );
+        let saved = listing(&a.downloads);
+        assert_eq!(saved.len(), FILES, "saved: {}", saved.len());
+        for path in &paths {
+            let name = path.file_name().unwrap();
+            assert_eq!(
+                std::fs::read(a.downloads.join(name)).unwrap(),
+                std::fs::read(path).unwrap(),
+                "{name:?}"
+            );
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
