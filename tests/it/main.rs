@@ -10,4 +10,5 @@ mod netns;
 mod netns_harness;
 mod resume;
 mod support;
+mod tls;
 mod transfer;
