@@ -39,8 +39,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a paired connection may go without a message (pings do not count) before it is
 /// dropped.
 const PAIRED_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Messages queued toward one connection before its sender waits.
-const OUTBOUND_QUEUE: usize = 64;
+/// Messages queued toward one connection before its sender waits: with messages of at
+/// most 64 KiB, 1 MiB per connection whose client stops reading (signaling needs a few).
+const OUTBOUND_QUEUE: usize = 16;
+/// Bytes read from a socket at a time. tungstenite's default (128 KiB) is reserved per
+/// connection, which made an idle connection cost ~140 KiB; a larger message still
+/// arrives, in more reads.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Connections turned away at once with a `busy` answer; past that they are just closed,
 /// so answering cannot itself become the way to exhaust the server.
 const BUSY_ANSWERS: usize = 64;
@@ -255,7 +260,8 @@ async fn websocket(stream: TcpStream, tls: Option<&ServerTls>) -> Option<Ws> {
         };
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE_BYTES))
-            .max_frame_size(Some(MAX_MESSAGE_BYTES));
+            .max_frame_size(Some(MAX_MESSAGE_BYTES))
+            .read_buffer_size(READ_BUFFER_BYTES);
         match tokio_tungstenite::accept_async_with_config(transport, Some(ws_config)).await {
             Ok(ws) => Some(ws),
             Err(error) => {

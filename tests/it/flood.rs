@@ -389,7 +389,10 @@ async fn a_silent_claimer_burns_the_code_and_both_sides_are_told_to_get_a_new_on
                 break error;
             }
         };
-        assert!(matches!(verdict, SignalError::Abandoned { .. }), "{verdict:?}");
+        assert!(
+            matches!(verdict, SignalError::Abandoned { .. }),
+            "{verdict:?}"
+        );
         // The real receiver, arriving late, hears the same rather than "in use".
         let received = b.wait(b.receive(&code).await.unwrap()).await;
         assert_eq!(received.state, JobState::Failed);
