@@ -427,7 +427,10 @@ async fn a_relay_body_that_is_not_base64_is_refused_to_its_sender_and_the_pair_g
         raw.send(Message::text(r#"{"type":"relay","body":"not base64!"}"#))
             .await
             .unwrap();
-        let refused = next_text(&mut raw).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(5), next_text(&mut raw))
+            .await
+            .expect("the sender of the bad body is answered")
+            .unwrap();
         assert!(refused.contains("\"protocol\""), "{refused}");
         // Neither the slot nor the peer suffered: the next good message arrives.
         raw.send(Message::text(r#"{"type":"relay","body":"aGk="}"#))
