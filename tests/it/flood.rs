@@ -288,7 +288,10 @@ async fn idle_sockets_from_many_addresses_give_way_and_pings_do_not_keep_them() 
         newcomer.allocate().await.expect("the newcomer allocates");
         let mut outcomes = Vec::new();
         for squatter in squatters {
-            outcomes.push(squatter.await.unwrap());
+            let outcome = tokio::time::timeout(FRESH + Duration::from_secs(5), squatter)
+                .await
+                .expect("every idle connection is closed, pings or not");
+            outcomes.push(outcome.unwrap());
         }
         let (_, first_said) = &outcomes[0];
         assert!(
