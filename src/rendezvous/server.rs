@@ -51,6 +51,8 @@ const READ_BUFFER_BYTES: usize = 8 * 1024;
 const BUSY_ANSWERS: usize = 64;
 /// Time a turned-away connection gets to complete its handshakes and read `busy`.
 const BUSY_ANSWER_TIME: Duration = Duration::from_secs(3);
+/// What both sides hear when a claimer did not complete the key exchange.
+const ABANDONED: &str = "the code was claimed but the key exchange was not completed";
 /// Relays each side sends before its key is confirmed: its SPAKE2 message and its
 /// confirmation tag (`Session::establish`).
 const PAKE_RELAYS: u8 = 2;
@@ -485,16 +487,22 @@ impl Connection {
         if progress.done(1) {
             return Some(ServerMessage::PeerGone);
         }
-        const WHY: &str = "the code was claimed but the key exchange was not completed";
-        if let Some(nameplate) = nameplate.take() {
-            let until = Instant::now() + self.config.slot_ttl;
-            lock(&self.slots)
-                .by_nameplate
-                .insert(nameplate, Slot::Abandoned { until });
-            debug!(nameplate, "claim abandoned; nameplate burned");
+        self.abandon(nameplate.take(), peer);
+        Some(error(ServerErrorKind::Abandoned, ABANDONED))
+    }
+
+    /// Burns `nameplate` into a tombstone and tells the allocator why. Only while the pair
+    /// holds it: once the allocator has left, the code is gone anyway.
+    fn abandon(&self, nameplate: Option<u32>, allocator: &mpsc::Sender<ServerMessage>) {
+        if let Some(nameplate) = nameplate {
+            let mut slots = lock(&self.slots);
+            if let Some(slot @ Slot::Paired) = slots.by_nameplate.get_mut(&nameplate) {
+                let until = Instant::now() + self.config.slot_ttl;
+                *slot = Slot::Abandoned { until };
+                debug!(nameplate, "claim abandoned; nameplate burned");
+            }
         }
-        let _ = peer.try_send(error(ServerErrorKind::Abandoned, WHY));
-        Some(error(ServerErrorKind::Abandoned, WHY))
+        let _ = allocator.try_send(error(ServerErrorKind::Abandoned, ABANDONED));
     }
 
     async fn handle(
@@ -700,7 +708,9 @@ impl Connection {
                 }
                 Step::Quiet
             }
-            (ClientMessage::Burn, Phase::Paired { peer, .. }) => {
+            (ClientMessage::Burn, Phase::Paired { peer, pake, .. }) => {
+                // A wrong code, not an abandoned claim: the nameplate is simply freed.
+                *pake = None;
                 let _ = peer.try_send(error(
                     ServerErrorKind::Burned,
                     "the other side had a different code",
@@ -753,6 +763,15 @@ impl Connection {
                 {
                     slots.rejoin.remove(&channel);
                 }
+            }
+            // A claimer that leaves before its part of the key exchange abandons the code,
+            // exactly as one that stays silent does.
+            Phase::Paired {
+                nameplate,
+                peer,
+                pake: Some(watch),
+            } if watch.side == 1 && !watch.progress.done(1) => {
+                self.abandon(nameplate, &peer);
             }
             Phase::Paired {
                 nameplate, peer, ..

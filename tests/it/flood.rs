@@ -187,6 +187,11 @@ async fn a_third_party_claiming_a_paired_nameplate_is_told_crowded() {
         // The pair is unaffected: a relayed message still arrives.
         sender.relay(b"still here").await.unwrap();
         assert_eq!(receiver.recv_relay().await.unwrap(), b"still here");
+        // Each side completes its two key-exchange relays, as a real pair does (a claimer
+        // that leaves before that abandons the code instead, see below).
+        sender.relay(b"tag").await.unwrap();
+        receiver.relay(b"spake2").await.unwrap();
+        receiver.relay(b"tag").await.unwrap();
         // Once both leave, the nameplate is free and unknown again.
         sender.close().await;
         receiver.close().await;
@@ -519,6 +524,40 @@ async fn a_tampered_signaling_message_is_reported_as_tampering_not_as_a_peer_gon
             failure.message
         );
         drop(sender);
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimer_that_leaves_before_the_key_exchange_burns_the_code_too() {
+    use p2pd::rendezvous::client::RendezvousClient;
+    use p2pd::rendezvous::{Role, SignalError};
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (server, _stop) = rendezvous_with(Default::default()).await;
+        let url = format!("ws://{server}");
+        let mut sender = RendezvousClient::connect(&url).await.unwrap();
+        let (nameplate, _) = sender.allocate().await.unwrap();
+        let mut squatter = RendezvousClient::connect(&url).await.unwrap();
+        squatter.claim(nameplate).await.unwrap();
+        sender.wait_for_peer().await.unwrap();
+        squatter.close().await;
+        let verdict = sender.recv_relay().await;
+        assert!(
+            matches!(verdict, Err(SignalError::Abandoned { role: Role::Sender })),
+            "{verdict:?}"
+        );
+        let mut late = RendezvousClient::connect(&url).await.unwrap();
+        let refused = late.claim(nameplate).await;
+        assert!(
+            matches!(
+                refused,
+                Err(SignalError::Abandoned {
+                    role: Role::Receiver
+                })
+            ),
+            "{refused:?}"
+        );
     })
     .await
     .expect("test finished in time");
