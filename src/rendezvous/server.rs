@@ -228,7 +228,12 @@ pub async fn serve(listener: TcpListener, config: RendezvousConfig, shutdown: Ca
         };
         tracker.spawn(
             async move {
-                if let Some(ws) = websocket(stream, conn.config.tls.as_deref()).await {
+                // Evicted mid-handshake, it goes at once rather than at the handshake timeout.
+                let ws = tokio::select! {
+                    ws = websocket(stream, conn.config.tls.as_deref()) => ws,
+                    _ = conn.evict.cancelled() => None,
+                };
+                if let Some(ws) = ws {
                     conn.run(ws).await;
                 }
                 lock(&conn.admission).leave(conn.id);
