@@ -193,16 +193,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             None => None,
         };
         let tls = match (tls_cert.or(file.tls_cert), tls_key.or(file.tls_key)) {
-            (Some(cert), Some(key)) => {
-                let tls = Arc::new(ServerTls::load(&cert, &key)?);
-                reload_on_hangup(tls.clone())?;
-                Some(tls)
-            }
+            (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(&cert, &key)?)),
             (None, None) => None,
             _ => anyhow::bail!(
                 "TLS needs both a certificate and its key: pass --tls-cert FILE and --tls-key FILE (or set tls_cert and tls_key)"
             ),
         };
+        reload_on_hangup(tls.clone())?;
         let listener = server::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -256,14 +253,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 /// A token cancelled by the first SIGTERM or SIGINT.
 /// Rereads the certificate and key on every SIGHUP (after a renewal); a file that fails to
-/// load is logged and the certificate in use stays.
-fn reload_on_hangup(tls: Arc<ServerTls>) -> anyhow::Result<()> {
+/// load is logged and the certificate in use stays. Handled without TLS too, so a reload
+/// (`systemctl reload`) never kills a plain `ws://` rendezvous.
+fn reload_on_hangup(tls: Option<Arc<ServerTls>>) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            match tls.reload() {
-                Ok(()) => tracing::info!("reloaded the TLS certificate"),
-                Err(error) => tracing::warn!(%error, "kept the previous TLS certificate"),
+            match tls.as_deref().map(ServerTls::reload) {
+                Some(Ok(())) => tracing::info!("reloaded the TLS certificate"),
+                Some(Err(error)) => tracing::warn!(%error, "kept the previous TLS certificate"),
+                None => tracing::info!("SIGHUP: no TLS certificate to reload"),
             }
         }
     });
