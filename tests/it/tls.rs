@@ -178,3 +178,40 @@ async fn sighup_makes_the_rendezvous_serve_its_renewed_certificate() {
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_does_not_stop_a_rendezvous_without_tls() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = tokio::process::Command::new(P2PD)
+            .args(["rendezvous", "--listen", &listen])
+            .env("RUST_LOG", "error")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("ws://{listen}");
+        let until = Instant::now() + Duration::from_secs(20);
+        while RendezvousClient::connect(url.as_str()).await.is_err() {
+            assert!(Instant::now() < until, "the rendezvous never listened");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let pid = child.id().expect("running") as libc::pid_t;
+        // SAFETY: kill(2) on the pid of a child this test spawned and still holds.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(child.try_wait().unwrap().is_none(), "SIGHUP stopped it");
+        RendezvousClient::connect(url.as_str())
+            .await
+            .expect("still serving after SIGHUP")
+            .close()
+            .await;
+        child.kill().await.unwrap();
+    })
+    .await
+    .expect("test finished in time");
+}
