@@ -125,6 +125,8 @@ enum Slot {
     /// The allocator waits; the claimer hands it its outbound queue through `handoff`.
     Waiting {
         allocator: mpsc::Sender<ServerMessage>,
+        /// The allocator's admission id, so the claimer can mark it paired.
+        id: u64,
         handoff: oneshot::Sender<Handoff>,
     },
     /// Two parties are talking; a third claim is "crowded".
@@ -137,6 +139,8 @@ enum Slot {
 /// One side of a job waiting on its rejoin channel.
 struct Rejoiner {
     sender: bool,
+    /// Its admission id, so the other side can mark it paired.
+    id: u64,
     waiting: mpsc::Sender<ServerMessage>,
     handoff: oneshot::Sender<Handoff>,
 }
@@ -347,14 +351,6 @@ impl Phase {
             _ => None,
         }
     }
-
-    fn standing(&self) -> Standing {
-        match self {
-            Phase::Fresh => Standing::Fresh,
-            Phase::Waiting { .. } | Phase::Rejoining { .. } => Standing::Waiting,
-            Phase::Paired { .. } => Standing::Paired,
-        }
-    }
 }
 
 impl Connection {
@@ -362,16 +358,11 @@ impl Connection {
         let (mut sink, mut source) = ws.split();
         let (out_tx, mut out_rx) = mpsc::channel::<ServerMessage>(OUTBOUND_QUEUE);
         let mut phase = Phase::Fresh;
-        let mut standing = Standing::Fresh;
         // Fixed at connect: pings or junk do not extend it.
         let fresh_until = tokio::time::Instant::now() + self.config.fresh_deadline;
         let mut idle_until = tokio::time::Instant::now() + PAIRED_IDLE_TIMEOUT;
 
         loop {
-            if phase.standing() != standing {
-                standing = phase.standing();
-                lock(&self.admission).set(self.id, standing);
-            }
             let until = match &phase {
                 Phase::Fresh => fresh_until,
                 Phase::Waiting { deadline, .. } | Phase::Rejoining { deadline, .. } => *deadline,
@@ -552,11 +543,13 @@ impl Connection {
                         nameplate,
                         Slot::Waiting {
                             allocator: out_tx.clone(),
+                            id: self.id,
                             handoff: handoff_tx,
                         },
                     );
                     nameplate
                 };
+                self.stand(&[self.id], Standing::Waiting);
                 debug!(nameplate, "allocated");
                 *phase = Phase::Waiting {
                     nameplate,
@@ -572,9 +565,13 @@ impl Connection {
                 let taken = {
                     let mut slots = lock(&self.slots);
                     match slots.by_nameplate.remove(&nameplate) {
-                        Some(Slot::Waiting { allocator, handoff }) => {
+                        Some(Slot::Waiting {
+                            allocator,
+                            id,
+                            handoff,
+                        }) => {
                             slots.by_nameplate.insert(nameplate, Slot::Paired);
-                            Ok((allocator, handoff))
+                            Ok((allocator, id, handoff))
                         }
                         Some(Slot::Paired) => {
                             slots.by_nameplate.insert(nameplate, Slot::Paired);
@@ -599,7 +596,10 @@ impl Connection {
                     }
                 };
                 match taken {
-                    Ok((allocator, handoff)) => {
+                    Ok((allocator, allocator_id, handoff)) => {
+                        // Before either side hears "paired", so a newcomer arriving then
+                        // cannot evict half of a pair.
+                        self.stand(&[self.id, allocator_id], Standing::Paired);
                         let progress = Arc::new(PakeProgress::default());
                         let handed = Handoff {
                             peer: out_tx.clone(),
@@ -660,6 +660,7 @@ impl Connection {
                             channel.clone(),
                             Rejoiner {
                                 sender,
+                                id: self.id,
                                 waiting: out_tx.clone(),
                                 handoff: handoff_tx,
                             },
@@ -669,6 +670,7 @@ impl Connection {
                 };
                 match other {
                     Some(other) => {
+                        self.stand(&[self.id, other.id], Standing::Paired);
                         let handed = Handoff {
                             peer: out_tx.clone(),
                             progress: None,
@@ -687,6 +689,7 @@ impl Connection {
                         Step::Reply(self.paired())
                     }
                     None => {
+                        self.stand(&[self.id], Standing::Waiting);
                         *phase = Phase::Rejoining {
                             channel,
                             handoff: handoff_rx,
@@ -729,6 +732,14 @@ impl Connection {
                 ServerErrorKind::Protocol,
                 "message not allowed now",
             ))),
+        }
+    }
+
+    /// Records how far these connections have got, for who gives way when full.
+    fn stand(&self, ids: &[u64], standing: Standing) {
+        let mut admission = lock(&self.admission);
+        for id in ids {
+            admission.set(*id, standing);
         }
     }
 

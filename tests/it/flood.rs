@@ -341,8 +341,6 @@ async fn a_rendezvous_full_of_transfers_answers_busy_instead_of_hanging_up() {
             sender.wait_for_peer().await.unwrap();
             pairs.push((sender, receiver));
         }
-        // Let both connections of the last pair record that they are paired.
-        tokio::time::sleep(Duration::from_millis(200)).await;
         let mut late = RendezvousClient::connect(&url)
             .await
             .expect("a full rendezvous still completes the handshake to say why");
