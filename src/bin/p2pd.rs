@@ -106,10 +106,10 @@ enum Command {
         turn_credential_ttl: Option<u64>,
         /// Serve wss:// with this PEM certificate chain (needs --tls-key); SIGHUP rereads
         /// both files.
-        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        #[arg(long, value_name = "FILE")]
         tls_cert: Option<PathBuf>,
         /// PEM private key of --tls-cert.
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        #[arg(long, value_name = "FILE")]
         tls_key: Option<PathBuf>,
     },
 }

@@ -12,16 +12,17 @@ use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite;
 use zeroize::Zeroizing;
 
+/// Messages leave the cause to `source()`: the binaries print the whole chain on one line.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} {}: {source}", path.display())]
+    #[error("cannot read {what} {}", path.display())]
     Read {
         what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{} is not a PEM {what} file: {source}", path.display())]
+    #[error("{} is not a PEM {what} file", path.display())]
     Pem {
         what: &'static str,
         path: PathBuf,
@@ -30,7 +31,7 @@ pub enum TlsError {
     },
     #[error("{} holds no PEM {what}", path.display())]
     Empty { what: &'static str, path: PathBuf },
-    #[error("the certificates in {} are not usable: {source}", path.display())]
+    #[error("the certificates in {} are not usable", path.display())]
     Rejected {
         path: PathBuf,
         #[source]
