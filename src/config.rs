@@ -22,8 +22,12 @@ pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub struct FileConfig {
     pub socket: Option<PathBuf>,
     pub download_dir: Option<PathBuf>,
-    /// URL of a rendezvous to use instead of the embedded one, like `ws://host:9009`.
+    /// URL of a rendezvous to use instead of the embedded one, like `ws://host:9009` or
+    /// `wss://host:9009`.
     pub rendezvous: Option<String>,
+    /// PEM file of the private CA a `wss://` rendezvous's certificate is checked against
+    /// (instead of the system's roots).
+    pub rendezvous_ca: Option<PathBuf>,
     /// Address the embedded rendezvous listens on.
     pub rendezvous_listen: Option<SocketAddr>,
     pub code_ttl_secs: Option<u64>,
@@ -72,6 +76,10 @@ pub struct RendezvousFileConfig {
     /// File holding the TURN server's shared secret (coturn's `static-auth-secret`).
     pub turn_secret_file: Option<PathBuf>,
     pub turn_credential_ttl_secs: Option<u64>,
+    /// PEM certificate chain to serve `wss://` with (needs `tls_key`); reread on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl RendezvousFileConfig {
@@ -109,6 +117,10 @@ pub enum ConfigError {
     NoStateDir,
     #[error("no runtime directory for the socket: set XDG_RUNTIME_DIR or pass --socket PATH")]
     NoSocketDir,
+    #[error(
+        "a rendezvous CA needs a wss:// rendezvous: set rendezvous = \"wss://HOST:PORT\" (or --rendezvous) as well"
+    )]
+    CaWithoutTls,
     #[error("force_relay and require_direct cannot both be true in the config: choose one")]
     ConflictingPathPolicy,
     #[error("lanes must be between 1 and {max}, not {given}: use 1 for a single connection")]
@@ -156,8 +168,9 @@ impl FileConfig {
 pub enum RendezvousMode {
     /// Hosted inside the daemon on this address.
     Embedded { listen: SocketAddr },
-    /// Another server's WebSocket URL.
-    Remote { url: String },
+    /// Another server's WebSocket URL, and for `wss://` a private CA to trust instead of
+    /// the system's roots.
+    Remote { url: String, ca: Option<PathBuf> },
 }
 
 /// Validated settings the daemon runs on.
@@ -227,6 +240,7 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub resume_window_secs: Option<u64>,
     pub rendezvous: Option<String>,
+    pub rendezvous_ca: Option<PathBuf>,
     pub rendezvous_listen: Option<SocketAddr>,
     pub code_ttl_secs: Option<u64>,
     pub ice_bind: Vec<String>,
@@ -259,8 +273,18 @@ impl DaemonConfig {
                 .or(file.resume_window_secs)
                 .unwrap_or(DEFAULT_RESUME_WINDOW.as_secs()),
         );
+        let ca = flags.rendezvous_ca.or(file.rendezvous_ca);
         let rendezvous = match flags.rendezvous.or(file.rendezvous) {
-            Some(url) => RendezvousMode::Remote { url },
+            Some(url) => {
+                let tls = url
+                    .get(..6)
+                    .is_some_and(|scheme| scheme.eq_ignore_ascii_case("wss://"));
+                if ca.is_some() && !tls {
+                    return Err(ConfigError::CaWithoutTls);
+                }
+                RendezvousMode::Remote { url, ca }
+            }
+            None if ca.is_some() => return Err(ConfigError::CaWithoutTls),
             None => RendezvousMode::Embedded {
                 listen: flags
                     .rendezvous_listen
@@ -373,9 +397,12 @@ mod tests {
             turn = ["turn:turn.example.org:3478"]
             turn_secret_file = "/etc/p2pd/turn-secret"
             turn_credential_ttl_secs = 3600
+            tls_cert = "/etc/p2pd/cert.pem"
+            tls_key = "/etc/p2pd/key.pem"
         "#;
         let file = RendezvousFileConfig::parse(text, Path::new("r.toml")).unwrap();
         assert_eq!(file.turn, ["turn:turn.example.org:3478"]);
+        assert_eq!(file.tls_key, Some(PathBuf::from("/etc/p2pd/key.pem")));
         assert_eq!(file.turn_credential_ttl_secs, Some(3600));
         let err =
             RendezvousFileConfig::parse("turn_secret = \"x\"\n", Path::new("r.toml")).unwrap_err();
@@ -409,7 +436,8 @@ mod tests {
         let text = r#"
             socket = "/run/p2pd.sock"
             download_dir = "/data"
-            rendezvous = "ws://example.org:9009"
+            rendezvous = "wss://example.org:9009"
+            rendezvous_ca = "/etc/p2pd/ca.pem"
             rendezvous_listen = "0.0.0.0:9009"
             code_ttl_secs = 60
             ice_bind = ["127.0.0.1:0"]
@@ -431,7 +459,8 @@ mod tests {
         assert_eq!(
             config.rendezvous,
             RendezvousMode::Remote {
-                url: "ws://example.org:9009".into()
+                url: "wss://example.org:9009".into(),
+                ca: Some("/etc/p2pd/ca.pem".into()),
             }
         );
         assert_eq!(config.code_ttl, Duration::from_secs(60));
@@ -464,6 +493,20 @@ mod tests {
             DaemonConfig::resolve(Overrides::default(), both),
             Err(ConfigError::ConflictingPathPolicy)
         ));
+    }
+
+    #[test]
+    fn a_rendezvous_ca_needs_a_wss_rendezvous() {
+        for text in [
+            "rendezvous_ca = \"/ca.pem\"\n",
+            "rendezvous = \"ws://h:1\"\nrendezvous_ca = \"/ca.pem\"\n",
+        ] {
+            let file = FileConfig::parse(text, Path::new("c.toml")).unwrap();
+            assert!(matches!(
+                DaemonConfig::resolve(Overrides::default(), file),
+                Err(ConfigError::CaWithoutTls)
+            ));
+        }
     }
 
     #[test]

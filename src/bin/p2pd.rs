@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,6 +11,7 @@ use p2pd::config::{DaemonConfig, FileConfig, Overrides, RendezvousFileConfig};
 use p2pd::daemon::{Daemon, notify};
 use p2pd::rendezvous::ice::IceHandout;
 use p2pd::rendezvous::server::{self, RendezvousConfig};
+use p2pd::rendezvous::tls::ServerTls;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -26,9 +28,14 @@ struct Args {
     /// Where received files go. Default: the user's download directory.
     #[arg(long)]
     download_dir: Option<PathBuf>,
-    /// Use this rendezvous instead of the embedded one, e.g. ws://host:9009.
+    /// Use this rendezvous instead of the embedded one, e.g. ws://host:9009, or
+    /// wss://host:9009 for TLS (checked against the system's root certificates).
     #[arg(long, conflicts_with = "rendezvous_listen")]
     rendezvous: Option<String>,
+    /// PEM file of a private CA to check a wss:// rendezvous's certificate against, instead
+    /// of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    rendezvous_ca: Option<PathBuf>,
     /// Address the embedded rendezvous listens on, e.g. 0.0.0.0:9009 for a LAN.
     #[arg(long)]
     rendezvous_listen: Option<SocketAddr>,
@@ -97,6 +104,13 @@ enum Command {
         /// Seconds a handed-out TURN credential stays valid [default: 43200].
         #[arg(long)]
         turn_credential_ttl: Option<u64>,
+        /// Serve wss:// with this PEM certificate chain (needs --tls-key); SIGHUP rereads
+        /// both files.
+        #[arg(long, value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, value_name = "FILE")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -144,6 +158,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         turn,
         turn_secret_file,
         turn_credential_ttl,
+        tls_cert,
+        tls_key,
     }) = args.command
     {
         let file = RendezvousFileConfig::load(args.config.as_deref())?;
@@ -176,6 +192,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let tls = match (tls_cert.or(file.tls_cert), tls_key.or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(&cert, &key)?)),
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "TLS needs both a certificate and its key: pass --tls-cert FILE and --tls-key FILE (or set tls_cert and tls_key)"
+            ),
+        };
+        reload_on_hangup(tls.clone())?;
         let listener = server::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -188,6 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 turn_secret,
                 credential_ttl: Duration::from_secs(turn_credential_ttl),
             },
+            tls,
             ..Default::default()
         };
         server::serve(listener, config, stop).await;
@@ -201,6 +226,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         state_dir: args.state_dir,
         resume_window_secs: args.resume_window,
         rendezvous: args.rendezvous,
+        rendezvous_ca: args.rendezvous_ca,
         rendezvous_listen: args.rendezvous_listen,
         code_ttl_secs: args.code_ttl,
         ice_bind: args.ice_bind,
@@ -226,6 +252,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT.
+/// Rereads the certificate and key on every SIGHUP (after a renewal); a file that fails to
+/// load is logged and the certificate in use stays. Handled without TLS too, so a reload
+/// (`systemctl reload`) never kills a plain `ws://` rendezvous.
+fn reload_on_hangup(tls: Option<Arc<ServerTls>>) -> anyhow::Result<()> {
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match tls.as_deref().map(ServerTls::reload) {
+                Some(Ok(())) => tracing::info!("reloaded the TLS certificate"),
+                Some(Err(error)) => tracing::warn!(%error, "kept the previous TLS certificate"),
+                None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            }
+        }
+    });
+    Ok(())
+}
+
 fn stop_on_signal() -> anyhow::Result<CancellationToken> {
     let token = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;

@@ -30,7 +30,8 @@ const FINISHED_JOBS_KEPT: usize = 100;
 /// What every job needs from the daemon.
 pub struct Context {
     pub config: DaemonConfig,
-    pub rendezvous_url: String,
+    /// The rendezvous's URL and the roots its certificate is checked against.
+    pub rendezvous_url: crate::rendezvous::Endpoint,
     pub records: RecordStore,
     /// Fires when the daemon stops; durable jobs then stop without cancelling.
     pub shutdown: CancellationToken,
@@ -432,7 +433,7 @@ fn not_found(id: JobId) -> Failure {
 
 pub fn signal_failure(error: &SignalError) -> Failure {
     let kind = match error {
-        SignalError::WrongCode => ErrorKind::WrongCode,
+        SignalError::WrongCode { .. } => ErrorKind::WrongCode,
         SignalError::UnknownCode => ErrorKind::UnknownCode,
         SignalError::Expired => ErrorKind::Expired,
         SignalError::PeerGone => ErrorKind::PeerGone,

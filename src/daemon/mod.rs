@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{DaemonConfig, RendezvousMode};
+use crate::rendezvous::Endpoint;
 use crate::rendezvous::server::{self, RendezvousConfig};
 use jobs::{Context, Jobs};
 
@@ -31,6 +32,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub enum DaemonError {
     #[error(transparent)]
     Socket(#[from] socket::SocketError),
+    #[error(transparent)]
+    RendezvousTls(#[from] crate::rendezvous::tls::TlsError),
     #[error("cannot start the rendezvous on {addr}: {source}")]
     Rendezvous {
         addr: SocketAddr,
@@ -56,7 +59,16 @@ impl Daemon {
         // Bind the control socket first: a second daemon must fail before touching anything.
         let listener = socket::bind(&config.socket).await?;
         let (rendezvous_url, rendezvous_addr) = match &config.rendezvous {
-            RendezvousMode::Remote { url } => (url.clone(), None),
+            RendezvousMode::Remote { url, ca } => {
+                let endpoint = match Endpoint::new(url, ca.as_deref()) {
+                    Ok(endpoint) => endpoint,
+                    Err(error) => {
+                        let _ = std::fs::remove_file(&config.socket);
+                        return Err(error.into());
+                    }
+                };
+                (endpoint, None)
+            }
             RendezvousMode::Embedded { listen } => {
                 let bound = server::bind(*listen).await;
                 let tcp = match bound {
@@ -78,7 +90,8 @@ impl Daemon {
                     ..RendezvousConfig::default()
                 };
                 tracker.spawn(server::serve(tcp, rendezvous_config, shutdown.clone()));
-                (format!("ws://{}", local_view(addr)), Some(addr))
+                let url = format!("ws://{}", local_view(addr));
+                (Endpoint::from(url.as_str()), Some(addr))
             }
         };
         let socket_path = config.socket.clone();
@@ -99,10 +112,10 @@ impl Daemon {
             shutdown.clone(),
             tracker.clone(),
         ));
-        info!(socket = %socket_path.display(), rendezvous = %rendezvous_url, "p2pd ready");
+        info!(socket = %socket_path.display(), rendezvous = %rendezvous_url.url(), "p2pd ready");
         Ok(Daemon {
             socket: socket_path,
-            rendezvous_url,
+            rendezvous_url: rendezvous_url.url().to_owned(),
             rendezvous_addr,
             shutdown,
             tracker,

@@ -9,42 +9,67 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::SignalError;
 use super::messages::{ClientMessage, IceServerInfo, ServerErrorKind, ServerMessage};
 use super::server::MAX_MESSAGE_BYTES;
+use super::tls::{Endpoint, is_untrusted_certificate};
+use super::{Role, SignalError};
 
 pub struct RendezvousClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// What the rendezvous handed out with "paired".
     ice_servers: Vec<IceServerInfo>,
+    /// Which side of a transfer this connection serves (known once it allocates, claims or
+    /// rejoins), so errors can say what that side should do next.
+    role: Role,
 }
 
 impl RendezvousClient {
-    pub async fn connect(url: &str) -> Result<RendezvousClient, SignalError> {
+    /// Connects to a `ws://` or `wss://` rendezvous: a URL (`wss://` then trusts the
+    /// system's roots) or an [`Endpoint`] carrying its own.
+    pub async fn connect(endpoint: impl Into<Endpoint>) -> Result<RendezvousClient, SignalError> {
+        let endpoint = endpoint.into();
+        let url = endpoint.url().to_owned();
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
-            .await
-            .map_err(|source| SignalError::Connect {
-                url: url.to_owned(),
-                source: Box::new(source),
-            })?;
+        let connector = endpoint.connector().map_err(SignalError::Tls)?;
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            url.as_str(),
+            Some(config),
+            false,
+            Some(connector),
+        )
+        .await
+        .map_err(|source| {
+            if is_untrusted_certificate(&source) {
+                SignalError::Untrusted {
+                    url: url.clone(),
+                    source: Box::new(source),
+                }
+            } else {
+                SignalError::Connect {
+                    url: url.clone(),
+                    source: Box::new(source),
+                }
+            }
+        })?;
         Ok(RendezvousClient {
             ws,
             ice_servers: Vec::new(),
+            role: Role::Receiver,
         })
     }
 
     /// Asks for a nameplate; returns it with the seconds the slot will wait.
     pub async fn allocate(&mut self) -> Result<(u32, u64), SignalError> {
+        self.role = Role::Sender;
         self.send(&ClientMessage::Allocate).await?;
         match self.recv().await? {
             ServerMessage::Allocated {
                 nameplate,
                 expires_in_secs,
             } => Ok((nameplate, expires_in_secs)),
-            other => Err(unexpected(&other)),
+            other => Err(self.unexpected(&other)),
         }
     }
 
@@ -55,24 +80,26 @@ impl RendezvousClient {
                 self.ice_servers = ice_servers;
                 Ok(())
             }
-            other => Err(unexpected(&other)),
+            other => Err(self.unexpected(&other)),
         }
     }
 
     pub async fn claim(&mut self, nameplate: u32) -> Result<(), SignalError> {
+        self.role = Role::Receiver;
         self.send(&ClientMessage::Claim { nameplate }).await?;
         match self.recv().await? {
             ServerMessage::Paired { ice_servers } => {
                 self.ice_servers = ice_servers;
                 Ok(())
             }
-            other => Err(unexpected(&other)),
+            other => Err(self.unexpected(&other)),
         }
     }
 
     /// Waits on a rejoin channel until the other side of the job arrives (or the server's
     /// wait expires: [`SignalError::Expired`]).
     pub async fn rejoin(&mut self, channel: &str, sender: bool) -> Result<(), SignalError> {
+        self.role = if sender { Role::Sender } else { Role::Receiver };
         self.send(&ClientMessage::Rejoin {
             channel: channel.to_owned(),
             sender,
@@ -83,7 +110,7 @@ impl RendezvousClient {
                 self.ice_servers = ice_servers;
                 Ok(())
             }
-            other => Err(unexpected(&other)),
+            other => Err(self.unexpected(&other)),
         }
     }
 
@@ -104,7 +131,7 @@ impl RendezvousClient {
             ServerMessage::Relay { body } => BASE64
                 .decode(body)
                 .map_err(|_| SignalError::Protocol("relay body is not base64".into())),
-            other => Err(unexpected(&other)),
+            other => Err(self.unexpected(&other)),
         }
     }
 
@@ -141,21 +168,24 @@ impl RendezvousClient {
             }
         }
     }
-}
 
-fn unexpected(message: &ServerMessage) -> SignalError {
-    match message {
-        ServerMessage::PeerGone => SignalError::PeerGone,
-        ServerMessage::Error { kind, .. } => match kind {
-            ServerErrorKind::UnknownNameplate => SignalError::UnknownCode,
-            ServerErrorKind::Expired => SignalError::Expired,
-            ServerErrorKind::Crowded => SignalError::Crowded,
-            ServerErrorKind::Burned => SignalError::WrongCode,
-            ServerErrorKind::Busy => SignalError::Busy,
-            ServerErrorKind::Protocol => {
-                SignalError::Protocol("rendezvous rejected a message".into())
-            }
-        },
-        _ => SignalError::Protocol("rendezvous sent a message out of turn".into()),
+    /// What an answer other than the expected one means for this side.
+    fn unexpected(&self, message: &ServerMessage) -> SignalError {
+        let role = self.role;
+        match message {
+            ServerMessage::PeerGone => SignalError::PeerGone,
+            ServerMessage::Error { kind, .. } => match kind {
+                ServerErrorKind::UnknownNameplate => SignalError::UnknownCode,
+                ServerErrorKind::Expired => SignalError::Expired,
+                ServerErrorKind::Crowded => SignalError::Crowded,
+                ServerErrorKind::Burned => SignalError::WrongCode { role },
+                ServerErrorKind::Abandoned => SignalError::Abandoned { role },
+                ServerErrorKind::Busy => SignalError::Busy,
+                ServerErrorKind::Protocol => {
+                    SignalError::Protocol("rendezvous rejected a message".into())
+                }
+            },
+            _ => SignalError::Protocol("rendezvous sent a message out of turn".into()),
+        }
     }
 }

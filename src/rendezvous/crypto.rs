@@ -4,6 +4,10 @@
 //! password. From the shared key, HKDF derives one key-confirmation key per side and one
 //! AEAD key per direction, so a message can be neither reflected back to its sender nor
 //! replayed or reordered (each carries a sequence number the opener insists on).
+//!
+//! Every secret here lives in a `Zeroizing` buffer (the AEAD keys inside `ChaCha20Poly1305`
+//! wipe themselves), and no type holding one implements `Debug`, so a key can neither
+//! outlive its use in freed memory nor be formatted into a log by accident.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -11,11 +15,43 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use spake2::{Ed25519Group, Identity, Password, Spake2};
+use zeroize::Zeroizing;
 
 use super::code::Code;
 
 const ID_SENDER: &[u8] = b"p2pd/1 sender";
 const ID_RECEIVER: &[u8] = b"p2pd/1 receiver";
+
+/// 32 secret bytes: wiped on drop, and its `Debug` prints no byte of them. Derefs to
+/// `[u8; 32]`, so `&secret` goes wherever a `&[u8; 32]` is expected.
+#[derive(Clone)]
+pub struct Secret(Zeroizing<[u8; 32]>);
+
+/// The `Zeroizing` inside does the wiping; this marker says so to callers' bounds.
+impl zeroize::ZeroizeOnDrop for Secret {}
+
+impl Secret {
+    fn zero() -> Secret {
+        Secret(Zeroizing::new([0; 32]))
+    }
+
+    pub fn from_bytes(bytes: &[u8; 32]) -> Secret {
+        Secret(Zeroizing::new(*bytes))
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = [u8; 32];
+    fn deref(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
 
 /// Which end of the transfer this daemon is; it fixes the SPAKE2 side and the key labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,10 +104,11 @@ impl Pake {
     }
 
     pub fn finish(self, peer_msg: &[u8]) -> Result<SessionKeys, CryptoError> {
-        let key = self
-            .state
-            .finish(peer_msg)
-            .map_err(|_| CryptoError::BadPakeMessage)?;
+        let key = Zeroizing::new(
+            self.state
+                .finish(peer_msg)
+                .map_err(|_| CryptoError::BadPakeMessage)?,
+        );
         Ok(SessionKeys::new(&key, self.role))
     }
 }
@@ -80,9 +117,19 @@ impl Pake {
 /// checks out: with a wrong code both sides still get *a* key, just different ones.
 pub struct SessionKeys {
     role: Role,
-    hkdf: Hkdf<Sha256>,
+    /// HKDF's pseudo-random key, kept rather than an `Hkdf` (which would not wipe it).
+    prk: Secret,
     /// The long-lived secret later sessions of the same job are keyed from.
-    resume: [u8; 32],
+    resume: Secret,
+}
+
+/// HKDF-Extract into a buffer that is wiped on drop.
+fn extract(salt: &[u8], ikm: &[u8]) -> Secret {
+    let (mut prk, _) = Hkdf::<Sha256>::extract(Some(salt), ikm);
+    let mut out = Secret::zero();
+    out.0.copy_from_slice(&prk);
+    zeroize::Zeroize::zeroize(prk.as_mut_slice());
+    out
 }
 
 /// Bytes each side contributes to a resumed session's keys, so no two sessions of one job
@@ -93,8 +140,8 @@ impl SessionKeys {
     fn new(pake_key: &[u8], role: Role) -> SessionKeys {
         let mut keys = SessionKeys {
             role,
-            hkdf: Hkdf::<Sha256>::new(Some(b"p2pd/1 signaling"), pake_key),
-            resume: [0; 32],
+            prk: extract(b"p2pd/1 signaling", pake_key),
+            resume: Secret::zero(),
         };
         keys.resume = keys.derive(b"resume", Role::Sender);
         keys
@@ -111,25 +158,27 @@ impl SessionKeys {
         let salt = [b"p2pd/1 resume".as_slice(), sender_nonce, receiver_nonce].concat();
         SessionKeys {
             role,
-            hkdf: Hkdf::<Sha256>::new(Some(&salt), secret),
-            resume: *secret,
+            prk: extract(&salt, secret),
+            resume: Secret::from_bytes(secret),
         }
     }
 
-    fn derive(&self, purpose: &[u8], role: Role) -> [u8; 32] {
-        let mut out = [0u8; 32];
+    fn derive(&self, purpose: &[u8], role: Role) -> Secret {
+        let mut out = Secret::zero();
         let info = [purpose, b" ", role.label()].concat();
-        // HKDF-SHA256 can expand up to 8160 bytes, so 32 never fails.
-        self.hkdf
-            .expand(&info, &mut out)
+        // A PRK of the hash's length is always accepted, and HKDF-SHA256 can expand up to
+        // 8160 bytes, so neither step fails.
+        Hkdf::<Sha256>::from_prk(self.prk.as_slice())
+            .expect("a 32-byte PRK is valid for HKDF-SHA256")
+            .expand(&info, out.0.as_mut_slice())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         out
     }
 
     fn confirmation_mac(&self, role: Role) -> Hmac<Sha256> {
         let key = self.derive(b"confirm", role);
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC accepts keys of any length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_slice())
+            .expect("HMAC accepts keys of any length");
         mac.update(b"key confirmation");
         mac
     }
@@ -147,12 +196,14 @@ impl SessionKeys {
         self.confirmation_mac(self.role.peer())
             .verify_slice(peer_tag)
             .map_err(|_| CryptoError::WrongCode)?;
+        let seal_key = self.derive(b"seal", self.role);
+        let open_key = self.derive(b"seal", self.role.peer());
         Ok(SealedChannel {
-            resume: self.resume,
             binding: self.derive(b"channel binding", Role::Sender),
+            resume: self.resume,
             role: self.role,
-            seal: ChaCha20Poly1305::new(Key::from_slice(&self.derive(b"seal", self.role))),
-            open: ChaCha20Poly1305::new(Key::from_slice(&self.derive(b"seal", self.role.peer()))),
+            seal: ChaCha20Poly1305::new(Key::from_slice(seal_key.as_slice())),
+            open: ChaCha20Poly1305::new(Key::from_slice(open_key.as_slice())),
             next_send: 0,
             next_recv: 0,
         })
@@ -161,9 +212,9 @@ impl SessionKeys {
 
 /// Seals our signaling messages and opens the peer's, in order.
 pub struct SealedChannel {
-    resume: [u8; 32],
+    resume: Secret,
     /// Shared by both sides (derived with the sender's label on both ends, see `binding_key`).
-    binding: [u8; 32],
+    binding: Secret,
     role: Role,
     seal: ChaCha20Poly1305,
     open: ChaCha20Poly1305,
@@ -187,13 +238,13 @@ impl SealedChannel {
 
     /// Key for the data-channel binding proof. Both sides must derive the same key, so
     /// the label is fixed rather than role-dependent; see [`channel_proof`].
-    pub fn binding_key(&self) -> [u8; 32] {
-        self.binding
+    pub fn binding_key(&self) -> Secret {
+        self.binding.clone()
     }
 
     /// The job's resume secret: both sides hold it, the rendezvous never sees it.
-    pub fn resume_secret(&self) -> [u8; 32] {
-        self.resume
+    pub fn resume_secret(&self) -> Secret {
+        self.resume.clone()
     }
 
     /// `seq || AEAD(plaintext)`, with the sequence number also bound as associated data.
@@ -242,10 +293,11 @@ impl SealedChannel {
 /// resume secret, so the rendezvous learns nothing that opens the session.
 pub fn rejoin_channel(secret: &[u8; 32]) -> String {
     let hkdf = Hkdf::<Sha256>::new(Some(b"p2pd/1 rejoin"), secret);
-    let mut out = [0u8; 32];
-    hkdf.expand(b"rendezvous channel", &mut out)
+    // Not secret (the rendezvous sees it), but one step from the secret: wipe it anyway.
+    let mut out = Zeroizing::new([0u8; 32]);
+    hkdf.expand(b"rendezvous channel", out.as_mut_slice())
         .expect("32 bytes is a valid HKDF-SHA256 output length");
-    hex::encode(out)
+    hex::encode(out.as_slice())
 }
 
 /// The first data-channel message's proof: `role` holds the PAKE key and sees exactly
@@ -311,7 +363,7 @@ mod tests {
     fn resumed_sessions_share_the_secret_but_never_a_key() {
         let (a, b) = channels();
         let secret = a.resume_secret();
-        assert_eq!(secret, b.resume_secret());
+        assert_eq!(*secret, *b.resume_secret());
         let resumed = |nonce_s: &[u8], nonce_r: &[u8], secret_r: &[u8; 32]| {
             let s = SessionKeys::resumed(&secret, Role::Sender, nonce_s, nonce_r);
             let r = SessionKeys::resumed(secret_r, Role::Receiver, nonce_s, nonce_r);
@@ -326,16 +378,30 @@ mod tests {
         };
         assert_eq!(r1.open(&s1.seal(b"hi")).unwrap(), b"hi");
         assert_ne!(s1.seal(b"x"), s2.seal(b"x"), "fresh nonces give fresh keys");
-        assert_ne!(s1.binding_key(), s2.binding_key());
+        assert_ne!(*s1.binding_key(), *s2.binding_key());
         assert_eq!(
-            s1.resume_secret(),
-            secret,
+            *s1.resume_secret(),
+            *secret,
             "the secret stays for later resumes"
         );
         let (s, r) = resumed(b"n1", b"n2", &[7; 32]);
         assert!(s.is_err() && r.is_err(), "a wrong secret never confirms");
         assert_ne!(rejoin_channel(&secret), rejoin_channel(&[7; 32]));
         assert_eq!(rejoin_channel(&secret).len(), 64);
+    }
+
+    #[test]
+    fn derived_secrets_are_wiped_on_drop_and_never_formatted() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        let (a, _) = channels();
+        let (secret, binding) = (a.resume_secret(), a.binding_key());
+        wiped_on_drop(&secret);
+        wiped_on_drop(&binding);
+        for printed in [format!("{secret:?}"), format!("{binding:?}")] {
+            assert_eq!(printed, "Secret(redacted)");
+        }
+        let as_array: &[u8; 32] = &secret;
+        assert_ne!(as_array, &[0; 32], "derefs to the secret's bytes");
     }
 
     #[test]
@@ -384,8 +450,8 @@ mod tests {
         let (a, b) = channels();
         let key = a.binding_key();
         assert_eq!(
-            key,
-            b.binding_key(),
+            *key,
+            *b.binding_key(),
             "both sides derive the same binding key"
         );
         let proof = channel_proof(&key, Role::Sender, "AA:01", "bb:02");

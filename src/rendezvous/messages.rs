@@ -64,6 +64,9 @@ pub enum ServerErrorKind {
     Expired,
     /// The peer's key confirmation failed and it burned the slot.
     Burned,
+    /// The claimer did not complete the key exchange in time: the slot is burned, and a
+    /// later claim of its nameplate gets this too.
+    Abandoned,
     /// The server has no room for another slot or connection.
     Busy,
     /// The message was not understood or not allowed in this state.

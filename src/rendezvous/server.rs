@@ -1,46 +1,79 @@
 //! The rendezvous server: pairs two daemons by nameplate and forwards opaque blobs.
 //!
 //! It never sees a code's words, file names, addresses or SDP: after pairing it only moves
-//! sealed bytes. Every connection, slot and message is bounded.
+//! sealed bytes. Every connection, slot and message is bounded, and so is every wait: a
+//! connection must ask for something within `fresh_deadline`, and a claimer must complete
+//! the key exchange within `pake_deadline`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use super::admission::{Admission, Admit, Standing};
 use super::ice::IceHandout;
 use super::limits::{Action, AddressTable, PerAddressLimits};
 use super::messages::{ClientMessage, ServerErrorKind, ServerMessage};
+use super::tls::ServerTls;
 
 /// Largest WebSocket message accepted; SDPs and candidates are far smaller.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Time a client gets to finish the WebSocket handshake.
+/// Time a client gets to finish the TLS and WebSocket handshakes.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a paired connection may stay silent before it is dropped.
+/// Time a paired connection may go without a message (pings do not count) before it is
+/// dropped.
 const PAIRED_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Messages queued toward one connection before its sender waits.
-const OUTBOUND_QUEUE: usize = 64;
+/// Messages queued toward one connection before its sender waits: with messages of at
+/// most 64 KiB, 1 MiB per connection whose client stops reading (signaling needs a few).
+const OUTBOUND_QUEUE: usize = 16;
+/// Bytes read from a socket at a time. tungstenite's default (128 KiB) is reserved per
+/// connection, which made an idle connection cost ~140 KiB; a larger message still
+/// arrives, in more reads.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Connections turned away at once with a `busy` answer; past that they are just closed,
+/// so answering cannot itself become the way to exhaust the server.
+const BUSY_ANSWERS: usize = 64;
+/// Time a turned-away connection gets to complete its handshakes and read `busy`.
+const BUSY_ANSWER_TIME: Duration = Duration::from_secs(3);
+/// What both sides hear when a claimer did not complete the key exchange.
+const ABANDONED: &str = "the code was claimed but the key exchange was not completed";
+/// Relays each side sends before its key is confirmed: its SPAKE2 message and its
+/// confirmation tag (`Session::establish`).
+const PAKE_RELAYS: u8 = 2;
 
 #[derive(Debug, Clone)]
 pub struct RendezvousConfig {
     /// How long an allocated nameplate waits for its peer.
     pub slot_ttl: Duration,
     pub max_slots: usize,
+    /// Connections held at once; when full, an idle one gives way (see `admission`).
     pub max_connections: usize,
     pub per_address: PerAddressLimits,
+    /// Time a new connection has to allocate, claim or rejoin, whatever else it sends.
+    pub fresh_deadline: Duration,
+    /// Time from a claim until both sides must have relayed their SPAKE2 message and
+    /// confirmation tag; a claimer that has not is dropped and the nameplate burned.
+    pub pake_deadline: Duration,
     /// STUN/TURN handed to every paired client.
     pub ice: IceHandout,
+    /// Serve `wss://` with these certificate files; `None` serves `ws://`.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Default for RendezvousConfig {
@@ -50,26 +83,66 @@ impl Default for RendezvousConfig {
             max_slots: 10_000,
             max_connections: 1_000,
             per_address: PerAddressLimits::default(),
+            fresh_deadline: Duration::from_secs(10),
+            pake_deadline: Duration::from_secs(5),
             ice: IceHandout::default(),
+            tls: None,
         }
     }
+}
+
+/// How many pre-confirmation relays each side of a nameplate pair has sent (index 0 the
+/// allocator, 1 the claimer). Counting is all the server can and needs to do: the blobs
+/// are SPAKE2 messages and HMAC tags it cannot read, and an honest pair sends both of its
+/// own within a round trip of the other's.
+#[derive(Default)]
+struct PakeProgress {
+    relays: [AtomicU8; 2],
+}
+
+impl PakeProgress {
+    fn count(&self, side: usize) {
+        // Only this side's connection writes its counter; stop at the number that matters.
+        let n = self.relays[side].load(Ordering::Relaxed);
+        if n < PAKE_RELAYS {
+            self.relays[side].store(n + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn done(&self, side: usize) -> bool {
+        self.relays[side].load(Ordering::Relaxed) >= PAKE_RELAYS
+    }
+}
+
+/// What a claimer hands the connection it pairs with.
+struct Handoff {
+    peer: mpsc::Sender<ServerMessage>,
+    /// Shared PAKE progress; `None` for a pair met on a rejoin channel.
+    progress: Option<Arc<PakeProgress>>,
 }
 
 enum Slot {
     /// The allocator waits; the claimer hands it its outbound queue through `handoff`.
     Waiting {
         allocator: mpsc::Sender<ServerMessage>,
-        handoff: oneshot::Sender<mpsc::Sender<ServerMessage>>,
+        /// The allocator's admission id, so the claimer can mark it paired.
+        id: u64,
+        handoff: oneshot::Sender<Handoff>,
     },
     /// Two parties are talking; a third claim is "crowded".
     Paired,
+    /// Claimed by someone who never completed the key exchange: burned, and every later
+    /// claim until `until` is told so (then it is forgotten like any used nameplate).
+    Abandoned { until: Instant },
 }
 
 /// One side of a job waiting on its rejoin channel.
 struct Rejoiner {
     sender: bool,
+    /// Its admission id, so the other side can mark it paired.
+    id: u64,
     waiting: mpsc::Sender<ServerMessage>,
-    handoff: oneshot::Sender<mpsc::Sender<ServerMessage>>,
+    handoff: oneshot::Sender<Handoff>,
 }
 
 #[derive(Default)]
@@ -90,11 +163,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Serves until `shutdown` fires, then waits for every connection task to end.
 pub async fn serve(listener: TcpListener, config: RendezvousConfig, shutdown: CancellationToken) {
     let slots: SharedSlots = Arc::default();
-    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let admission = Arc::new(Mutex::new(Admission::new(config.max_connections)));
+    let busy_answers = Arc::new(Semaphore::new(BUSY_ANSWERS));
     let addresses = Arc::new(Mutex::new(AddressTable::new(config.per_address)));
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "rendezvous listening");
+        info!(%addr, tls = config.tls.is_some(), "rendezvous listening");
     }
     loop {
         let accepted = tokio::select! {
@@ -110,26 +184,64 @@ pub async fn serve(listener: TcpListener, config: RendezvousConfig, shutdown: Ca
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            debug!(%peer, "rendezvous full, dropping connection");
-            continue;
+        let turn_away = |stream, why: &'static str| {
+            debug!(%peer, why, "turning a connection away");
+            // Told "busy" when there is room to say it, so its user hears "try again"
+            // rather than "cannot reach the rendezvous".
+            if let Ok(permit) = busy_answers.clone().try_acquire_owned() {
+                let tls = config.tls.clone();
+                tracker.spawn(async move {
+                    let answer = async {
+                        if let Some(mut ws) = websocket(stream, tls.as_deref()).await {
+                            let _ = send(&mut ws, &error(ServerErrorKind::Busy, why)).await;
+                            close_gracefully(ws).await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(BUSY_ANSWER_TIME, answer).await;
+                    drop(permit);
+                });
+            }
         };
         if !lock(&addresses).connect(peer.ip(), Instant::now()) {
-            debug!(%peer, "too many connections from this address");
+            turn_away(stream, "too many connections from your address");
             continue;
         }
+        let evict = CancellationToken::new();
+        let id = match lock(&admission).admit(evict.clone()) {
+            Admit::In { id, evicted } => {
+                if let Some(evicted) = evicted {
+                    evicted.cancel();
+                }
+                id
+            }
+            Admit::Full => {
+                lock(&addresses).disconnect(peer.ip());
+                turn_away(stream, "the rendezvous is full");
+                continue;
+            }
+        };
         let conn = Connection {
             slots: slots.clone(),
             config: config.clone(),
             shutdown: shutdown.clone(),
             addresses: addresses.clone(),
+            admission: admission.clone(),
+            id,
+            evict,
             ip: peer.ip(),
         };
         tracker.spawn(
             async move {
-                conn.run(stream).await;
+                // Evicted mid-handshake, it goes at once rather than at the handshake timeout.
+                let ws = tokio::select! {
+                    ws = websocket(stream, conn.config.tls.as_deref()) => ws,
+                    _ = conn.evict.cancelled() => None,
+                };
+                if let Some(ws) = ws {
+                    conn.run(ws).await;
+                }
+                lock(&conn.admission).leave(conn.id);
                 lock(&conn.addresses).disconnect(conn.ip);
-                drop(permit);
             }
             .instrument(tracing::info_span!("rendezvous_conn", %peer)),
         );
@@ -138,12 +250,73 @@ pub async fn serve(listener: TcpListener, config: RendezvousConfig, shutdown: Ca
     tracker.wait().await;
 }
 
+/// Either transport under the WebSocket; the rest of the server does not care which.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+type Ws = WebSocketStream<Box<dyn Transport>>;
+
+/// TLS (when configured) and the WebSocket handshake, within [`HANDSHAKE_TIMEOUT`].
+async fn websocket(stream: TcpStream, tls: Option<&ServerTls>) -> Option<Ws> {
+    let handshakes = async {
+        let transport: Box<dyn Transport> = match tls {
+            Some(tls) => match tls.acceptor().accept(stream).await {
+                Ok(stream) => Box::new(stream),
+                Err(error) => {
+                    debug!(%error, "TLS handshake failed");
+                    return None;
+                }
+            },
+            None => Box::new(stream),
+        };
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(MAX_MESSAGE_BYTES))
+            .read_buffer_size(READ_BUFFER_BYTES);
+        match tokio_tungstenite::accept_async_with_config(transport, Some(ws_config)).await {
+            Ok(ws) => Some(ws),
+            Err(error) => {
+                debug!(%error, "websocket handshake failed");
+                None
+            }
+        }
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshakes).await {
+        Ok(ws) => ws,
+        Err(_) => {
+            debug!("handshake timed out");
+            None
+        }
+    }
+}
+
+/// Closes after a final answer without losing it: the client may still be sending its
+/// request, and closing a socket with unread data makes the kernel reset it, which can
+/// destroy the answer before the client reads it.
+async fn close_gracefully(mut ws: Ws) {
+    let _ = ws.close(None).await;
+    while let Some(Ok(_)) = ws.next().await {}
+}
+
 struct Connection {
     slots: SharedSlots,
     config: RendezvousConfig,
     shutdown: CancellationToken,
     addresses: Arc<Mutex<AddressTable>>,
+    admission: Arc<Mutex<Admission<CancellationToken>>>,
+    id: u64,
+    /// Cancelled when a newcomer needs this connection's place.
+    evict: CancellationToken,
     ip: IpAddr,
+}
+
+/// The claimer's watch over a fresh pair's key exchange.
+struct PakeWatch {
+    progress: Arc<PakeProgress>,
+    /// 0 for the allocator, 1 for the claimer.
+    side: usize,
+    /// Only the claimer's connection acts on the deadline (it claimed; it answers for it).
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// What this connection is doing in the pairing dance.
@@ -151,61 +324,93 @@ enum Phase {
     Fresh,
     Waiting {
         nameplate: u32,
-        handoff: oneshot::Receiver<mpsc::Sender<ServerMessage>>,
+        handoff: oneshot::Receiver<Handoff>,
         deadline: tokio::time::Instant,
     },
     Rejoining {
         channel: String,
-        handoff: oneshot::Receiver<mpsc::Sender<ServerMessage>>,
+        handoff: oneshot::Receiver<Handoff>,
         deadline: tokio::time::Instant,
     },
     Paired {
         /// None for a pair met on a rejoin channel.
         nameplate: Option<u32>,
         peer: mpsc::Sender<ServerMessage>,
+        /// Until the key exchange is complete, for a nameplate pair.
+        pake: Option<PakeWatch>,
     },
 }
 
+impl Phase {
+    /// The claimer's key-exchange deadline; nobody else has one.
+    fn pake_deadline(&self) -> Option<tokio::time::Instant> {
+        match self {
+            Phase::Paired {
+                pake: Some(watch), ..
+            } => watch.deadline,
+            _ => None,
+        }
+    }
+}
+
 impl Connection {
-    async fn run(&self, stream: TcpStream) {
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE_BYTES))
-            .max_frame_size(Some(MAX_MESSAGE_BYTES));
-        let accept = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config));
-        let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-            Ok(Ok(ws)) => ws,
-            Ok(Err(error)) => return debug!(%error, "websocket handshake failed"),
-            Err(_) => return debug!("websocket handshake timed out"),
-        };
+    async fn run(&self, ws: Ws) {
         let (mut sink, mut source) = ws.split();
         let (out_tx, mut out_rx) = mpsc::channel::<ServerMessage>(OUTBOUND_QUEUE);
         let mut phase = Phase::Fresh;
+        // Fixed at connect: pings or junk do not extend it.
+        let fresh_until = tokio::time::Instant::now() + self.config.fresh_deadline;
+        let mut idle_until = tokio::time::Instant::now() + PAIRED_IDLE_TIMEOUT;
 
         loop {
-            let idle = match &phase {
+            let until = match &phase {
+                Phase::Fresh => fresh_until,
                 Phase::Waiting { deadline, .. } | Phase::Rejoining { deadline, .. } => *deadline,
-                _ => tokio::time::Instant::now() + PAIRED_IDLE_TIMEOUT,
+                Phase::Paired { .. } => idle_until,
             };
+            let pake_at = phase.pake_deadline();
             let reply: Option<ServerMessage> = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(idle) => {
-                    if let Phase::Waiting { .. } | Phase::Rejoining { .. } = phase {
-                        let _ = send(&mut sink, &error(ServerErrorKind::Expired, "nobody used the code in time")).await;
+                _ = self.evict.cancelled() => {
+                    let _ = send(&mut sink, &error(ServerErrorKind::Busy, "the rendezvous is full and this connection waited longest")).await;
+                    break;
+                }
+                _ = tokio::time::sleep_until(until) => {
+                    match phase {
+                        Phase::Fresh => {
+                            let _ = send(&mut sink, &error(ServerErrorKind::Protocol, "nothing asked for in time")).await;
+                        }
+                        Phase::Waiting { .. } | Phase::Rejoining { .. } => {
+                            let _ = send(&mut sink, &error(ServerErrorKind::Expired, "nobody used the code in time")).await;
+                        }
+                        Phase::Paired { .. } => {}
                     }
                     break;
                 }
+                _ = sleep_until_some(pake_at) => match self.pake_verdict(&mut phase) {
+                    Some(reply) => {
+                        let _ = send(&mut sink, &reply).await;
+                        break;
+                    }
+                    None => None,
+                },
                 handed = wait_handoff(&mut phase) => {
                     // A dropped handoff means the slot is gone; a completed oneshot must
                     // never be polled again, so leave either way unless we paired.
                     match (&phase, handed) {
-                        (Phase::Waiting { nameplate, .. }, Some(peer)) => {
-                            phase = Phase::Paired { nameplate: Some(*nameplate), peer };
+                        (Phase::Waiting { nameplate, .. }, Some(handoff)) => {
+                            phase = Phase::Paired {
+                                nameplate: Some(*nameplate),
+                                peer: handoff.peer,
+                                pake: handoff.progress.map(|progress| PakeWatch { progress, side: 0, deadline: None }),
+                            };
                         }
-                        (Phase::Rejoining { .. }, Some(peer)) => {
-                            phase = Phase::Paired { nameplate: None, peer };
+                        (Phase::Rejoining { .. }, Some(handoff)) => {
+                            phase = Phase::Paired { nameplate: None, peer: handoff.peer, pake: None };
                         }
                         _ => break,
                     }
+                    idle_until = tokio::time::Instant::now() + PAIRED_IDLE_TIMEOUT;
                     None
                 }
                 outbound = out_rx.recv() => {
@@ -215,11 +420,13 @@ impl Connection {
                     if send(&mut sink, &message).await.is_err() || ends {
                         break;
                     }
+                    idle_until = tokio::time::Instant::now() + PAIRED_IDLE_TIMEOUT;
                     None
                 }
                 incoming = source.next() => {
                     let text = match incoming {
                         Some(Ok(Message::Text(text))) => text,
+                        // Answered by tungstenite; they keep nothing alive here.
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         Some(Ok(Message::Binary(_))) => {
                             let _ = send(&mut sink, &error(ServerErrorKind::Protocol, "binary messages are not allowed")).await;
@@ -227,6 +434,7 @@ impl Connection {
                         }
                         _ => break,
                     };
+                    idle_until = tokio::time::Instant::now() + PAIRED_IDLE_TIMEOUT;
                     match serde_json::from_str::<ClientMessage>(&text) {
                         Ok(message) => match self.handle(message, &mut phase, &out_tx).await {
                             Step::Reply(reply) => Some(reply),
@@ -253,6 +461,44 @@ impl Connection {
         }
         self.leave(phase, &out_tx);
         let _ = sink.close().await;
+    }
+
+    /// The claimer's key-exchange deadline has passed: `None` if the exchange completed
+    /// (the watch ends), else the answer to end this connection with. A claimer that did
+    /// not send its SPAKE2 message and tag burns the nameplate for everyone; one whose
+    /// allocator went silent just loses its peer.
+    fn pake_verdict(&self, phase: &mut Phase) -> Option<ServerMessage> {
+        let Phase::Paired {
+            nameplate,
+            peer,
+            pake,
+        } = phase
+        else {
+            return None;
+        };
+        let progress = pake.take()?.progress;
+        if progress.done(1) && progress.done(0) {
+            return None;
+        }
+        if progress.done(1) {
+            return Some(ServerMessage::PeerGone);
+        }
+        self.abandon(nameplate.take(), peer);
+        Some(error(ServerErrorKind::Abandoned, ABANDONED))
+    }
+
+    /// Burns `nameplate` into a tombstone and tells the allocator why. Only while the pair
+    /// holds it: once the allocator has left, the code is gone anyway.
+    fn abandon(&self, nameplate: Option<u32>, allocator: &mpsc::Sender<ServerMessage>) {
+        if let Some(nameplate) = nameplate {
+            let mut slots = lock(&self.slots);
+            if let Some(slot @ Slot::Paired) = slots.by_nameplate.get_mut(&nameplate) {
+                let until = Instant::now() + self.config.slot_ttl;
+                *slot = Slot::Abandoned { until };
+                debug!(nameplate, "claim abandoned; nameplate burned");
+            }
+        }
+        let _ = allocator.try_send(error(ServerErrorKind::Abandoned, ABANDONED));
     }
 
     async fn handle(
@@ -284,6 +530,9 @@ impl Connection {
                 let nameplate = {
                     let mut slots = lock(&self.slots);
                     if slots.by_nameplate.len() >= self.config.max_slots {
+                        forget_expired_tombstones(&mut slots);
+                    }
+                    if slots.by_nameplate.len() >= self.config.max_slots {
                         return Step::End(Some(error(
                             ServerErrorKind::Busy,
                             "too many open codes, try again later",
@@ -294,11 +543,13 @@ impl Connection {
                         nameplate,
                         Slot::Waiting {
                             allocator: out_tx.clone(),
+                            id: self.id,
                             handoff: handoff_tx,
                         },
                     );
                     nameplate
                 };
+                self.stand(&[self.id], Standing::Waiting);
                 debug!(nameplate, "allocated");
                 *phase = Phase::Waiting {
                     nameplate,
@@ -314,9 +565,13 @@ impl Connection {
                 let taken = {
                     let mut slots = lock(&self.slots);
                     match slots.by_nameplate.remove(&nameplate) {
-                        Some(Slot::Waiting { allocator, handoff }) => {
+                        Some(Slot::Waiting {
+                            allocator,
+                            id,
+                            handoff,
+                        }) => {
                             slots.by_nameplate.insert(nameplate, Slot::Paired);
-                            Ok((allocator, handoff))
+                            Ok((allocator, id, handoff))
                         }
                         Some(Slot::Paired) => {
                             slots.by_nameplate.insert(nameplate, Slot::Paired);
@@ -325,15 +580,32 @@ impl Connection {
                                 "that code is already in use by two parties",
                             ))
                         }
-                        None => Err(error(
+                        Some(Slot::Abandoned { until }) if Instant::now() < until => {
+                            slots
+                                .by_nameplate
+                                .insert(nameplate, Slot::Abandoned { until });
+                            Err(error(
+                                ServerErrorKind::Abandoned,
+                                "someone claimed that code without completing the key exchange",
+                            ))
+                        }
+                        Some(Slot::Abandoned { .. }) | None => Err(error(
                             ServerErrorKind::UnknownNameplate,
                             "no transfer is waiting with that code",
                         )),
                     }
                 };
                 match taken {
-                    Ok((allocator, handoff)) => {
-                        if handoff.send(out_tx.clone()).is_err()
+                    Ok((allocator, allocator_id, handoff)) => {
+                        // Before either side hears "paired", so a newcomer arriving then
+                        // cannot evict half of a pair.
+                        self.stand(&[self.id, allocator_id], Standing::Paired);
+                        let progress = Arc::new(PakeProgress::default());
+                        let handed = Handoff {
+                            peer: out_tx.clone(),
+                            progress: Some(progress.clone()),
+                        };
+                        if handoff.send(handed).is_err()
                             || allocator.send(self.paired()).await.is_err()
                         {
                             lock(&self.slots).by_nameplate.remove(&nameplate);
@@ -343,6 +615,13 @@ impl Connection {
                         *phase = Phase::Paired {
                             nameplate: Some(nameplate),
                             peer: allocator,
+                            pake: Some(PakeWatch {
+                                progress,
+                                side: 1,
+                                deadline: Some(
+                                    tokio::time::Instant::now() + self.config.pake_deadline,
+                                ),
+                            }),
                         };
                         Step::Reply(self.paired())
                     }
@@ -381,6 +660,7 @@ impl Connection {
                             channel.clone(),
                             Rejoiner {
                                 sender,
+                                id: self.id,
                                 waiting: out_tx.clone(),
                                 handoff: handoff_tx,
                             },
@@ -390,7 +670,12 @@ impl Connection {
                 };
                 match other {
                     Some(other) => {
-                        if other.handoff.send(out_tx.clone()).is_err()
+                        self.stand(&[self.id, other.id], Standing::Paired);
+                        let handed = Handoff {
+                            peer: out_tx.clone(),
+                            progress: None,
+                        };
+                        if other.handoff.send(handed).is_err()
                             || other.waiting.send(self.paired()).await.is_err()
                         {
                             return Step::End(Some(ServerMessage::PeerGone));
@@ -399,10 +684,12 @@ impl Connection {
                         *phase = Phase::Paired {
                             nameplate: None,
                             peer: other.waiting,
+                            pake: None,
                         };
                         Step::Reply(self.paired())
                     }
                     None => {
+                        self.stand(&[self.id], Standing::Waiting);
                         *phase = Phase::Rejoining {
                             channel,
                             handoff: handoff_rx,
@@ -412,13 +699,26 @@ impl Connection {
                     }
                 }
             }
-            (ClientMessage::Relay { body }, Phase::Paired { peer, .. }) => {
+            (ClientMessage::Relay { body }, Phase::Paired { peer, pake, .. }) => {
+                // Refused here, to its sender, so one bad message costs the pair nothing;
+                // forwarded, it would fail the peer's decoder and end the pairing.
+                if BASE64.decode(&body).is_err() {
+                    return Step::Reply(error(
+                        ServerErrorKind::Protocol,
+                        "relay body is not base64; it was not forwarded",
+                    ));
+                }
+                if let Some(watch) = pake {
+                    watch.progress.count(watch.side);
+                }
                 if peer.send(ServerMessage::Relay { body }).await.is_err() {
                     return Step::End(Some(ServerMessage::PeerGone));
                 }
                 Step::Quiet
             }
-            (ClientMessage::Burn, Phase::Paired { peer, .. }) => {
+            (ClientMessage::Burn, Phase::Paired { peer, pake, .. }) => {
+                // A wrong code, not an abandoned claim: the nameplate is simply freed.
+                *pake = None;
                 let _ = peer.try_send(error(
                     ServerErrorKind::Burned,
                     "the other side had a different code",
@@ -432,6 +732,14 @@ impl Connection {
                 ServerErrorKind::Protocol,
                 "message not allowed now",
             ))),
+        }
+    }
+
+    /// Records how far these connections have got, for who gives way when full.
+    fn stand(&self, ids: &[u64], standing: Standing) {
+        let mut admission = lock(&self.admission);
+        for id in ids {
+            admission.set(*id, standing);
         }
     }
 
@@ -472,9 +780,24 @@ impl Connection {
                     slots.rejoin.remove(&channel);
                 }
             }
-            Phase::Paired { nameplate, peer } => {
+            // A claimer that leaves before its part of the key exchange abandons the code,
+            // exactly as one that stays silent does.
+            Phase::Paired {
+                nameplate,
+                peer,
+                pake: Some(watch),
+            } if watch.side == 1 && !watch.progress.done(1) => {
+                self.abandon(nameplate, &peer);
+            }
+            Phase::Paired {
+                nameplate, peer, ..
+            } => {
                 if let Some(nameplate) = nameplate {
-                    lock(&self.slots).by_nameplate.remove(&nameplate);
+                    // A burned nameplate's tombstone stays until it expires.
+                    let mut slots = lock(&self.slots);
+                    if matches!(slots.by_nameplate.get(&nameplate), Some(Slot::Paired)) {
+                        slots.by_nameplate.remove(&nameplate);
+                    }
                 }
                 let _ = peer.try_send(ServerMessage::PeerGone);
             }
@@ -488,11 +811,25 @@ enum Step {
     End(Option<ServerMessage>),
 }
 
-async fn wait_handoff(phase: &mut Phase) -> Option<mpsc::Sender<ServerMessage>> {
+async fn wait_handoff(phase: &mut Phase) -> Option<Handoff> {
     match phase {
         Phase::Waiting { handoff, .. } | Phase::Rejoining { handoff, .. } => handoff.await.ok(),
         _ => std::future::pending().await,
     }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn forget_expired_tombstones(slots: &mut Slots) {
+    let now = Instant::now();
+    slots
+        .by_nameplate
+        .retain(|_, slot| !matches!(slot, Slot::Abandoned { until } if *until <= now));
 }
 
 fn error(kind: ServerErrorKind, message: &str) -> ServerMessage {

@@ -3,7 +3,9 @@
 use super::SignalError;
 use super::client::RendezvousClient;
 use super::code::Code;
-use super::crypto::{CryptoError, Pake, RESUME_NONCE_BYTES, Role, SealedChannel, SessionKeys};
+use super::crypto::{
+    CryptoError, Pake, RESUME_NONCE_BYTES, Role, SealedChannel, Secret, SessionKeys,
+};
 
 /// An authenticated, encrypted, ordered message pipe to the peer daemon.
 pub struct Session {
@@ -26,7 +28,7 @@ impl Session {
             Ok(keys) => keys,
             Err(_) => {
                 client.burn().await;
-                return Err(SignalError::WrongCode);
+                return Err(SignalError::WrongCode { role });
             }
         };
         client.relay(&keys.our_confirmation()).await?;
@@ -35,7 +37,7 @@ impl Session {
             Ok(sealed) => Ok(Session { client, sealed }),
             Err(CryptoError::WrongCode | CryptoError::BadPakeMessage | CryptoError::BadSeal) => {
                 client.burn().await;
-                Err(SignalError::WrongCode)
+                Err(SignalError::WrongCode { role })
             }
         }
     }
@@ -65,7 +67,7 @@ impl Session {
         let peer_tag = client.recv_relay().await?;
         match keys.confirm(&peer_tag) {
             Ok(sealed) => Ok(Session { client, sealed }),
-            Err(_) => Err(SignalError::WrongCode),
+            Err(_) => Err(SignalError::WrongCode { role }),
         }
     }
 
@@ -75,12 +77,13 @@ impl Session {
     }
 
     /// The secret that later sessions of this job are opened with.
-    pub fn resume_secret(&self) -> [u8; 32] {
+    /// Wiped on drop, never printed; `&secret` is a `&[u8; 32]`.
+    pub fn resume_secret(&self) -> Secret {
         self.sealed.resume_secret()
     }
 
     /// The key both sides use to prove, on the data channel, that they hold this session.
-    pub fn binding_key(&self) -> [u8; 32] {
+    pub fn binding_key(&self) -> Secret {
         self.sealed.binding_key()
     }
 

@@ -871,6 +871,10 @@ async fn negotiate(
                 }
                 received = session.recv(), if signaling => match received {
                     Ok(bytes) => handle_signal(&mut lanes, &mut session, &bytes).await?,
+                    // A forged or altered message is an attack, not a peer that left.
+                    Err(error @ crate::rendezvous::SignalError::BadSeal) => {
+                        return Err(RtcError::Signaling(error));
+                    }
                     Err(error) => {
                         debug!(%error, "signaling ended");
                         signaling = false;

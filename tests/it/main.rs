@@ -11,4 +11,5 @@ mod netns_harness;
 mod races;
 mod resume;
 mod support;
+mod tls;
 mod transfer;

@@ -24,6 +24,8 @@ pub struct TestDaemon {
 
 pub struct Options {
     pub rendezvous: Option<String>,
+    /// A private CA for a `wss://` rendezvous.
+    pub rendezvous_ca: Option<PathBuf>,
     pub code_ttl: Duration,
     pub resume_window: Duration,
     pub limits: p2pd::transfer::names::Limits,
@@ -36,6 +38,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             rendezvous: None,
+            rendezvous_ca: None,
             code_ttl: Duration::from_secs(600),
             resume_window: Duration::from_secs(3600),
             limits: Default::default(),
@@ -64,7 +67,10 @@ impl TestDaemon {
             socket: socket.clone(),
             download_dir: downloads.clone(),
             rendezvous: match options.rendezvous {
-                Some(url) => RendezvousMode::Remote { url },
+                Some(url) => RendezvousMode::Remote {
+                    url,
+                    ca: options.rendezvous_ca,
+                },
                 None => RendezvousMode::Embedded {
                     listen: "127.0.0.1:0".parse().unwrap(),
                 },
