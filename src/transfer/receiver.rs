@@ -69,7 +69,7 @@ pub async fn receive(
 ) -> Result<Manifest, TransferError> {
     let manifest = read_offer(link, &plan.limits, cancel).await?;
     if let Err(error) = check_offer(&manifest, &plan.dir, &plan.limits) {
-        return Err(reject(link, &error.to_string(), error).await);
+        return Err(reject(link, &error.peer_reason(), error).await);
     }
     observer.offered(&manifest);
     let accepted = tokio::select! {
@@ -87,7 +87,7 @@ pub async fn receive(
         && let Err(e) = journal.accepted(&manifest)
     {
         let error = TransferError::io("cannot record the job", e);
-        return Err(reject(link, &error.to_string(), error).await);
+        return Err(reject(link, &error.peer_reason(), error).await);
     }
     send_control(link, &Control::Accept).await?;
     let start = StartPoint {
@@ -187,7 +187,7 @@ async fn read_offer(
         let count = manifest.files.len() + manifest.folders.len() + manifest.skipped.len();
         if count > limit {
             let error = TransferError::BadOffer(super::names::NameError::TooMany { count, limit });
-            return Err(reject(link, &error.to_string(), error).await);
+            return Err(reject(link, &error.peer_reason(), error).await);
         }
         if !more {
             return Ok(manifest);
@@ -314,12 +314,8 @@ async fn reject(link: &dyn Link, reason: &str, error: TransferError) -> Transfer
 
 fn check_offer(manifest: &Manifest, dir: &Path, limits: &Limits) -> Result<(), TransferError> {
     let total = validate_offer(manifest, limits)?;
-    let available = store::free_space(dir).map_err(|e| {
-        TransferError::io(
-            format!("cannot use download directory {}", dir.display()),
-            e,
-        )
-    })?;
+    let available = store::free_space(dir)
+        .map_err(|e| TransferError::io_at("cannot use the download directory", dir, e))?;
     if total > available {
         return Err(TransferError::NotEnoughSpace {
             needed: total,
@@ -372,7 +368,7 @@ async fn receive_files(
                 }
                 Some(WriteOutcome::Failed(error)) => {
                     let index = cursor.next_index.saturating_sub(1);
-                    let _ = send_control(link, &Control::FileFailed { index, reason: error.to_string() }).await;
+                    let _ = send_control(link, &Control::FileFailed { index, reason: error.peer_reason() }).await;
                     link.flush(FLUSH_LIMIT).await;
                     return Err(error);
                 }
@@ -572,8 +568,9 @@ fn write_files(
                 let file = match opened {
                     Ok(file) => file,
                     Err(e) => {
-                        return fail(TransferError::io(
-                            format!("cannot create a file in {}", disk.dir.display()),
+                        return fail(TransferError::io_at(
+                            "cannot create a file in the download directory",
+                            &disk.dir,
                             e,
                         ));
                     }
@@ -660,7 +657,7 @@ fn publish_all(
     let dir_handle = match File::open(&disk.dir) {
         Ok(handle) => handle,
         Err(e) => {
-            let error = TransferError::io(format!("cannot open {}", disk.dir.display()), e);
+            let error = TransferError::io_at("cannot open the download directory", &disk.dir, e);
             let _ = outcomes.blocking_send(WriteOutcome::Failed(error));
             return;
         }

@@ -3,6 +3,7 @@
 mod abuse;
 mod cli;
 mod errors;
+mod escaping;
 mod flood;
 mod hostile;
 mod netns;

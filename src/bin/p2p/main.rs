@@ -12,6 +12,7 @@ use p2pd::config::default_socket_path;
 use p2pd::ipc::client::IpcClient;
 use p2pd::ipc::messages::{JobInfo, JobState, PathPolicy, Request, ServerFrame};
 use p2pd::rendezvous::Code;
+use p2pd::terminal::escape_controls;
 
 use render::Renderer;
 
@@ -111,7 +112,8 @@ fn main() -> ExitCode {
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join(": ");
-            eprintln!("error: {line}");
+            // The daemon escapes what it sends; this also covers a daemon that did not.
+            eprintln!("error: {}", escape_controls(&line));
             ExitCode::FAILURE
         }
     }
