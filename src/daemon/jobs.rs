@@ -16,7 +16,7 @@ use super::runner;
 use crate::config::DaemonConfig;
 use crate::ipc::messages::ResumeInfo;
 use crate::ipc::messages::{
-    Direction, ErrorKind, Failure, FileInfo, JobId, JobInfo, JobState, PathPolicy,
+    Direction, ErrorKind, Failure, FileInfo, JobId, JobInfo, JobState, JobSummary, PathPolicy,
 };
 use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::{Code, SignalError};
@@ -393,10 +393,11 @@ impl Jobs {
         self.get(id).ok_or_else(|| not_found(id))
     }
 
-    pub fn list(&self) -> Vec<JobInfo> {
-        let mut jobs: Vec<JobInfo> = lock(&self.table)
+    /// Every job, without per-file lists: the reply stays small however many files.
+    pub fn list(&self) -> Vec<JobSummary> {
+        let mut jobs: Vec<JobSummary> = lock(&self.table)
             .values()
-            .map(|j| j.info.borrow().clone())
+            .map(|j| j.info.borrow().summary())
             .collect();
         jobs.sort_by_key(|j| j.id);
         jobs

@@ -6,6 +6,7 @@ mod errors;
 mod escaping;
 mod flood;
 mod hostile;
+mod many_files;
 mod netns;
 #[path = "../netns/mod.rs"]
 mod netns_harness;

@@ -3,7 +3,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use p2pd::ipc::messages::{Direction, JobInfo, JobState};
+use p2pd::ipc::messages::{Direction, JobInfo, JobState, JobSummary};
 use p2pd::terminal::{escape_controls, escape_for_terminal, json_line};
 use serde_json::json;
 
@@ -357,14 +357,14 @@ impl Bars {
     }
 }
 
-pub fn print_status(jobs: &[JobInfo], json: bool) {
+pub fn print_status(jobs: &[JobSummary], json: bool) {
     if json {
         for job in jobs {
             emit(json!({
                 "job": job.id,
                 "direction": match job.direction { Direction::Send => "send", Direction::Receive => "receive" },
                 "state": state_name(job.state),
-                "files": job.files.len(),
+                "files": job.files,
                 "bytes_done": job.bytes_done,
                 "bytes_total": job.bytes_total,
                 "rate": job.rate,
@@ -418,7 +418,7 @@ pub fn print_status(jobs: &[JobInfo], json: bool) {
                 Direction::Receive => "receive",
             },
             state_name(job.state),
-            job.files.len(),
+            job.files,
             format!(
                 "{}/{}",
                 HumanBytes(job.bytes_done),
