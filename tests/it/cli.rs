@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::support::random_file;
 
 pub(crate) const P2P: &str = env!("CARGO_BIN_EXE_p2p");
-const P2PD: &str = env!("CARGO_BIN_EXE_p2pd");
+pub(crate) const P2PD: &str = env!("CARGO_BIN_EXE_p2pd");
 
 pub(crate) struct DaemonProcess {
     child: Child,

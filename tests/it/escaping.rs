@@ -150,3 +150,22 @@ async fn local_paths_stay_on_their_side() {
     .await
     .expect("test finished in time");
 }
+
+/// The daemon's own one-line errors: a config path so named, and its cause said once.
+#[test]
+fn daemon_errors_are_escaped_and_say_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join(format!("{EVIL}.toml"));
+    std::fs::create_dir(&config).unwrap();
+    let output = std::process::Command::new(crate::cli::P2PD)
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(dir.path().join("p2pd.sock"))
+        .output()
+        .expect("run p2pd");
+    assert_one_line_error(&output, "cannot read config file");
+    assert_output_harmless(&output, "p2pd config error");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+}
