@@ -51,12 +51,15 @@ impl Sent {
     pub fn frames(&mut self, info: &JobInfo) -> Vec<ServerFrame> {
         let job = info.id;
         let mut frames = Vec::new();
-        // The list is set when the offer is known and not changed after, so a new length
-        // is a new list: send it whole (with what is already verified).
-        let list_changed = self
-            .verified
-            .as_ref()
-            .is_none_or(|v| v.len() != info.files.len());
+        // The list is set when the offer is known; a resume sets it again, verified prefix
+        // and all. A new length, or a file no longer verified, is a new list: send it whole.
+        let list_changed = self.verified.as_ref().is_none_or(|known| {
+            known.len() != info.files.len()
+                || known
+                    .iter()
+                    .zip(&info.files)
+                    .any(|(k, f)| *k && !f.verified)
+        });
         if list_changed && (self.verified.is_some() || !info.files.is_empty()) {
             for (first, files) in chunks(&info.files, file_cost) {
                 frames.push(ServerFrame::Files {
@@ -193,6 +196,11 @@ mod tests {
         info.files = job(3).files;
         info.files[1].verified = true;
         let mut view = JobInfo::default();
+        replay(&mut view, &sent.frames(&info));
+        assert_eq!(view, info);
+        // Set again as a resume does: the follower gets the new list, not a stale one.
+        info.files[1].verified = false;
+        info.files[0].verified = true;
         replay(&mut view, &sent.frames(&info));
         assert_eq!(view, info);
     }
