@@ -6,4 +6,5 @@ pub mod ipc;
 mod proptests;
 pub mod rendezvous;
 pub mod rtc;
+pub mod terminal;
 pub mod transfer;

@@ -141,12 +141,14 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Paths in config errors are the user's own, but a terminal gets no raw controls anyway.
 fn one_line(error: &anyhow::Error) -> String {
-    error
+    let line = error
         .chain()
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
-        .join(": ")
+        .join(": ");
+    p2pd::terminal::escape_controls(&line)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

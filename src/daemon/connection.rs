@@ -10,6 +10,7 @@ use tracing::debug;
 
 use super::jobs::Jobs;
 use crate::ipc::codec::{CodecError, read_frame_within, write_frame};
+use crate::ipc::delta::Sent;
 
 /// A new client must say hello within this.
 const HELLO_LIMIT: Duration = Duration::from_secs(5);
@@ -110,7 +111,7 @@ async fn reply_created(
     match created {
         Ok(info) => {
             let id = info.id;
-            write_frame(stream, &ServerFrame::Created(info)).await?;
+            write_frame(stream, &ServerFrame::Created(info.summary())).await?;
             if follow {
                 follow_job(stream, jobs, id, shutdown).await?;
             }
@@ -131,10 +132,17 @@ async fn follow_job(
         return Ok(());
     };
     let mut updates = job.info.subscribe();
+    let mut sent = Sent::default();
     loop {
-        let info = updates.borrow_and_update().clone();
-        let last = info.state.is_final();
-        write_frame(stream, &ServerFrame::Update(info)).await?;
+        // Built under the watch's lock, which is not held across a write: only what
+        // changed is copied out, however many files the job has.
+        let (frames, last) = {
+            let info = updates.borrow_and_update();
+            (sent.frames(&info), info.state.is_final())
+        };
+        for frame in &frames {
+            write_frame(stream, frame).await?;
+        }
         if last {
             return write_frame(stream, &ServerFrame::Done).await;
         }

@@ -16,10 +16,11 @@ use super::runner;
 use crate::config::DaemonConfig;
 use crate::ipc::messages::ResumeInfo;
 use crate::ipc::messages::{
-    Direction, ErrorKind, Failure, FileInfo, JobId, JobInfo, JobState, PathPolicy,
+    Direction, ErrorKind, Failure, FileInfo, JobId, JobInfo, JobState, JobSummary, PathPolicy,
 };
 use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::{Code, SignalError};
+use crate::terminal::{error_line, escape_controls, escape_path};
 use crate::transfer::Observer;
 use crate::transfer::source;
 use crate::transfer::wire::Manifest;
@@ -81,14 +82,17 @@ impl Job {
                 info.state = JobState::WaitingToResume;
                 info.rate = 0;
                 info.resume = Some(ResumeInfo {
-                    reason: reason.to_owned(),
+                    reason: escape_controls(reason),
                     deadline_unix,
                 });
             }
         });
     }
 
-    pub fn fail(&self, failure: Failure) {
+    pub fn fail(&self, mut failure: Failure) {
+        // Messages carry names and peers' words: whatever escaped them upstream, nothing
+        // that drives a terminal leaves the daemon.
+        failure.message = escape_controls(&failure.message);
         self.info.send_modify(|info| {
             if !info.state.is_final() {
                 info.state = if failure.kind == ErrorKind::Cancelled {
@@ -172,7 +176,7 @@ pub struct Jobs {
 fn failure(kind: ErrorKind, message: impl Into<String>) -> Failure {
     Failure {
         kind,
-        message: message.into(),
+        message: escape_controls(&message.into()),
     }
 }
 
@@ -277,7 +281,7 @@ impl Jobs {
         let sources = tokio::task::spawn_blocking(move || source::collect(&paths))
             .await
             .map_err(|_| failure(ErrorKind::Io, "opening the files failed"))?
-            .map_err(|e| failure(ErrorKind::BadRequest, e.to_string()))?;
+            .map_err(|e| failure(ErrorKind::BadRequest, error_line(&e)))?;
         let mut client = RendezvousClient::connect(&self.context.rendezvous_url)
             .await
             .map_err(|e| signal_failure(&e))?;
@@ -331,7 +335,10 @@ impl Jobs {
                 std::fs::create_dir_all(&dir).map_err(|e| {
                     failure(
                         ErrorKind::Io,
-                        format!("cannot create download directory {}: {e}", dir.display()),
+                        format!(
+                            "cannot create download directory {}: {e}",
+                            escape_path(&dir)
+                        ),
                     )
                 })?;
                 dir
@@ -342,7 +349,7 @@ impl Jobs {
                 ErrorKind::BadRequest,
                 format!(
                     "download directory {} does not exist or is not a directory: create it or choose another with -o",
-                    dir.display()
+                    escape_path(&dir)
                 ),
             ));
         }
@@ -387,10 +394,11 @@ impl Jobs {
         self.get(id).ok_or_else(|| not_found(id))
     }
 
-    pub fn list(&self) -> Vec<JobInfo> {
-        let mut jobs: Vec<JobInfo> = lock(&self.table)
+    /// Every job, without per-file lists: the reply stays small however many files.
+    pub fn list(&self) -> Vec<JobSummary> {
+        let mut jobs: Vec<JobSummary> = lock(&self.table)
             .values()
-            .map(|j| j.info.borrow().clone())
+            .map(|j| j.info.borrow().summary())
             .collect();
         jobs.sort_by_key(|j| j.id);
         jobs

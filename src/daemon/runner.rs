@@ -15,6 +15,7 @@ use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::crypto::rejoin_channel;
 use crate::rendezvous::{Code, Role, Session, SignalError};
 use crate::rtc::{self, RtcError, RtcSettings};
+use crate::terminal::error_line;
 use crate::transfer::journal::Journal;
 use crate::transfer::source::Sources;
 use crate::transfer::wire::Manifest;
@@ -95,18 +96,6 @@ impl JobError {
         };
         Failure { kind, message }
     }
-}
-
-/// The error and its causes on one line.
-fn error_line(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 async fn or_cancel<T>(
@@ -282,6 +271,7 @@ pub async fn run_send(
                 .map_err(|_| TransferError::Protocol("recording the job stopped".into()))?
                 .map_err(|e| TransferError::Io {
                     context: "cannot record the job".into(),
+                    place: None,
                     source: e,
                 })?;
             durable.store(true, Ordering::SeqCst);

@@ -12,7 +12,7 @@ pub enum SocketError {
     InUse(PathBuf),
     #[error("socket directory {path} is not private to this user: fix its owner and mode (0700)")]
     Unsafe { path: PathBuf },
-    #[error("cannot set up the control socket at {path}: {source}")]
+    #[error("cannot set up the control socket at {path}")]
     Io {
         path: PathBuf,
         #[source]

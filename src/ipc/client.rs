@@ -13,7 +13,7 @@ pub enum IpcError {
         "p2pd is not running (no daemon at {path}): start it with `p2pd` or `systemctl --user start p2pd`"
     )]
     NotRunning { path: String },
-    #[error("cannot connect to p2pd at {path}: {source}")]
+    #[error("cannot connect to p2pd at {path}")]
     Connect {
         path: String,
         #[source]

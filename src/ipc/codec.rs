@@ -7,7 +7,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Largest frame accepted at all: a job of 10 000 files with their saved paths is ~1 MiB.
+/// Largest frame accepted at all. Job lists travel in chunks (`super::delta`), so frames
+/// stay far below it; the cap only bounds what one header can make us allocate.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// Largest frame the daemon reads from a client: requests are small (a send of 10 000
 /// paths is well under 1 MiB), so a client gets far less room than the daemon's updates.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 pub type JobId = u64;
 
@@ -71,25 +71,85 @@ pub enum PathPolicy {
     RequireDirect,
 }
 
+/// What the daemon sends. A job's per-file lists never travel whole in one frame: a
+/// follower gets them once, in `Files`/`Skipped` chunks, then only what changed
+/// (`Verified`, `FoldersSaved`), each batch closed by an `Update` summary (see
+/// [`super::delta`]). `Jobs` lists summaries only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerFrame {
-    Hello { version: u32 },
-    Created(JobInfo),
-    Update(JobInfo),
-    Jobs(Vec<JobInfo>),
+    Hello {
+        version: u32,
+    },
+    Created(JobSummary),
+    /// The job's state now; the per-file frames before it are part of the same change.
+    Update(JobSummary),
+    /// Part of the offered file list: entries `first..first + files.len()`. The first part
+    /// has `first == 0` and replaces any list the client held.
+    Files {
+        job: JobId,
+        first: u64,
+        files: Vec<FileInfo>,
+    },
+    /// Part of the sender's left-out paths, like `Files`.
+    Skipped {
+        job: JobId,
+        first: u64,
+        paths: Vec<String>,
+    },
+    /// Files verified since the last frames, with where each was saved.
+    Verified {
+        job: JobId,
+        files: Vec<VerifiedFile>,
+    },
+    /// Receiving side: top-level folders put in place since the last frames.
+    FoldersSaved {
+        job: JobId,
+        paths: Vec<PathBuf>,
+    },
+    Jobs(Vec<JobSummary>),
     Done,
-    Error { kind: ErrorKind, message: String },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifiedFile {
+    pub index: u64,
+    pub saved_as: Option<PathBuf>,
+}
+
+/// A job without its per-file lists: what `p2p status` shows, and the state part of every
+/// update. Its size does not grow with the number of files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub id: JobId,
+    pub direction: Direction,
+    pub state: JobState,
+    pub code: Option<String>,
+    pub files: u64,
+    pub files_verified: u64,
+    pub skipped: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub rate: u64,
+    pub failure: Option<Failure>,
+    pub route: Option<RouteInfo>,
+    pub resume: Option<ResumeInfo>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Direction {
+    #[default]
     Send,
     Receive,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobState {
     /// Talking to the rendezvous.
+    #[default]
     Connecting,
     /// Sender: the code is out, waiting for the receiver.
     WaitingForPeer,
@@ -148,8 +208,9 @@ pub struct Failure {
     pub message: String,
 }
 
-/// Everything known about one job; the daemon streams a fresh copy on every change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Everything known about one job: the daemon's snapshot, and the view a follower rebuilds
+/// from the frames with [`JobInfo::apply`]. Never sent whole.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JobInfo {
     pub id: JobId,
     pub direction: Direction,
@@ -185,4 +246,80 @@ pub struct RouteInfo {
     pub relayed: bool,
     /// For people, like "direct (host ↔ srflx)".
     pub description: String,
+}
+
+impl JobInfo {
+    pub fn summary(&self) -> JobSummary {
+        JobSummary {
+            id: self.id,
+            direction: self.direction,
+            state: self.state,
+            code: self.code.clone(),
+            files: self.files.len() as u64,
+            files_verified: self.files.iter().filter(|f| f.verified).count() as u64,
+            skipped: self.skipped.len() as u64,
+            bytes_done: self.bytes_done,
+            bytes_total: self.bytes_total,
+            rate: self.rate,
+            failure: self.failure.clone(),
+            route: self.route.clone(),
+            resume: self.resume.clone(),
+        }
+    }
+
+    /// A view with the summary's state and no per-file lists yet.
+    pub fn from_summary(summary: &JobSummary) -> JobInfo {
+        let mut info = JobInfo::default();
+        info.set_summary(summary);
+        info
+    }
+
+    fn set_summary(&mut self, s: &JobSummary) {
+        self.id = s.id;
+        self.direction = s.direction;
+        self.state = s.state;
+        self.code = s.code.clone();
+        self.bytes_done = s.bytes_done;
+        self.bytes_total = s.bytes_total;
+        self.rate = s.rate;
+        self.failure = s.failure.clone();
+        self.route = s.route.clone();
+        self.resume = s.resume.clone();
+    }
+
+    /// Folds one frame about this job into the view. Returns true on `Created`/`Update`:
+    /// the view is then whole and worth showing. Indices outside the list are ignored (the
+    /// daemon never sends them).
+    pub fn apply(&mut self, frame: &ServerFrame) -> bool {
+        match frame {
+            ServerFrame::Created(s) | ServerFrame::Update(s) => {
+                self.set_summary(s);
+                return true;
+            }
+            ServerFrame::Files { first, files, .. } => {
+                let first = usize::try_from(*first).unwrap_or(usize::MAX);
+                self.files.truncate(first);
+                self.files.extend(files.iter().cloned());
+            }
+            ServerFrame::Skipped { first, paths, .. } => {
+                let first = usize::try_from(*first).unwrap_or(usize::MAX);
+                self.skipped.truncate(first);
+                self.skipped.extend(paths.iter().cloned());
+            }
+            ServerFrame::Verified { files, .. } => {
+                for change in files {
+                    let index = usize::try_from(change.index).unwrap_or(usize::MAX);
+                    if let Some(file) = self.files.get_mut(index) {
+                        file.verified = true;
+                        file.saved_as = change.saved_as.clone();
+                    }
+                }
+            }
+            ServerFrame::FoldersSaved { paths, .. } => {
+                self.saved_folders.extend(paths.iter().cloned());
+            }
+            _ => {}
+        }
+        false
+    }
 }

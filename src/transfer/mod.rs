@@ -72,11 +72,13 @@ pub enum TransferError {
         "not enough free space: the transfer needs {needed} bytes but only {available} are free"
     )]
     NotEnoughSpace { needed: u64, available: u64 },
-    #[error("the offer is not acceptable: {0}")]
+    #[error("the offer is not acceptable")]
     BadOffer(#[from] names::NameError),
-    #[error("{context}: {source}")]
+    /// `place` is a local path, already escaped: shown on this side, never sent to the peer.
+    #[error("{context}{}", place.as_deref().map(|p| format!(" {p}")).unwrap_or_default())]
     Io {
         context: String,
+        place: Option<String>,
         #[source]
         source: std::io::Error,
     },
@@ -92,7 +94,32 @@ impl TransferError {
         }
         TransferError::Io {
             context: context.into(),
+            place: None,
             source,
+        }
+    }
+
+    /// Like [`TransferError::io`], about the local path `place`, which only this side sees.
+    fn io_at(context: impl Into<String>, place: &Path, source: std::io::Error) -> TransferError {
+        match TransferError::io(context, source) {
+            TransferError::Io {
+                context, source, ..
+            } => TransferError::Io {
+                context,
+                place: Some(crate::terminal::escape_path(place)),
+                source,
+            },
+            other => other,
+        }
+    }
+
+    /// The whole cause, as the peer may be told it: no local path of this machine.
+    pub fn peer_reason(&self) -> String {
+        match self {
+            TransferError::Io {
+                context, source, ..
+            } => crate::terminal::escape_controls(&format!("{context}: {source}")),
+            other => crate::terminal::error_line(other),
         }
     }
 }

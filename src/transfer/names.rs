@@ -3,6 +3,9 @@
 use std::collections::HashSet;
 
 use super::wire::Manifest;
+use crate::terminal::is_dangerous_char;
+// One escaping for every output; re-exported where the transfer code has always found it.
+pub use crate::terminal::{escape_for_terminal, peer_text};
 
 /// Suffix of files still being received; a peer may not send a name that ends with it.
 pub const PARTIAL_SUFFIX: &str = ".p2pd-part";
@@ -88,12 +91,6 @@ pub fn validate_path(path: &str) -> Result<(), NameError> {
         validate_name(component).map_err(|_| bad())?;
     }
     Ok(())
-}
-
-/// Control characters (C0, DEL, C1) and the Unicode marks that reorder or hide text.
-fn is_dangerous_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Checks a whole offer before anything is written. Returns the total size.
@@ -182,37 +179,6 @@ pub fn partial_name(name: &str, tag: &str) -> String {
     format!("{name}.{tag}{PARTIAL_SUFFIX}")
 }
 
-/// Free text from the peer (a reason), made safe for one terminal line: dangerous
-/// characters escaped, and cut to a sane length.
-pub fn peer_text(text: &str) -> String {
-    const MAX_CHARS: usize = 200;
-    let mut out = String::new();
-    for c in text.chars().take(MAX_CHARS) {
-        if is_dangerous_char(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    if text.chars().count() > MAX_CHARS {
-        out.push('…');
-    }
-    out
-}
-
-/// A name as it may be shown on a terminal: control and invisible characters escaped.
-pub fn escape_for_terminal(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars() {
-        if is_dangerous_char(c) || c == '\\' {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    format!("\"{out}\"")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +235,10 @@ mod tests {
             "a\u{7f}",
             "a\u{85}",
             "evil\u{202E}txt.exe",
+            "a\u{2066}b",
+            "a\u{2028}b",
+            "a\u{061C}b",
+            "tag\u{E0041}",
             " lead",
             "trail ",
             "x.p2pd-part",
@@ -395,13 +365,6 @@ mod tests {
         assert_eq!(numbered_name("notes", 1), "notes (1)");
         assert_eq!(numbered_name(".bashrc", 1), ".bashrc (1)");
         assert_eq!(partial_name("a.bin", "0f3c"), "a.bin.0f3c.p2pd-part");
-    }
-
-    #[test]
-    fn peer_text_is_one_harmless_line() {
-        let shown = peer_text(&format!("bad\n\u{1b}]0;owned\u{7}{}", "x".repeat(500)));
-        assert!(!shown.chars().any(|c| c.is_control()), "{shown}");
-        assert!(shown.chars().count() < 300);
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub async fn receive(
             .unwrap_or_else(|_| Err(TransferError::Protocol("checking the offer stopped".into())))
     };
     if let Err(error) = checked {
-        return Err(reject(link, &error.to_string(), error).await);
+        return Err(reject(link, &error.peer_reason(), error).await);
     }
     observer.offered(&manifest);
     let accepted = tokio::select! {
@@ -101,7 +101,7 @@ pub async fn receive(
             .unwrap_or_else(|_| Err(std::io::Error::other("recording the job stopped")));
         if let Err(e) = recorded {
             let error = TransferError::io("cannot record the job", e);
-            return Err(reject(link, &error.to_string(), error).await);
+            return Err(reject(link, &error.peer_reason(), error).await);
         }
     }
     send_control(link, &Control::Accept).await?;
@@ -204,7 +204,7 @@ async fn read_offer(
         let count = manifest.files.len() + manifest.folders.len() + manifest.skipped.len();
         if count > limit {
             let error = TransferError::BadOffer(super::names::NameError::TooMany { count, limit });
-            return Err(reject(link, &error.to_string(), error).await);
+            return Err(reject(link, &error.peer_reason(), error).await);
         }
         if !more {
             return Ok(manifest);
@@ -342,12 +342,8 @@ async fn reject(link: &dyn Link, reason: &str, error: TransferError) -> Transfer
 
 fn check_offer(manifest: &Manifest, dir: &Path, limits: &Limits) -> Result<(), TransferError> {
     let total = validate_offer(manifest, limits)?;
-    let available = store::free_space(dir).map_err(|e| {
-        TransferError::io(
-            format!("cannot use download directory {}", dir.display()),
-            e,
-        )
-    })?;
+    let available = store::free_space(dir)
+        .map_err(|e| TransferError::io_at("cannot use the download directory", dir, e))?;
     if total > available {
         return Err(TransferError::NotEnoughSpace {
             needed: total,
@@ -400,7 +396,7 @@ async fn receive_files(
                 }
                 Some(WriteOutcome::Failed(error)) => {
                     let index = cursor.next_index.saturating_sub(1);
-                    let _ = send_control(link, &Control::FileFailed { index, reason: error.to_string() }).await;
+                    let _ = send_control(link, &Control::FileFailed { index, reason: error.peer_reason() }).await;
                     link.flush(FLUSH_LIMIT).await;
                     return Err(error);
                 }
@@ -600,8 +596,9 @@ fn write_files(
                 let file = match opened {
                     Ok(file) => file,
                     Err(e) => {
-                        return fail(TransferError::io(
-                            format!("cannot create a file in {}", disk.dir.display()),
+                        return fail(TransferError::io_at(
+                            "cannot create a file in the download directory",
+                            &disk.dir,
                             e,
                         ));
                     }
@@ -688,7 +685,7 @@ fn publish_all(
     let dir_handle = match File::open(&disk.dir) {
         Ok(handle) => handle,
         Err(e) => {
-            let error = TransferError::io(format!("cannot open {}", disk.dir.display()), e);
+            let error = TransferError::io_at("cannot open the download directory", &disk.dir, e);
             let _ = outcomes.blocking_send(WriteOutcome::Failed(error));
             return;
         }

@@ -218,7 +218,7 @@ async fn stream(
                 Some(ReadItem::Chunk(chunk)) => pending = Some(chunk),
                 Some(ReadItem::End { index, sha256 }) => send_control(link, &Control::FileEnd { index, sha256 }).await?,
                 Some(ReadItem::Failed(error)) => {
-                    let _ = send_control(link, &Control::Cancel { reason: error.to_string() }).await;
+                    let _ = send_control(link, &Control::Cancel { reason: error.peer_reason() }).await;
                     link.flush(FLUSH_LIMIT).await;
                     return Err(error);
                 }
@@ -347,9 +347,8 @@ pub(super) async fn send_control(link: &dyn Link, message: &Control) -> Result<(
 /// Decodes the next message as control; binary or a closed channel is an error here.
 pub(super) fn control(incoming: Option<Incoming>) -> Result<Control, TransferError> {
     match incoming {
-        Some(Incoming::Text(text)) => {
-            Control::decode(&text).map_err(|e| TransferError::Protocol(e.to_string()))
-        }
+        Some(Incoming::Text(text)) => Control::decode(&text)
+            .map_err(|e| TransferError::Protocol(super::names::peer_text(&e.to_string()))),
         Some(Incoming::Binary(_)) => {
             Err(TransferError::Protocol("unexpected binary message".into()))
         }

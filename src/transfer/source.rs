@@ -67,7 +67,7 @@ pub enum SourceError {
     Unusable { path: String, why: String },
     #[error("two things to send are named {0}: rename one or send them separately")]
     SameName(String),
-    #[error("cannot send {path}: {source}")]
+    #[error("cannot send {path}")]
     BadName {
         path: String,
         #[source]
@@ -85,7 +85,7 @@ pub fn collect(paths: &[PathBuf]) -> Result<Sources, SourceError> {
     let mut sources = Sources::default();
     let mut tops = HashSet::with_capacity(paths.len());
     for path in paths {
-        let shown = path.display().to_string();
+        let shown = names::escape_for_terminal(&path.to_string_lossy());
         let meta = std::fs::metadata(path).map_err(|e| unusable(&shown, &e))?;
         let name = utf8_name(path, &shown)?;
         names::validate_name(&name).map_err(|source| SourceError::BadName {
@@ -93,7 +93,7 @@ pub fn collect(paths: &[PathBuf]) -> Result<Sources, SourceError> {
             source,
         })?;
         if !tops.insert(name.to_lowercase()) {
-            return Err(SourceError::SameName(name));
+            return Err(SourceError::SameName(names::escape_for_terminal(&name)));
         }
         if meta.is_dir() {
             walk(path, &name, &meta, &mut sources)?;
@@ -221,7 +221,7 @@ fn walk(
         name: name.to_owned(),
         mtime: mtime_seconds(meta),
     });
-    let shown = root.display().to_string();
+    let shown = names::escape_for_terminal(&root.to_string_lossy());
     let mut entries: Vec<_> = std::fs::read_dir(root)
         .map_err(|e| unusable(&shown, &e))?
         .collect::<Result<_, _>>()
@@ -229,7 +229,7 @@ fn walk(
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let path = entry.path();
-        let shown = path.display().to_string();
+        let shown = names::escape_for_terminal(&path.to_string_lossy());
         let child = format!("{name}/{}", utf8_name(&path, &shown)?);
         names::validate_path(&child).map_err(|source| SourceError::BadName {
             path: shown.clone(),
@@ -252,13 +252,18 @@ fn walk(
 }
 
 fn utf8_name(path: &Path, shown: &str) -> Result<String, SourceError> {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_owned)
-        .ok_or_else(|| SourceError::Unusable {
-            path: shown.to_owned(),
-            why: "its name is not valid UTF-8".into(),
-        })
+    let why = match path.file_name() {
+        Some(name) => match name.to_str() {
+            Some(name) => return Ok(name.to_owned()),
+            None => "its name is not valid UTF-8",
+        },
+        // `/`, or a path ending in `..`: nothing to name the entry at the receiver.
+        None => "it has no name of its own (like / or ..): give a folder by its name",
+    };
+    Err(SourceError::Unusable {
+        path: shown.to_owned(),
+        why: why.into(),
+    })
 }
 
 fn unusable(shown: &str, e: &std::io::Error) -> SourceError {

@@ -7,18 +7,18 @@ use std::time::{Duration, Instant};
 
 use crate::support::random_file;
 
-const P2P: &str = env!("CARGO_BIN_EXE_p2p");
-const P2PD: &str = env!("CARGO_BIN_EXE_p2pd");
+pub(crate) const P2P: &str = env!("CARGO_BIN_EXE_p2p");
+pub(crate) const P2PD: &str = env!("CARGO_BIN_EXE_p2pd");
 
-struct DaemonProcess {
+pub(crate) struct DaemonProcess {
     child: Child,
-    socket: PathBuf,
-    downloads: PathBuf,
-    dir: tempfile::TempDir,
+    pub(crate) socket: PathBuf,
+    pub(crate) downloads: PathBuf,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl DaemonProcess {
-    fn start() -> DaemonProcess {
+    pub(crate) fn start() -> DaemonProcess {
         DaemonProcess::start_as(&[])
     }
 
@@ -83,7 +83,7 @@ impl DaemonProcess {
         std::fs::read_to_string(self.dir.path().join("p2pd.log")).unwrap_or_default()
     }
 
-    fn p2p(&self, args: &[&str]) -> Output {
+    pub(crate) fn p2p(&self, args: &[&str]) -> Output {
         p2p_with_socket(&self.socket, args)
     }
 
@@ -120,7 +120,7 @@ fn p2p_with_socket(socket: &Path, args: &[&str]) -> Output {
 }
 
 /// Asserts a failed command printed exactly one line on stderr, containing `needle`.
-fn assert_one_line_error(output: &Output, needle: &str) {
+pub(crate) fn assert_one_line_error(output: &Output, needle: &str) {
     assert_eq!(
         output.status.code(),
         Some(1),
@@ -139,7 +139,7 @@ fn assert_one_line_error(output: &Output, needle: &str) {
 
 /// `p2p send ARGS` in the background: the child, its stdout after the first line, and that
 /// first line parsed (with `--json`, the `created` event carrying the code).
-fn spawn_json_send(
+pub(crate) fn spawn_json_send(
     socket: &Path,
     args: &[&str],
 ) -> (
@@ -164,7 +164,7 @@ fn spawn_json_send(
     (sender, stdout, created)
 }
 
-fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
+pub(crate) fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(bytes)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

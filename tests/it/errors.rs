@@ -120,7 +120,7 @@ async fn bad_paths_create_no_job() {
         std::fs::create_dir(&dup_dir).unwrap();
         let dup = random_file(&dup_dir, "good.bin", 1, 2);
         let (_, message) = a.send(&[good, dup]).await.unwrap_err();
-        assert!(message.contains("are named good.bin"), "{message}");
+        assert!(message.contains("are named \"good.bin\""), "{message}");
         let list = a
             .client()
             .await

@@ -112,8 +112,8 @@ fn assert_refused(info: &JobInfo, kind: ErrorKind, needle: &str) {
     let failure = info.failure.as_ref().unwrap();
     assert_eq!(failure.kind, kind, "{failure:?}");
     assert!(
-        failure.message.contains(needle),
-        "expected {needle:?} in {:?}",
+        failure.message.matches(needle).count() == 1,
+        "expected {needle:?} once in {:?}",
         failure.message
     );
     assert!(

@@ -3,8 +3,10 @@
 mod abuse;
 mod cli;
 mod errors;
+mod escaping;
 mod flood;
 mod hostile;
+mod many_files;
 mod netns;
 #[path = "../netns/mod.rs"]
 mod netns_harness;

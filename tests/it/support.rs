@@ -7,7 +7,7 @@ use std::time::Duration;
 use p2pd::config::{DaemonConfig, RendezvousMode};
 use p2pd::daemon::Daemon;
 use p2pd::ipc::client::IpcClient;
-use p2pd::ipc::messages::{ErrorKind, JobId, JobInfo, Request, ServerFrame};
+use p2pd::ipc::messages::{ErrorKind, JobId, JobInfo, JobSummary, Request, ServerFrame};
 use p2pd::rtc::RtcSettings;
 use tempfile::TempDir;
 
@@ -200,15 +200,19 @@ impl TestDaemon {
             .send(Request::Watch { job: id })
             .await
             .expect("watch");
-        let mut last = None;
+        let mut view = JobInfo::default();
+        let mut updated = false;
         while let Some(frame) = client.next().await.expect("watch frame") {
             match frame {
-                ServerFrame::Update(info) => last = Some(info),
                 ServerFrame::Done => break,
-                other => panic!("unexpected frame {other:?}"),
+                ServerFrame::Error { .. } | ServerFrame::Jobs(_) | ServerFrame::Hello { .. } => {
+                    panic!("unexpected frame {frame:?}")
+                }
+                other => updated |= view.apply(&other),
             }
         }
-        last.expect("at least one update")
+        assert!(updated, "at least one update");
+        view
     }
 
     /// Waits until job `id` satisfies `pred`, returning that snapshot.
@@ -218,11 +222,10 @@ impl TestDaemon {
             .send(Request::Watch { job: id })
             .await
             .expect("watch");
+        let mut view = JobInfo::default();
         while let Some(frame) = client.next().await.expect("watch frame") {
-            if let ServerFrame::Update(info) = frame
-                && (pred(&info) || info.state.is_final())
-            {
-                return info;
+            if view.apply(&frame) && (pred(&view) || view.state.is_final()) {
+                return view;
             }
         }
         panic!("job {id} ended without matching");
@@ -256,7 +259,7 @@ impl TestDaemon {
     }
 
     /// Every job the daemon knows.
-    pub async fn jobs(&self) -> Vec<JobInfo> {
+    pub async fn jobs(&self) -> Vec<JobSummary> {
         match self.client().await.call(Request::List).await {
             Ok(ServerFrame::Jobs(jobs)) => jobs,
             other => panic!("list failed: {other:?}"),

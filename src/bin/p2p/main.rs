@@ -12,6 +12,7 @@ use p2pd::config::default_socket_path;
 use p2pd::ipc::client::IpcClient;
 use p2pd::ipc::messages::{JobInfo, JobState, PathPolicy, Request, ServerFrame};
 use p2pd::rendezvous::Code;
+use p2pd::terminal::escape_controls;
 
 use render::Renderer;
 
@@ -111,7 +112,8 @@ fn main() -> ExitCode {
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join(": ");
-            eprintln!("error: {line}");
+            // The daemon escapes what it sends; this also covers a daemon that did not.
+            eprintln!("error: {}", escape_controls(&line));
             ExitCode::FAILURE
         }
     }
@@ -218,27 +220,36 @@ async fn follow(
 ) -> anyhow::Result<ExitCode> {
     let mut frame = first;
     let mut asked = false;
-    let mut last: Option<JobInfo> = None;
+    // The job as the frames describe it: lists once, then changes (see ipc::delta).
+    let mut view: Option<JobInfo> = None;
     loop {
         match frame {
-            ServerFrame::Created(info) => renderer.created(&info),
-            ServerFrame::Update(info) => {
-                renderer.update(&info);
-                if may_ask && !asked && info.state == JobState::AwaitingApproval {
-                    asked = true;
-                    let accept = renderer.ask_accept(&info)?;
-                    let mut decider = IpcClient::connect(socket).await?;
-                    decider
-                        .call(Request::Decide {
-                            job: info.id,
-                            accept,
-                        })
-                        .await?;
-                }
-                last = Some(info);
+            ServerFrame::Created(summary) => {
+                let info = JobInfo::from_summary(&summary);
+                renderer.created(&info);
+                view = Some(info);
             }
             ServerFrame::Done => break,
-            other => return Err(unexpected(other)),
+            ServerFrame::Error { .. } | ServerFrame::Hello { .. } | ServerFrame::Jobs(_) => {
+                return Err(unexpected(frame));
+            }
+            other => {
+                let info = view.get_or_insert_with(JobInfo::default);
+                if info.apply(&other) {
+                    renderer.update(info);
+                    if may_ask && !asked && info.state == JobState::AwaitingApproval {
+                        asked = true;
+                        let accept = renderer.ask_accept(info)?;
+                        let mut decider = IpcClient::connect(socket).await?;
+                        decider
+                            .call(Request::Decide {
+                                job: info.id,
+                                accept,
+                            })
+                            .await?;
+                    }
+                }
+            }
         }
         frame = match client.next().await? {
             Some(frame) => frame,
@@ -248,7 +259,7 @@ async fn follow(
         };
     }
     renderer.finish();
-    match last {
+    match view {
         Some(info) if info.state == JobState::Completed => Ok(ExitCode::SUCCESS),
         Some(info) => {
             let message = info

@@ -3,9 +3,16 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use p2pd::ipc::messages::{Direction, JobInfo, JobState};
-use p2pd::transfer::names::escape_for_terminal;
+use p2pd::ipc::messages::{Direction, JobInfo, JobState, JobSummary};
+use p2pd::terminal::{escape_controls, escape_for_terminal, json_line};
 use serde_json::json;
+
+/// Every human line goes through here: names are escaped where they are formatted, and
+/// this catches anything else that came from a peer, a file name or the daemon.
+macro_rules! say {
+    (out, $($arg:tt)*) => { println!("{}", escape_controls(&format!($($arg)*))) };
+    (err, $($arg:tt)*) => { eprintln!("{}", escape_controls(&format!($($arg)*))) };
+}
 
 pub struct Renderer {
     json: bool,
@@ -65,7 +72,7 @@ fn time_left(deadline_unix: u64) -> String {
 
 fn emit(value: serde_json::Value) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{value}");
+    let _ = writeln!(out, "{}", json_line(&value));
     let _ = out.flush();
 }
 
@@ -109,6 +116,7 @@ impl Renderer {
             emit(event);
         } else if let Some(code) = &info.code {
             let mut out = std::io::stdout().lock();
+            let code = escape_controls(code);
             let _ = writeln!(
                 out,
                 "Code: {code}\nOn the other machine run: p2p receive {code}"
@@ -127,7 +135,7 @@ impl Renderer {
         }
         let skipped_appeared = previous.as_ref().is_none_or(|p| p.skipped.is_empty());
         if skipped_appeared && !info.skipped.is_empty() && info.direction == Direction::Send {
-            eprintln!("{}", skipped_line(&info.skipped));
+            say!(err, "{}", skipped_line(&info.skipped));
         }
         if state_changed
             && info.state == JobState::WaitingToResume
@@ -139,13 +147,13 @@ impl Renderer {
                 time_left(resume.deadline_unix)
             );
             match &self.bars {
-                Some(bars) => bars.multi.suspend(|| eprintln!("{line}")),
-                None => eprintln!("{line}"),
+                Some(bars) => bars.multi.suspend(|| say!(err, "{line}")),
+                None => say!(err, "{line}"),
             }
         }
         let route_appeared = previous.as_ref().and_then(|p| p.route.as_ref()).is_none();
         if let (Some(route), true) = (&info.route, route_appeared) {
-            eprintln!("Connected: {}", route.description);
+            say!(err, "Connected: {}", route.description);
         }
         if !info.files.is_empty()
             && self.bars.is_none()
@@ -163,8 +171,8 @@ impl Renderer {
                 escape_for_terminal(&folder.display().to_string())
             );
             match &self.bars {
-                Some(bars) => bars.multi.suspend(|| println!("{line}")),
-                None => println!("{line}"),
+                Some(bars) => bars.multi.suspend(|| say!(out, "{line}")),
+                None => say!(out, "{line}"),
             }
         }
         for (index, file) in info.files.iter().enumerate() {
@@ -176,8 +184,8 @@ impl Renderer {
             if let (Some(path), false) = (&file.saved_as, was_saved) {
                 let line = format!("Saved {}", escape_for_terminal(&path.display().to_string()));
                 match &self.bars {
-                    Some(bars) => bars.multi.suspend(|| println!("{line}")),
-                    None => println!("{line}"),
+                    Some(bars) => bars.multi.suspend(|| say!(out, "{line}")),
+                    None => say!(out, "{line}"),
                 }
             }
         }
@@ -349,14 +357,14 @@ impl Bars {
     }
 }
 
-pub fn print_status(jobs: &[JobInfo], json: bool) {
+pub fn print_status(jobs: &[JobSummary], json: bool) {
     if json {
         for job in jobs {
             emit(json!({
                 "job": job.id,
                 "direction": match job.direction { Direction::Send => "send", Direction::Receive => "receive" },
                 "state": state_name(job.state),
-                "files": job.files.len(),
+                "files": job.files,
                 "bytes_done": job.bytes_done,
                 "bytes_total": job.bytes_total,
                 "rate": job.rate,
@@ -371,12 +379,19 @@ pub fn print_status(jobs: &[JobInfo], json: bool) {
         return;
     }
     if jobs.is_empty() {
-        println!("no jobs");
+        say!(out, "no jobs");
         return;
     }
-    println!(
+    say!(
+        out,
         "{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  {:<24}  CODE / ERROR",
-        "ID", "DIR", "STATE", "FILES", "DONE/TOTAL", "RATE", "ROUTE"
+        "ID",
+        "DIR",
+        "STATE",
+        "FILES",
+        "DONE/TOTAL",
+        "RATE",
+        "ROUTE"
     );
     for job in jobs {
         let detail = job
@@ -394,7 +409,8 @@ pub fn print_status(jobs: &[JobInfo], json: bool) {
             })
             .or_else(|| job.code.clone().filter(|_| !job.state.is_final()))
             .unwrap_or_default();
-        println!(
+        say!(
+            out,
             "{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  {:<24}  {}",
             job.id,
             match job.direction {
@@ -402,7 +418,7 @@ pub fn print_status(jobs: &[JobInfo], json: bool) {
                 Direction::Receive => "receive",
             },
             state_name(job.state),
-            job.files.len(),
+            job.files,
             format!(
                 "{}/{}",
                 HumanBytes(job.bytes_done),
