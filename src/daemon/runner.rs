@@ -74,7 +74,7 @@ impl JobError {
                         ErrorKind::PeerGone
                     }
                     TransferError::VerificationFailed(_) => ErrorKind::VerificationFailed,
-                    TransferError::ReceiverFailed { reason, .. } if reason.contains("SHA-256") => {
+                    TransferError::ReceiverFailed { mismatch: true, .. } => {
                         ErrorKind::VerificationFailed
                     }
                     TransferError::Protocol(_)

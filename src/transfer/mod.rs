@@ -49,7 +49,12 @@ pub enum TransferError {
     #[error("the receiver refused the offer: {0}")]
     Rejected(String),
     #[error("the receiver could not save {name}: {reason}")]
-    ReceiverFailed { name: String, reason: String },
+    ReceiverFailed {
+        name: String,
+        reason: String,
+        /// The receiver found the bytes did not match the sender's SHA-256.
+        mismatch: bool,
+    },
     #[error("the other side cancelled: {0}")]
     PeerCancelled(String),
     #[error("cancelled")]

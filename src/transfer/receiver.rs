@@ -396,7 +396,11 @@ async fn receive_files(
                 }
                 Some(WriteOutcome::Failed(error)) => {
                     let index = cursor.next_index.saturating_sub(1);
-                    let _ = send_control(link, &Control::FileFailed { index, reason: error.peer_reason() }).await;
+                    let _ = send_control(link, &Control::FileFailed {
+                        index,
+                        reason: error.peer_reason(),
+                        mismatch: matches!(error, TransferError::VerificationFailed(_)),
+                    }).await;
                     link.flush(FLUSH_LIMIT).await;
                     return Err(error);
                 }

@@ -151,9 +151,10 @@ async fn finish(
             incoming = link.recv() => match control(incoming)? {
                 Control::Complete => {}
                 Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
-                Control::FileFailed { reason, .. } => return Err(TransferError::ReceiverFailed {
+                Control::FileFailed { reason, mismatch, .. } => return Err(TransferError::ReceiverFailed {
                     name: "the folders".into(),
                     reason: super::names::peer_text(&reason),
+                    mismatch,
                 }),
                 other => return Err(unexpected(&other)),
             },
@@ -197,12 +198,13 @@ async fn stream(
                         return Ok(());
                     }
                 }
-                Control::FileFailed { index, reason } => {
+                Control::FileFailed { index, reason, mismatch } => {
                     let name = entries.get(index as usize).map(|e| e.name.as_str()).unwrap_or("a file");
                     return Err(TransferError::ReceiverFailed {
                         name: super::names::escape_for_terminal(name),
                         // The peer's words: escaped, and kept to one short line.
                         reason: super::names::peer_text(&reason),
+                        mismatch,
                     });
                 }
                 Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),

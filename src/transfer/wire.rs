@@ -163,6 +163,10 @@ pub enum Control {
     FileFailed {
         index: u32,
         reason: String,
+        /// The received bytes did not match the sender's SHA-256 (as opposed to a local
+        /// problem such as a full disk), so the sender can say which without parsing words.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        mismatch: bool,
     },
     /// Sender, after every file is verified: the receiver may close.
     Done,
@@ -262,6 +266,7 @@ mod tests {
             Control::FileFailed {
                 index: 1,
                 reason: "x".into(),
+                mismatch: true,
             },
             Control::Done,
             Control::Cancel {

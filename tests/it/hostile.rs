@@ -277,7 +277,14 @@ async fn bad_streams_are_cut_off_and_nothing_is_published() {
                     Some(Control::Progress { .. }) => continue,
                     other => {
                         assert!(
-                            matches!(other, Some(Control::FileFailed { index: 0, .. })),
+                            matches!(
+                                other,
+                                Some(Control::FileFailed {
+                                    index: 0,
+                                    mismatch: true,
+                                    ..
+                                })
+                            ),
                             "{other:?}"
                         );
                         break;
