@@ -553,10 +553,10 @@ async fn attempt(job: &Arc<Job>, context: &Context, durable: &Durable) -> Result
     };
     let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
     client
-        .rejoin(&rejoin_channel(&secret), role == Role::Sender)
+        .rejoin(&rejoin_channel(secret), role == Role::Sender)
         .await?;
     job.set_state(JobState::Negotiating);
-    let mut session = Session::resume(client, role, &secret).await?;
+    let mut session = Session::resume(client, role, secret).await?;
     // Each side says first whether it continues or was cancelled while apart.
     session.send(CONTINUE).await?;
     if session.recv().await? == CANCEL {
@@ -631,9 +631,9 @@ async fn farewell(context: &Context, record: &JobRecord) {
     let told = tokio::time::timeout(FAREWELL_LIMIT, async {
         let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
         client
-            .rejoin(&rejoin_channel(&secret), role == Role::Sender)
+            .rejoin(&rejoin_channel(secret), role == Role::Sender)
             .await?;
-        let mut session = Session::resume(client, role, &secret).await?;
+        let mut session = Session::resume(client, role, secret).await?;
         session.send(CANCEL).await?;
         let _ = session.recv().await;
         session.close().await;
@@ -651,7 +651,7 @@ async fn end_for_good(context: &Context, durable: &Durable) {
     if let Work::Receive(plan) = &durable.work {
         discard_partials(&durable.record, plan).await;
     }
-    forget(&context, &durable.record.id).await;
+    forget(context, &durable.record.id).await;
 }
 
 /// Removes a job's record (a directory tree) on a blocking thread.

@@ -241,8 +241,7 @@ fn read_all(
         let _ = items.blocking_send(ReadItem::Failed(error));
     };
     let entries = &sources.manifest.files;
-    for index in from.index as usize..entries.len() {
-        let entry = &entries[index];
+    for (index, entry) in entries.iter().enumerate().skip(from.index as usize) {
         let shown = super::names::escape_for_terminal(&entry.name);
         let changed = || TransferError::SourceChanged(shown.clone());
         let mut file = match source::open(sources, index) {
