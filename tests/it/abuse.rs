@@ -101,7 +101,7 @@ async fn garbage_oversized_truncated_and_slow_clients_are_cut_off() {
 fn another_users_client_is_refused() {
     // Needs root to become another user; CI runs as root.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to run the CLI as another user");
+        crate::netns_harness::skip("needs root to run the CLI as another user");
         return;
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();

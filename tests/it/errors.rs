@@ -349,7 +349,7 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_mid_transfer_fails_cleanly_on_both_sides() {
     let Some(disk) = Tmpfs::mount("8m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        crate::netns_harness::skip("cannot mount a tmpfs here (needs root)");
         return;
     };
     tokio::time::timeout(TEST_LIMIT, async {

@@ -74,7 +74,7 @@ async fn a_flood_from_one_address_does_not_stop_a_real_pair() {
         let b = a.peer().await;
         let server = a.daemon.as_ref().unwrap().rendezvous_addr().unwrap();
         if connect_from_attacker(server).await.is_err() {
-            eprintln!("skipped: cannot bind 127.0.0.2 here");
+            crate::netns_harness::skip("cannot bind 127.0.0.2 here");
             return;
         }
         let tally = Arc::new(Tally::default());
@@ -252,7 +252,7 @@ async fn idle_sockets_from_many_addresses_give_way_and_pings_do_not_keep_them() 
         let other_addresses =
             TcpSocket::new_v4().and_then(|s| s.bind(SocketAddr::from((ATTACKER, 0))));
         if other_addresses.is_err() {
-            eprintln!("skipped: cannot bind 127.0.0.2 here");
+            crate::netns_harness::skip("cannot bind 127.0.0.2 here");
             return;
         }
         let (server, _stop) = rendezvous_with(RendezvousConfig {
