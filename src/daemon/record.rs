@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::ipc::messages::{Direction, PathPolicy};
+use crate::rendezvous::crypto::Secret;
 use crate::transfer::source::FileId;
 use crate::transfer::wire::Manifest;
 
@@ -56,7 +57,7 @@ impl JobRecord {
             version: RECORD_VERSION,
             id: random_hex(16),
             direction,
-            secret: ResumeSecret(*secret),
+            secret: ResumeSecret(Secret::from_bytes(secret)),
             deadline_unix: unix_now().saturating_add(window.as_secs()),
             path,
             manifest: Manifest::default(),
@@ -76,10 +77,10 @@ impl JobRecord {
     }
 }
 
-/// A job's resume secret: zeroed when dropped, hex only on its way to or from the
-/// record file, and never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
-pub struct ResumeSecret([u8; 32]);
+/// A job's resume secret: the session's [`Secret`] (wiped on drop, never shown by
+/// `Debug`), written as hex only into the private record file.
+#[derive(Debug, Clone)]
+pub struct ResumeSecret(Secret);
 
 impl std::ops::Deref for ResumeSecret {
     type Target = [u8; 32];
@@ -88,15 +89,9 @@ impl std::ops::Deref for ResumeSecret {
     }
 }
 
-impl std::fmt::Debug for ResumeSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ResumeSecret(..)")
-    }
-}
-
 impl Serialize for ResumeSecret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let text = Zeroizing::new(hex::encode(self.0));
+        let text = Zeroizing::new(hex::encode(&*self.0));
         serializer.serialize_str(&text)
     }
 }
@@ -107,7 +102,7 @@ impl<'de> Deserialize<'de> for ResumeSecret {
         let mut bytes = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(text.as_bytes(), bytes.as_mut())
             .map_err(|_| serde::de::Error::custom("the resume secret is not 32 bytes of hex"))?;
-        Ok(ResumeSecret(*bytes))
+        Ok(ResumeSecret(Secret::from_bytes(&bytes)))
     }
 }
 
