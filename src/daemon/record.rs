@@ -91,7 +91,7 @@ impl std::ops::Deref for ResumeSecret {
 
 impl Serialize for ResumeSecret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let text = Zeroizing::new(hex::encode(&*self.0));
+        let text = Zeroizing::new(hex::encode(self.0.as_slice()));
         serializer.serialize_str(&text)
     }
 }
