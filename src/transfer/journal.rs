@@ -141,22 +141,18 @@ pub fn checkpoint(data: &File, log: &Path, hashes: &[[u8; HASH_BYTES]]) -> io::R
     file.write_all(&hashes.concat())
 }
 
-/// Reads the partial `data` once against its block log and returns how many leading bytes
-/// are proven, with the SHA-256 state over exactly those bytes. Truncates the partial and
-/// the log to that prefix, so whatever follows is written afresh.
-pub fn verified_prefix(data: &Path, log: &Path) -> io::Result<(u64, Sha256)> {
+/// Reads the partial `data` (as opened for reading and writing, or why it could not be)
+/// once against its block log and returns how many leading bytes are proven, with the
+/// SHA-256 state over exactly those bytes. Truncates the partial and the log to that
+/// prefix, so whatever follows is written afresh. A missing partial proves nothing.
+pub fn verified_prefix(data: io::Result<File>, log: &Path) -> io::Result<(u64, Sha256)> {
     let hashes = match std::fs::read(log) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
     let mut whole = Sha256::new();
-    let mut file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags_nofollow()
-        .open(data)
-    {
+    let mut file = match data {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, whole)),
         Err(e) => return Err(e),
@@ -179,17 +175,6 @@ pub fn verified_prefix(data: &Path, log: &Path) -> io::Result<(u64, Sha256)> {
         log_file.set_len(good * HASH_BYTES as u64)?;
     }
     Ok((offset, whole))
-}
-
-trait NoFollow {
-    fn custom_flags_nofollow(&mut self) -> &mut Self;
-}
-
-impl NoFollow for OpenOptions {
-    fn custom_flags_nofollow(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-    }
 }
 
 fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
@@ -253,7 +238,8 @@ mod tests {
         let mut damaged = bytes.clone();
         damaged[block + 10] ^= 0xff;
         std::fs::write(&data_path, &damaged).unwrap();
-        let (offset, state) = verified_prefix(&data_path, &log).unwrap();
+        let open = || OpenOptions::new().read(true).write(true).open(&data_path);
+        let (offset, state) = verified_prefix(open(), &log).unwrap();
         assert_eq!(offset, BLOCK_BYTES);
         assert_eq!(state.finalize(), Sha256::digest(&bytes[..block]));
         assert_eq!(std::fs::metadata(&data_path).unwrap().len(), BLOCK_BYTES);
@@ -261,13 +247,9 @@ mod tests {
 
         // No log: nothing is proven, whatever the file holds.
         std::fs::remove_file(&log).unwrap();
-        assert_eq!(verified_prefix(&data_path, &log).unwrap().0, 0);
-        assert_eq!(
-            verified_prefix(&dir.path().join("missing"), &log)
-                .unwrap()
-                .0,
-            0
-        );
+        assert_eq!(verified_prefix(open(), &log).unwrap().0, 0);
+        let missing = File::open(dir.path().join("missing"));
+        assert_eq!(verified_prefix(missing, &log).unwrap().0, 0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! receiving state machines, the checks on names from the peer, and the receiver's
 //! filesystem edge. Knows nothing of WebRTC.
 
+pub mod beneath;
 pub mod fence;
 pub mod journal;
 pub mod layout;

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::beneath::Root;
 use super::fence::DiskFence;
 use super::journal::{self, BlockHasher, Journal, Progress};
 use super::layout::Layout;
@@ -164,10 +165,17 @@ pub async fn resume(
 
 /// Removes every partial entry of this job from the download directory.
 pub fn discard(dir: &Path, manifest: &Manifest, tag: &str) {
+    let root = match Root::open(dir) {
+        Ok(root) => root,
+        Err(error) => {
+            warn!(%error, "cannot open the download directory to remove partial files");
+            return;
+        }
+    };
     let layout = Layout::new(manifest, tag);
     for top in 0..layout.tops().len() {
         let path = layout.partial_top(dir, top);
-        if let Err(error) = store::remove_partial(&path) {
+        if let Err(error) = store::remove_partial(&root, &path) {
             warn!(%error, path = %path.display(), "cannot remove partial file");
         }
     }
@@ -267,7 +275,9 @@ async fn transfer(
                 journal::append_progress(journal_dir, &all)
                     .map_err(|e| TransferError::io("cannot record progress", e))?;
             }
-            publish_folders(&dir, &layout, &manifest2)
+            let root = Root::open(&dir)
+                .map_err(|e| TransferError::io_at("cannot open the download directory", &dir, e))?;
+            publish_folders(&root, &layout, &manifest2)
         })
         .await
         .map_err(|_| TransferError::Protocol("publishing stopped".into()))??;
@@ -297,18 +307,30 @@ async fn transfer(
         current: None,
     };
     let writer = {
-        let disk = Disk {
-            dir: plan.dir.clone(),
-            layout: Layout::new(manifest, &plan.tag),
-            manifest: manifest.clone(),
-            journal: plan.journal.as_ref().map(|j| j.dir().to_owned()),
-        };
+        let dir = plan.dir.clone();
+        let layout = Layout::new(manifest, &plan.tag);
+        let manifest = manifest.clone();
+        let journal = plan.journal.as_ref().map(|j| j.dir().to_owned());
         let written = written.clone();
         // Released only when the writer and the threads it scopes have all returned, even
         // if this future is dropped first (a lost connection).
         let guard = plan.disk.enter().await;
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
+            let root = match Root::open(&dir) {
+                Ok(root) => root,
+                Err(e) => {
+                    let error = TransferError::io_at("cannot open the download directory", &dir, e);
+                    let _ = outcome_tx.blocking_send(WriteOutcome::Failed(error));
+                    return;
+                }
+            };
+            let disk = Disk {
+                root,
+                layout,
+                manifest,
+                journal,
+            };
             write_all(&disk, start, command_rx, &outcome_tx, &written)
         })
     };
@@ -509,7 +531,8 @@ async fn wait_for_done(link: &dyn Link) {
 
 /// Everything the disk side needs to know about the job.
 struct Disk {
-    dir: PathBuf,
+    /// The download directory: every file operation goes beneath this handle.
+    root: Root,
     layout: Layout,
     manifest: Manifest,
     /// The job's state directory, for a durable job.
@@ -589,20 +612,20 @@ fn write_files(
     while let Some(command) = commands.blocking_recv() {
         match command {
             WriteCommand::Start { index, offset } => {
-                let path = disk.layout.partial_file(&disk.dir, index as usize);
+                let path = disk.layout.partial_file(disk.root.path(), index as usize);
                 let resumed = resume_state
                     .take()
                     .filter(|s| s.index == index && s.offset == offset && offset > 0);
                 let opened = match &resumed {
-                    Some(_) => store::reopen_partial(&path, offset),
-                    None => store::create_partial(&path),
+                    Some(_) => store::reopen_partial(&disk.root, &path, offset),
+                    None => store::create_partial(&disk.root, &path),
                 };
                 let file = match opened {
                     Ok(file) => file,
                     Err(e) => {
                         return fail(TransferError::io_at(
                             "cannot create a file in the download directory",
-                            &disk.dir,
+                            disk.root.path(),
                             e,
                         ));
                     }
@@ -686,14 +709,6 @@ fn publish_all(
     outcomes: &mpsc::Sender<WriteOutcome>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    let dir_handle = match File::open(&disk.dir) {
-        Ok(handle) => handle,
-        Err(e) => {
-            let error = TransferError::io_at("cannot open the download directory", &disk.dir, e);
-            let _ = outcomes.blocking_send(WriteOutcome::Failed(error));
-            return;
-        }
-    };
     let files = &disk.manifest.files;
     let mut batch = Batch {
         first,
@@ -721,7 +736,7 @@ fn publish_all(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         if publish_now {
-            match publish_batch(&mut batch, disk, &dir_handle) {
+            match publish_batch(&mut batch, disk) {
                 Ok((saved, folders)) => {
                     // Folders first: the last file's verification ends the transfer.
                     for folder in folders {
@@ -776,11 +791,7 @@ struct Batch {
 /// disk, and the log always knows which partials may still need their name.
 type Published = (Vec<(u32, Option<PathBuf>)>, Vec<PathBuf>);
 
-fn publish_batch(
-    batch: &mut Batch,
-    disk: &Disk,
-    dir_handle: &File,
-) -> Result<Published, TransferError> {
+fn publish_batch(batch: &mut Batch, disk: &Disk) -> Result<Published, TransferError> {
     let files: Vec<&File> = batch.files.iter().map(|(_, p)| &p.file).collect();
     let flushed = store::sync_files(&files);
     flushed.map_err(|e| TransferError::io("cannot flush the received files to disk", e))?;
@@ -801,15 +812,15 @@ fn publish_batch(
         saved.push((index, publish_file(disk, index)?));
     }
     let folders = if end == count {
-        publish_folders(&disk.dir, &disk.layout, &disk.manifest)?
+        publish_folders(&disk.root, &disk.layout, &disk.manifest)?
     } else {
         Vec::new()
     };
     batch.first = end;
     batch.bytes = 0;
     batch.since = None;
-    dir_handle
-        .sync_all()
+    disk.root
+        .sync()
         .map_err(|e| TransferError::io("cannot flush the download directory", e))?;
     Ok((saved, folders))
 }
@@ -820,41 +831,53 @@ fn publish_file(disk: &Disk, index: u32) -> Result<Option<PathBuf>, TransferErro
     if !disk.layout.is_top_file(index as usize) {
         return Ok(None);
     }
-    let partial = disk.layout.partial_file(&disk.dir, index as usize);
-    store::publish(&disk.dir, &partial, disk.layout.top_name_of(index as usize))
-        .map(Some)
-        .map_err(|e| TransferError::io("cannot give the received file its name", e))
+    let partial = disk.layout.partial_file(disk.root.path(), index as usize);
+    store::publish(
+        &disk.root,
+        &partial,
+        disk.layout.top_name_of(index as usize),
+    )
+    .map(Some)
+    .map_err(|e| TransferError::io("cannot give the received file its name", e))
 }
 
 /// Creates the offered folders (empty ones too), gives them their times deepest first, and
 /// renames each top-level folder into place under a free name. Safe to repeat: a folder
 /// already renamed is no longer under its partial name. Returns where they went.
 fn publish_folders(
-    dir: &Path,
+    root: &Root,
     layout: &Layout,
     manifest: &Manifest,
 ) -> Result<Vec<PathBuf>, TransferError> {
     let io = |e| TransferError::io("cannot put the received folder in place", e);
-    let mut pending: Vec<usize> = (0..layout.tops().len())
-        .filter(|&top| layout.tops()[top].folder)
-        .filter(|&top| layout.partial_top(dir, top).exists())
-        .collect();
+    let dir = root.path();
+    let mut pending = Vec::new();
+    for top in (0..layout.tops().len()).filter(|&top| layout.tops()[top].folder) {
+        if store::exists(root, &layout.partial_top(dir, top)).map_err(io)? {
+            pending.push(top);
+        }
+    }
     if pending.is_empty() {
         return Ok(Vec::new());
     }
     let mut folders: Vec<_> = manifest.folders.iter().collect();
     folders.sort_by_key(|f| std::cmp::Reverse(f.name.matches('/').count()));
     for folder in &folders {
-        std::fs::create_dir_all(layout.partial_folder(dir, &folder.name)).map_err(io)?;
+        root.create_dir_all(&layout.partial_folder(dir, &folder.name))
+            .map_err(io)?;
     }
     for folder in &folders {
-        store::set_folder_time(&layout.partial_folder(dir, &folder.name), folder.mtime)
-            .map_err(io)?;
+        store::set_folder_time(
+            root,
+            &layout.partial_folder(dir, &folder.name),
+            folder.mtime,
+        )
+        .map_err(io)?;
     }
     let mut saved = Vec::with_capacity(pending.len());
     for top in pending.drain(..) {
         let name = &layout.tops()[top].name;
-        saved.push(store::publish(dir, &layout.partial_top(dir, top), name).map_err(io)?);
+        saved.push(store::publish(root, &layout.partial_top(dir, top), name).map_err(io)?);
     }
     Ok(saved)
 }
@@ -868,6 +891,7 @@ fn recover(
     journal: Option<&Path>,
 ) -> Result<StartPoint, TransferError> {
     let io = |e| TransferError::io("cannot resume from the partial files", e);
+    let root = Root::open(dir).map_err(io)?;
     let progress = match journal {
         Some(journal) => journal::read_progress(journal).map_err(io)?,
         None => None,
@@ -881,12 +905,14 @@ fn recover(
     }
     // The logged batch was durable before the log said so; finish naming it.
     for index in progress.next..progress.batch_end {
-        if layout.is_top_file(index as usize) && layout.partial_file(dir, index as usize).exists() {
-            publish_file_at(dir, layout, index)?;
+        if layout.is_top_file(index as usize)
+            && store::exists(&root, &layout.partial_file(dir, index as usize)).map_err(io)?
+        {
+            publish_file_at(&root, layout, index)?;
         }
     }
     if progress.folders {
-        for folder in publish_folders(dir, layout, manifest)? {
+        for folder in publish_folders(&root, layout, manifest)? {
             debug!(path = %folder.display(), "finished putting a folder in place");
         }
     }
@@ -900,7 +926,8 @@ fn recover(
     }
     let (offset, state) = match journal {
         Some(journal) => journal::verified_prefix(
-            &layout.partial_file(dir, index as usize),
+            root.entry(&layout.partial_file(dir, index as usize), false)
+                .and_then(|partial| partial.open_write()),
             &journal::block_log_path(journal, index),
         )
         .map_err(io)?,
@@ -913,10 +940,10 @@ fn recover(
     })
 }
 
-fn publish_file_at(dir: &Path, layout: &Layout, index: u32) -> Result<(), TransferError> {
+fn publish_file_at(root: &Root, layout: &Layout, index: u32) -> Result<(), TransferError> {
     store::publish(
-        dir,
-        &layout.partial_file(dir, index as usize),
+        root,
+        &layout.partial_file(root.path(), index as usize),
         layout.top_name_of(index as usize),
     )
     .map(|_| ())

@@ -3,46 +3,30 @@
 //! a blocking thread.
 
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-
 use std::time::{Duration, SystemTime};
 
+pub use super::beneath::Root;
 use super::names::numbered_name;
 
 /// Attempts at a free name before giving up (a directory with this many copies is odd).
 const MAX_NAME_ATTEMPTS: u32 = 10_000;
 
 /// Creates the partial file at `path` afresh, with any folders above it inside the job's
-/// partial directory. The path carries the job's random tag, so a file already there is a
-/// leftover of this same job: it is replaced. `O_EXCL` and `O_NOFOLLOW` mean a planted
-/// symlink is never followed.
-pub fn create_partial(path: &Path) -> io::Result<File> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o666)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+/// partial directory, all beneath the download directory's handle: a symlink planted in
+/// any component is refused, never followed. The path carries the job's random tag, so a
+/// file already there is a leftover of this same job: it is replaced.
+pub fn create_partial(root: &Root, path: &Path) -> io::Result<File> {
+    root.entry(path, true)?.create_replacing()
 }
 
 /// Opens a partial file to continue it after its first `offset` bytes.
-pub fn reopen_partial(path: &Path, offset: u64) -> io::Result<File> {
+pub fn reopen_partial(root: &Root, path: &Path, offset: u64) -> io::Result<File> {
     use std::io::Seek;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
+    let mut file = root.entry(path, false)?.open_write()?;
     file.set_len(offset)?;
     file.seek(io::SeekFrom::Start(offset))?;
     Ok(file)
@@ -65,15 +49,11 @@ pub fn apply_metadata(file: &File, mtime: Option<i64>, executable: bool) -> io::
 }
 
 /// Sets a folder's modification time (after everything inside it is written).
-pub fn set_folder_time(path: &Path, mtime: Option<i64>) -> io::Result<()> {
+pub fn set_folder_time(root: &Root, path: &Path, mtime: Option<i64>) -> io::Result<()> {
     let Some(time) = mtime.and_then(system_time) else {
         return Ok(());
     };
-    let handle = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(path)?;
-    handle.set_modified(time)
+    root.entry(path, false)?.open_dir()?.set_modified(time)
 }
 
 fn system_time(seconds: i64) -> Option<SystemTime> {
@@ -90,22 +70,28 @@ pub fn mtime_seconds(meta: &std::fs::Metadata) -> Option<i64> {
     Some(meta.mtime())
 }
 
-/// Removes a partial top-level entry (a file or a whole partial folder).
-pub fn remove_partial(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+/// Removes a partial entry (a file or a whole partial folder; a symlink itself, never
+/// what it points to).
+pub fn remove_partial(root: &Root, path: &Path) -> io::Result<()> {
+    root.entry(path, false)?.remove_all()
+}
+
+/// Whether something (a symlink included, not followed) is at `path`.
+pub fn exists(root: &Root, path: &Path) -> io::Result<bool> {
+    match root.entry(path, false) {
+        Ok(entry) => Ok(entry.kind()?.is_some()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// Renames the verified `partial` to `name`, or `name (1)`, ... whichever is free.
-/// Never replaces an existing file, even one created concurrently.
-pub fn publish(dir: &Path, partial: &Path, name: &str) -> io::Result<PathBuf> {
+/// Renames the verified `partial` to `name`, or `name (1)`, ... whichever is free, in the
+/// download directory. Never replaces an existing file, even one created concurrently.
+pub fn publish(root: &Root, partial: &Path, name: &str) -> io::Result<PathBuf> {
+    let from = root.entry(partial, false)?;
     for n in 0..MAX_NAME_ATTEMPTS {
-        let target = dir.join(numbered_name(name, n));
-        match rename_noreplace(partial, &target) {
+        let target = root.path().join(numbered_name(name, n));
+        match from.rename_noreplace(&root.entry(&target, false)?) {
             Ok(()) => return Ok(target),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -115,33 +101,6 @@ pub fn publish(dir: &Path, partial: &Path, name: &str) -> io::Result<PathBuf> {
         io::ErrorKind::AlreadyExists,
         "no free file name",
     ))
-}
-
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let from_c = CString::new(from.as_os_str().as_bytes())?;
-    let to_c = CString::new(to.as_os_str().as_bytes())?;
-    // SAFETY: both pointers are NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let error = io::Error::last_os_error();
-    match error.raw_os_error() {
-        // Filesystems without RENAME_NOREPLACE: a hard link also refuses to replace.
-        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
-            std::fs::hard_link(from, to)?;
-            std::fs::remove_file(from)
-        }
-        _ => Err(error),
-    }
 }
 
 /// Threads that flush one batch's files at once: the device sees several flushes queued
@@ -193,10 +152,11 @@ mod tests {
     fn publish_never_replaces_and_picks_free_names() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.txt"), b"old").unwrap();
+        let root = Root::open(dir.path()).unwrap();
         let part = dir.path().join("a.txt.t.p2pd-part");
-        create_partial(&part).unwrap();
+        create_partial(&root, &part).unwrap();
         std::fs::write(&part, b"new").unwrap();
-        let saved = publish(dir.path(), &part, "a.txt").unwrap();
+        let saved = publish(&root, &part, "a.txt").unwrap();
         assert_eq!(saved, dir.path().join("a (1).txt"));
         assert_eq!(std::fs::read(dir.path().join("a.txt")).unwrap(), b"old");
         assert_eq!(std::fs::read(&saved).unwrap(), b"new");
@@ -210,13 +170,31 @@ mod tests {
         let victim = outside.path().join("victim");
         let part = dir.path().join("x.t.p2pd-part");
         std::os::unix::fs::symlink(&victim, &part).unwrap();
-        create_partial(&part).unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        create_partial(&root, &part).unwrap();
         assert!(!victim.exists());
         assert!(part.symlink_metadata().unwrap().is_file());
         std::fs::remove_file(&part).unwrap();
         std::os::unix::fs::symlink(&victim, &part).unwrap();
-        assert!(reopen_partial(&part, 0).is_err());
+        assert!(reopen_partial(&root, &part, 0).is_err());
         assert!(!victim.exists());
+    }
+
+    #[test]
+    fn partials_and_folders_are_never_made_through_a_symlinked_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let top = dir.path().join("tree.t.p2pd-part");
+        std::fs::create_dir(&top).unwrap();
+        std::os::unix::fs::symlink(outside.path(), top.join("sub")).unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        assert!(create_partial(&root, &top.join("sub/deeper/x.bin")).is_err());
+        assert!(create_partial(&root, &top.join("sub/x.bin")).is_err());
+        assert!(set_folder_time(&root, &top.join("sub"), Some(0)).is_err());
+        assert!(publish(&root, &top.join("sub/x.bin"), "x.bin").is_err());
+        remove_partial(&root, &top).unwrap();
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+        assert!(outside.path().exists());
     }
 
     #[test]

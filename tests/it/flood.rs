@@ -75,7 +75,6 @@ async fn a_flood_from_one_address_does_not_stop_a_real_pair() {
         let server = a.daemon.as_ref().unwrap().rendezvous_addr().unwrap();
         if connect_from_attacker(server).await.is_err() {
             crate::netns_harness::skip("cannot bind 127.0.0.2 here");
-            return;
         }
         let tally = Arc::new(Tally::default());
         let deadline = Instant::now() + FLOOD_FOR;
@@ -253,7 +252,6 @@ async fn idle_sockets_from_many_addresses_give_way_and_pings_do_not_keep_them() 
             TcpSocket::new_v4().and_then(|s| s.bind(SocketAddr::from((ATTACKER, 0))));
         if other_addresses.is_err() {
             crate::netns_harness::skip("cannot bind 127.0.0.2 here");
-            return;
         }
         let (server, _stop) = rendezvous_with(RendezvousConfig {
             max_connections: HELD,

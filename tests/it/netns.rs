@@ -36,6 +36,7 @@ fn delivered(net: &Net, a: &Path, b: &Path) -> (bool, String) {
 }
 
 #[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
 fn both_behind_ordinary_nat_connect_directly_through_stun() {
     let Some((net, a, b)) = two_homes(Nat::Ordinary, Impairment::default()) else {
         return;
@@ -46,6 +47,7 @@ fn both_behind_ordinary_nat_connect_directly_through_stun() {
 }
 
 #[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
 fn both_behind_port_randomizing_nat_go_through_the_turn_relay() {
     let Some((net, a, b)) = two_homes(Nat::PortRandomizing, Impairment::default()) else {
         return;
@@ -58,6 +60,7 @@ fn both_behind_port_randomizing_nat_go_through_the_turn_relay() {
 }
 
 #[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
 fn same_lan_uses_host_candidates() {
     let Some(mut net) = Net::new() else { return };
     net.internet();
@@ -76,6 +79,7 @@ fn same_lan_uses_host_candidates() {
 }
 
 #[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
 fn no_path_at_all_fails_within_a_minute_and_says_what_to_try() {
     let Some(mut net) = Net::new() else { return };
     net.internet();
@@ -111,6 +115,7 @@ fn no_path_at_all_fails_within_a_minute_and_says_what_to_try() {
 /// The worst path of the benchmark's matrix (5 % loss, 200 ms round trip, 50 Mbit/s)
 /// still delivers a verified file; the rates are in `cargo bench --bench paths`.
 #[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
 fn a_lossy_slow_distant_path_still_delivers() {
     let impairment = Impairment {
         loss_percent: 5.0,
@@ -148,6 +153,7 @@ fn a_lossy_slow_distant_path_still_delivers() {
 /// old ICE path dies, the job waits to resume, both daemons find each other again
 /// through the rendezvous from their new addresses and finish from verified data.
 #[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
 fn changing_address_mid_transfer_resumes_and_verifies() {
     let impairment = Impairment {
         rate_mbit: Some(20),
@@ -197,6 +203,7 @@ fn changing_address_mid_transfer_resumes_and_verifies() {
 /// `--force-relay` takes the relay even where a direct path exists, and `--require-direct`
 /// refuses a path that only a relay can give, telling both sides why.
 #[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
 fn path_flags_force_the_relay_or_refuse_it() {
     let Some((net, a, b)) = two_homes(Nat::Ordinary, Impairment::default()) else {
         return;
