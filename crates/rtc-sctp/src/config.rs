@@ -1,6 +1,6 @@
 use crate::util::{AssociationIdGenerator, RandomAssociationIdGenerator};
 
-use crate::TimerConfig;
+use crate::{RecoveryConfig, TimerConfig};
 use std::fmt;
 use std::sync::Arc;
 
@@ -61,6 +61,7 @@ pub struct TransportConfig {
     max_num_outbound_streams: u16,
     max_num_inbound_streams: u16,
     timer_config: TimerConfig,
+    recovery: RecoveryConfig,
 }
 
 impl Default for TransportConfig {
@@ -72,6 +73,7 @@ impl Default for TransportConfig {
             max_num_outbound_streams: u16::MAX,
             max_num_inbound_streams: u16::MAX,
             timer_config: TimerConfig::default(),
+            recovery: crate::recovery::default_recovery(),
         }
     }
 }
@@ -112,6 +114,18 @@ impl TransportConfig {
     pub fn with_timer_config(mut self, value: TimerConfig) -> Self {
         self.timer_config = value;
         self
+    }
+
+    /// Sets loss recovery and congestion control; see [`RecoveryConfig`]. The default is
+    /// upstream's RFC 9260 behaviour unless [`crate::set_default_recovery`] changed it.
+    pub fn with_recovery(mut self, value: RecoveryConfig) -> Self {
+        self.recovery = value;
+        self
+    }
+
+    /// The configured loss recovery and congestion control.
+    pub fn recovery(&self) -> RecoveryConfig {
+        self.recovery
     }
 
     /// The configured SCTP port.

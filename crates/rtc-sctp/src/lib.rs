@@ -79,6 +79,8 @@ mod endpoint;
 pub use crate::endpoint::{AssociationHandle, ConnectError, DatagramEvent, Endpoint};
 
 mod packet;
+mod recovery;
+pub use crate::recovery::{RecoveryConfig, set_default_recovery};
 
 mod shared;
 pub use crate::shared::{AssociationEvent, AssociationId, EndpointEvent};

@@ -398,7 +398,10 @@ impl Association {
             my_max_num_inbound_streams: config.max_num_inbound_streams(),
             max_payload_size,
 
-            rto_mgr: RtoManager::new(),
+            rto_mgr: {
+                let recovery = config.recovery();
+                RtoManager::with_bounds(recovery.rto_initial, recovery.rto_min, recovery.rto_max)
+            },
             timers: TimerTable::new(config.timer_config()),
 
             mtu,

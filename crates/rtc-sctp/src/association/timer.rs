@@ -176,12 +176,30 @@ const RTO_BASE: u64 = 8;
 
 /// rtoManager manages Rtx timeout values.
 /// This is an implementation of RFC 9260 sec 6.3.1.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub(crate) struct RtoManager {
     pub(crate) srtt: u64,
     pub(crate) rttvar: f64,
     pub(crate) rto: u64,
     pub(crate) no_update: bool,
+    /// RTO.Initial, RTO.Min and RTO.Max in msec (RFC 9260 §16 defaults, or configured).
+    initial: u64,
+    min: u64,
+    max: u64,
+}
+
+impl Default for RtoManager {
+    fn default() -> Self {
+        RtoManager {
+            srtt: 0,
+            rttvar: 0.0,
+            rto: 0,
+            no_update: false,
+            initial: RTO_INITIAL,
+            min: RTO_MIN,
+            max: RTO_MAX,
+        }
+    }
 }
 
 impl RtoManager {
@@ -189,6 +207,22 @@ impl RtoManager {
     pub(crate) fn new() -> Self {
         RtoManager {
             rto: RTO_INITIAL,
+            ..Default::default()
+        }
+    }
+
+    /// An RTO manager with configured bounds (RFC 6298 §2.4 leaves RTO.Min to the
+    /// implementation; a lower floor repairs a lost tail sooner on fast paths).
+    pub(crate) fn with_bounds(initial: Duration, min: Duration, max: Duration) -> Self {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        let (min, max) = (ms(min), ms(max));
+        let max = max.max(min);
+        let initial = ms(initial).clamp(min, max);
+        RtoManager {
+            rto: initial,
+            initial,
+            min,
+            max,
             ..Default::default()
         }
     }
@@ -211,7 +245,9 @@ impl RtoManager {
             self.srtt = ((RTO_BASE - RTO_ALPHA) * self.srtt + RTO_ALPHA * rtt) / RTO_BASE;
         }
 
-        self.rto = (self.srtt + (4.0 * self.rttvar) as u64).clamp(RTO_MIN, RTO_MAX);
+        // RFC 6298 §2.3: RTO = SRTT + max(G, K*RTTVAR), G being the clock granularity.
+        let variance = ((4.0 * self.rttvar) as u64).max(1);
+        self.rto = (self.srtt + variance).clamp(self.min, self.max);
 
         self.srtt
     }
@@ -224,7 +260,7 @@ impl RtoManager {
     /// RFC 9260 6.3.3 E2: retain backoff until a new RTT measurement updates RTO.
     pub(crate) fn backoff(&mut self) {
         if !self.no_update {
-            self.rto = self.rto.saturating_mul(2).min(RTO_MAX);
+            self.rto = self.rto.saturating_mul(2).min(self.max);
         }
     }
 
@@ -236,7 +272,7 @@ impl RtoManager {
 
         self.srtt = 0;
         self.rttvar = 0.0;
-        self.rto = RTO_INITIAL;
+        self.rto = self.initial;
     }
 
     /// set RTO value for testing
@@ -275,6 +311,41 @@ mod tests {
         rto.set_rto(RTO_MAX - 1, false);
         rto.backoff();
         assert_eq!(RTO_MAX, rto.get_rto());
+    }
+
+    #[test]
+    fn a_configured_floor_bounds_the_rto_and_its_backoff() {
+        let mut rto = RtoManager::with_bounds(
+            Duration::from_millis(500),
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        );
+        assert_eq!(rto.get_rto(), 500);
+        // A 40 ms path: SRTT 40, RTTVAR 20, RTO = 40 + 80 = 120, raised to the floor.
+        rto.set_new_rtt(40);
+        assert_eq!(rto.get_rto(), 200);
+        for _ in 0..20 {
+            rto.set_new_rtt(40);
+        }
+        assert_eq!(rto.get_rto(), 200);
+        // A 150 ms path sits above the floor: SRTT + 4 * RTTVAR.
+        let mut slow = RtoManager::with_bounds(
+            Duration::from_secs(1),
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        );
+        slow.set_new_rtt(150);
+        assert_eq!(slow.get_rto(), 150 + 4 * 75);
+        for _ in 0..5 {
+            slow.backoff();
+        }
+        assert_eq!(slow.get_rto(), 10_000);
+        slow.reset();
+        assert_eq!(slow.get_rto(), 1000);
+        // Upstream's constants stay the default.
+        let mut upstream = RtoManager::new();
+        upstream.set_new_rtt(40);
+        assert_eq!(upstream.get_rto(), 1000);
     }
 
     #[test]

@@ -1,0 +1,65 @@
+//! Loss recovery, congestion control and receive-window settings beyond RFC 9260's fixed
+//! constants. [`RecoveryConfig::default`] is exactly the behaviour of rtc-sctp 0.21.1, so
+//! nothing changes unless an application opts in.
+//!
+//! Applications that build `TransportConfig` themselves set it with
+//! [`crate::TransportConfig::with_recovery`]. Applications that reach SCTP through a WebRTC
+//! stack that builds `TransportConfig::default()` internally (the `rtc` crate does) can set
+//! a process-wide default with [`set_default_recovery`] before creating peer connections.
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// Loss recovery and congestion control settings of an association.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryConfig {
+    /// RTO before the first RTT measurement (RFC 9260 §16: 1 s).
+    pub rto_initial: Duration,
+    /// Lower bound of the RTO (RFC 9260 §16: 1 s; RFC 6298 allows less, and Chromium's
+    /// dcSCTP uses a few hundred milliseconds).
+    pub rto_min: Duration,
+    /// Upper bound of the RTO, backoff included (RFC 9260 §16: 60 s).
+    pub rto_max: Duration,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            rto_initial: Duration::from_secs(1),
+            rto_min: Duration::from_secs(1),
+            rto_max: Duration::from_secs(60),
+        }
+    }
+}
+
+static PROCESS_DEFAULT: RwLock<Option<RecoveryConfig>> = RwLock::new(None);
+
+/// Makes `config` what `TransportConfig::default()` uses from now on in this process
+/// (associations already created keep theirs).
+pub fn set_default_recovery(config: RecoveryConfig) {
+    let mut slot = PROCESS_DEFAULT
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *slot = Some(config);
+}
+
+/// What `TransportConfig::default()` uses: the process default if one was set.
+pub(crate) fn default_recovery() -> RecoveryConfig {
+    let slot = PROCESS_DEFAULT
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    slot.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_rfc_9260_as_upstream_has_it() {
+        let config = RecoveryConfig::default();
+        assert_eq!(config.rto_min, Duration::from_secs(1));
+        assert_eq!(config.rto_initial, Duration::from_secs(1));
+        assert_eq!(config.rto_max, Duration::from_secs(60));
+    }
+}
