@@ -20,6 +20,15 @@ pub struct RecoveryConfig {
     pub rto_min: Duration,
     /// Upper bound of the RTO, backoff included (RFC 9260 §16: 60 s).
     pub rto_max: Duration,
+    /// Time-based loss detection (RACK, RFC 8985): a chunk is lost once a chunk sent a
+    /// reordering window after it is acknowledged, however often it was sent before, so
+    /// every loss in a window is repaired without waiting for the retransmission timer.
+    /// Off: RFC 9260 §7.2.4 (three miss indications, each chunk fast-retransmitted once).
+    pub rack: bool,
+    /// A tail-loss probe (RFC 8985 §7): when nothing has been acknowledged for about two
+    /// round trips, one chunk is (re)sent so that losses at the end of a burst are found
+    /// by RACK instead of by the retransmission timer. Needs `rack`.
+    pub tail_loss_probe: bool,
 }
 
 impl Default for RecoveryConfig {
@@ -28,6 +37,8 @@ impl Default for RecoveryConfig {
             rto_initial: Duration::from_secs(1),
             rto_min: Duration::from_secs(1),
             rto_max: Duration::from_secs(60),
+            rack: false,
+            tail_loss_probe: false,
         }
     }
 }
@@ -61,5 +72,6 @@ mod tests {
         assert_eq!(config.rto_min, Duration::from_secs(1));
         assert_eq!(config.rto_initial, Duration::from_secs(1));
         assert_eq!(config.rto_max, Duration::from_secs(60));
+        assert!(!config.rack && !config.tail_loss_probe);
     }
 }

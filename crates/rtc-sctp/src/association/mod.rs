@@ -44,6 +44,8 @@ use crate::{AssociationEvent, Payload, Side};
 use shared::error::{Error, Result};
 use shared::{TransportContext, TransportMessage, TransportProtocol};
 use stream::{Stream, StreamEvent, StreamId, StreamState};
+use crate::RecoveryConfig;
+use rack::Rack;
 use timer::{ACK_INTERVAL, RtoManager, Timer, TimerTable};
 
 use crate::association::stream::RecvSendState;
@@ -58,6 +60,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+pub(crate) mod rack;
 pub(crate) mod state;
 pub(crate) mod stats;
 pub(crate) mod stream;
@@ -220,9 +223,13 @@ pub struct Association {
 
     pub(crate) rto_mgr: RtoManager,
     timers: TimerTable,
+    /// Loss recovery and congestion control settings (upstream's by default).
+    pub(crate) recovery: RecoveryConfig,
+    /// RACK loss detection and the tail-loss probe, when `recovery.rack` is on.
+    pub(crate) rack: Rack,
 
     // Congestion control parameters
-    max_receive_buffer_size: u32,
+    pub(crate) max_receive_buffer_size: u32,
     // my congestion window size
     pub(crate) cwnd: u32,
     // calculated peer's receiver windows size
@@ -314,6 +321,8 @@ impl Default for Association {
             fwd_tsn_stream_map: FxHashMap::default(),
 
             rto_mgr: RtoManager::default(),
+            recovery: RecoveryConfig::default(),
+            rack: Rack::default(),
             timers: TimerTable::default(),
 
             // Congestion control parameters
@@ -403,6 +412,7 @@ impl Association {
                 RtoManager::with_bounds(recovery.rto_initial, recovery.rto_min, recovery.rto_max)
             },
             timers: TimerTable::new(config.timer_config()),
+            recovery: config.recovery(),
 
             mtu,
             cwnd,
@@ -479,7 +489,11 @@ impl Association {
     /// - a call was made to `handle_timeout`
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next_timeout()
+        let timers = self.timers.next_timeout();
+        match self.rack.probe_at {
+            Some(probe) => Some(timers.map_or(probe, |t| t.min(probe))),
+            None => timers,
+        }
     }
 
     /// Returns packets to transmit
@@ -523,6 +537,9 @@ impl Association {
     /// `Instant` that was output by `poll_timeout`; however spurious extra calls will simply
     /// no-op and therefore are safe.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.rack.probe_at.is_some_and(|at| at <= now) {
+            self.on_probe_timeout(now);
+        }
         for &timer in &Timer::VALUES {
             let (expired, failure, n_rtos) = self.timers.is_expired(timer, now);
             if !expired {
@@ -1476,7 +1493,19 @@ impl Association {
             self.rwnd = d.advertised_receiver_window_credit - bytes_outstanding;
         }
 
-        self.process_fast_retransmission(d.cumulative_tsn_ack, htna, cum_tsn_ack_point_advanced)?;
+        if self.recovery.rack {
+            self.rack.probe_due = false;
+            self.rack_detect_losses();
+            if total_bytes_acked > 0 || cum_tsn_ack_point_advanced {
+                self.rack_arm_probe(now);
+            }
+        } else {
+            self.process_fast_retransmission(
+                d.cumulative_tsn_ack,
+                htna,
+                cum_tsn_ack_point_advanced,
+            )?;
+        }
 
         if self.use_forward_tsn {
             // RFC 3758 Sec 3.5 C1
@@ -1750,6 +1779,9 @@ impl Association {
             if let Some(mut c) = self.inflight_queue.pop(i) {
                 if c.acknowledge() {
                     newly_acked_data |= c.nsent > 0;
+                    if self.recovery.rack {
+                        self.rack_on_acked(c.last_sent, c.nsent, now);
+                    }
 
                     let n_bytes_acked = c.user_data.len() as i64;
                     total_bytes_acked += n_bytes_acked;
@@ -1813,6 +1845,13 @@ impl Association {
                     0
                 };
 
+                if self.recovery.rack
+                    && newly_acknowledged
+                    && let Some(c) = self.inflight_queue.get(tsn)
+                {
+                    let (last_sent, nsent) = (c.last_sent, c.nsent);
+                    self.rack_on_acked(last_sent, nsent, now);
+                }
                 if let Some(c) = self.inflight_queue.get(tsn) {
                     if newly_acknowledged {
                         newly_acked_data |= c.nsent > 0;
@@ -2264,6 +2303,10 @@ impl Association {
                 if self.state() == AssociationState::Closed {
                     return (vec![], false);
                 }
+                raw_packets = self.gather_rack_retransmissions(raw_packets, now);
+                if self.state() == AssociationState::Closed {
+                    return (vec![], false);
+                }
                 raw_packets = self.gather_outbound_data_and_reconfig_packets(raw_packets, now);
                 if self.state() == AssociationState::Closed {
                     return (vec![], false);
@@ -2280,6 +2323,10 @@ impl Association {
             | AssociationState::ShutdownSent
             | AssociationState::ShutdownReceived => {
                 raw_packets = self.gather_data_packets_to_retransmit(raw_packets, now);
+                if self.state() == AssociationState::Closed {
+                    return (vec![], false);
+                }
+                raw_packets = self.gather_rack_retransmissions(raw_packets, now);
                 if self.state() == AssociationState::Closed {
                     return (vec![], false);
                 }
@@ -2330,6 +2377,9 @@ impl Association {
             trace!("[{}] T3-rtx timer start (pt1)", self.side);
             self.timers
                 .start_if_idle(Timer::T3RTX, now, self.rto_mgr.get_rto());
+            if self.rack.probe_at.is_none() {
+                self.rack_arm_probe(now);
+            }
 
             self.bundle_data_chunks_into_packets(chunks, &mut raw_packets);
         }
@@ -2480,6 +2530,7 @@ impl Association {
             for chunk in &mut to_fast_retrans {
                 if let Some(c) = self.inflight_queue.get_mut(chunk.tsn) {
                     c.nsent += 1;
+                    c.last_sent = Some(now);
                     chunk.nsent = c.nsent;
                     self.stats.inc_fast_retrans();
                     trace!(
@@ -2657,8 +2708,13 @@ impl Association {
         for chunk in &mut chunks {
             if let Some(c) = self.inflight_queue.get_mut(chunk.tsn) {
                 c.retransmit = false;
+                c.lost = false;
                 c.nsent += 1;
+                c.last_sent = Some(now);
                 chunk.nsent = c.nsent;
+                if self.recovery.rack {
+                    self.rack.retransmitted.push(chunk.tsn);
+                }
                 trace!(
                     "[{}] retransmitting tsn={} ssn={} sent={}",
                     self.side, c.tsn, c.stream_sequence_number, c.nsent
@@ -2928,6 +2984,12 @@ impl Association {
             //      is 0), the data sender can always have one DATA chunk in flight to
             //      the receiver if allowed by cwnd (see rule B, below).
 
+            // Chunks RACK judged lost have left the network: they do not count (pipe).
+            let lost_bytes = if self.recovery.rack {
+                self.rack_lost_bytes()
+            } else {
+                0
+            };
             loop {
                 let Some(c) = self.pending_queue.peek() else {
                     if let Some(reset) = self.pending_queue.pop_ready_reset() {
@@ -2966,8 +3028,13 @@ impl Association {
                     continue;
                 }
 
-                if self.inflight_queue.get_num_bytes() + data_len > self.cwnd as usize {
-                    break; // would exceeds cwnd
+                let pipe = self.inflight_queue.get_num_bytes() - lost_bytes;
+                if pipe + data_len > self.cwnd as usize {
+                    if !self.rack.probe_due {
+                        break; // would exceeds cwnd
+                    }
+                    // A tail-loss probe may send one chunk past cwnd.
+                    self.rack.probe_due = false;
                 }
 
                 if data_len > self.rwnd as usize {
@@ -3197,6 +3264,7 @@ impl Association {
 
             // RTT baseline only; maxPacketLifeTime measures from `created_at`.
             c.since = Some(now);
+            c.last_sent = Some(now);
             c.nsent = 1; // being sent for the first time
 
             trace!(
@@ -3376,6 +3444,13 @@ impl Association {
                     self.side, n_rtos, self.cwnd, self.ssthresh
                 );
 
+                // T3-rtx resends everything outstanding; RACK's pending judgments go.
+                for tsn in std::mem::take(&mut self.rack.lost) {
+                    if let Some(c) = self.inflight_queue.get_mut(tsn) {
+                        c.lost = false;
+                    }
+                }
+                self.rack.on_timeout();
                 self.inflight_queue.mark_all_to_retrasmit();
                 self.t3_retransmit_pending = true;
                 self.awake_write_loop();

@@ -176,6 +176,11 @@ pub struct ChunkPayloadData {
     /// Retransmission flag set when T1-RTX timeout occurred and this
     /// chunk is still in the inflight queue
     pub(crate) retransmit: bool,
+
+    /// When this chunk was last (re)transmitted; RACK's clock (`since` is the first).
+    pub(crate) last_sent: Option<Instant>,
+    /// Judged lost by RACK and waiting to be sent again.
+    pub(crate) lost: bool,
 }
 
 impl Default for ChunkPayloadData {
@@ -200,6 +205,8 @@ impl Default for ChunkPayloadData {
             nsent: 0,
             abandoned: false,
             retransmit: false,
+            last_sent: None,
+            lost: false,
         }
     }
 }
@@ -285,6 +292,8 @@ impl Chunk for ChunkPayloadData {
             nsent: 0,
             abandoned: false,
             retransmit: false,
+            last_sent: None,
+            lost: false,
         })
     }
 
@@ -333,11 +342,13 @@ impl ChunkPayloadData {
         let newly_acknowledged = !self.acknowledged;
         self.acknowledged = true;
         self.retransmit = false;
+        self.lost = false;
         newly_acknowledged
     }
 
     pub(crate) fn mark_abandoned(&mut self) {
         self.abandoned = true;
         self.retransmit = false;
+        self.lost = false;
     }
 }

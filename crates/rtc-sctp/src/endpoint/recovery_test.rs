@@ -1,0 +1,109 @@
+//! Loss recovery and congestion control, end to end through the simulated link of
+//! `sim_test`: each rule is shown by the packets it saves or sends, beside upstream's
+//! behaviour on the same path.
+
+use super::sim_test::{
+    DropRule, Link, Outcome, clean, drop_data, drop_with_retransmissions, random_loss, transfer,
+};
+use crate::{RecoveryConfig, TransportConfig};
+use std::time::Duration;
+
+const MIB: usize = 1024 * 1024;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn upstream() -> RecoveryConfig {
+    RecoveryConfig::default()
+}
+
+fn rack() -> RecoveryConfig {
+    RecoveryConfig {
+        rto_min: ms(200),
+        rack: true,
+        tail_loss_probe: true,
+        ..RecoveryConfig::default()
+    }
+}
+
+/// `bytes` over a 40 ms, 50 Mbit/s path whose forward direction drops by `drop`.
+fn run(recovery: RecoveryConfig, bytes: usize, drop: DropRule) -> Outcome {
+    run_on(recovery, bytes, Link::new(ms(20), Some(50), drop))
+}
+
+fn run_on(recovery: RecoveryConfig, bytes: usize, forward: Link) -> Outcome {
+    let config = TransportConfig::default()
+        .with_max_receive_buffer_size(4 * MIB as u32)
+        .with_recovery(recovery);
+    transfer(
+        config,
+        forward,
+        Link::new(ms(20), None, clean()),
+        bytes,
+        64 * 1024,
+        MIB,
+        None,
+        Duration::from_secs(120),
+    )
+}
+
+#[test]
+fn a_clean_path_needs_no_retransmission_either_way() {
+    for recovery in [upstream(), rack()] {
+        let out = run_on(recovery, MIB, Link::new(ms(20), None, clean()));
+        assert_eq!((out.t3_timeouts, out.fast_retransmissions), (0, 0), "{out:?}");
+    }
+}
+
+#[test]
+fn one_lost_packet_is_repaired_without_the_timer() {
+    for recovery in [upstream(), rack()] {
+        let out = run(recovery, MIB, drop_data(&[100]));
+        assert_eq!(out.t3_timeouts, 0, "{recovery:?}: {out:?}");
+        assert_eq!(out.fast_retransmissions, 1, "{recovery:?}: {out:?}");
+    }
+}
+
+#[test]
+fn a_lost_retransmission_is_repaired_again_without_the_timer() {
+    // Upstream fast-retransmits a chunk once; the second loss waits for T3-rtx.
+    let old = run(upstream(), MIB, drop_with_retransmissions(100, 1));
+    assert!(old.t3_timeouts >= 1, "{old:?}");
+    let new = run(rack(), MIB, drop_with_retransmissions(100, 2));
+    assert_eq!(new.t3_timeouts, 0, "{new:?}");
+    assert!(new.fast_retransmissions >= 3, "{new:?}");
+    assert!(new.elapsed < old.elapsed, "{new:?} vs {old:?}");
+}
+
+#[test]
+fn a_lost_tail_is_found_by_the_probe_not_the_timer() {
+    // 64 KiB is one window: its last DATA packet has no successor to reveal its loss.
+    let bytes: usize = 64 * 1024;
+    // 1,160 bytes of DATA per packet at the default MTU.
+    let last = bytes.div_ceil(1160) - 1;
+    let drop_last = move || -> DropRule { Box::new(move |n, _, before| n == last && before == 0) };
+    let old = run(upstream(), bytes, drop_last());
+    assert!(old.t3_timeouts >= 1, "{old:?}");
+    let new = run(rack(), bytes, drop_last());
+    assert_eq!(new.t3_timeouts, 0, "{new:?}");
+    assert!(new.elapsed < ms(400), "{new:?}");
+    assert!(new.elapsed + ms(500) < old.elapsed, "{new:?} vs {old:?}");
+}
+
+#[test]
+fn reordering_within_the_window_is_not_taken_for_loss() {
+    // Packet 200 arrives 3 ms late (the RACK window on a 40 ms path is 10 ms).
+    let forward = Link::new(ms(20), None, clean()).reordering(200, ms(3));
+    let out = run_on(rack(), 2 * MIB, forward);
+    assert_eq!((out.t3_timeouts, out.fast_retransmissions), (0, 0), "{out:?}");
+}
+
+#[test]
+fn random_loss_is_repaired_without_timeouts() {
+    let old = run(upstream(), 4 * MIB, random_loss(1.0, 7));
+    let new = run(rack(), 4 * MIB, random_loss(1.0, 7));
+    assert!(new.t3_timeouts <= 1, "{new:?}");
+    assert!(new.elapsed < old.elapsed, "{new:?} vs {old:?}");
+    println!("1% loss, 4 MiB: upstream {old:?}\nrack {new:?}");
+}
