@@ -29,6 +29,9 @@ pub struct RecoveryConfig {
     /// round trips, one chunk is (re)sent so that losses at the end of a burst are found
     /// by RACK instead of by the retransmission timer. Needs `rack`.
     pub tail_loss_probe: bool,
+    /// Send a SACK as soon as the application's reads reopen at least this fraction (in
+    /// per cent) of the receive window, instead of waiting for the next DATA. 0: off.
+    pub window_update_percent: u8,
 }
 
 impl Default for RecoveryConfig {
@@ -39,6 +42,7 @@ impl Default for RecoveryConfig {
             rto_max: Duration::from_secs(60),
             rack: false,
             tail_loss_probe: false,
+            window_update_percent: 0,
         }
     }
 }
@@ -73,5 +77,6 @@ mod tests {
         assert_eq!(config.rto_initial, Duration::from_secs(1));
         assert_eq!(config.rto_max, Duration::from_secs(60));
         assert!(!config.rack && !config.tail_loss_probe);
+        assert_eq!(config.window_update_percent, 0);
     }
 }

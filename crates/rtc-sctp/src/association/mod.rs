@@ -227,6 +227,8 @@ pub struct Association {
     pub(crate) recovery: RecoveryConfig,
     /// RACK loss detection and the tail-loss probe, when `recovery.rack` is on.
     pub(crate) rack: Rack,
+    /// The receive window this side last advertised in a SACK.
+    advertised_rwnd: u32,
 
     // Congestion control parameters
     pub(crate) max_receive_buffer_size: u32,
@@ -323,6 +325,7 @@ impl Default for Association {
             rto_mgr: RtoManager::default(),
             recovery: RecoveryConfig::default(),
             rack: Rack::default(),
+            advertised_rwnd: 0,
             timers: TimerTable::default(),
 
             // Congestion control parameters
@@ -2271,6 +2274,24 @@ impl Association {
             .any(|s| s.reassembly_queue.is_readable())
     }
 
+    /// After the application read: a SACK now if the window it reopened is worth telling
+    /// the peer about (RFC 9260 §6.2 allows a SACK at any time; a sender that saw a
+    /// closed window otherwise learns of the room only from its next SACK, which may be
+    /// a zero-window probe's, a T3-rtx later).
+    pub(crate) fn on_application_read(&mut self) {
+        let percent = u32::from(self.recovery.window_update_percent);
+        if percent == 0 || self.state() != AssociationState::Established {
+            return;
+        }
+        let threshold = (self.max_receive_buffer_size / 100).saturating_mul(percent);
+        let credit = self.get_my_receiver_window_credit();
+        if credit.saturating_sub(self.advertised_rwnd) >= threshold.max(1) {
+            self.ack_state = AckState::Immediate;
+            self.timers.stop(Timer::Ack);
+            self.awake_write_loop();
+        }
+    }
+
     pub(crate) fn get_my_receiver_window_credit(&self) -> u32 {
         let mut bytes_queued = 0;
         for s in self.streams.values() {
@@ -3176,9 +3197,10 @@ impl Association {
     }
 
     fn create_selective_ack_chunk(&mut self) -> ChunkSelectiveAck {
+        self.advertised_rwnd = self.get_my_receiver_window_credit();
         ChunkSelectiveAck {
             cumulative_tsn_ack: self.peer_last_tsn,
-            advertised_receiver_window_credit: self.get_my_receiver_window_credit(),
+            advertised_receiver_window_credit: self.advertised_rwnd,
             gap_ack_blocks: self.payload_queue.get_gap_ack_blocks(self.peer_last_tsn),
             duplicate_tsn: self.payload_queue.pop_duplicates(),
         }

@@ -107,3 +107,32 @@ fn random_loss_is_repaired_without_timeouts() {
     assert!(new.elapsed < old.elapsed, "{new:?} vs {old:?}");
     println!("1% loss, 4 MiB: upstream {old:?}\nrack {new:?}");
 }
+
+#[test]
+fn a_window_reopened_by_the_application_is_announced_at_once() {
+    // A 128 KiB window, a reader that drains it every 30 ms, and no other traffic that
+    // would carry a SACK: upstream's sender learns of the room late.
+    let run_with = |window_update_percent| {
+        let config = TransportConfig::default()
+            .with_max_receive_buffer_size(128 * 1024)
+            .with_recovery(RecoveryConfig {
+                window_update_percent,
+                ..rack()
+            });
+        transfer(
+            config,
+            Link::new(ms(5), None, clean()),
+            Link::new(ms(5), None, clean()),
+            4 * MIB,
+            16 * 1024,
+            MIB,
+            Some(ms(30)),
+            Duration::from_secs(120),
+        )
+    };
+    let old = run_with(0);
+    let new = run_with(25);
+    assert!(new.receiver_peak_unread <= 128 * 1024 + 16 * 1024, "{new:?}");
+    assert!(new.elapsed * 3 < old.elapsed * 2, "{new:?} vs {old:?}");
+    println!("slow reader: without {old:?}\nwith {new:?}");
+}
