@@ -80,7 +80,7 @@ pub use crate::endpoint::{AssociationHandle, ConnectError, DatagramEvent, Endpoi
 
 mod packet;
 mod recovery;
-pub use crate::recovery::{RecoveryConfig, set_default_recovery};
+pub use crate::recovery::{CongestionControl, RecoveryConfig, set_default_recovery};
 
 mod shared;
 pub use crate::shared::{AssociationEvent, AssociationId, EndpointEvent};

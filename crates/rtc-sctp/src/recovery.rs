@@ -10,6 +10,19 @@
 use std::sync::RwLock;
 use std::time::Duration;
 
+/// Which congestion controller grows and shrinks the sending window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CongestionControl {
+    /// RFC 9260 §7.2: slow start, then one MTU per window (Reno); the window halves on
+    /// loss and collapses to one MTU on a retransmission timeout.
+    #[default]
+    Reno,
+    /// A delivery-rate model in the style of BBR: the window follows the measured
+    /// bottleneck bandwidth times the minimum RTT, sending is paced at that rate, and
+    /// random loss alone does not shrink it.
+    Bbr,
+}
+
 /// Loss recovery and congestion control settings of an association.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecoveryConfig {
@@ -32,6 +45,8 @@ pub struct RecoveryConfig {
     /// Send a SACK as soon as the application's reads reopen at least this fraction (in
     /// per cent) of the receive window, instead of waiting for the next DATA. 0: off.
     pub window_update_percent: u8,
+    /// The congestion controller.
+    pub congestion_control: CongestionControl,
 }
 
 impl Default for RecoveryConfig {
@@ -43,6 +58,7 @@ impl Default for RecoveryConfig {
             rack: false,
             tail_loss_probe: false,
             window_update_percent: 0,
+            congestion_control: CongestionControl::Reno,
         }
     }
 }
@@ -78,5 +94,6 @@ mod tests {
         assert_eq!(config.rto_max, Duration::from_secs(60));
         assert!(!config.rack && !config.tail_loss_probe);
         assert_eq!(config.window_update_percent, 0);
+        assert_eq!(config.congestion_control, CongestionControl::Reno);
     }
 }

@@ -44,7 +44,8 @@ use crate::{AssociationEvent, Payload, Side};
 use shared::error::{Error, Result};
 use shared::{TransportContext, TransportMessage, TransportProtocol};
 use stream::{Stream, StreamEvent, StreamId, StreamState};
-use crate::RecoveryConfig;
+use crate::{CongestionControl, RecoveryConfig};
+use bbr::{Bbr, Delivery, Pacer};
 use rack::Rack;
 use timer::{ACK_INTERVAL, RtoManager, Timer, TimerTable};
 
@@ -60,6 +61,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+pub(crate) mod bbr;
 pub(crate) mod rack;
 pub(crate) mod state;
 pub(crate) mod stats;
@@ -229,6 +231,10 @@ pub struct Association {
     pub(crate) rack: Rack,
     /// The receive window this side last advertised in a SACK.
     advertised_rwnd: u32,
+    /// The BBR-style controller, its rate sampler and pacer, when configured.
+    pub(crate) bbr: Option<Bbr>,
+    pub(crate) delivery: Delivery,
+    pub(crate) pacer: Pacer,
 
     // Congestion control parameters
     pub(crate) max_receive_buffer_size: u32,
@@ -326,6 +332,9 @@ impl Default for Association {
             recovery: RecoveryConfig::default(),
             rack: Rack::default(),
             advertised_rwnd: 0,
+            bbr: None,
+            delivery: Delivery::default(),
+            pacer: Pacer::default(),
             timers: TimerTable::default(),
 
             // Congestion control parameters
@@ -416,6 +425,8 @@ impl Association {
             },
             timers: TimerTable::new(config.timer_config()),
             recovery: config.recovery(),
+            bbr: (config.recovery().congestion_control == CongestionControl::Bbr)
+                .then(|| Bbr::new(mtu, cwnd)),
 
             mtu,
             cwnd,
@@ -492,11 +503,14 @@ impl Association {
     /// - a call was made to `handle_timeout`
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let timers = self.timers.next_timeout();
-        match self.rack.probe_at {
-            Some(probe) => Some(timers.map_or(probe, |t| t.min(probe))),
-            None => timers,
-        }
+        [
+            self.timers.next_timeout(),
+            self.rack.probe_at,
+            self.pacer.wake_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Returns packets to transmit
@@ -1496,6 +1510,14 @@ impl Association {
             self.rwnd = d.advertised_receiver_window_credit - bytes_outstanding;
         }
 
+        if let Some(bbr) = &mut self.bbr
+            && let Some(sample) = self.delivery.take_sample()
+        {
+            let inflight = self.inflight_queue.get_num_bytes() as u64;
+            bbr.on_ack(sample, self.delivery.delivered, inflight, now);
+            self.cwnd = bbr.cwnd();
+        }
+
         if self.recovery.rack {
             self.rack.probe_due = false;
             self.rack_detect_losses();
@@ -1785,6 +1807,10 @@ impl Association {
                     if self.recovery.rack {
                         self.rack_on_acked(c.last_sent, c.nsent, now);
                     }
+                    if self.bbr.is_some() {
+                        self.delivery
+                            .on_acked(&c, c.user_data.len() as u64, now);
+                    }
 
                     let n_bytes_acked = c.user_data.len() as i64;
                     total_bytes_acked += n_bytes_acked;
@@ -1856,6 +1882,9 @@ impl Association {
                     self.rack_on_acked(last_sent, nsent, now);
                 }
                 if let Some(c) = self.inflight_queue.get(tsn) {
+                    if newly_acknowledged && self.bbr.is_some() {
+                        self.delivery.on_acked(c, n_bytes_acked as u64, now);
+                    }
                     if newly_acknowledged {
                         newly_acked_data |= c.nsent > 0;
                         total_bytes_acked += n_bytes_acked;
@@ -1929,7 +1958,10 @@ impl Association {
                 .start_if_idle(Timer::T3RTX, now, self.rto_mgr.get_rto());
         }
 
-        // Update congestion control parameters
+        // Update congestion control parameters (BBR sets cwnd from its model instead)
+        if self.bbr.is_some() {
+            return;
+        }
         if self.cwnd <= self.ssthresh {
             // RFC 4096, sec 7.2.1.  Slow-Start
             //   o  When cwnd is less than or equal to ssthresh, an SCTP endpoint MUST
@@ -2305,6 +2337,8 @@ impl Association {
     /// false means the association should be closed down after the final send.
     fn gather_outbound(&mut self, now: Instant) -> (Vec<Bytes>, bool) {
         let mut raw_packets = vec![];
+        // Set again below if pacing holds data back.
+        self.pacer.blocked = false;
 
         if !self.control_queue.is_empty() {
             for p in self.control_queue.drain(..) {
@@ -2732,6 +2766,9 @@ impl Association {
                 c.lost = false;
                 c.nsent += 1;
                 c.last_sent = Some(now);
+                if self.bbr.is_some() {
+                    self.delivery.on_send(c, false, now);
+                }
                 chunk.nsent = c.nsent;
                 if self.recovery.rack {
                     self.rack.retransmitted.push(chunk.tsn);
@@ -3049,6 +3086,10 @@ impl Association {
                     continue;
                 }
 
+                let pacing_rate = self.bbr.as_ref().and_then(Bbr::pacing_rate);
+                if pacing_rate.is_some() && !self.pacer.may_send(now) {
+                    break; // paced: poll_timeout says when to go on
+                }
                 let pipe = self.inflight_queue.get_num_bytes() - lost_bytes;
                 if pipe + data_len > self.cwnd as usize {
                     if !self.rack.probe_due {
@@ -3068,12 +3109,24 @@ impl Association {
                     now,
                 ) {
                     self.rwnd -= data_len as u32;
+                    if let Some(rate) = pacing_rate {
+                        self.pacer.on_sent(data_len + DATA_CHUNK_HEADER_SIZE as usize, rate, now);
+                    }
                     chunks.push(chunk);
                 } else {
                     self.fail_message_queue(Error::OtherSctpErr(
                         "failed to pop pending DATA".into(),
                     ));
                     return (vec![], vec![]);
+                }
+            }
+
+            // Out of data with room in the window: rate samples now measure the
+            // application, which must not lower the path's estimate.
+            if self.bbr.is_some() && self.pending_queue.is_empty() {
+                let inflight = self.inflight_queue.get_num_bytes() as u64;
+                if inflight < u64::from(self.cwnd) {
+                    self.delivery.on_app_limited(inflight);
                 }
             }
 
@@ -3288,6 +3341,10 @@ impl Association {
             c.since = Some(now);
             c.last_sent = Some(now);
             c.nsent = 1; // being sent for the first time
+            if self.bbr.is_some() {
+                let empty = self.inflight_queue.get_num_bytes() == 0;
+                self.delivery.on_send(&mut c, empty, now);
+            }
 
             trace!(
                 "[{}] sending ppi={} tsn={} ssn={} sent={} len={} ({},{})",

@@ -204,6 +204,10 @@ impl Association {
             if pipe + len > self.cwnd as usize && !self.rack.probe_due {
                 break;
             }
+            let pacing_rate = self.bbr.as_ref().and_then(super::bbr::Bbr::pacing_rate);
+            if pacing_rate.is_some() && !self.pacer.may_send(now) {
+                break;
+            }
             match self.abandon_retransmit_candidate(tsn, now) {
                 Ok(true) => {
                     self.rack.lost.pop_front();
@@ -217,11 +221,18 @@ impl Association {
             }
             self.rack.probe_due = false;
             self.rack.lost.pop_front();
+            let empty = pipe == 0;
             if let Some(c) = self.inflight_queue.get_mut(tsn) {
                 c.lost = false;
                 c.retransmit = false;
                 c.nsent += 1;
                 c.last_sent = Some(now);
+                if self.bbr.is_some() {
+                    self.delivery.on_send(c, empty, now);
+                }
+                if let Some(rate) = pacing_rate {
+                    self.pacer.on_sent(len + DATA_CHUNK_HEADER_SIZE as usize, rate, now);
+                }
                 self.stats.inc_fast_retrans();
                 chunks.push(c.clone());
                 self.rack.retransmitted.push(tsn);
@@ -281,6 +292,10 @@ impl Association {
 
     /// The congestion controller's response to loss found by RACK, once per window.
     pub(crate) fn on_congestion_event(&mut self) {
+        // BBR's window follows its bandwidth model, not loss.
+        if self.bbr.is_some() {
+            return;
+        }
         self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
         self.cwnd = self.ssthresh;
         self.partial_bytes_acked = 0;

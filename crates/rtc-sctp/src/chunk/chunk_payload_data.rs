@@ -181,6 +181,11 @@ pub struct ChunkPayloadData {
     pub(crate) last_sent: Option<Instant>,
     /// Judged lost by RACK and waiting to be sent again.
     pub(crate) lost: bool,
+    /// The delivery-rate sampler's state when this chunk was last sent (BBR).
+    pub(crate) delivered_at_send: u64,
+    pub(crate) delivered_time_at_send: Option<Instant>,
+    pub(crate) first_sent_at_send: Option<Instant>,
+    pub(crate) app_limited_at_send: bool,
 }
 
 impl Default for ChunkPayloadData {
@@ -207,6 +212,10 @@ impl Default for ChunkPayloadData {
             retransmit: false,
             last_sent: None,
             lost: false,
+            delivered_at_send: 0,
+            delivered_time_at_send: None,
+            first_sent_at_send: None,
+            app_limited_at_send: false,
         }
     }
 }
@@ -294,6 +303,10 @@ impl Chunk for ChunkPayloadData {
             retransmit: false,
             last_sent: None,
             lost: false,
+            delivered_at_send: 0,
+            delivered_time_at_send: None,
+            first_sent_at_send: None,
+            app_limited_at_send: false,
         })
     }
 
