@@ -121,23 +121,33 @@ impl Bbr {
         if self.mode == Mode::ProbeRtt {
             return floor;
         }
-        match self.bdp() {
+        let target = match self.bdp() {
             Some(bdp) => ((self.cwnd_gain * bdp) as u64 + 3 * u64::from(self.mtu))
                 .min(u64::from(u32::MAX)) as u32,
             None => self.initial_cwnd,
-        }
-        .max(floor)
+        };
+        // Until the pipe is known to be full, a model built from a trickle of
+        // application-limited samples must not hold the window below where it started.
+        let start = if self.filled_pipe { 0 } else { self.initial_cwnd };
+        target.max(start).max(floor)
     }
 
     /// Bytes per second to pace at; None before the first RTT sample (send the initial
     /// window at once, as the RFC 9260 sender does).
     pub(crate) fn pacing_rate(&self) -> Option<f64> {
+        let initial = self
+            .min_rtt
+            .map(|rtt| HIGH_GAIN * f64::from(self.initial_cwnd) / rtt.as_secs_f64().max(1e-4));
         let bw = self.bandwidth();
-        if bw > 0.0 {
-            return Some(self.pacing_gain * bw);
+        let model = (bw > 0.0).then(|| self.pacing_gain * bw);
+        // As in BBR, the rate does not fall below the initial window's until the pipe has
+        // been filled: a connection that has only sent small messages has measured the
+        // application, and its first burst must not crawl at that rate.
+        match (model, initial) {
+            (Some(model), Some(initial)) if !self.filled_pipe => Some(model.max(initial)),
+            (Some(model), _) => Some(model),
+            (None, initial) => initial,
         }
-        self.min_rtt
-            .map(|rtt| HIGH_GAIN * f64::from(self.initial_cwnd) / rtt.as_secs_f64().max(1e-4))
     }
 
     /// Takes one SACK's rate sample. `delivered` is the connection's total so far and
@@ -535,6 +545,29 @@ mod tests {
             burst += 1;
         }
         assert_eq!(burst, 6);
+    }
+
+    #[test]
+    fn a_trickle_of_small_messages_does_not_pace_the_first_burst_at_its_rate() {
+        // Control messages of 100 bytes a round trip: the model measures 2.5 kB/s, all of
+        // it application-limited.
+        let mut bbr = Bbr::new(MTU, 4 * MTU);
+        let start = Instant::now();
+        let rtt = Duration::from_millis(40);
+        for i in 0..10u64 {
+            let sample = RateSample {
+                delivered: 100,
+                interval: rtt,
+                prior_delivered: i * 100,
+                rtt: Some(rtt),
+                app_limited: true,
+            };
+            bbr.on_ack(sample, (i + 1) * 100, 0, start + rtt * (i as u32 + 1));
+        }
+        assert!(bbr.bandwidth() < 3000.0);
+        let initial = HIGH_GAIN * f64::from(4 * MTU) / 0.04;
+        assert!(bbr.pacing_rate().unwrap() >= initial);
+        assert!(bbr.cwnd() >= 4 * MTU);
     }
 
     #[test]
