@@ -47,6 +47,10 @@ pub struct RecoveryConfig {
     pub window_update_percent: u8,
     /// The congestion controller.
     pub congestion_control: CongestionControl,
+    /// With [`CongestionControl::Bbr`]: paths whose minimum RTT is below this keep Reno
+    /// (with RACK). On loopback and LANs loss recovers within a millisecond anyway, while
+    /// pacing at gigabit rates and a window of two tiny BDPs cost CPU and throughput.
+    pub bbr_min_rtt: Duration,
 }
 
 impl Default for RecoveryConfig {
@@ -59,6 +63,7 @@ impl Default for RecoveryConfig {
             tail_loss_probe: false,
             window_update_percent: 0,
             congestion_control: CongestionControl::Reno,
+            bbr_min_rtt: Duration::from_millis(5),
         }
     }
 }

@@ -1515,7 +1515,9 @@ impl Association {
         {
             let inflight = self.inflight_queue.get_num_bytes() as u64;
             bbr.on_ack(sample, self.delivery.delivered, inflight, now);
-            self.cwnd = bbr.cwnd();
+            if self.bbr_in_charge() {
+                self.cwnd = self.bbr.as_ref().map_or(self.cwnd, Bbr::cwnd);
+            }
         }
 
         if self.recovery.rack {
@@ -1959,7 +1961,7 @@ impl Association {
         }
 
         // Update congestion control parameters (BBR sets cwnd from its model instead)
-        if self.bbr.is_some() {
+        if self.bbr_in_charge() {
             return;
         }
         if self.cwnd <= self.ssthresh {
@@ -2304,6 +2306,15 @@ impl Association {
         self.streams
             .values()
             .any(|s| s.reassembly_queue.is_readable())
+    }
+
+    /// Whether BBR sets the window and paces: configured, and the path's minimum RTT is
+    /// known and at least `bbr_min_rtt` (Reno with RACK otherwise).
+    pub(crate) fn bbr_in_charge(&self) -> bool {
+        self.bbr.as_ref().is_some_and(|bbr| {
+            bbr.min_rtt()
+                .is_some_and(|rtt| rtt >= self.recovery.bbr_min_rtt)
+        })
     }
 
     /// After the application read: a SACK now if the window it reopened is worth telling
@@ -3086,7 +3097,11 @@ impl Association {
                     continue;
                 }
 
-                let pacing_rate = self.bbr.as_ref().and_then(Bbr::pacing_rate);
+                let pacing_rate = self
+                    .bbr
+                    .as_ref()
+                    .filter(|_| self.bbr_in_charge())
+                    .and_then(Bbr::pacing_rate);
                 if pacing_rate.is_some() && !self.pacer.may_send(now) {
                     break; // paced: poll_timeout says when to go on
                 }

@@ -204,7 +204,11 @@ impl Association {
             if pipe + len > self.cwnd as usize && !self.rack.probe_due {
                 break;
             }
-            let pacing_rate = self.bbr.as_ref().and_then(super::bbr::Bbr::pacing_rate);
+            let pacing_rate = self
+                .bbr
+                .as_ref()
+                .filter(|_| self.bbr_in_charge())
+                .and_then(super::bbr::Bbr::pacing_rate);
             if pacing_rate.is_some() && !self.pacer.may_send(now) {
                 break;
             }
@@ -293,7 +297,7 @@ impl Association {
     /// The congestion controller's response to loss found by RACK, once per window.
     pub(crate) fn on_congestion_event(&mut self) {
         // BBR's window follows its bandwidth model, not loss.
-        if self.bbr.is_some() {
+        if self.bbr_in_charge() {
             return;
         }
         self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);

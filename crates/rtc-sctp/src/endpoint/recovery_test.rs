@@ -33,13 +33,17 @@ fn run(recovery: RecoveryConfig, bytes: usize, drop: DropRule) -> Outcome {
 }
 
 fn run_on(recovery: RecoveryConfig, bytes: usize, forward: Link) -> Outcome {
+    run_both(recovery, bytes, forward, Link::new(ms(20), None, clean()))
+}
+
+fn run_both(recovery: RecoveryConfig, bytes: usize, forward: Link, reverse: Link) -> Outcome {
     let config = TransportConfig::default()
         .with_max_receive_buffer_size(4 * MIB as u32)
         .with_recovery(recovery);
     transfer(
         config,
         forward,
-        Link::new(ms(20), None, clean()),
+        reverse,
         bytes,
         64 * 1024,
         MIB,
@@ -147,6 +151,19 @@ fn bbr() -> RecoveryConfig {
 
 fn mbit(bytes: usize, out: &Outcome) -> f64 {
     bytes as f64 * 8.0 / out.elapsed.as_secs_f64() / 1e6
+}
+
+#[test]
+fn below_the_configured_rtt_bbr_leaves_the_window_to_reno() {
+    // A 1 ms path: BBR measures but neither paces nor sets the window; at 40 ms it does.
+    let on = |one_way| {
+        let forward = Link::new(one_way, Some(50), drop_data(&[300]));
+        run_both(bbr(), 4 * MIB, forward, Link::new(one_way, None, clean()))
+    };
+    let lan = on(Duration::from_micros(500));
+    assert!(!lan.bbr_in_charge, "{lan:?}");
+    let wan = on(ms(20));
+    assert!(wan.bbr_in_charge, "{wan:?}");
 }
 
 #[test]

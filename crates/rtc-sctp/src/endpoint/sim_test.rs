@@ -187,6 +187,8 @@ pub(crate) struct Outcome {
     pub(crate) queue_drops: usize,
     /// The most bytes the receiver held that the application had not read.
     pub(crate) receiver_peak_unread: u32,
+    /// Whether BBR was setting the sender's window and pacing at the end.
+    pub(crate) bbr_in_charge: bool,
 }
 
 /// Sends `total` bytes from client to server in `message`-byte messages over `forward`
@@ -296,7 +298,9 @@ pub(crate) fn transfer(
     let elapsed = finished.unwrap_or_else(|| {
         panic!("unfinished: {read} of {total} bytes in {limit:?}")
     });
-    let mut stats = client.association.as_ref().expect("client").stats();
+    let sender = client.association.as_ref().expect("client");
+    let bbr_in_charge = sender.bbr_in_charge();
+    let mut stats = sender.stats();
     Outcome {
         elapsed,
         t3_timeouts: stats.get_num_t3timeouts(),
@@ -304,6 +308,7 @@ pub(crate) fn transfer(
         dropped: forward.dropped,
         queue_drops: forward.queue_drops,
         receiver_peak_unread: peak_unread,
+        bbr_in_charge,
     }
 }
 
