@@ -158,6 +158,24 @@ impl Daemon {
         (Daemon { child, socket }, url)
     }
 
+    /// CPU seconds (user and system) the daemon has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // The fields after the parenthesised name; utime and stime are the 14th and 15th.
+        let after = stat.rsplit(')').next().unwrap_or_default();
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (ticks(11) + ticks(12)) / hz
+    }
+
     fn peak_rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -305,6 +323,64 @@ fn throughput(dir: &Path) {
         pair.a.peak_rss_mib(),
         pair.b.peak_rss_mib()
     );
+    let _ = std::fs::remove_file(&source);
+}
+
+/// The SCTP p2pd carries against rtc-sctp 0.21.1 as released, alternating on loopback:
+/// throughput and CPU seconds per GiB of both daemons, same run. P2PD_BENCH_TRANSPORT
+/// names the `--sctp-recovery` steps to compare (default `upstream,bbr`); ratios are to
+/// the first.
+fn transport(dir: &Path) {
+    let mib = env_or("P2PD_BENCH_MIB", 1024);
+    let runs = env_or("P2PD_BENCH_RUNS", 3);
+    let steps: Vec<String> = std::env::var("P2PD_BENCH_TRANSPORT")
+        .unwrap_or_else(|_| "upstream,bbr".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let bytes = (mib * 1024 * 1024) as u64;
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    let source = dir.join("transport.bin");
+    make_file(&source, mib);
+    let pairs: Vec<(String, Pair)> = steps
+        .iter()
+        .map(|step| {
+            let flags = ["--sctp-recovery", step.as_str()];
+            let tag = format!("transport-{step}");
+            let (a, url) = Daemon::start_with(dir, &format!("{tag}-a"), None, &flags);
+            let (b, _) = Daemon::start_with(dir, &format!("{tag}-b"), url.as_deref(), &flags);
+            let received = dir.join(format!("{tag}-b-dl"));
+            (step.clone(), Pair { a, b, received })
+        })
+        .collect();
+    let mut rates = vec![Vec::new(); pairs.len()];
+    let mut cpu = vec![Vec::new(); pairs.len()];
+    for run in 0..runs {
+        for (i, (step, pair)) in pairs.iter().enumerate() {
+            let before = pair.a.cpu_seconds() + pair.b.cpu_seconds();
+            let elapsed = p2pd_transfer(&pair.a, &pair.b, std::slice::from_ref(&source));
+            let used = pair.a.cpu_seconds() + pair.b.cpu_seconds() - before;
+            clear(&pair.received);
+            rates[i].push(mbit(bytes, elapsed));
+            cpu[i].push(used / gib);
+            println!(
+                "run {}: {step} {:.0} Mbit/s, {:.2} CPU s/GiB (both daemons)",
+                run + 1,
+                rates[i][run],
+                cpu[i][run]
+            );
+        }
+    }
+    println!("transport: {mib} MiB over loopback, median of {runs}");
+    let (base_rate, base_cpu) = (median(rates[0].clone()), median(cpu[0].clone()));
+    for (i, (step, _)) in pairs.iter().enumerate() {
+        let (rate, used) = (median(rates[i].clone()), median(cpu[i].clone()));
+        println!(
+            "  {step:<9} {rate:>8.0} Mbit/s {used:>6.2} CPU s/GiB   rate {:.3} ×, CPU {:.3} ×",
+            rate / base_rate,
+            used / base_cpu
+        );
+    }
     let _ = std::fs::remove_file(&source);
 }
 
@@ -527,7 +603,7 @@ fn concurrent(dir: &Path) {
 
 fn main() {
     // `cargo bench --bench e2e -- small concurrent` runs those sections; no name runs all
-    // (throughput, small, concurrent, buffers, memory).
+    // (throughput, small, concurrent, buffers, memory, transport).
     let chosen: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -549,5 +625,8 @@ fn main() {
     }
     if wanted("memory") {
         memory(dir.path());
+    }
+    if wanted("transport") {
+        transport(dir.path());
     }
 }

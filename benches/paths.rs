@@ -4,8 +4,11 @@
 //! router). Needs root, ip, iptables, tc, ethtool and coturn.
 //!
 //! `cargo bench --bench paths` runs every path; `cargo bench --bench paths -- NAME...`
-//! only the paths named. P2PD_PATHS_MIB sets the file size
-//! (64 by default); P2PD_PATHS_NO_ONE_LANE skips the one-lane comparison rows.
+//! only the paths named. P2PD_PATHS_MIB sets the file size (64 by default).
+//! TCP is timed twice, with the kernel's default congestion control (BBR here) and with
+//! CUBIC. P2PD_PATHS_VARIANTS chooses the p2pd rows, comma-separated (default `bbr`):
+//! `upstream`, `rto`, `rack` or `bbr` run both daemons with that `--sctp-recovery` over one
+//! association; `striped` is the old default, 16 lanes of upstream rtc-sctp.
 
 #[path = "../tests/netns/mod.rs"]
 mod netns;
@@ -18,9 +21,6 @@ struct Scenario {
     name: &'static str,
     nat: Nat,
     impairment: Impairment,
-    /// Also send the file from a daemon limited to one peer connection (`--lanes 1`): what
-    /// striping over several gains on this path.
-    one_lane_too: bool,
 }
 
 fn paths() -> Vec<Scenario> {
@@ -29,33 +29,30 @@ fn paths() -> Vec<Scenario> {
         one_way_delay: Duration::from_millis(rtt_ms / 2),
         rate_mbit: Some(50),
     };
-    let direct = |name, impairment, one_lane_too| Scenario {
+    let direct = |name, impairment| Scenario {
         name,
         nat: Nat::Ordinary,
         impairment,
-        one_lane_too,
     };
     let relayed = |name, impairment| Scenario {
         name,
         nat: Nat::PortRandomizing,
         impairment,
-        one_lane_too: true,
     };
     vec![
-        direct("clean-50mbit", impaired(0.0, 0), false),
-        direct("40ms-50mbit", impaired(0.0, 40), true),
-        direct("loss1-40ms-50mbit", impaired(1.0, 40), true),
-        direct("loss5-40ms-50mbit", impaired(5.0, 40), false),
-        direct("loss1-200ms-50mbit", impaired(1.0, 200), false),
-        direct("loss5-200ms-50mbit", impaired(5.0, 200), false),
-        // No loss and no rate limit: what bounds one association is its 2 MiB window.
+        direct("clean-50mbit", impaired(0.0, 0)),
+        direct("40ms-50mbit", impaired(0.0, 40)),
+        direct("loss1-40ms-50mbit", impaired(1.0, 40)),
+        direct("loss5-40ms-50mbit", impaired(5.0, 40)),
+        direct("loss1-200ms-50mbit", impaired(1.0, 200)),
+        direct("loss5-200ms-50mbit", impaired(5.0, 200)),
+        // No loss and no rate limit: what bounds one association is its window.
         direct(
             "200ms-unlimited",
             Impairment {
                 one_way_delay: Duration::from_millis(100),
                 ..Impairment::default()
             },
-            true,
         ),
         relayed("relayed-50mbit", impaired(0.0, 0)),
         relayed("relayed-unlimited", Impairment::default()),
@@ -66,23 +63,48 @@ fn mbit(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e6
 }
 
-/// Sends `source` from `a` to `b` and checks what arrived; the route it took.
+/// Sends `source` from `a` to `b` (which saves into `downloads`) and checks what
+/// arrived; the data phase's and the whole job's Mbit/s, and the route it took.
 fn send_and_check(
     net: &netns::Net,
-    a: &std::path::Path,
-    b: &std::path::Path,
+    (a, b, downloads): (&std::path::Path, &std::path::Path, &std::path::Path),
     source: &std::path::Path,
     name: &str,
-) -> (Duration, String) {
+) -> (f64, f64, String) {
     let outcome = transfer(a, b, source, &[]);
-    let received = net
-        .downloads("h2")
-        .join(source.file_name().expect("a name"));
+    let received = downloads.join(source.file_name().expect("a name"));
     let verified = outcome.ok && std::fs::read(&received).ok() == std::fs::read(source).ok();
     assert!(verified, "{name}: {:?}\n{}", outcome.events, net.logs());
     let _ = std::fs::remove_file(&received);
     let route = outcome.route().map(|(_, p)| p).unwrap_or_default();
-    (outcome.elapsed, route)
+    let bytes = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
+    let whole = mbit(bytes, outcome.elapsed);
+    (outcome.data_mbit(bytes).unwrap_or(whole), whole, route)
+}
+
+/// The daemons of one p2pd row: flags for both sides.
+fn variant_flags(variant: &str) -> Vec<&'static str> {
+    match variant {
+        "upstream" => vec!["--lanes", "1", "--sctp-recovery", "upstream"],
+        "rto" => vec!["--lanes", "1", "--sctp-recovery", "rto"],
+        "rack" => vec!["--lanes", "1", "--sctp-recovery", "rack"],
+        "bbr" => vec!["--lanes", "1", "--sctp-recovery", "bbr"],
+        "striped" => vec!["--lanes", "16", "--sctp-recovery", "upstream"],
+        other => panic!("unknown variant {other}: use upstream, rto, rack, bbr or striped"),
+    }
+}
+
+/// Times a TCP copy from h1 to h2 with `congestion` control on the sending socket.
+fn tcp_rate(net: &netns::Net, source: &std::path::Path, bytes: u64, congestion: &str) -> f64 {
+    let target = net.dir.path().join("tcp.bin");
+    let tcp = net.tcp_copy(("h1", "h2", "203.0.113.12"), congestion, source, &target);
+    assert_eq!(
+        std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0),
+        bytes,
+        "the TCP copy is short"
+    );
+    let _ = std::fs::remove_file(&target);
+    mbit(bytes, tcp)
 }
 
 fn main() {
@@ -95,44 +117,48 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
+    let variants: Vec<String> = std::env::var("P2PD_PATHS_VARIANTS")
+        .unwrap_or_else(|_| "bbr".to_owned())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
     let bytes = (mib * 1024 * 1024) as u64;
     println!("{mib} MiB from h1 to h2; TCP = a socket copy over the same path, same run");
+    println!("p2pd = the data phase (first progress report to the verified file); job = the whole");
+    println!("job from the send request (rendezvous, ICE, DTLS, hashing included); Mbit/s");
     println!(
-        "{:<26} {:>10} {:>10} {:>7}  route",
-        "path", "TCP Mbit/s", "p2pd", "ratio"
+        "{:<34} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7}  route",
+        "path", "TCP-BBR", "TCP-CUBIC", "p2pd", "÷BBR", "÷CUBIC", "job"
     );
     for path in paths() {
         if !wanted.is_empty() && !wanted.iter().any(|w| w == path.name) {
             continue;
         }
-        let Some((mut net, a, b)) = two_homes(path.nat, path.impairment) else {
+        let Some((mut net, _, _)) = two_homes(path.nat, path.impairment) else {
             return;
         };
         net.forward_tcp("r2", "192.168.2.2");
         let source = random_file(net.dir.path(), "payload.bin", bytes as usize, 7);
-        let tcp_target = net.dir.path().join("tcp.bin");
-        let tcp = net.tcp_copy("h1", "h2", "203.0.113.12", &source, &tcp_target);
-        assert_eq!(
-            std::fs::metadata(&tcp_target).map(|m| m.len()).unwrap_or(0),
-            bytes,
-            "the TCP copy is short"
-        );
-        let _ = std::fs::remove_file(&tcp_target);
-        let tcp_rate = mbit(bytes, tcp);
-        let mut runs = vec![(path.name.to_owned(), a)];
-        if path.one_lane_too && std::env::var_os("P2PD_PATHS_NO_ONE_LANE").is_none() {
-            let one = net.daemon_with("h1", "h1-one-lane", &["--lanes", "1"]);
-            runs.push((format!("{} 1 lane", path.name), one));
-        }
-        for (name, sender) in runs {
-            let (elapsed, route) = send_and_check(&net, &sender, &b, &source, &name);
-            let p2pd_rate = mbit(bytes, elapsed);
+        let bbr = tcp_rate(&net, &source, bytes, "bbr");
+        let cubic = tcp_rate(&net, &source, bytes, "cubic");
+        for variant in &variants {
+            let flags = variant_flags(variant);
+            let sender = net.daemon_with("h1", &format!("h1-{variant}"), &flags);
+            let receiver_home = format!("h2-{variant}");
+            let receiver = net.daemon_with("h2", &receiver_home, &flags);
+            let downloads = net.dir.path().join(&receiver_home).join("dl");
+            let name = format!("{} {variant}", path.name);
+            let (rate, whole, route) =
+                send_and_check(&net, (&sender, &receiver, &downloads), &source, &name);
             println!(
-                "{:<26} {:>10.1} {:>10.1} {:>7.2}  {route}",
+                "{:<34} {:>9.1} {:>9.1} {:>8.1} {:>7.2} {:>7.2} {:>7.1}  {route}",
                 name,
-                tcp_rate,
-                p2pd_rate,
-                p2pd_rate / tcp_rate
+                bbr,
+                cubic,
+                rate,
+                rate / bbr,
+                rate / cubic,
+                whole
             );
         }
     }

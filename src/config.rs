@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub stripe_from_rtt_ms: Option<u64>,
     /// SCTP receive window of each peer connection (default 2 MiB).
     pub sctp_window_bytes: Option<u32>,
+    /// SCTP loss recovery and congestion control (docs/TRANSPORT.md).
+    pub sctp_recovery: Option<crate::rtc::sctp::SctpRecovery>,
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
     /// Default for every transfer: only through a TURN relay.
@@ -248,6 +250,7 @@ pub struct Overrides {
     pub lanes: Option<usize>,
     pub stripe_from_rtt_ms: Option<u64>,
     pub sctp_window_bytes: Option<u32>,
+    pub sctp_recovery: Option<crate::rtc::sctp::SctpRecovery>,
     pub max_files: Option<usize>,
     pub max_total_bytes: Option<u64>,
     pub max_file_bytes: Option<u64>,
@@ -372,6 +375,10 @@ impl DaemonConfig {
                 lanes,
                 stripe_from_rtt,
                 sctp_window_bytes,
+                sctp_recovery: flags
+                    .sctp_recovery
+                    .or(file.sctp_recovery)
+                    .unwrap_or_default(),
             },
             path_policy,
         })

@@ -67,6 +67,11 @@ struct Args {
     /// transfer gets one per lane).
     #[arg(long)]
     sctp_window_bytes: Option<u32>,
+    /// SCTP loss recovery and congestion control, cumulative steps (docs/TRANSPORT.md):
+    /// upstream (rtc-sctp 0.21.1 as released), rto (200 ms RTO floor), rack (also RACK-TLP
+    /// and window-update SACKs, Reno), bbr (rack with BBR-style pacing; the default).
+    #[arg(long, value_parser = |s: &str| s.parse::<p2pd::rtc::sctp::SctpRecovery>())]
+    sctp_recovery: Option<p2pd::rtc::sctp::SctpRecovery>,
     /// Refuse offers with more files than this.
     #[arg(long)]
     max_files: Option<usize>,
@@ -236,6 +241,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         lanes: args.lanes,
         stripe_from_rtt_ms: args.stripe_from_rtt_ms,
         sctp_window_bytes: args.sctp_window_bytes,
+        sctp_recovery: args.sctp_recovery,
         max_files: args.max_files,
         max_total_bytes: args.max_total_bytes,
         max_file_bytes: args.max_file_bytes,

@@ -56,6 +56,8 @@ impl Daemon {
     pub async fn start(config: DaemonConfig) -> Result<Daemon, DaemonError> {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // Before any peer connection: the rtc crate builds SCTP from the process default.
+        config.rtc.sctp_recovery.install();
         // Bind the control socket first: a second daemon must fail before touching anything.
         let listener = socket::bind(&config.socket).await?;
         let (rendezvous_url, rendezvous_addr) = match &config.rendezvous {

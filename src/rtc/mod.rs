@@ -4,6 +4,7 @@
 pub mod channel;
 pub mod peer;
 pub mod runtime;
+pub mod sctp;
 
 pub use peer::{Connection, IceServer, Route, RtcSettings, connect_answerer, connect_offerer};
 

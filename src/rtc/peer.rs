@@ -67,6 +67,8 @@ pub struct RtcSettings {
     pub lanes: usize,
     /// Each association's SCTP receive window.
     pub sctp_window_bytes: u32,
+    /// Loss recovery and congestion control of every association (process-wide).
+    pub sctp_recovery: super::sctp::SctpRecovery,
     /// Stripe over the lanes when ICE's round trip is at least this (or the path is
     /// relayed); zero stripes always.
     pub stripe_from_rtt: Duration,
@@ -534,9 +536,10 @@ pub fn is_loopback(bind: &str) -> bool {
     bind.starts_with("127.") || bind.starts_with("[::1]")
 }
 
-/// Peer connections per transfer that the offering side negotiates by default: enough
-/// associations to fill 50 Mbit/s at 1 % loss and 40 ms, where one moves about 3 Mbit/s.
-pub const DEFAULT_LANES: usize = 16;
+/// Peer connections per transfer that the offering side negotiates by default: one
+/// association, now that its loss recovery no longer collapses on a lossy path
+/// (docs/TRANSPORT.md). `--lanes` still stripes over more when asked.
+pub const DEFAULT_LANES: usize = 1;
 /// The most lanes an answering side accepts.
 pub const MAX_LANES: usize = 32;
 /// After lane 0 opens, how long the other lanes may still take; any not open by then are

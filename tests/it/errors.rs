@@ -177,6 +177,7 @@ fn config_for(socket: std::path::PathBuf, downloads: std::path::PathBuf) -> Daem
             lanes: 1,
             stripe_from_rtt: p2pd::rtc::peer::STRIPE_FROM_RTT,
             sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
+            sctp_recovery: Default::default(),
         },
         limits: Default::default(),
         path_policy: Default::default(),

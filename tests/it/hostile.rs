@@ -28,6 +28,7 @@ fn settings() -> RtcSettings {
         lanes: 1,
         stripe_from_rtt: p2pd::rtc::peer::STRIPE_FROM_RTT,
         sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
+        sctp_recovery: Default::default(),
     }
 }
 

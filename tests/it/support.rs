@@ -86,6 +86,7 @@ impl TestDaemon {
                 lanes: options.lanes,
                 stripe_from_rtt: options.stripe_from_rtt,
                 sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
+                sctp_recovery: Default::default(),
             },
             limits: options.limits,
             path_policy: Default::default(),

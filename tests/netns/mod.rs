@@ -256,7 +256,10 @@ impl Net {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns(name), program])
             .args(args)
-            .env("RUST_LOG", "error,p2pd=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("P2PD_NETNS_LOG").unwrap_or("error,p2pd=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).expect("log file"))
             .spawn()
@@ -391,9 +394,8 @@ impl Net {
     /// receiver's sync.
     pub fn tcp_copy(
         &self,
-        from: &str,
-        to: &str,
-        to_ip: &str,
+        (from, to, to_ip): (&str, &str, &str),
+        congestion: &str,
         source: &Path,
         target: &Path,
     ) -> Duration {
@@ -410,10 +412,12 @@ impl Net {
         });
         ready_rx.recv().expect("receiver ready");
         let source = source.to_owned();
+        let congestion = congestion.to_owned();
         let address = format!("{to_ip}:{TCP_PORT}");
         let sender = self.inside(from, move || {
             let started = Instant::now();
             let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+            set_congestion(&stream, &congestion);
             let mut file = std::fs::File::open(&source).expect("open source");
             let mut buffer = vec![0u8; 1 << 16];
             loop {
@@ -432,6 +436,28 @@ impl Net {
         let finished = receiver.join().expect("receiver thread");
         finished - started
     }
+}
+
+/// The sender's congestion control for one socket (root may pick any the kernel has,
+/// whatever `tcp_allowed_congestion_control` says).
+fn set_congestion(stream: &std::net::TcpStream, name: &str) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the name buffer outlives the call and its length is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "TCP_CONGESTION {name}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 fn enter(ns: &str) {
@@ -641,6 +667,18 @@ pub struct Outcome {
     pub events: Vec<serde_json::Value>,
     /// From the send request to the receiving CLI's exit after the verified rename.
     pub elapsed: Duration,
+    /// The data phase: from the receiver's first progress report with bytes done (when,
+    /// after the start, and how many bytes) to its exit.
+    pub first_progress: Option<(Duration, u64)>,
+}
+
+impl Outcome {
+    /// Mbit/s of the data phase, `bytes` in all: rendezvous, ICE and DTLS excluded.
+    pub fn data_mbit(&self, bytes: u64) -> Option<f64> {
+        let (at, done) = self.first_progress?;
+        let span = self.elapsed.checked_sub(at)?.as_secs_f64();
+        (span > 0.0).then(|| (bytes - done.min(bytes)) as f64 * 8.0 / span / 1e6)
+    }
 }
 
 impl Outcome {
@@ -690,19 +728,30 @@ pub fn start_transfer(a: &Path, b: &Path, file: &Path, flags: &[&str]) -> (Child
 /// Sends `file` from the daemon at `a` to the one at `b` with the real CLI.
 pub fn transfer(a: &Path, b: &Path, file: &Path, flags: &[&str]) -> Outcome {
     let started = Instant::now();
-    let (mut send, receive) = start_transfer(a, b, file, flags);
-    let out = receive.wait_with_output().expect("run p2p receive");
+    let (mut send, mut receive) = start_transfer(a, b, file, flags);
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    let mut first_progress = None;
+    let stdout = receive.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let done = event["bytes_done"].as_u64().unwrap_or(0);
+        if first_progress.is_none() && event["event"] == "progress" && done > 0 {
+            first_progress = Some((started.elapsed(), done));
+        }
+        events.push(event);
+    }
+    let status = receive.wait().expect("run p2p receive");
     let elapsed = started.elapsed();
     let _ = send.kill();
     let _ = send.wait();
-    let events = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
     Outcome {
-        ok: out.status.success(),
+        ok: status.success(),
         events,
         elapsed,
+        first_progress,
     }
 }
 

@@ -99,7 +99,10 @@ impl Bbr {
 
     /// The bottleneck bandwidth estimate in bytes per second.
     pub(crate) fn bandwidth(&self) -> f64 {
-        self.bw_samples.iter().map(|(_, bw)| *bw).fold(0.0, f64::max)
+        self.bw_samples
+            .iter()
+            .map(|(_, bw)| *bw)
+            .fold(0.0, f64::max)
     }
 
     pub(crate) fn min_rtt(&self) -> Option<Duration> {
@@ -128,7 +131,11 @@ impl Bbr {
         };
         // Until the pipe is known to be full, a model built from a trickle of
         // application-limited samples must not hold the window below where it started.
-        let start = if self.filled_pipe { 0 } else { self.initial_cwnd };
+        let start = if self.filled_pipe {
+            0
+        } else {
+            self.initial_cwnd
+        };
         target.max(start).max(floor)
     }
 
@@ -139,7 +146,7 @@ impl Bbr {
             .min_rtt
             .map(|rtt| HIGH_GAIN * f64::from(self.initial_cwnd) / rtt.as_secs_f64().max(1e-4));
         let bw = self.bandwidth();
-        let model = (bw > 0.0).then(|| self.pacing_gain * bw);
+        let model = (bw > 0.0).then_some(self.pacing_gain * bw);
         // As in BBR, the rate does not fall below the initial window's until the pipe has
         // been filled: a connection that has only sent small messages has measured the
         // application, and its first burst must not crawl at that rate.
@@ -364,9 +371,9 @@ impl Delivery {
     /// The SACK's sample, once all its chunks were taken.
     pub(crate) fn take_sample(&mut self) -> Option<RateSample> {
         let c = self.candidate.take()?;
-        let ack_elapsed = self
-            .delivered_time
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(c.prior_time));
+        let ack_elapsed = self.delivered_time.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(c.prior_time)
+        });
         if self.app_limited_until > 0 && self.delivered > self.app_limited_until {
             self.app_limited_until = 0;
         }
@@ -469,7 +476,10 @@ mod tests {
         assert_eq!(bbr.mode, Mode::ProbeBw);
         let bdp = bw * 0.04;
         let cwnd = f64::from(bbr.cwnd());
-        assert!((cwnd - (2.0 * bdp + 3.0 * 1200.0)).abs() < 1.0, "{cwnd} vs {bdp}");
+        assert!(
+            (cwnd - (2.0 * bdp + 3.0 * 1200.0)).abs() < 1.0,
+            "{cwnd} vs {bdp}"
+        );
         let rate = bbr.pacing_rate().unwrap();
         assert!(rate >= 0.75 * bw && rate <= 1.25 * bw, "{rate}");
     }
@@ -500,7 +510,12 @@ mod tests {
                 rtt: Some(Duration::from_millis(20)),
                 app_limited: true,
             };
-            bbr.on_ack(sample, 2_000_000 + i * 1000, 0, now + Duration::from_millis(20 * i));
+            bbr.on_ack(
+                sample,
+                2_000_000 + i * 1000,
+                0,
+                now + Duration::from_millis(20 * i),
+            );
         }
         assert_eq!(bbr.bandwidth(), before);
     }

@@ -41,12 +41,12 @@ use crate::queue::{
 use crate::shared::{AssociationEventInner, AssociationId, EndpointEvent, EndpointEventInner};
 use crate::util::{constant_time_eq, sna16lt, sna32gt, sna32gte, sna32lt, sna32lte};
 use crate::{AssociationEvent, Payload, Side};
-use shared::error::{Error, Result};
-use shared::{TransportContext, TransportMessage, TransportProtocol};
-use stream::{Stream, StreamEvent, StreamId, StreamState};
 use crate::{CongestionControl, RecoveryConfig};
 use bbr::{Bbr, Delivery, Pacer};
 use rack::Rack;
+use shared::error::{Error, Result};
+use shared::{TransportContext, TransportMessage, TransportProtocol};
+use stream::{Stream, StreamEvent, StreamId, StreamState};
 use timer::{ACK_INTERVAL, RtoManager, Timer, TimerTable};
 
 use crate::association::stream::RecvSendState;
@@ -1810,8 +1810,7 @@ impl Association {
                         self.rack_on_acked(c.last_sent, c.nsent, now);
                     }
                     if self.bbr.is_some() {
-                        self.delivery
-                            .on_acked(&c, c.user_data.len() as u64, now);
+                        self.delivery.on_acked(&c, c.user_data.len() as u64, now);
                     }
 
                     let n_bytes_acked = c.user_data.len() as i64;
@@ -3125,7 +3124,8 @@ impl Association {
                 ) {
                     self.rwnd -= data_len as u32;
                     if let Some(rate) = pacing_rate {
-                        self.pacer.on_sent(data_len + DATA_CHUNK_HEADER_SIZE as usize, rate, now);
+                        self.pacer
+                            .on_sent(data_len + DATA_CHUNK_HEADER_SIZE as usize, rate, now);
                     }
                     chunks.push(chunk);
                 } else {

@@ -235,7 +235,8 @@ impl Association {
                     self.delivery.on_send(c, empty, now);
                 }
                 if let Some(rate) = pacing_rate {
-                    self.pacer.on_sent(len + DATA_CHUNK_HEADER_SIZE as usize, rate, now);
+                    self.pacer
+                        .on_sent(len + DATA_CHUNK_HEADER_SIZE as usize, rate, now);
                 }
                 self.stats.inc_fast_retrans();
                 chunks.push(c.clone());
@@ -322,7 +323,10 @@ mod tests {
         // acknowledged at 50 ms.
         rack.on_acked(start + ms(10), 1, start + ms(50));
         assert_eq!(rack.reordering_window(), ms(10));
-        assert!(!rack.is_lost(start + ms(0)), "exactly one window before: not yet");
+        assert!(
+            !rack.is_lost(start + ms(0)),
+            "exactly one window before: not yet"
+        );
         assert!(rack.is_lost(start - ms(1)));
         // A later acknowledgment moves the reference forward.
         rack.on_acked(start + ms(30), 1, start + ms(70));

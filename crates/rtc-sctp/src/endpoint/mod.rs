@@ -1,9 +1,9 @@
 #[cfg(test)]
 mod endpoint_test;
 #[cfg(test)]
-pub(crate) mod sim_test;
-#[cfg(test)]
 mod recovery_test;
+#[cfg(test)]
+pub(crate) mod sim_test;
 
 use std::{
     collections::HashMap,

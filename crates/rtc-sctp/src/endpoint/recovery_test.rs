@@ -56,7 +56,11 @@ fn run_both(recovery: RecoveryConfig, bytes: usize, forward: Link, reverse: Link
 fn a_clean_path_needs_no_retransmission_either_way() {
     for recovery in [upstream(), rack()] {
         let out = run_on(recovery, MIB, Link::new(ms(20), None, clean()));
-        assert_eq!((out.t3_timeouts, out.fast_retransmissions), (0, 0), "{out:?}");
+        assert_eq!(
+            (out.t3_timeouts, out.fast_retransmissions),
+            (0, 0),
+            "{out:?}"
+        );
     }
 }
 
@@ -100,7 +104,11 @@ fn reordering_within_the_window_is_not_taken_for_loss() {
     // Packet 200 arrives 3 ms late (the RACK window on a 40 ms path is 10 ms).
     let forward = Link::new(ms(20), None, clean()).reordering(200, ms(3));
     let out = run_on(rack(), 2 * MIB, forward);
-    assert_eq!((out.t3_timeouts, out.fast_retransmissions), (0, 0), "{out:?}");
+    assert_eq!(
+        (out.t3_timeouts, out.fast_retransmissions),
+        (0, 0),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -136,7 +144,10 @@ fn a_window_reopened_by_the_application_is_announced_at_once() {
     };
     let old = run_with(0);
     let new = run_with(25);
-    assert!(new.receiver_peak_unread <= 128 * 1024 + 16 * 1024, "{new:?}");
+    assert!(
+        new.receiver_peak_unread <= 128 * 1024 + 16 * 1024,
+        "{new:?}"
+    );
     assert!(new.elapsed * 3 < old.elapsed * 2, "{new:?} vs {old:?}");
     println!("slow reader: without {old:?}\nwith {new:?}");
 }
@@ -179,7 +190,10 @@ fn bbr_keeps_a_lossy_path_full_where_reno_cannot() {
         mbit(bytes, &model)
     );
     assert!(mbit(bytes, &model) > 35.0, "{model:?}");
-    assert!(mbit(bytes, &model) > 3.0 * mbit(bytes, &reno), "{model:?} vs {reno:?}");
+    assert!(
+        mbit(bytes, &model) > 3.0 * mbit(bytes, &reno),
+        "{model:?} vs {reno:?}"
+    );
     assert_eq!(model.t3_timeouts, 0, "{model:?}");
 }
 

@@ -262,7 +262,9 @@ pub(crate) fn transfer(
             let unread = a.max_receive_buffer_size - a.get_my_receiver_window_credit();
             peak_unread = peak_unread.max(unread);
             if accepted && now >= next_read {
-                while let Ok(Some(chunks)) = a.stream(1).map(|mut s| s.read_sctp()).unwrap_or(Ok(None)) {
+                while let Ok(Some(chunks)) =
+                    a.stream(1).map(|mut s| s.read_sctp()).unwrap_or(Ok(None))
+                {
                     let mut buf = vec![0u8; chunks.len()];
                     let n = chunks.read(&mut buf).expect("read");
                     assert_eq!(buf[..n], pattern(read, n)[..], "data damaged at {read}");
@@ -295,9 +297,8 @@ pub(crate) fn transfer(
             None => panic!("stalled: {read} of {total} bytes after {:?}", now - start),
         }
     }
-    let elapsed = finished.unwrap_or_else(|| {
-        panic!("unfinished: {read} of {total} bytes in {limit:?}")
-    });
+    let elapsed =
+        finished.unwrap_or_else(|| panic!("unfinished: {read} of {total} bytes in {limit:?}"));
     let sender = client.association.as_ref().expect("client");
     let bbr_in_charge = sender.bbr_in_charge();
     let mut stats = sender.stats();
