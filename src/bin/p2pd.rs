@@ -55,8 +55,8 @@ struct Args {
     /// the kernel's default).
     #[arg(long)]
     udp_buffer_bytes: Option<usize>,
-    /// Peer connections to negotiate per sent transfer, 1 to 16 (default 12; 1 when every
-    /// --ice-bind address is loopback). A lossy long path stripes over all of them.
+    /// Peer connections to negotiate per sent transfer, 1 to 32 (default 1: one SCTP
+    /// association). More stripes a transfer over them when the round trip is long.
     #[arg(long)]
     lanes: Option<usize>,
     /// Round trip in milliseconds from which a transfer stripes over its lanes (default 5;
