@@ -8,7 +8,9 @@
 //! TCP is timed twice, with the kernel's default congestion control (BBR here) and with
 //! CUBIC. P2PD_PATHS_VARIANTS chooses the p2pd rows, comma-separated (default `bbr`):
 //! `upstream`, `rto`, `rack` or `bbr` run both daemons with that `--sctp-recovery` over one
-//! association; `striped` is the old default, 16 lanes of upstream rtc-sctp.
+//! association; `striped` is the old default, 16 lanes of upstream rtc-sctp. The
+//! `share-40ms-50mbit` row runs the transfer beside a TCP-CUBIC flow through the same
+//! bottleneck and prints each one's rate over the transfer's data phase.
 
 #[path = "../tests/netns/mod.rs"]
 mod netns;
@@ -54,9 +56,47 @@ fn paths() -> Vec<Scenario> {
                 ..Impairment::default()
             },
         ),
+        // One p2pd transfer and one TCP-CUBIC flow through the same bottleneck at once.
+        direct(SHARE, impaired(0.0, 40)),
         relayed("relayed-50mbit", impaired(0.0, 0)),
         relayed("relayed-unlimited", Impairment::default()),
     ]
+}
+
+/// The sharing row: p2pd beside a competing TCP-CUBIC flow.
+const SHARE: &str = "share-40ms-50mbit";
+
+/// Runs `variant`'s transfer while a TCP-CUBIC flow shares the path; prints each one's rate
+/// over the transfer's data phase and p2pd's share.
+fn share(
+    net: &netns::Net,
+    (sender, receiver): (&std::path::Path, &std::path::Path),
+    source: &std::path::Path,
+    name: &str,
+) {
+    let flow = net.tcp_flow(("h1", "h2", "203.0.113.12"), "cubic");
+    // Let CUBIC fill the path first, as a flow already running would have.
+    std::thread::sleep(Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let outcome = netns::transfer(sender, receiver, source, &[]);
+    let counts = flow.stop();
+    assert!(outcome.ok, "{name}: {:?}\n{}", outcome.events, net.logs());
+    let bytes = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
+    let (from, _) = outcome.first_progress.expect("progress reports");
+    let (begin, end) = (started + from, started + outcome.elapsed);
+    let at = |t: std::time::Instant| {
+        counts
+            .iter()
+            .take_while(|(when, _)| *when <= t)
+            .last()
+            .map_or(0, |(_, total)| *total)
+    };
+    let tcp = (at(end) - at(begin)) as f64 * 8.0 / (end - begin).as_secs_f64() / 1e6;
+    let p2pd = outcome.data_mbit(bytes).unwrap_or(0.0);
+    println!(
+        "{name:<34} p2pd {p2pd:.1} Mbit/s, TCP-CUBIC {tcp:.1} Mbit/s at the same time: p2pd's share {:.2}",
+        p2pd / (p2pd + tcp)
+    );
 }
 
 fn mbit(bytes: u64, elapsed: Duration) -> f64 {
@@ -139,6 +179,20 @@ fn main() {
         };
         net.forward_tcp("r2", "192.168.2.2");
         let source = random_file(net.dir.path(), "payload.bin", bytes as usize, 7);
+        if path.name == SHARE {
+            for variant in &variants {
+                let flags = variant_flags(variant);
+                let sender = net.daemon_with("h1", &format!("h1-{variant}"), &flags);
+                let receiver = net.daemon_with("h2", &format!("h2-{variant}"), &flags);
+                share(
+                    &net,
+                    (&sender, &receiver),
+                    &source,
+                    &format!("{} {variant}", path.name),
+                );
+            }
+            continue;
+        }
         let bbr = tcp_rate(&net, &source, bytes, "bbr");
         let cubic = tcp_rate(&net, &source, bytes, "cubic");
         for variant in &variants {

@@ -267,14 +267,16 @@ impl Net {
         self.children.push(child);
     }
 
-    /// coturn and the rendezvous on the internet, the rendezvous handing out both.
+    /// coturn and the rendezvous on the internet, the rendezvous handing out both. coturn
+    /// has the `user-quota` docs/DEPLOY.md recommends, so relayed figures are measured
+    /// under it.
     pub fn services(&mut self) {
         let conf = self.dir.path().join("turnserver.conf");
         std::fs::write(
             &conf,
             format!(
                 "listening-ip={INTERNET}\nrelay-ip={INTERNET}\nlistening-port=3478\nmin-port=49152\nmax-port=49999\n\
-                 use-auth-secret\nstatic-auth-secret={TURN_SECRET}\nrealm=p2pd.test\n\
+                 use-auth-secret\nstatic-auth-secret={TURN_SECRET}\nrealm=p2pd.test\nuser-quota=12\n\
                  no-tls\nno-dtls\nno-cli\nno-multicast-peers\nno-loopback-peers\n\
                  denied-peer-ip=10.0.0.0-10.255.255.255\ndenied-peer-ip=172.16.0.0-172.31.255.255\n\
                  denied-peer-ip=192.168.0.0-192.168.255.255\ndenied-peer-ip=127.0.0.0-127.255.255.255\n\
@@ -389,6 +391,49 @@ impl Net {
         })
     }
 
+    /// A bulk TCP flow from `from` to `to_ip`:[`TCP_PORT`] (received on `to`) with
+    /// `congestion` control, running until [`TcpFlow::stop`]: competing traffic.
+    pub fn tcp_flow(&self, (from, to, to_ip): (&str, &str, &str), congestion: &str) -> TcpFlow {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let receiver = self.inside(to, move || {
+            let listener = std::net::TcpListener::bind(("0.0.0.0", TCP_PORT)).expect("listen");
+            ready_tx.send(()).expect("ready");
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut buffer = vec![0u8; 1 << 16];
+            let mut counts = Vec::new();
+            let mut total = 0u64;
+            loop {
+                match stream.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        total += n as u64;
+                        counts.push((Instant::now(), total));
+                    }
+                }
+            }
+            counts
+        });
+        ready_rx.recv().expect("receiver ready");
+        let (address, congestion) = (format!("{to_ip}:{TCP_PORT}"), congestion.to_owned());
+        let flag = stop.clone();
+        let sender = self.inside(from, move || {
+            let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+            set_congestion(&stream, &congestion);
+            let buffer = vec![7u8; 1 << 16];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if stream.write_all(&buffer).is_err() {
+                    break;
+                }
+            }
+        });
+        TcpFlow {
+            stop,
+            sender: Some(sender),
+            receiver: Some(receiver),
+        }
+    }
+
     /// Copies `source` over TCP from `from` to `to_ip`:[`TCP_PORT`], received on `to` into
     /// `target` (written and synced, as p2pd does); returns the time from connect to the
     /// receiver's sync.
@@ -435,6 +480,27 @@ impl Net {
         let started = sender.join().expect("sender thread");
         let finished = receiver.join().expect("receiver thread");
         finished - started
+    }
+}
+
+/// A running [`Net::tcp_flow`].
+pub struct TcpFlow {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: Option<JoinHandle<()>>,
+    receiver: Option<JoinHandle<Vec<(Instant, u64)>>>,
+}
+
+impl TcpFlow {
+    /// Stops the flow; bytes received by then, with when.
+    pub fn stop(mut self) -> Vec<(Instant, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.join();
+        }
+        self.receiver
+            .take()
+            .map(|r| r.join().expect("receiver thread"))
+            .unwrap_or_default()
     }
 }
 

@@ -23,6 +23,8 @@ const BW_ROUNDS: u64 = 10;
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// How long ProbeRTT holds the window at its minimum.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
+/// A round's loss rate above which the queue is taken to be full (BBR v2's loss_thresh).
+const LOSS_THRESH: f64 = 0.02;
 /// Rounds without 25 % bandwidth growth after which the pipe counts as full.
 const FULL_BW_ROUNDS: u32 = 3;
 
@@ -71,6 +73,13 @@ pub(crate) struct Bbr {
     pacing_gain: f64,
     cwnd_gain: f64,
     initial_cwnd: u32,
+    /// Bytes judged lost, and the delivered count, since this round began.
+    round_lost: u64,
+    round_delivered_from: u64,
+    /// A ceiling on the window after a round with a high loss rate (BBR v2's
+    /// inflight_hi), and how much it rises after the next loss-free round.
+    inflight_hi: Option<u64>,
+    hi_step: u64,
 }
 
 impl Bbr {
@@ -94,6 +103,10 @@ impl Bbr {
             pacing_gain: HIGH_GAIN,
             cwnd_gain: HIGH_GAIN,
             initial_cwnd,
+            round_lost: 0,
+            round_delivered_from: 0,
+            inflight_hi: None,
+            hi_step: u64::from(mtu),
         }
     }
 
@@ -136,7 +149,48 @@ impl Bbr {
         } else {
             self.initial_cwnd
         };
-        target.max(start).max(floor)
+        let window = target.max(start).max(floor);
+        match self.inflight_hi {
+            Some(hi) => window.min(hi.max(u64::from(floor)).min(u64::from(u32::MAX)) as u32),
+            None => window,
+        }
+    }
+
+    /// Bytes the association just judged lost.
+    pub(crate) fn on_loss(&mut self, bytes: u64) {
+        self.round_lost += bytes;
+    }
+
+    /// At the end of a round: a loss rate above [`LOSS_THRESH`] is a full queue (random
+    /// loss on a path is rarely that high), so the window is capped at 0.7 × itself, as
+    /// BBR v2 does; rounds without it raise the cap again, doubling the step each time. A
+    /// flow sharing a bottleneck with a loss-based one then yields instead of keeping the
+    /// queue full (BBR v1 takes most of such a link).
+    fn end_round_losses(&mut self, delivered: u64) {
+        let round_delivered = delivered.saturating_sub(self.round_delivered_from);
+        let lost = self.round_lost;
+        self.round_lost = 0;
+        self.round_delivered_from = delivered;
+        let total = (round_delivered + lost) as f64;
+        let mtu = u64::from(self.mtu);
+        if lost >= 2 * mtu && total > 0.0 && lost as f64 / total > LOSS_THRESH {
+            let current = u64::from(self.cwnd());
+            self.inflight_hi = Some((current as f64 * 0.7) as u64);
+            self.hi_step = mtu;
+        } else if let Some(hi) = self.inflight_hi {
+            self.inflight_hi = Some(hi + self.hi_step);
+            self.hi_step = self.hi_step.saturating_mul(2);
+            // Once the ceiling no longer binds, drop it.
+            let uncapped = {
+                let keep = self.inflight_hi.take();
+                let window = u64::from(self.cwnd());
+                self.inflight_hi = keep;
+                window
+            };
+            if hi + self.hi_step > 4 * uncapped {
+                self.inflight_hi = None;
+            }
+        }
     }
 
     /// Bytes per second to pace at; None before the first RTT sample (send the initial
@@ -172,6 +226,7 @@ impl Bbr {
             self.next_round_delivered = delivered;
             self.round += 1;
             self.round_start = true;
+            self.end_round_losses(delivered);
         }
         if !sample.interval.is_zero() && sample.delivered > 0 {
             let bw = sample.delivered as f64 / sample.interval.as_secs_f64();
@@ -583,6 +638,49 @@ mod tests {
         let initial = HIGH_GAIN * f64::from(4 * MTU) / 0.04;
         assert!(bbr.pacing_rate().unwrap() >= initial);
         assert!(bbr.cwnd() >= 4 * MTU);
+    }
+
+    #[test]
+    fn a_round_with_high_loss_caps_the_window_and_clean_rounds_lift_the_cap() {
+        let mut bbr = Bbr::new(MTU, 4 * MTU);
+        let rtt = Duration::from_millis(40);
+        let per_round = 250_000u64; // 50 Mbit/s for 40 ms
+        let (mut now, mut delivered) = (Instant::now(), 0u64);
+        let mut round = |bbr: &mut Bbr, lost: u64| {
+            bbr.on_loss(lost);
+            let prior = delivered;
+            delivered += per_round;
+            now += rtt;
+            let sample = RateSample {
+                delivered: per_round,
+                interval: rtt,
+                prior_delivered: prior,
+                rtt: Some(rtt),
+                app_limited: false,
+            };
+            bbr.on_ack(sample, delivered, per_round, now);
+        };
+        for _ in 0..20 {
+            round(&mut bbr, 0);
+        }
+        let open = bbr.cwnd();
+        // 1 % of a round lost (random loss): nothing changes.
+        round(&mut bbr, 2_500);
+        round(&mut bbr, 0);
+        assert_eq!(bbr.cwnd(), open);
+        // 5 % of a round lost (a full queue): the window drops to 0.7 of itself.
+        round(&mut bbr, 12_500);
+        round(&mut bbr, 0);
+        let capped = bbr.cwnd();
+        assert!(
+            f64::from(capped) < 0.72 * f64::from(open),
+            "{capped} vs {open}"
+        );
+        // Clean rounds raise the cap, faster each round, until it no longer binds.
+        for _ in 0..12 {
+            round(&mut bbr, 0);
+        }
+        assert_eq!(bbr.cwnd(), open);
     }
 
     #[test]

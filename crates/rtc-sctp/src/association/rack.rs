@@ -150,11 +150,16 @@ impl Association {
                 std::cmp::Ordering::Greater
             }
         });
+        let mut lost_bytes = 0u64;
         for tsn in newly_lost {
             if let Some(c) = self.inflight_queue.get_mut(tsn) {
                 c.lost = true;
+                lost_bytes += c.user_data.len() as u64;
                 self.rack.lost.push_back(tsn);
             }
+        }
+        if let Some(bbr) = &mut self.bbr {
+            bbr.on_loss(lost_bytes);
         }
         if !self.in_fast_recovery {
             self.in_fast_recovery = true;
