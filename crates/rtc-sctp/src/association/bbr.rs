@@ -80,6 +80,8 @@ pub(crate) struct Bbr {
     /// inflight_hi), and how much it rises after the next loss-free round.
     inflight_hi: Option<u64>,
     hi_step: u64,
+    /// The smallest RTT sampled this round: above the minimum, a queue stood all round.
+    round_min_rtt: Option<Duration>,
 }
 
 impl Bbr {
@@ -107,6 +109,7 @@ impl Bbr {
             round_delivered_from: 0,
             inflight_hi: None,
             hi_step: u64::from(mtu),
+            round_min_rtt: None,
         }
     }
 
@@ -161,19 +164,25 @@ impl Bbr {
         self.round_lost += bytes;
     }
 
-    /// At the end of a round: a loss rate above [`LOSS_THRESH`] is a full queue (random
-    /// loss on a path is rarely that high), so the window is capped at 0.7 × itself, as
-    /// BBR v2 does; rounds without it raise the cap again, doubling the step each time. A
-    /// flow sharing a bottleneck with a loss-based one then yields instead of keeping the
-    /// queue full (BBR v1 takes most of such a link).
+    /// At the end of a round: a loss rate above [`LOSS_THRESH`] while a queue stood all
+    /// round (even the round's smallest RTT above the minimum) is a full bottleneck queue,
+    /// so the window is capped at 0.7 × itself, as BBR v2 does; rounds without it raise the
+    /// cap again, doubling the step each time. A flow sharing a bottleneck with a
+    /// loss-based one then yields instead of keeping the queue full (BBR v1 takes most of
+    /// such a link), while loss without a queue — a lossy radio link, a lossy path — is
+    /// repaired and otherwise ignored, as in BBR v1.
     fn end_round_losses(&mut self, delivered: u64) {
         let round_delivered = delivered.saturating_sub(self.round_delivered_from);
         let lost = self.round_lost;
         self.round_lost = 0;
         self.round_delivered_from = delivered;
+        let queued = match (self.round_min_rtt.take(), self.min_rtt) {
+            (Some(round), Some(min)) => round > min * 5 / 4 + Duration::from_millis(1),
+            _ => false,
+        };
         let total = (round_delivered + lost) as f64;
         let mtu = u64::from(self.mtu);
-        if lost >= 2 * mtu && total > 0.0 && lost as f64 / total > LOSS_THRESH {
+        if queued && lost >= 2 * mtu && total > 0.0 && lost as f64 / total > LOSS_THRESH {
             let current = u64::from(self.cwnd());
             self.inflight_hi = Some((current as f64 * 0.7) as u64);
             self.hi_step = mtu;
@@ -235,6 +244,7 @@ impl Bbr {
             }
         }
         if let Some(rtt) = sample.rtt {
+            self.round_min_rtt = Some(self.round_min_rtt.map_or(rtt, |r| r.min(rtt)));
             let expired = self
                 .min_rtt_stamp
                 .is_some_and(|stamp| now.saturating_duration_since(stamp) > MIN_RTT_WINDOW);
@@ -641,19 +651,19 @@ mod tests {
     }
 
     #[test]
-    fn a_round_with_high_loss_caps_the_window_and_clean_rounds_lift_the_cap() {
+    fn a_round_with_high_loss_behind_a_queue_caps_the_window_and_clean_rounds_lift_it() {
         let mut bbr = Bbr::new(MTU, 4 * MTU);
-        let rtt = Duration::from_millis(40);
         let per_round = 250_000u64; // 50 Mbit/s for 40 ms
         let (mut now, mut delivered) = (Instant::now(), 0u64);
-        let mut round = |bbr: &mut Bbr, lost: u64| {
+        let mut round = |bbr: &mut Bbr, lost: u64, rtt_ms: u64| {
+            let rtt = Duration::from_millis(rtt_ms);
             bbr.on_loss(lost);
             let prior = delivered;
             delivered += per_round;
             now += rtt;
             let sample = RateSample {
                 delivered: per_round,
-                interval: rtt,
+                interval: Duration::from_millis(40),
                 prior_delivered: prior,
                 rtt: Some(rtt),
                 app_limited: false,
@@ -661,16 +671,19 @@ mod tests {
             bbr.on_ack(sample, delivered, per_round, now);
         };
         for _ in 0..20 {
-            round(&mut bbr, 0);
+            round(&mut bbr, 0, 40);
         }
         let open = bbr.cwnd();
-        // 1 % of a round lost (random loss): nothing changes.
-        round(&mut bbr, 2_500);
-        round(&mut bbr, 0);
+        // A round's losses and RTTs are judged when the next round starts. 1 % lost
+        // behind a queue, or 5 % lost with none (random loss): no change.
+        round(&mut bbr, 0, 60);
+        round(&mut bbr, 2_500, 60);
+        round(&mut bbr, 0, 40);
+        round(&mut bbr, 12_500, 40);
         assert_eq!(bbr.cwnd(), open);
-        // 5 % of a round lost (a full queue): the window drops to 0.7 of itself.
-        round(&mut bbr, 12_500);
-        round(&mut bbr, 0);
+        // 5 % lost while a queue stood all round (a full bottleneck): 0.7 of the window.
+        round(&mut bbr, 0, 60);
+        round(&mut bbr, 12_500, 60);
         let capped = bbr.cwnd();
         assert!(
             f64::from(capped) < 0.72 * f64::from(open),
@@ -678,7 +691,7 @@ mod tests {
         );
         // Clean rounds raise the cap, faster each round, until it no longer binds.
         for _ in 0..12 {
-            round(&mut bbr, 0);
+            round(&mut bbr, 0, 40);
         }
         assert_eq!(bbr.cwnd(), open);
     }
