@@ -80,8 +80,8 @@ pub(crate) struct Bbr {
     /// inflight_hi), and how much it rises after the next loss-free round.
     inflight_hi: Option<u64>,
     hi_step: u64,
-    /// The smallest RTT sampled this round: above the minimum, a queue stood all round.
-    round_min_rtt: Option<Duration>,
+    /// The largest RTT sampled this round: far above the minimum, a queue was full.
+    round_max_rtt: Option<Duration>,
 }
 
 impl Bbr {
@@ -109,7 +109,7 @@ impl Bbr {
             round_delivered_from: 0,
             inflight_hi: None,
             hi_step: u64::from(mtu),
-            round_min_rtt: None,
+            round_max_rtt: None,
         }
     }
 
@@ -164,8 +164,9 @@ impl Bbr {
         self.round_lost += bytes;
     }
 
-    /// At the end of a round: a loss rate above [`LOSS_THRESH`] while a queue stood all
-    /// round (even the round's smallest RTT above the minimum) is a full bottleneck queue,
+    /// At the end of a round: a loss rate above [`LOSS_THRESH`] while a queue grew well
+    /// past what this flow's own probing builds (the round's largest RTT above 1.5 × the
+    /// minimum; ProbeBW's 1.25 gain queues a quarter of it) is a full bottleneck queue,
     /// so the window is capped at 0.7 × itself, as BBR v2 does; rounds without it raise the
     /// cap again, doubling the step each time. A flow sharing a bottleneck with a
     /// loss-based one then yields instead of keeping the queue full (BBR v1 takes most of
@@ -176,8 +177,8 @@ impl Bbr {
         let lost = self.round_lost;
         self.round_lost = 0;
         self.round_delivered_from = delivered;
-        let queued = match (self.round_min_rtt.take(), self.min_rtt) {
-            (Some(round), Some(min)) => round > min * 5 / 4 + Duration::from_millis(1),
+        let queued = match (self.round_max_rtt.take(), self.min_rtt) {
+            (Some(round), Some(min)) => round > min * 3 / 2 + Duration::from_millis(2),
             _ => false,
         };
         let total = (round_delivered + lost) as f64;
@@ -244,7 +245,7 @@ impl Bbr {
             }
         }
         if let Some(rtt) = sample.rtt {
-            self.round_min_rtt = Some(self.round_min_rtt.map_or(rtt, |r| r.min(rtt)));
+            self.round_max_rtt = Some(self.round_max_rtt.map_or(rtt, |r| r.max(rtt)));
             let expired = self
                 .min_rtt_stamp
                 .is_some_and(|stamp| now.saturating_duration_since(stamp) > MIN_RTT_WINDOW);
@@ -651,7 +652,7 @@ mod tests {
     }
 
     #[test]
-    fn a_round_with_high_loss_behind_a_queue_caps_the_window_and_clean_rounds_lift_it() {
+    fn a_round_with_high_loss_at_a_full_queue_caps_the_window_and_clean_rounds_lift_it() {
         let mut bbr = Bbr::new(MTU, 4 * MTU);
         let per_round = 250_000u64; // 50 Mbit/s for 40 ms
         let (mut now, mut delivered) = (Instant::now(), 0u64);
@@ -676,14 +677,20 @@ mod tests {
         let open = bbr.cwnd();
         // A round's losses and RTTs are judged when the next round starts. 1 % lost
         // behind a queue, or 5 % lost with none (random loss): no change.
-        round(&mut bbr, 0, 60);
-        round(&mut bbr, 2_500, 60);
+        round(&mut bbr, 0, 70);
+        round(&mut bbr, 2_500, 70);
         round(&mut bbr, 0, 40);
         round(&mut bbr, 12_500, 40);
         assert_eq!(bbr.cwnd(), open);
-        // 5 % lost while a queue stood all round (a full bottleneck): 0.7 of the window.
-        round(&mut bbr, 0, 60);
-        round(&mut bbr, 12_500, 60);
+        // 5 % lost with RTTs near the minimum (this flow's own probing queues up to a
+        // quarter of it): still no change.
+        round(&mut bbr, 0, 50);
+        round(&mut bbr, 12_500, 50);
+        assert_eq!(bbr.cwnd(), open);
+        // 5 % lost while the RTT reached 1.75 × the minimum (a full bottleneck queue):
+        // 0.7 of the window.
+        round(&mut bbr, 0, 70);
+        round(&mut bbr, 12_500, 70);
         let capped = bbr.cwnd();
         assert!(
             f64::from(capped) < 0.72 * f64::from(open),
