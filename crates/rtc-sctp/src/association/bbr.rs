@@ -80,8 +80,6 @@ pub(crate) struct Bbr {
     /// inflight_hi), and how much it rises after the next loss-free round.
     inflight_hi: Option<u64>,
     hi_step: u64,
-    /// The largest RTT sampled this round: far above the minimum, a queue was full.
-    round_max_rtt: Option<Duration>,
 }
 
 impl Bbr {
@@ -109,7 +107,6 @@ impl Bbr {
             round_delivered_from: 0,
             inflight_hi: None,
             hi_step: u64::from(mtu),
-            round_max_rtt: None,
         }
     }
 
@@ -164,26 +161,21 @@ impl Bbr {
         self.round_lost += bytes;
     }
 
-    /// At the end of a round: a loss rate above [`LOSS_THRESH`] while a queue grew well
-    /// past what this flow's own probing builds (the round's largest RTT above 1.5 × the
-    /// minimum; ProbeBW's 1.25 gain queues a quarter of it) is a full bottleneck queue,
+    /// At the end of a round: a loss rate above [`LOSS_THRESH`] is taken for a full queue,
     /// so the window is capped at 0.7 × itself, as BBR v2 does; rounds without it raise the
     /// cap again, doubling the step each time. A flow sharing a bottleneck with a
     /// loss-based one then yields instead of keeping the queue full (BBR v1 takes most of
-    /// such a link), while loss without a queue — a lossy radio link, a lossy path — is
-    /// repaired and otherwise ignored, as in BBR v1.
+    /// such a link). Random loss above the threshold is taken for congestion too: telling
+    /// the two apart by the RTT (tried) fails when this flow joins a queue that was
+    /// already standing, since its minimum RTT then includes the queue.
     fn end_round_losses(&mut self, delivered: u64) {
         let round_delivered = delivered.saturating_sub(self.round_delivered_from);
         let lost = self.round_lost;
         self.round_lost = 0;
         self.round_delivered_from = delivered;
-        let queued = match (self.round_max_rtt.take(), self.min_rtt) {
-            (Some(round), Some(min)) => round > min * 3 / 2 + Duration::from_millis(2),
-            _ => false,
-        };
         let total = (round_delivered + lost) as f64;
         let mtu = u64::from(self.mtu);
-        if queued && lost >= 2 * mtu && total > 0.0 && lost as f64 / total > LOSS_THRESH {
+        if lost >= 2 * mtu && total > 0.0 && lost as f64 / total > LOSS_THRESH {
             let current = u64::from(self.cwnd());
             self.inflight_hi = Some((current as f64 * 0.7) as u64);
             self.hi_step = mtu;
@@ -245,7 +237,6 @@ impl Bbr {
             }
         }
         if let Some(rtt) = sample.rtt {
-            self.round_max_rtt = Some(self.round_max_rtt.map_or(rtt, |r| r.max(rtt)));
             let expired = self
                 .min_rtt_stamp
                 .is_some_and(|stamp| now.saturating_duration_since(stamp) > MIN_RTT_WINDOW);
@@ -652,19 +643,19 @@ mod tests {
     }
 
     #[test]
-    fn a_round_with_high_loss_at_a_full_queue_caps_the_window_and_clean_rounds_lift_it() {
+    fn a_round_with_high_loss_caps_the_window_and_clean_rounds_lift_the_cap() {
         let mut bbr = Bbr::new(MTU, 4 * MTU);
+        let rtt = Duration::from_millis(40);
         let per_round = 250_000u64; // 50 Mbit/s for 40 ms
         let (mut now, mut delivered) = (Instant::now(), 0u64);
-        let mut round = |bbr: &mut Bbr, lost: u64, rtt_ms: u64| {
-            let rtt = Duration::from_millis(rtt_ms);
+        let mut round = |bbr: &mut Bbr, lost: u64| {
             bbr.on_loss(lost);
             let prior = delivered;
             delivered += per_round;
             now += rtt;
             let sample = RateSample {
                 delivered: per_round,
-                interval: Duration::from_millis(40),
+                interval: rtt,
                 prior_delivered: prior,
                 rtt: Some(rtt),
                 app_limited: false,
@@ -672,25 +663,16 @@ mod tests {
             bbr.on_ack(sample, delivered, per_round, now);
         };
         for _ in 0..20 {
-            round(&mut bbr, 0, 40);
+            round(&mut bbr, 0);
         }
         let open = bbr.cwnd();
-        // A round's losses and RTTs are judged when the next round starts. 1 % lost
-        // behind a queue, or 5 % lost with none (random loss): no change.
-        round(&mut bbr, 0, 70);
-        round(&mut bbr, 2_500, 70);
-        round(&mut bbr, 0, 40);
-        round(&mut bbr, 12_500, 40);
+        // 1 % of a round lost (random loss): nothing changes.
+        round(&mut bbr, 2_500);
+        round(&mut bbr, 0);
         assert_eq!(bbr.cwnd(), open);
-        // 5 % lost with RTTs near the minimum (this flow's own probing queues up to a
-        // quarter of it): still no change.
-        round(&mut bbr, 0, 50);
-        round(&mut bbr, 12_500, 50);
-        assert_eq!(bbr.cwnd(), open);
-        // 5 % lost while the RTT reached 1.75 × the minimum (a full bottleneck queue):
-        // 0.7 of the window.
-        round(&mut bbr, 0, 70);
-        round(&mut bbr, 12_500, 70);
+        // 5 % of a round lost (a full queue): the window drops to 0.7 of itself.
+        round(&mut bbr, 12_500);
+        round(&mut bbr, 0);
         let capped = bbr.cwnd();
         assert!(
             f64::from(capped) < 0.72 * f64::from(open),
@@ -698,7 +680,7 @@ mod tests {
         );
         // Clean rounds raise the cap, faster each round, until it no longer binds.
         for _ in 0..12 {
-            round(&mut bbr, 0, 40);
+            round(&mut bbr, 0);
         }
         assert_eq!(bbr.cwnd(), open);
     }
