@@ -436,6 +436,38 @@ mod tests {
             let error = resolve(bad).unwrap_err().to_string();
             assert!(error.contains("must be between"), "{bad}: {error}");
         }
+        assert_eq!(
+            anywhere.rtc.sctp_recovery,
+            crate::rtc::sctp::SctpRecovery::Bbr
+        );
+        let upstream = resolve("sctp_recovery = \"upstream\"").unwrap();
+        assert_eq!(
+            upstream.rtc.sctp_recovery,
+            crate::rtc::sctp::SctpRecovery::Upstream
+        );
+        assert!(FileConfig::parse("sctp_recovery = \"fast\"", Path::new("c.toml")).is_err());
+    }
+
+    /// The README's sample config shows the transport defaults the code has.
+    #[test]
+    fn the_readme_states_the_transport_defaults() {
+        let readme = include_str!("../README.md");
+        let value = |key: &str| {
+            readme
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{key} = ")))
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("README has no `{key} = …` line"))
+                .trim_matches('"')
+                .to_owned()
+        };
+        assert_eq!(value("lanes"), crate::rtc::peer::DEFAULT_LANES.to_string());
+        assert_eq!(
+            value("sctp_window_bytes"),
+            crate::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES.to_string()
+        );
+        let recovery: crate::rtc::sctp::SctpRecovery = value("sctp_recovery").parse().unwrap();
+        assert_eq!(recovery, crate::rtc::sctp::SctpRecovery::default());
     }
 
     #[test]
