@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let root = Path::new("/srv/downloads");
-    for candidate in [name.to_owned(), numbered_name(name, 3), partial_name(name, 2)] {
+    for candidate in [name.to_owned(), numbered_name(name, 3), partial_name(name, "2")] {
         let joined = root.join(&candidate);
         assert_eq!(joined.parent(), Some(root), "{candidate:?}");
         let rest: Vec<_> = joined.strip_prefix(root).unwrap().components().collect();
