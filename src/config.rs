@@ -331,13 +331,10 @@ impl DaemonConfig {
                 .or(file.max_file_bytes)
                 .unwrap_or(defaults.max_file_bytes),
         };
-        // Where every local address is loopback the path cannot be long: one lane.
-        let only_loopback = bind.iter().all(|a| crate::rtc::peer::is_loopback(a));
-        let lanes = flags.lanes.or(file.lanes).unwrap_or(if only_loopback {
-            1
-        } else {
-            crate::rtc::peer::DEFAULT_LANES
-        });
+        let lanes = flags
+            .lanes
+            .or(file.lanes)
+            .unwrap_or(crate::rtc::peer::DEFAULT_LANES);
         if !(1..=crate::rtc::peer::MAX_LANES).contains(&lanes) {
             return Err(ConfigError::Lanes {
                 given: lanes,

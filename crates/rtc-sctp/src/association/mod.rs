@@ -2307,6 +2307,14 @@ impl Association {
             .any(|s| s.reassembly_queue.is_readable())
     }
 
+    /// Bytes per second to pace at, when BBR is in charge and has a rate.
+    pub(crate) fn pacing_rate(&self) -> Option<f64> {
+        self.bbr
+            .as_ref()
+            .filter(|_| self.bbr_in_charge())
+            .and_then(Bbr::pacing_rate)
+    }
+
     /// Whether BBR sets the window and paces: configured, and the path's minimum RTT is
     /// known and at least `bbr_min_rtt` (Reno with RACK otherwise).
     pub(crate) fn bbr_in_charge(&self) -> bool {
@@ -3058,6 +3066,8 @@ impl Association {
             } else {
                 0
             };
+            // The rate changes only with a SACK, not while this loop takes chunks.
+            let pacing_rate = self.pacing_rate();
             loop {
                 let Some(c) = self.pending_queue.peek() else {
                     if let Some(reset) = self.pending_queue.pop_ready_reset() {
@@ -3096,15 +3106,13 @@ impl Association {
                     continue;
                 }
 
-                let pacing_rate = self
-                    .bbr
-                    .as_ref()
-                    .filter(|_| self.bbr_in_charge())
-                    .and_then(Bbr::pacing_rate);
                 if pacing_rate.is_some() && !self.pacer.may_send(now) {
                     break; // paced: poll_timeout says when to go on
                 }
-                let pipe = self.inflight_queue.get_num_bytes() - lost_bytes;
+                let pipe = self
+                    .inflight_queue
+                    .get_num_bytes()
+                    .saturating_sub(lost_bytes);
                 if pipe + data_len > self.cwnd as usize {
                     if !self.rack.probe_due {
                         break; // would exceeds cwnd

@@ -196,6 +196,7 @@ impl Association {
             .get_num_bytes()
             .saturating_sub(self.rack_lost_bytes());
         let mut chunks = Vec::new();
+        let pacing_rate = self.pacing_rate();
         while let Some(&tsn) = self.rack.lost.front() {
             let Some(c) = self.inflight_queue.get(tsn) else {
                 self.rack.lost.pop_front();
@@ -209,11 +210,6 @@ impl Association {
             if pipe + len > self.cwnd as usize && !self.rack.probe_due {
                 break;
             }
-            let pacing_rate = self
-                .bbr
-                .as_ref()
-                .filter(|_| self.bbr_in_charge())
-                .and_then(super::bbr::Bbr::pacing_rate);
             if pacing_rate.is_some() && !self.pacer.may_send(now) {
                 break;
             }
