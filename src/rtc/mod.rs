@@ -17,7 +17,7 @@ pub enum RtcError {
     )]
     NoRoute,
     #[error(
-        "the encrypted handshake with the other side failed: its DTLS certificate does not match the one it announced (what an interception looks like), so the transfer was refused"
+        "a network path to the other side was found, but the encrypted (DTLS) handshake over it failed twice, so nothing was sent: the path may be dropping most packets, or something on it interferes (an interception looks the same); try again, or from another network"
     )]
     Handshake,
     #[error("the data channel closed before the transfer started")]

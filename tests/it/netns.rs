@@ -149,6 +149,52 @@ fn a_lossy_slow_distant_path_still_delivers() {
     assert!(dropped > 0, "no packet was lost:\n{counters}");
 }
 
+/// A path is found but the DTLS handshake over it never completes (here the router drops
+/// every DTLS handshake record until the daemons give up on the first connections): both
+/// sides start again with new peer connections, and the transfer then delivers.
+#[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
+fn a_handshake_that_stalls_is_tried_again_with_new_connections() {
+    let Some((net, a, b)) = two_homes(Nat::Ordinary, Impairment::default()) else {
+        return;
+    };
+    // UDP whose payload starts with 22: a DTLS handshake record (RFC 6347 4.1). STUN
+    // starts with 0 or 1, so ICE still finds the path.
+    const DTLS_HANDSHAKE: &str =
+        "FORWARD -p udp -m u32 --u32 \"0>>22&0x3C@8>>24=0x16\" -j DROP";
+    net.exec("r1", &format!("iptables -I {DTLS_HANDSHAKE}"));
+    let file = payload(&net);
+    let sending = {
+        let (a, b, file) = (a.clone(), b.clone(), file.clone());
+        std::thread::spawn(move || transfer(&a, &b, &file, &[]))
+    };
+    let log = net.dir.path().join("h1").join("p2pd.log");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("trying again with new connections")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no second attempt:\n{}",
+            net.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let counters = net.output("r1", "iptables -L FORWARD -v -x -n");
+    net.exec("r1", &format!("iptables -D {DTLS_HANDSHAKE}"));
+    let dropped: u64 = counters
+        .lines()
+        .find(|l| l.contains("u32"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped > 0, "no handshake packet was dropped:\n{counters}");
+    let outcome = sending.join().unwrap();
+    assert!(outcome.ok, "{:?}\n{}", outcome.events, net.logs());
+    received_ok(&net, "h2", &file);
+}
+
 /// A laptop that changes address mid-transfer (a new DHCP lease, another network): the
 /// old ICE path dies, the job waits to resume, both daemons find each other again
 /// through the rendezvous from their new addresses and finish from verified data.

@@ -3,8 +3,10 @@
 //! Building and negotiating peer connections is in `negotiate.rs`, reading the selected
 //! path and certificates from the stack's statistics in `route.rs`.
 
+mod build;
 mod negotiate;
 mod route;
+mod signal;
 
 use negotiate::EXTRA_LANES_GRACE;
 pub use negotiate::{connect_answerer, connect_offerer};
