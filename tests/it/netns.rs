@@ -160,8 +160,7 @@ fn a_handshake_that_stalls_is_tried_again_with_new_connections() {
     };
     // UDP whose payload starts with 22: a DTLS handshake record (RFC 6347 4.1). STUN
     // starts with 0 or 1, so ICE still finds the path.
-    const DTLS_HANDSHAKE: &str =
-        "FORWARD -p udp -m u32 --u32 \"0>>22&0x3C@8>>24=0x16\" -j DROP";
+    const DTLS_HANDSHAKE: &str = "FORWARD -p udp -m u32 --u32 \"0>>22&0x3C@8>>24=0x16\" -j DROP";
     net.exec("r1", &format!("iptables -I {DTLS_HANDSHAKE}"));
     let file = payload(&net);
     let sending = {
