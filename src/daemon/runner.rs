@@ -62,6 +62,7 @@ impl JobError {
                 match e {
                     RtcError::NoRoute => ErrorKind::NoRoute,
                     RtcError::Handshake => ErrorKind::Protocol,
+                    RtcError::HandshakeStalled => ErrorKind::Protocol,
                     RtcError::Signaling(s) => return signal_failure(s),
                     _ => ErrorKind::PeerGone,
                 },

@@ -17,9 +17,13 @@ pub enum RtcError {
     )]
     NoRoute,
     #[error(
-        "a network path to the other side was found, but the encrypted (DTLS) handshake over it failed twice, so nothing was sent: the path may be dropping most packets, or something on it interferes (an interception looks the same); try again, or from another network"
+        "the encrypted handshake with the other side failed: its DTLS certificate is not the one it announced, or it broke the handshake off (what an interception looks like), so nothing was sent"
     )]
     Handshake,
+    #[error(
+        "a network path to the other side was found, but the encrypted handshake over it did not complete, twice, so nothing was sent: the path may be losing most of its packets (try again, or from another network), or someone on it presented a certificate other than the one announced (what an interception looks like)"
+    )]
+    HandshakeStalled,
     #[error("the data channel closed before the transfer started")]
     ChannelClosed,
     #[error("the peer sent a malformed signaling message")]

@@ -505,7 +505,7 @@ mod mismatched_certificate {
             assert!(info.files.is_empty(), "no offer may be seen over an unauthenticated channel");
             let failure = info.failure.unwrap();
             assert!(
-                failure.message.contains("certificate") || failure.message.contains("could not prove"),
+                failure.message.contains("interception") || failure.message.contains("could not prove"),
                 "{failure:?}"
             );
             assert!(listing(&daemon.downloads).is_empty());

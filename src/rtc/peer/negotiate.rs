@@ -217,6 +217,10 @@ struct Deadlines {
     peer_left: Option<Instant>,
     /// Lane 0 is open: the others get a little longer, then go on without them.
     extras: Option<Instant>,
+    /// The answering side gave up an attempt: the offering side's new offers are due by
+    /// then (it gives up within about the same handshake time, so it is late only if it
+    /// is gone or never meant to retry).
+    offers: Option<Instant>,
 }
 
 impl Deadlines {
@@ -226,9 +230,21 @@ impl Deadlines {
             handshake: None,
             peer_left: None,
             extras: None,
+            offers: None,
+        }
+    }
+
+    /// The waits of a second attempt on `role`'s side, starting now.
+    fn retry(role: Role) -> Deadlines {
+        Deadlines {
+            offers: (role == Role::Receiver).then(|| Instant::now() + OFFERS_AFTER_RETRY),
+            ..Deadlines::start()
         }
     }
 }
+
+/// How long the answering side waits for new offers after giving up an attempt itself.
+const OFFERS_AFTER_RETRY: Duration = Duration::from_secs(15);
 
 async fn until(at: Option<Instant>) {
     match at {
@@ -273,11 +289,16 @@ async fn negotiate(
             }
             let handshake_expired = until(deadlines.handshake.filter(|_| deadlines.extras.is_none()));
             let peer_left = until(deadlines.peer_left.filter(|_| deadlines.handshake.is_none()));
-            let mut handshake_failed = false;
+            let mut handshake_stalled = false;
             tokio::select! {
                 _ = cancel.cancelled() => return Err(RtcError::Cancelled),
-                _ = tokio::time::sleep_until(deadlines.connect), if deadlines.extras.is_none() => return Err(RtcError::NoRoute),
-                _ = handshake_expired => handshake_failed = true,
+                // A second attempt follows a path that was found: not finding one again
+                // (or the offering side not offering again) is the handshake's failure.
+                _ = tokio::time::sleep_until(deadlines.connect), if deadlines.extras.is_none() => {
+                    return Err(if lanes.attempt > 0 { RtcError::HandshakeStalled } else { RtcError::NoRoute });
+                }
+                _ = handshake_expired => handshake_stalled = true,
+                _ = until(deadlines.offers.filter(|_| lanes.pcs.is_empty())) => return Err(RtcError::HandshakeStalled),
                 _ = peer_left => return Err(RtcError::Signaling(crate::rendezvous::SignalError::PeerGone)),
                 _ = until(deadlines.extras) => {
                     debug!(open = opened.len(), "going on without the lanes still opening");
@@ -302,12 +323,12 @@ async fn negotiate(
                         deadlines.handshake = Some(Instant::now() + HANDSHAKE_TIMEOUT);
                     }
                 }
+                // Failing (rather than stalling) after ICE found a path is the handshake
+                // refused. (webrtc-rs 0.21 reports a DTLS error, such as a certificate
+                // other than the announced one, as neither: the handshake just stalls.)
                 changed = lanes.zero.state.changed() => {
                     if changed.is_err() || *lanes.zero.state.borrow() == RTCPeerConnectionState::Failed {
-                        if deadlines.handshake.is_none() {
-                            return Err(RtcError::NoRoute);
-                        }
-                        handshake_failed = true;
+                        return Err(if deadlines.handshake.is_some() { RtcError::Handshake } else { RtcError::NoRoute });
                     }
                 }
                 Some((lane, candidate)) = lanes.gathered.recv() => {
@@ -323,7 +344,8 @@ async fn negotiate(
                             Fit::Current => handle_signal(&mut lanes, &mut session, signal).await?,
                             Fit::NewAttempt => {
                                 warn!(attempt = signal.attempt(), "the other side is trying again with new connections");
-                                restart(&mut lanes, &mut session, signal.attempt()).await?;
+                                // Boxed: building peer connections is a large future, and this loop is already one.
+                                Box::pin(restart(&mut lanes, &mut session, signal.attempt())).await?;
                                 opened.clear();
                                 deadlines = Deadlines::start();
                                 handle_signal(&mut lanes, &mut session, signal).await?;
@@ -342,19 +364,19 @@ async fn negotiate(
                     }
                 },
             }
-            if handshake_failed {
+            if handshake_stalled {
                 // A path was found, so the peer is there; the handshake over it did not
                 // complete (packets lost past DTLS's retransmissions, a stalled SCTP
                 // setup). New connections usually get through; the answering side waits
                 // for the offering side's new offers.
                 let next = lanes.attempt + 1;
                 if next >= ATTEMPTS || !signaling {
-                    return Err(RtcError::Handshake);
+                    return Err(RtcError::HandshakeStalled);
                 }
                 warn!(attempt = next, "the handshake did not complete over the path found: trying again with new connections");
-                restart(&mut lanes, &mut session, next).await?;
+                Box::pin(restart(&mut lanes, &mut session, next)).await?;
                 opened.clear();
-                deadlines = Deadlines::start();
+                deadlines = Deadlines::retry(lanes.role);
             }
         }
     }
