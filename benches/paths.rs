@@ -7,8 +7,8 @@
 //! only the paths named. P2PD_PATHS_MIB sets the file size (64 by default).
 //! TCP is timed twice, with the kernel's default congestion control (BBR here) and with
 //! CUBIC. P2PD_PATHS_VARIANTS chooses the p2pd rows, comma-separated (default `bbr`):
-//! `upstream`, `rto`, `rack` or `bbr` run both daemons with that `--sctp-recovery` over one
-//! association; `striped` is the old default, 16 lanes of upstream rtc-sctp. The
+//! `upstream`, `rto`, `rack` or `bbr` run both daemons with that `--sctp-recovery` (one
+//! association per transfer; the striped figures of before are in docs/PERFORMANCE.md). The
 //! `share-40ms-50mbit` row runs the transfer beside a TCP-CUBIC flow through the same
 //! bottleneck and prints each one's rate over the transfer's data phase.
 
@@ -125,12 +125,11 @@ fn send_and_check(
 /// The daemons of one p2pd row: flags for both sides.
 fn variant_flags(variant: &str) -> Vec<&'static str> {
     match variant {
-        "upstream" => vec!["--lanes", "1", "--sctp-recovery", "upstream"],
-        "rto" => vec!["--lanes", "1", "--sctp-recovery", "rto"],
-        "rack" => vec!["--lanes", "1", "--sctp-recovery", "rack"],
-        "bbr" => vec!["--lanes", "1", "--sctp-recovery", "bbr"],
-        "striped" => vec!["--lanes", "16", "--sctp-recovery", "upstream"],
-        other => panic!("unknown variant {other}: use upstream, rto, rack, bbr or striped"),
+        "upstream" => vec!["--sctp-recovery", "upstream"],
+        "rto" => vec!["--sctp-recovery", "rto"],
+        "rack" => vec!["--sctp-recovery", "rack"],
+        "bbr" => vec!["--sctp-recovery", "bbr"],
+        other => panic!("unknown variant {other}: use upstream, rto, rack or bbr"),
     }
 }
 

@@ -39,11 +39,11 @@ pub struct FileConfig {
     pub ice_bind: Option<Vec<String>>,
     /// Send and receive buffer of each WebRTC UDP socket (default 4 MiB; 0 = kernel default).
     pub udp_buffer_bytes: Option<usize>,
-    /// Peer connections a sending daemon negotiates per transfer (1 to 16).
-    pub lanes: Option<usize>,
-    /// Round trip (ms) from which a transfer stripes over all its lanes; 0 = always.
-    pub stripe_from_rtt_ms: Option<u64>,
-    /// SCTP receive window of each peer connection (default 2 MiB).
+    /// Retired with striping (one connection per transfer): refused with a line saying so.
+    pub lanes: Option<toml::Value>,
+    /// Retired with striping, like `lanes`.
+    pub stripe_from_rtt_ms: Option<toml::Value>,
+    /// SCTP receive window of the peer connection (default 2 MiB).
     pub sctp_window_bytes: Option<u32>,
     /// SCTP loss recovery and congestion control (docs/TRANSPORT.md).
     pub sctp_recovery: Option<crate::rtc::sctp::SctpRecovery>,
@@ -125,8 +125,10 @@ pub enum ConfigError {
     CaWithoutTls,
     #[error("force_relay and require_direct cannot both be true in the config: choose one")]
     ConflictingPathPolicy,
-    #[error("lanes must be between 1 and {max}, not {given}: use 1 for a single connection")]
-    Lanes { given: usize, max: usize },
+    #[error(
+        "`{0}` is no longer a setting (a transfer always uses one connection): remove it from the config file"
+    )]
+    Retired(&'static str),
     #[error(
         "sctp_window_bytes must be between 65536 and 268435456, not {0}: the default is 2097152"
     )]
@@ -247,8 +249,6 @@ pub struct Overrides {
     pub code_ttl_secs: Option<u64>,
     pub ice_bind: Vec<String>,
     pub udp_buffer_bytes: Option<usize>,
-    pub lanes: Option<usize>,
-    pub stripe_from_rtt_ms: Option<u64>,
     pub sctp_window_bytes: Option<u32>,
     pub sctp_recovery: Option<crate::rtc::sctp::SctpRecovery>,
     pub max_files: Option<usize>,
@@ -331,21 +331,12 @@ impl DaemonConfig {
                 .or(file.max_file_bytes)
                 .unwrap_or(defaults.max_file_bytes),
         };
-        let lanes = flags
-            .lanes
-            .or(file.lanes)
-            .unwrap_or(crate::rtc::peer::DEFAULT_LANES);
-        if !(1..=crate::rtc::peer::MAX_LANES).contains(&lanes) {
-            return Err(ConfigError::Lanes {
-                given: lanes,
-                max: crate::rtc::peer::MAX_LANES,
-            });
+        if file.lanes.is_some() {
+            return Err(ConfigError::Retired("lanes"));
         }
-        let stripe_from_rtt = flags
-            .stripe_from_rtt_ms
-            .or(file.stripe_from_rtt_ms)
-            .map(Duration::from_millis)
-            .unwrap_or(crate::rtc::peer::STRIPE_FROM_RTT);
+        if file.stripe_from_rtt_ms.is_some() {
+            return Err(ConfigError::Retired("stripe_from_rtt_ms"));
+        }
         let sctp_window_bytes = flags
             .sctp_window_bytes
             .or(file.sctp_window_bytes)
@@ -369,8 +360,6 @@ impl DaemonConfig {
                     .udp_buffer_bytes
                     .or(file.udp_buffer_bytes)
                     .unwrap_or(crate::rtc::runtime::UDP_SOCKET_BUFFER_BYTES),
-                lanes,
-                stripe_from_rtt,
                 sctp_window_bytes,
                 sctp_recovery: flags
                     .sctp_recovery
@@ -414,7 +403,7 @@ mod tests {
     }
 
     #[test]
-    fn lanes_default_to_one_on_loopback_and_out_of_range_values_are_refused() {
+    fn retired_and_out_of_range_values_are_refused() {
         let resolve = |text: &str| {
             let file = FileConfig::parse(text, Path::new("c.toml")).unwrap();
             let flags = Overrides {
@@ -425,13 +414,12 @@ mod tests {
             };
             DaemonConfig::resolve(flags, file)
         };
-        let loopback = resolve("ice_bind = [\"127.0.0.1:0\"]").unwrap();
-        assert_eq!(loopback.rtc.lanes, 1);
         let anywhere = resolve("ice_bind = [\"0.0.0.0:0\"]").unwrap();
-        assert_eq!(anywhere.rtc.lanes, crate::rtc::peer::DEFAULT_LANES);
-        for bad in ["lanes = 0", "lanes = 33", "sctp_window_bytes = 1000"] {
-            let error = resolve(bad).unwrap_err().to_string();
-            assert!(error.contains("must be between"), "{bad}: {error}");
+        let error = resolve("sctp_window_bytes = 1000").unwrap_err().to_string();
+        assert!(error.contains("must be between"), "{error}");
+        for retired in ["lanes = 16", "stripe_from_rtt_ms = 5"] {
+            let error = resolve(retired).unwrap_err().to_string();
+            assert!(error.contains("no longer a setting"), "{retired}: {error}");
         }
         assert_eq!(
             anywhere.rtc.sctp_recovery,
@@ -458,7 +446,6 @@ mod tests {
                 .trim_matches('"')
                 .to_owned()
         };
-        assert_eq!(value("lanes"), crate::rtc::peer::DEFAULT_LANES.to_string());
         assert_eq!(
             value("sctp_window_bytes"),
             crate::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES.to_string()
@@ -478,8 +465,6 @@ mod tests {
             code_ttl_secs = 60
             ice_bind = ["127.0.0.1:0"]
             udp_buffer_bytes = 0
-            lanes = 4
-            stripe_from_rtt_ms = 20
             sctp_window_bytes = 8388608
             max_files = 10
             max_total_bytes = 1000
@@ -502,8 +487,6 @@ mod tests {
         assert_eq!(config.code_ttl, Duration::from_secs(60));
         assert_eq!(config.rtc.bind, vec!["127.0.0.1:0".to_owned()]);
         assert_eq!(config.rtc.udp_buffer_bytes, 0);
-        assert_eq!(config.rtc.lanes, 4);
-        assert_eq!(config.rtc.stripe_from_rtt, Duration::from_millis(20));
         assert_eq!(config.rtc.sctp_window_bytes, 8 << 20);
         assert_eq!(
             config.limits,

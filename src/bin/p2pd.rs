@@ -55,16 +55,7 @@ struct Args {
     /// the kernel's default).
     #[arg(long)]
     udp_buffer_bytes: Option<usize>,
-    /// Peer connections to negotiate per sent transfer, 1 to 32 (default 1: one SCTP
-    /// association). More stripes a transfer over them when the round trip is long.
-    #[arg(long)]
-    lanes: Option<usize>,
-    /// Round trip in milliseconds from which a transfer stripes over its lanes (default 5;
-    /// 0 always stripes).
-    #[arg(long)]
-    stripe_from_rtt_ms: Option<u64>,
-    /// SCTP receive window of each peer connection in bytes (default 2 MiB; a striped
-    /// transfer gets one per lane).
+    /// SCTP receive window of a transfer's connection in bytes (default 2 MiB).
     #[arg(long)]
     sctp_window_bytes: Option<u32>,
     /// SCTP loss recovery and congestion control, cumulative steps (docs/TRANSPORT.md):
@@ -238,8 +229,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         code_ttl_secs: args.code_ttl,
         ice_bind: args.ice_bind,
         udp_buffer_bytes: args.udp_buffer_bytes,
-        lanes: args.lanes,
-        stripe_from_rtt_ms: args.stripe_from_rtt_ms,
         sctp_window_bytes: args.sctp_window_bytes,
         sctp_recovery: args.sctp_recovery,
         max_files: args.max_files,

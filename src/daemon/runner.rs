@@ -147,8 +147,8 @@ fn settings_for(
     Ok(settings)
 }
 
-/// Proves every lane (the first message each way) and agrees on the lanes, reports the
-/// route, then enforces `--require-direct`, telling the peer why when it refuses.
+/// Proves the PAKE key over the channel (the first message each way), reports the route,
+/// then enforces `--require-direct`, telling the peer why when it refuses.
 async fn secure(
     connection: &mut rtc::Connection,
     binding_key: &[u8; 32],
@@ -156,12 +156,8 @@ async fn secure(
     path: PathPolicy,
     job: &Job,
 ) -> Result<(), JobError> {
-    connection.authenticate(binding_key, role).await?;
-    // Reported once, with the striping both sides agreed on.
-    let route = connection
-        .route()
-        .await
-        .map(|r| r.striped(connection.active_lanes()));
+    transfer::binding::authenticate(&*connection, &connection.link, binding_key, role).await?;
+    let route = connection.route().await;
     job.set_route(route.clone());
     if path == PathPolicy::RequireDirect && route.is_none_or(|r| r.relayed) {
         transfer::abandon(

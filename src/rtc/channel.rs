@@ -14,11 +14,17 @@ use crate::transfer::link::{Incoming, Link, LinkClosed};
 pub const BUFFERED_HIGH_BYTES: u32 = 8 * 1024 * 1024;
 /// ...and resume once the channel drains below this.
 pub const BUFFERED_LOW_BYTES: u32 = 4 * 1024 * 1024;
-/// Messages received but not yet consumed: the striped link's credit window, so a peer
-/// that keeps to its credit never finds the queue full, whichever lane it used. One that
-/// does not makes the pump wait, and the driver holds the rest back from SCTP.
-/// Only what a lagging merge holds occupies memory.
-const INBOUND_QUEUE: usize = crate::transfer::stripe::STRIPED_CREDIT_WINDOW_MESSAGES;
+/// Messages received but not yet consumed (2 MiB of 64 KiB chunks, at most 8 MiB of the
+/// largest messages). When it is full the pump waits; once the driver's own queue is full
+/// too it stops reading the SCTP stream and the association's receive window closes.
+pub const INBOUND_QUEUE_MESSAGES: usize = 32;
+/// Messages the WebRTC stack itself may hold for a channel before SCTP's window starts to
+/// close, none of it configurable: rtc 0.21's pipeline backlog
+/// (`SCTP_PIPELINE_READ_BACKLOG_LIMIT`, 256), webrtc 0.21's driver → channel queue
+/// (`DRIVER_TO_DATA_CHANNEL_EVENT_CHANNEL_CAPACITY`, 256) and one drain of the pipeline the
+/// driver keeps when that queue is full (up to 256). With [`INBOUND_QUEUE_MESSAGES`] and
+/// the SCTP window it bounds what a peer that ignores backpressure makes the receiver hold.
+pub const STACK_QUEUE_MESSAGES: usize = 3 * 256;
 
 pub struct DataLink {
     channel: Arc<dyn DataChannel>,
@@ -44,7 +50,7 @@ impl DataLink {
             .set_buffered_amount_high_threshold(BUFFERED_HIGH_BYTES)
             .await
             .map_err(|_| LinkClosed)?;
-        let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+        let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE_MESSAGES);
         let (paused_tx, paused) = watch::channel(false);
         let (open_tx, mut open_rx) = watch::channel(already_open);
         let pump_channel = channel.clone();
@@ -98,6 +104,11 @@ impl DataLink {
 
     pub async fn close(&self) {
         let _ = self.channel.close().await;
+    }
+
+    /// Bytes handed to the channel that the peer has not acknowledged yet.
+    pub async fn outstanding_bytes(&self) -> usize {
+        self.channel.outstanding_bytes().await.unwrap_or(0)
     }
 }
 

@@ -9,8 +9,6 @@ use bytes::{Bytes, BytesMut};
 pub enum Incoming {
     Text(String),
     Binary(Bytes),
-    /// The peer broke the link's own framing (see `stripe`): nothing more can be trusted.
-    Broken(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -26,11 +24,6 @@ pub trait Link: Send + Sync {
     /// Whether the channel is below its high-water mark right now.
     fn is_writable(&self) -> bool {
         true
-    }
-    /// Bytes the link appends to each binary message: a sender that allocates this much
-    /// spare capacity spares the link a copy.
-    fn spare_capacity(&self) -> usize {
-        0
     }
     /// Queues a binary message without waiting; pace with [`Link::writable`].
     async fn send_binary(&self, data: BytesMut) -> Result<(), LinkClosed>;

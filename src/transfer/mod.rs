@@ -3,6 +3,7 @@
 //! filesystem edge. Knows nothing of WebRTC.
 
 pub mod beneath;
+pub mod binding;
 pub mod fence;
 pub mod journal;
 pub mod layout;
@@ -12,7 +13,6 @@ pub mod receiver;
 pub mod sender;
 pub mod source;
 pub mod store;
-pub mod stripe;
 pub mod wire;
 
 use std::path::Path;

@@ -454,7 +454,7 @@ async fn receive_files(
                         Ok(command) => command,
                         Err(what) => return Err(protocol(link, &what).await),
                     },
-                    Some(Incoming::Text(_)) | Some(Incoming::Broken(_)) | None => match control(incoming)? {
+                    Some(Incoming::Text(_)) | None => match control(incoming)? {
                         Control::FileStart { index, offset } => {
                             if cursor.current.is_some() || index != cursor.next_index || offset != cursor.next_offset || index as usize >= files.len() {
                                 return Err(protocol(link, "file_start out of order").await);

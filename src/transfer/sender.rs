@@ -123,11 +123,10 @@ async fn run(
     let (items_tx, mut items) = mpsc::channel(READ_AHEAD_CHUNKS);
     // Never larger than the peer accepts; 64 KiB otherwise (batched sends need equal runs).
     let chunk = link.max_message_bytes().clamp(1, CHUNK_BYTES);
-    let spare = link.spare_capacity();
     let first = from.index as usize;
     let reader = {
         let sources = sources.clone();
-        tokio::task::spawn_blocking(move || read_all(&sources, from, (chunk, spare), &items_tx))
+        tokio::task::spawn_blocking(move || read_all(&sources, from, chunk, &items_tx))
     };
     let result = stream(link, &mut items, entries, first, total, observer, cancel).await;
     // Closing the queue makes a reader blocked on a full queue give up.
@@ -231,12 +230,7 @@ async fn stream(
 }
 
 /// Reads every file from `from` on once, hashing as it goes. Runs on a blocking thread.
-fn read_all(
-    sources: &Sources,
-    from: From,
-    (chunk, spare): (usize, usize),
-    items: &mpsc::Sender<ReadItem>,
-) {
+fn read_all(sources: &Sources, from: From, chunk: usize, items: &mpsc::Sender<ReadItem>) {
     let fail = |error: TransferError| {
         let _ = items.blocking_send(ReadItem::Failed(error));
     };
@@ -283,7 +277,7 @@ fn read_all(
         let mut left = entry.size - offset;
         while left > 0 {
             let want = left.min(chunk as u64) as usize;
-            let mut chunk = BytesMut::with_capacity(want + spare);
+            let mut chunk = BytesMut::with_capacity(want);
             chunk.resize(want, 0);
             match read_full(&mut file, &mut chunk) {
                 Ok(n) if n == want => {}
@@ -353,7 +347,6 @@ pub(super) fn control(incoming: Option<Incoming>) -> Result<Control, TransferErr
         Some(Incoming::Binary(_)) => {
             Err(TransferError::Protocol("unexpected binary message".into()))
         }
-        Some(Incoming::Broken(why)) => Err(TransferError::Protocol(why)),
         None => Err(TransferError::PeerGone),
     }
 }

@@ -174,8 +174,6 @@ fn config_for(socket: std::path::PathBuf, downloads: std::path::PathBuf) -> Daem
             bind: vec!["127.0.0.1:0".into()],
             relay_only: false,
             udp_buffer_bytes: p2pd::rtc::runtime::UDP_SOCKET_BUFFER_BYTES,
-            lanes: 1,
-            stripe_from_rtt: p2pd::rtc::peer::STRIPE_FROM_RTT,
             sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
             sctp_recovery: Default::default(),
         },

@@ -25,8 +25,6 @@ fn settings() -> RtcSettings {
         bind: vec!["127.0.0.1:0".into()],
         relay_only: false,
         udp_buffer_bytes: p2pd::rtc::runtime::UDP_SOCKET_BUFFER_BYTES,
-        lanes: 1,
-        stripe_from_rtt: p2pd::rtc::peer::STRIPE_FROM_RTT,
         sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
         sctp_recovery: Default::default(),
     }
@@ -94,10 +92,12 @@ where
             .await
             .unwrap();
         let key = session.binding_key();
-        let mut connection = rtc::connect_offerer(session, &settings(), &CancellationToken::new())
+        let connection = rtc::connect_offerer(session, &settings(), &CancellationToken::new())
             .await
             .unwrap();
-        connection.authenticate(&key, Role::Sender).await.unwrap();
+        p2pd::transfer::binding::authenticate(&connection, &connection.link, &key, Role::Sender)
+            .await
+            .unwrap();
         script(connection).await;
     });
     let info = daemon.wait(daemon.receive(&text).await.unwrap()).await;
@@ -515,31 +515,83 @@ mod mismatched_certificate {
     }
 }
 
+/// A peer that sends without waiting for the receiver to consume: the receiving side takes
+/// no more than its SCTP window and the message queues in front of it (the stack's and the
+/// channel's); the rest stays in the peer's own send buffer, and nothing is lost once the
+/// receiver reads again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broken_lane_framing_ends_the_transfer_and_publishes_nothing() {
-    tokio::time::timeout(TEST_LIMIT * 2, async {
+async fn a_peer_that_ignores_backpressure_is_held_to_the_window() {
+    tokio::time::timeout(TEST_LIMIT, async {
         let daemon = TestDaemon::start().await;
-        let before = snapshot(&daemon.downloads);
-        let cases = [
-            // Too short for a trailer.
-            (bytes(3), "a malformed lane message"),
-            // A well-formed file message numbered far ahead: a gap no lane can fill.
-            (
-                p2pd::transfer::stripe::seal(bytes(10), false, 1000),
-                "out of sequence",
-            ),
-        ];
-        for (frame, needle) in cases {
-            // Straight onto lane 0's data channel, under the striped link, inside file 0.
-            let info = after_accept(&daemon, |c| async move {
-                start_file(&c.link).await;
-                let _ = c.link.lanes()[0].send_binary(frame).await;
-                let _ = hear(&c.link).await;
+        let url = daemon.daemon.as_ref().unwrap().rendezvous_url().to_owned();
+        let mut client = RendezvousClient::connect(&url).await.unwrap();
+        let (nameplate, _) = client.allocate().await.unwrap();
+        let code = Code::generate(nameplate);
+        let receiving = {
+            let code = code.clone();
+            tokio::spawn(async move {
+                let mut client = RendezvousClient::connect(&url).await.unwrap();
+                client.claim(code.nameplate).await.unwrap();
+                let session = Session::establish(client, Role::Receiver, &code)
+                    .await
+                    .unwrap();
+                rtc::connect_answerer(session, &settings(), &CancellationToken::new())
+                    .await
+                    .unwrap()
             })
-            .await;
-            assert_refused(&info, ErrorKind::Protocol, needle);
-            assert_eq!(snapshot(&daemon.downloads), before);
+        };
+        client.wait_for_peer().await.unwrap();
+        let session = Session::establish(client, Role::Sender, &code)
+            .await
+            .unwrap();
+        let flood = rtc::connect_offerer(session, &settings(), &CancellationToken::new())
+            .await
+            .unwrap();
+        let receiver = receiving.await.unwrap();
+        // Sends until a send has waited half a second: the flood's own send buffer is full
+        // because the receiver stopped taking more.
+        const CHUNK: usize = 64 * 1024;
+        let mut sent = 0;
+        while sent < 256 * 1024 * 1024 {
+            let chunk = bytes::BytesMut::from(&[7u8; CHUNK][..]);
+            match tokio::time::timeout(Duration::from_millis(500), flood.link.send_binary(chunk))
+                .await
+            {
+                Ok(result) => result.unwrap(),
+                Err(_) => break,
+            }
+            sent += CHUNK;
         }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let held = sent - flood.link.outstanding_bytes().await;
+        let bound = p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES as usize
+            + (p2pd::rtc::channel::STACK_QUEUE_MESSAGES
+                + p2pd::rtc::channel::INBOUND_QUEUE_MESSAGES)
+                * CHUNK;
+        // One message in the pump's hands and one in reassembly on top.
+        assert!(
+            held <= bound + 2 * CHUNK,
+            "the receiver took {held} of {sent} bytes, its window and queues are {bound}"
+        );
+        assert!(
+            held < sent,
+            "the flood was never held back: {sent} bytes sent"
+        );
+        let mut got = 0;
+        while got < held {
+            match tokio::time::timeout(Duration::from_secs(10), receiver.link.recv()).await {
+                Ok(Some(Incoming::Binary(data))) => got += data.len(),
+                other => panic!("after {got} bytes: {other:?}"),
+            }
+        }
+        // Reading frees the window: the rest arrives too.
+        while got < sent {
+            match tokio::time::timeout(Duration::from_secs(10), receiver.link.recv()).await {
+                Ok(Some(Incoming::Binary(data))) => got += data.len(),
+                other => panic!("after {got} of {sent} bytes: {other:?}"),
+            }
+        }
+        assert_eq!(got, sent);
     })
     .await
     .expect("test finished in time");

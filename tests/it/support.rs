@@ -29,9 +29,6 @@ pub struct Options {
     pub code_ttl: Duration,
     pub resume_window: Duration,
     pub limits: p2pd::transfer::names::Limits,
-    /// Peer connections per sent transfer, and the round trip from which they stripe.
-    pub lanes: usize,
-    pub stripe_from_rtt: Duration,
 }
 
 impl Default for Options {
@@ -42,8 +39,6 @@ impl Default for Options {
             code_ttl: Duration::from_secs(600),
             resume_window: Duration::from_secs(3600),
             limits: Default::default(),
-            lanes: 1,
-            stripe_from_rtt: p2pd::rtc::peer::STRIPE_FROM_RTT,
         }
     }
 }
@@ -83,8 +78,6 @@ impl TestDaemon {
                 bind: vec!["127.0.0.1:0".into()],
                 relay_only: false,
                 udp_buffer_bytes: p2pd::rtc::runtime::UDP_SOCKET_BUFFER_BYTES,
-                lanes: options.lanes,
-                stripe_from_rtt: options.stripe_from_rtt,
                 sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
                 sctp_recovery: Default::default(),
             },

@@ -303,36 +303,3 @@ async fn folders_round_trip_with_times_and_the_executable_bit() {
     .await
     .expect("test finished in time");
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transfer_striped_over_several_connections_arrives_in_order() {
-    tokio::time::timeout(TEST_LIMIT, async {
-        // Striping regardless of the round trip, over four peer connections.
-        let a = TestDaemon::start_with(Options {
-            lanes: 4,
-            stripe_from_rtt: std::time::Duration::ZERO,
-            ..Options::default()
-        })
-        .await;
-        let b = a.peer().await;
-        let src = tempfile::tempdir().unwrap();
-        let files = vec![
-            random_file(src.path(), "big.bin", 48 * 1024 * 1024 + 17, 1),
-            random_file(src.path(), "empty.bin", 0, 2),
-            random_file(src.path(), "small.bin", 3 * 1024 + 1, 3),
-        ];
-        round_trip(&a, &b, &files).await;
-        let (send_id, code) = a.send(&files[2..]).await.expect("send accepted");
-        let received = b.wait(b.receive(&code).await.unwrap()).await;
-        let sent = a.wait(send_id).await;
-        for info in [&sent, &received] {
-            let route = info.route.as_ref().expect("route");
-            assert!(
-                route.description.ends_with(" over 4 connections"),
-                "both sides report the striping: {route:?}"
-            );
-        }
-    })
-    .await
-    .expect("test finished in time");
-}

@@ -1,5 +1,5 @@
-//! Building one tuned peer connection: the setting engine and configuration every lane
-//! shares, and the event handler that hands candidates, states and the peer's channel to
+//! Building one tuned peer connection: the setting engine and configuration, and the event
+//! handler that hands candidates, states and the peer's channel to
 //! the negotiation without ever blocking the driver.
 
 use std::sync::Arc;
@@ -21,8 +21,7 @@ use crate::rtc::RtcError;
 use crate::rtc::runtime::TunedRuntime;
 
 struct Handler {
-    lane: u8,
-    candidates: mpsc::Sender<(u8, RTCIceCandidateInit)>,
+    candidates: mpsc::Sender<RTCIceCandidateInit>,
     state: watch::Sender<RTCPeerConnectionState>,
     ice_state: watch::Sender<RTCIceConnectionState>,
     channels: mpsc::Sender<Arc<dyn DataChannel>>,
@@ -36,7 +35,7 @@ impl PeerConnectionEventHandler for Handler {
         match event.candidate.to_json() {
             // try_send: this runs on the driver, which must never wait on us.
             Ok(init) => {
-                let _ = self.candidates.try_send((self.lane, init));
+                let _ = self.candidates.try_send(init);
             }
             Err(error) => debug!(%error, "unusable local candidate"),
         }
@@ -89,8 +88,7 @@ impl Watches {
 pub(super) async fn build(
     settings: &RtcSettings,
     role: Role,
-    lane: u8,
-    candidates: mpsc::Sender<(u8, RTCIceCandidateInit)>,
+    candidates: mpsc::Sender<RTCIceCandidateInit>,
     watches: Watches,
 ) -> Result<
     (
@@ -126,7 +124,6 @@ pub(super) async fn build(
         .build();
     let (channels_tx, channels) = mpsc::channel(1);
     let handler = Handler {
-        lane,
         candidates,
         state: watches.state,
         ice_state: watches.ice_state,

@@ -1,7 +1,7 @@
-//! Negotiating a transfer's peer connections (one per lane) over the sealed signaling
-//! session: offers, answers and trickled candidates, bounded waits, the first data channel
-//! taken and every other closed, and one fresh attempt when a path was found but the
-//! handshake over it did not complete.
+//! Negotiating a transfer's peer connection over the sealed signaling session: offer,
+//! answer and trickled candidates, bounded waits, the sender's one data channel taken and
+//! any other closed, and one fresh attempt when a path was found but the handshake over it
+//! did not complete.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,109 +19,60 @@ use webrtc::peer_connection::{
 use super::build::{Watches, build};
 use super::signal::{ATTEMPTS, Fit, Signal, fit, send_signal};
 use super::{
-    CHANNEL_LABEL, CONNECT_TIMEOUT, Connection, HANDSHAKE_TIMEOUT, LanePc, MAX_LANES,
-    PEER_LEFT_GRACE, RtcSettings, max_message_size,
+    CHANNEL_LABEL, CONNECT_TIMEOUT, Connection, HANDSHAKE_TIMEOUT, PEER_LEFT_GRACE, RtcSettings,
+    max_message_size,
 };
 use crate::rendezvous::{Role, Session};
 use crate::rtc::RtcError;
 use crate::rtc::channel::DataLink;
-use crate::transfer::stripe::Striped;
+use crate::transfer::link::LinkClosed;
 
-/// After lane 0 opens, how long the other lanes may still take; any not open by then are
-/// dropped and the transfer goes on without them.
-pub(super) const EXTRA_LANES_GRACE: Duration = Duration::from_secs(5);
+/// How long the answering side waits for new offers after giving up an attempt itself.
+const OFFERS_AFTER_RETRY: Duration = Duration::from_secs(15);
+/// Local candidates waiting to be trickled.
+const GATHERED_QUEUE: usize = 256;
 
-type Opening = std::pin::Pin<
-    Box<dyn Future<Output = (u8, Result<DataLink, crate::transfer::link::LinkClosed>)> + Send>,
->;
+type Opening = std::pin::Pin<Box<dyn Future<Output = Result<DataLink, LinkClosed>> + Send>>;
 
-/// The peer connections of one negotiation, by lane.
-struct Lanes {
+/// One attempt's peer connection: built at once by the offering side, on the offer by the
+/// answering side.
+struct Attempt {
     role: Role,
     settings: RtcSettings,
-    /// Which attempt these peer connections belong to (see [`ATTEMPTS`]).
-    attempt: u8,
-    candidates: mpsc::Sender<(u8, RTCIceCandidateInit)>,
-    pcs: std::collections::BTreeMap<
-        u8,
-        (
-            Arc<dyn PeerConnection>,
-            watch::Receiver<RTCPeerConnectionState>,
-        ),
-    >,
-    openings: futures_util::stream::FuturesUnordered<Opening>,
-    /// Lane 0's watches until its connection is built (the answerer builds it on the
-    /// offer), with a receiver of its state for the connection's entry.
-    first: Option<(Watches, watch::Receiver<RTCPeerConnectionState>)>,
-    zero: LaneZero,
-    /// Local candidates of every lane, to trickle to the peer.
-    gathered: mpsc::Receiver<(u8, RTCIceCandidateInit)>,
+    /// Which attempt this is (see [`ATTEMPTS`]).
+    number: u8,
+    pc: Option<Arc<dyn PeerConnection>>,
+    /// The data channel, once the peer connection exists, until it opens.
+    opening: Option<Opening>,
+    /// The state watches, handed to the peer connection when it is built.
+    watches: Option<Watches>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    ice_state: watch::Receiver<RTCIceConnectionState>,
+    candidates: mpsc::Sender<RTCIceCandidateInit>,
+    /// Local candidates, to trickle to the peer.
+    gathered: mpsc::Receiver<RTCIceCandidateInit>,
 }
 
-impl Lanes {
-    fn new(role: Role, settings: &RtcSettings, attempt: u8) -> Lanes {
-        let (candidates, gathered) = mpsc::channel(256 * MAX_LANES);
-        let (first, state, ice_state) = Watches::new();
-        Lanes {
+impl Attempt {
+    fn new(role: Role, settings: &RtcSettings, number: u8) -> Attempt {
+        let (candidates, gathered) = mpsc::channel(GATHERED_QUEUE);
+        let (watches, state, ice_state) = Watches::new();
+        Attempt {
             role,
             settings: settings.clone(),
-            attempt,
+            number,
+            pc: None,
+            opening: None,
+            watches: Some(watches),
+            state,
+            ice_state,
             candidates,
-            pcs: Default::default(),
-            openings: Default::default(),
-            first: Some((first, state.clone())),
-            zero: LaneZero { state, ice_state },
             gathered,
         }
     }
 
-    /// The offering side's lanes: each gets its channel, and their offers are returned.
-    async fn offer(&mut self) -> Result<Vec<Signal>, RtcError> {
-        let mut offers = Vec::new();
-        let count = self.settings.lanes.clamp(1, MAX_LANES) as u8;
-        for lane in 0..count {
-            let result = async {
-                let (pc, _) = self.add(lane).await?;
-                let channel = pc
-                    .create_data_channel(
-                        CHANNEL_LABEL,
-                        Some(RTCDataChannelInit {
-                            ordered: true,
-                            ..Default::default()
-                        }),
-                    )
-                    .await
-                    .map_err(RtcError::Setup)?;
-                let offer = pc.create_offer(None).await.map_err(RtcError::Setup)?;
-                let sdp = offer.sdp.clone();
-                pc.set_local_description(offer)
-                    .await
-                    .map_err(RtcError::Setup)?;
-                Ok::<_, RtcError>((channel, sdp))
-            }
-            .await;
-            let (channel, sdp) = match result {
-                Ok(built) => built,
-                Err(error) => {
-                    self.close_all().await;
-                    return Err(error);
-                }
-            };
-            self.openings.push(Box::pin(async move {
-                (lane, DataLink::open(channel, false).await)
-            }));
-            offers.push(Signal::Offer {
-                sdp,
-                lane,
-                attempt: self.attempt,
-            });
-        }
-        Ok(offers)
-    }
-
-    async fn add(
+    async fn build(
         &mut self,
-        lane: u8,
     ) -> Result<
         (
             Arc<dyn PeerConnection>,
@@ -129,98 +80,101 @@ impl Lanes {
         ),
         RtcError,
     > {
-        let (watches, state) = match (lane, self.first.take()) {
-            (0, Some(first)) => first,
-            (_, first) => {
-                self.first = first;
-                let (watches, state, _) = Watches::new();
-                (watches, state)
-            }
-        };
-        let (pc, channels) = build(
-            &self.settings,
-            self.role,
-            lane,
-            self.candidates.clone(),
-            watches,
-        )
-        .await?;
-        self.pcs.insert(lane, (pc.clone(), state));
+        let watches = self.watches.take().ok_or(RtcError::BadSignal)?;
+        let (pc, channels) =
+            build(&self.settings, self.role, self.candidates.clone(), watches).await?;
+        self.pc = Some(pc.clone());
         Ok((pc, channels))
     }
 
-    async fn close_all(&mut self) {
-        for (pc, _) in self.pcs.values() {
+    /// The offering side: the peer connection with its channel, and the offer to send.
+    async fn offer(&mut self) -> Result<Signal, RtcError> {
+        let (pc, _) = self.build().await?;
+        let channel = pc
+            .create_data_channel(
+                CHANNEL_LABEL,
+                Some(RTCDataChannelInit {
+                    ordered: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(RtcError::Setup)?;
+        let offer = pc.create_offer(None).await.map_err(RtcError::Setup)?;
+        let sdp = offer.sdp.clone();
+        pc.set_local_description(offer)
+            .await
+            .map_err(RtcError::Setup)?;
+        self.opening = Some(Box::pin(DataLink::open(channel, false)));
+        Ok(Signal::Offer {
+            sdp,
+            attempt: self.number,
+        })
+    }
+
+    async fn close(&mut self) {
+        if let Some(pc) = &self.pc {
             let _ = pc.close().await;
         }
     }
 }
 
-/// Lane 0's states, which decide whether the negotiation succeeds.
-struct LaneZero {
-    state: watch::Receiver<RTCPeerConnectionState>,
-    ice_state: watch::Receiver<RTCIceConnectionState>,
-}
-
-/// The sending side: creates the lanes' channels and offers.
+/// The sending side: creates the channel and offers.
 pub async fn connect_offerer(
     session: Session,
     settings: &RtcSettings,
     cancel: &CancellationToken,
 ) -> Result<Connection, RtcError> {
-    let mut lanes = Lanes::new(Role::Sender, settings, 0);
-    let offers = lanes.offer().await?;
-    negotiate(lanes, session, offers, cancel).await
+    let mut attempt = Attempt::new(Role::Sender, settings, 0);
+    let offer = match attempt.offer().await {
+        Ok(offer) => offer,
+        Err(error) => {
+            attempt.close().await;
+            return Err(error);
+        }
+    };
+    negotiate(attempt, session, Some(offer), cancel).await
 }
 
-/// The receiving side: answers each lane's offer and accepts the one channel the peer opens
-/// on it.
+/// The receiving side: answers the offer and accepts the one channel the peer opens.
 pub async fn connect_answerer(
     session: Session,
     settings: &RtcSettings,
     cancel: &CancellationToken,
 ) -> Result<Connection, RtcError> {
-    let lanes = Lanes::new(Role::Receiver, settings, 0);
-    negotiate(lanes, session, Vec::new(), cancel).await
+    let attempt = Attempt::new(Role::Receiver, settings, 0);
+    negotiate(attempt, session, None, cancel).await
 }
 
-/// The answerer's side of a lane: wait for the peer's channel, check its label, pump it.
-fn accept_channel(lane: u8, mut channels: mpsc::Receiver<Arc<dyn DataChannel>>) -> Opening {
+/// The answerer's channel: wait for the peer's, check its label, pump it.
+fn accept_channel(mut channels: mpsc::Receiver<Arc<dyn DataChannel>>) -> Opening {
     Box::pin(async move {
-        let opened = async {
-            let channel = channels
-                .recv()
-                .await
-                .ok_or(crate::transfer::link::LinkClosed)?;
-            if channel.label().await.ok().as_deref() != Some(CHANNEL_LABEL) {
-                warn!("peer opened a channel with an unknown label");
-                let _ = channel.close().await;
-                return Err(crate::transfer::link::LinkClosed);
-            }
-            // The remote side's channel is announced once DCEP has opened it.
-            DataLink::open(channel, true).await
-        };
-        (lane, opened.await)
+        let channel = channels.recv().await.ok_or(LinkClosed)?;
+        if channel.label().await.ok().as_deref() != Some(CHANNEL_LABEL) {
+            warn!("peer opened a channel with an unknown label");
+            let _ = channel.close().await;
+            return Err(LinkClosed);
+        }
+        // The remote side's channel is announced once DCEP has opened it.
+        DataLink::open(channel, true).await
     })
 }
 
 /// The waits of one attempt. Each bounds a phase: finding a path, the handshake over it,
-/// a peer that left the rendezvous early, and the lanes after lane 0.
+/// a peer that left the rendezvous early, and the new offers of a second attempt.
 struct Deadlines {
     /// From the attempt's first signaling message to an open channel.
     connect: Instant,
     /// Once ICE has a path, what remains (DTLS, SCTP, the channel) is quick; if it stalls
-    /// or fails there, the route was fine and the handshake was not.
+    /// there, the route was fine and the handshake was not.
     handshake: Option<Instant>,
     /// The peer left the rendezvous before ICE connected here: it may only be a little
     /// ahead of us, or it may be gone (killed mid-handshake). Wait a moment, not 30 s.
     peer_left: Option<Instant>,
-    /// Lane 0 is open: the others get a little longer, then go on without them.
-    extras: Option<Instant>,
-    /// The answering side gave up an attempt: the offering side's new offers are due by
+    /// The answering side gave up an attempt: the offering side's new offer is due by
     /// then (it gives up within about the same handshake time, so it is late only if it
     /// is gone or never meant to retry).
-    offers: Option<Instant>,
+    offer: Option<Instant>,
 }
 
 impl Deadlines {
@@ -229,22 +183,26 @@ impl Deadlines {
             connect: Instant::now() + CONNECT_TIMEOUT,
             handshake: None,
             peer_left: None,
-            extras: None,
-            offers: None,
+            offer: None,
         }
     }
 
     /// The waits of a second attempt on `role`'s side, starting now.
     fn retry(role: Role) -> Deadlines {
         Deadlines {
-            offers: (role == Role::Receiver).then(|| Instant::now() + OFFERS_AFTER_RETRY),
+            offer: (role == Role::Receiver).then(|| Instant::now() + OFFERS_AFTER_RETRY),
             ..Deadlines::start()
         }
     }
 }
 
-/// How long the answering side waits for new offers after giving up an attempt itself.
-const OFFERS_AFTER_RETRY: Duration = Duration::from_secs(15);
+/// The channel, once open; never, while there is none yet.
+async fn opened(opening: &mut Option<Opening>) -> Result<DataLink, LinkClosed> {
+    match opening {
+        Some(opening) => opening.await,
+        None => std::future::pending().await,
+    }
+}
 
 async fn until(at: Option<Instant>) {
     match at {
@@ -253,69 +211,53 @@ async fn until(at: Option<Instant>) {
     }
 }
 
-/// Gives up the attempt under way and starts attempt `next` with new peer connections
-/// (new sockets, ICE credentials, DTLS certificates' handshake): the offering side offers
-/// again, the answering side waits for those offers.
-async fn restart(lanes: &mut Lanes, session: &mut Session, next: u8) -> Result<(), RtcError> {
-    lanes.close_all().await;
-    *lanes = Lanes::new(lanes.role, &lanes.settings.clone(), next);
-    if lanes.role == Role::Sender {
-        for offer in lanes.offer().await? {
-            send_signal(session, &offer).await?;
-        }
+/// Gives up the attempt under way and starts attempt `next` with a new peer connection
+/// (new sockets, ICE credentials and DTLS handshake): the offering side offers again, the
+/// answering side waits for that offer.
+async fn restart(attempt: &mut Attempt, session: &mut Session, next: u8) -> Result<(), RtcError> {
+    attempt.close().await;
+    *attempt = Attempt::new(attempt.role, &attempt.settings.clone(), next);
+    if attempt.role == Role::Sender {
+        let offer = attempt.offer().await?;
+        send_signal(session, &offer).await?;
     }
     Ok(())
 }
 
 async fn negotiate(
-    mut lanes: Lanes,
+    mut attempt: Attempt,
     mut session: Session,
-    first: Vec<Signal>,
+    offer: Option<Signal>,
     cancel: &CancellationToken,
 ) -> Result<Connection, RtcError> {
-    use futures_util::StreamExt;
-    let mut opened: std::collections::BTreeMap<u8, DataLink> = Default::default();
     let result = async {
-        for signal in &first {
-            send_signal(&mut session, signal).await?;
+        if let Some(offer) = &offer {
+            send_signal(&mut session, offer).await?;
         }
         let mut deadlines = Deadlines::start();
         // Once the peer hangs up the rendezvous (it may, as soon as its side is open),
-        // keep waiting for our channels rather than failing.
+        // keep waiting for our channel rather than failing.
         let mut signaling = true;
         loop {
-            if opened.contains_key(&0) && lanes.openings.is_empty() {
-                return Ok(());
-            }
-            let handshake_expired = until(deadlines.handshake.filter(|_| deadlines.extras.is_none()));
+            let handshake_expired = until(deadlines.handshake);
             let peer_left = until(deadlines.peer_left.filter(|_| deadlines.handshake.is_none()));
-            let mut handshake_stalled = false;
+            let offer_due = until(deadlines.offer.filter(|_| attempt.pc.is_none()));
+            let mut stalled = false;
             tokio::select! {
                 _ = cancel.cancelled() => return Err(RtcError::Cancelled),
                 // A second attempt follows a path that was found: not finding one again
                 // (or the offering side not offering again) is the handshake's failure.
-                _ = tokio::time::sleep_until(deadlines.connect), if deadlines.extras.is_none() => {
-                    return Err(if lanes.attempt > 0 { RtcError::HandshakeStalled } else { RtcError::NoRoute });
+                _ = tokio::time::sleep_until(deadlines.connect) => {
+                    return Err(if attempt.number > 0 { RtcError::HandshakeStalled } else { RtcError::NoRoute });
                 }
-                _ = handshake_expired => handshake_stalled = true,
-                _ = until(deadlines.offers.filter(|_| lanes.pcs.is_empty())) => return Err(RtcError::HandshakeStalled),
+                _ = handshake_expired => stalled = true,
+                _ = offer_due => return Err(RtcError::HandshakeStalled),
                 _ = peer_left => return Err(RtcError::Signaling(crate::rendezvous::SignalError::PeerGone)),
-                _ = until(deadlines.extras) => {
-                    debug!(open = opened.len(), "going on without the lanes still opening");
-                    return Ok(());
+                link = opened(&mut attempt.opening), if attempt.opening.is_some() => {
+                    return link.map_err(|_| RtcError::ChannelClosed);
                 }
-                Some((lane, link)) = lanes.openings.next(), if !lanes.openings.is_empty() => match link {
-                    Ok(link) => {
-                        if lane == 0 {
-                            deadlines.extras = Some(Instant::now() + EXTRA_LANES_GRACE);
-                        }
-                        opened.insert(lane, link);
-                    }
-                    Err(_) if lane == 0 => return Err(RtcError::ChannelClosed),
-                    Err(_) => debug!(lane, "a lane closed while opening"),
-                },
-                changed = lanes.zero.ice_state.changed() => {
-                    let ice = *lanes.zero.ice_state.borrow();
+                changed = attempt.ice_state.changed() => {
+                    let ice = *attempt.ice_state.borrow();
                     if changed.is_ok()
                         && deadlines.handshake.is_none()
                         && matches!(ice, RTCIceConnectionState::Connected | RTCIceConnectionState::Completed)
@@ -326,29 +268,29 @@ async fn negotiate(
                 // Failing (rather than stalling) after ICE found a path is the handshake
                 // refused. (webrtc-rs 0.21 reports a DTLS error, such as a certificate
                 // other than the announced one, as neither: the handshake just stalls.)
-                changed = lanes.zero.state.changed() => {
-                    if changed.is_err() || *lanes.zero.state.borrow() == RTCPeerConnectionState::Failed {
+                changed = attempt.state.changed() => {
+                    if changed.is_err() || *attempt.state.borrow() == RTCPeerConnectionState::Failed {
                         return Err(if deadlines.handshake.is_some() { RtcError::Handshake } else { RtcError::NoRoute });
                     }
                 }
-                Some((lane, candidate)) = lanes.gathered.recv() => {
+                Some(candidate) = attempt.gathered.recv() => {
                     if signaling {
-                        let signal = Signal::Candidate { candidate, lane, attempt: lanes.attempt };
+                        let signal = Signal::Candidate { candidate, attempt: attempt.number };
                         signaling = send_signal(&mut session, &signal).await.is_ok();
                     }
                 }
                 received = session.recv(), if signaling => match received {
                     Ok(bytes) => {
                         let signal = Signal::decode(&bytes)?;
-                        match fit(&signal, lanes.attempt) {
-                            Fit::Current => handle_signal(&mut lanes, &mut session, signal).await?,
+                        match fit(&signal, attempt.number) {
+                            Fit::Current => handle_signal(&mut attempt, &mut session, signal).await?,
                             Fit::NewAttempt => {
-                                warn!(attempt = signal.attempt(), "the other side is trying again with new connections");
-                                // Boxed: building peer connections is a large future, and this loop is already one.
-                                Box::pin(restart(&mut lanes, &mut session, signal.attempt())).await?;
-                                opened.clear();
+                                warn!(attempt = signal.attempt(), "the other side is trying again with a new connection");
+                                // Boxed: building a peer connection is a large future, and
+                                // this loop is already one.
+                                Box::pin(restart(&mut attempt, &mut session, signal.attempt())).await?;
                                 deadlines = Deadlines::start();
-                                handle_signal(&mut lanes, &mut session, signal).await?;
+                                handle_signal(&mut attempt, &mut session, signal).await?;
                             }
                             Fit::Stale => debug!("ignoring a signal of an abandoned attempt"),
                         }
@@ -364,75 +306,54 @@ async fn negotiate(
                     }
                 },
             }
-            if handshake_stalled {
+            if stalled {
                 // A path was found, so the peer is there; the handshake over it did not
                 // complete (packets lost past DTLS's retransmissions, a stalled SCTP
-                // setup). New connections usually get through; the answering side waits
-                // for the offering side's new offers.
-                let next = lanes.attempt + 1;
+                // setup). A new connection usually gets through; the answering side
+                // waits for the offering side's new offer.
+                let next = attempt.number + 1;
                 if next >= ATTEMPTS || !signaling {
                     return Err(RtcError::HandshakeStalled);
                 }
-                warn!(attempt = next, "the handshake did not complete over the path found: trying again with new connections");
-                Box::pin(restart(&mut lanes, &mut session, next)).await?;
-                opened.clear();
-                deadlines = Deadlines::retry(lanes.role);
+                warn!(attempt = next, "the handshake did not complete over the path found: trying again with a new connection");
+                Box::pin(restart(&mut attempt, &mut session, next)).await?;
+                deadlines = Deadlines::retry(attempt.role);
             }
         }
     }
     .await;
     session.close().await;
-    if let Err(error) = result {
-        lanes.close_all().await;
-        return Err(error);
-    }
-    let mut lane_pcs = Vec::new();
-    let mut links = Vec::new();
-    for (id, (pc, state)) in std::mem::take(&mut lanes.pcs) {
-        let Some(mut link) = opened.remove(&id) else {
-            let _ = pc.close().await;
-            continue;
-        };
-        if let Some(remote) = pc.remote_description().await {
-            link.set_peer_max_message(max_message_size(&remote.sdp));
+    let (mut link, pc) = match (result, attempt.pc.clone()) {
+        (Ok(link), Some(pc)) => (link, pc),
+        (result, _) => {
+            attempt.close().await;
+            return Err(result.err().unwrap_or(RtcError::ChannelClosed));
         }
-        lane_pcs.push(LanePc { id, pc, state });
-        links.push(link);
-    }
-    // The map is ordered by lane, and negotiation succeeds only once lane 0 is open.
-    let Some(pc) = lane_pcs
-        .first()
-        .filter(|lane| lane.id == 0)
-        .map(|lane| lane.pc.clone())
-    else {
-        return Err(RtcError::ChannelClosed);
     };
+    if let Some(remote) = pc.remote_description().await {
+        link.set_peer_max_message(max_message_size(&remote.sdp));
+    }
     Ok(Connection {
         pc,
-        link: Striped::new(links),
-        lanes: lane_pcs,
-        stripe_from_rtt: lanes.settings.stripe_from_rtt,
-        striped: false,
+        link,
+        state: attempt.state.clone(),
     })
 }
 
 async fn handle_signal(
-    lanes: &mut Lanes,
+    attempt: &mut Attempt,
     session: &mut Session,
     signal: Signal,
 ) -> Result<(), RtcError> {
-    let attempt = lanes.attempt;
+    let number = attempt.number;
     match signal {
-        Signal::Offer { sdp, lane, .. } => {
-            // Offers come from the offering side only, once per lane.
-            if lanes.role != Role::Receiver
-                || usize::from(lane) >= MAX_LANES
-                || lanes.pcs.contains_key(&lane)
-            {
+        Signal::Offer { sdp, .. } => {
+            // An offer comes from the offering side only, once per attempt.
+            if attempt.role != Role::Receiver || attempt.pc.is_some() {
                 return Err(RtcError::BadSignal);
             }
-            let (pc, channels) = lanes.add(lane).await?;
-            lanes.openings.push(accept_channel(lane, channels));
+            let (pc, channels) = attempt.build().await?;
+            attempt.opening = Some(accept_channel(channels));
             let offer = RTCSessionDescription::offer(sdp).map_err(|_| RtcError::BadSignal)?;
             pc.set_remote_description(offer)
                 .await
@@ -442,10 +363,17 @@ async fn handle_signal(
             pc.set_local_description(answer)
                 .await
                 .map_err(RtcError::Setup)?;
-            send_signal(session, &Signal::Answer { sdp, lane, attempt }).await?;
+            send_signal(
+                session,
+                &Signal::Answer {
+                    sdp,
+                    attempt: number,
+                },
+            )
+            .await?;
         }
-        Signal::Answer { sdp, lane, .. } => {
-            let Some((pc, _)) = lanes.pcs.get(&lane) else {
+        Signal::Answer { sdp, .. } => {
+            let (Role::Sender, Some(pc)) = (attempt.role, &attempt.pc) else {
                 return Err(RtcError::BadSignal);
             };
             let answer = RTCSessionDescription::answer(sdp).map_err(|_| RtcError::BadSignal)?;
@@ -453,11 +381,9 @@ async fn handle_signal(
                 .await
                 .map_err(|_| RtcError::BadSignal)?;
         }
-        Signal::Candidate {
-            candidate, lane, ..
-        } => {
+        Signal::Candidate { candidate, .. } => {
             // A candidate we cannot use is not fatal: others may still connect.
-            if let Some((pc, _)) = lanes.pcs.get(&lane)
+            if let Some(pc) = &attempt.pc
                 && let Err(error) = pc.add_ice_candidate(candidate).await
             {
                 debug!(%error, "ignoring remote candidate");

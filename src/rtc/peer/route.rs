@@ -1,8 +1,7 @@
 //! What the WebRTC stack's statistics say about a peer connection: the path its selected
-//! candidate pair takes, ICE's round trip on it, and both DTLS certificates' fingerprints.
+//! candidate pair takes and both DTLS certificates' fingerprints.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use webrtc::peer_connection::{
     PeerConnection, RTCIceCandidateType, RTCStatsReportEntry, StatsSelector,
@@ -17,14 +16,6 @@ pub struct Route {
 }
 
 impl Route {
-    /// The same path, striped over `lanes` peer connections.
-    pub fn striped(mut self, lanes: usize) -> Route {
-        if lanes > 1 {
-            self.description = format!("{} over {lanes} connections", self.description);
-        }
-        self
-    }
-
     fn new(local: RTCIceCandidateType, remote: RTCIceCandidateType) -> Route {
         let relayed = local == RTCIceCandidateType::Relay || remote == RTCIceCandidateType::Relay;
         let how = if relayed { "relayed" } else { "direct" };
@@ -35,14 +26,8 @@ impl Route {
     }
 }
 
-/// The selected ICE candidate pair of a peer connection: its path and ICE's latest round
-/// trip time on it.
-pub(super) struct SelectedPair {
-    pub(super) route: Route,
-    pub(super) rtt: Duration,
-}
-
-pub(super) async fn selected_pair(pc: &Arc<dyn PeerConnection>) -> Option<SelectedPair> {
+/// The path of a peer connection's selected ICE candidate pair.
+pub(super) async fn selected_route(pc: &Arc<dyn PeerConnection>) -> Option<Route> {
     let report = pc
         .get_stats(std::time::Instant::now(), StatsSelector::None)
         .await;
@@ -52,11 +37,10 @@ pub(super) async fn selected_pair(pc: &Arc<dyn PeerConnection>) -> Option<Select
         }
         _ => None,
     })?;
-    let (local_id, remote_id, rtt) = report.iter().find_map(|entry| match entry {
+    let (local_id, remote_id) = report.iter().find_map(|entry| match entry {
         RTCStatsReportEntry::IceCandidatePair(pair) if pair.stats.id == pair_id => Some((
             pair.local_candidate_id.clone(),
             pair.remote_candidate_id.clone(),
-            pair.current_round_trip_time,
         )),
         _ => None,
     })?;
@@ -86,10 +70,7 @@ pub(super) async fn selected_pair(pc: &Arc<dyn PeerConnection>) -> Option<Select
         // A remote candidate learned from a connectivity check rather than signaled is not
         // listed; that is what ICE calls peer-reflexive.
         .unwrap_or(RTCIceCandidateType::Prflx);
-    Some(SelectedPair {
-        route: Route::new(local, remote),
-        rtt: Duration::try_from_secs_f64(rtt).unwrap_or_default(),
-    })
+    Some(Route::new(local, remote))
 }
 
 pub(super) async fn certificates(pc: &Arc<dyn PeerConnection>) -> Option<(String, String)> {

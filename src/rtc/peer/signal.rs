@@ -1,6 +1,6 @@
 //! The signaling messages of a negotiation, sealed by the session before they reach the
-//! rendezvous: offers, answers and trickled candidates, each naming its peer connection
-//! (lane) and the attempt it belongs to.
+//! rendezvous: offers, answers and trickled candidates, each naming the attempt it belongs
+//! to.
 
 use serde::{Deserialize, Serialize};
 use webrtc::peer_connection::RTCIceCandidateInit;
@@ -12,29 +12,23 @@ use crate::rtc::RtcError;
 /// fresh retry when the path was found but the handshake over it did not complete.
 pub(super) const ATTEMPTS: u8 = 2;
 
-/// `lane` and `attempt` are 0 when absent, so a message from a peer that never retries
-/// reads as the first attempt.
+/// `attempt` is 0 when absent, so a message from a peer that never retries reads as the
+/// first attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(super) enum Signal {
     Offer {
         sdp: String,
         #[serde(default)]
-        lane: u8,
-        #[serde(default)]
         attempt: u8,
     },
     Answer {
         sdp: String,
         #[serde(default)]
-        lane: u8,
-        #[serde(default)]
         attempt: u8,
     },
     Candidate {
         candidate: RTCIceCandidateInit,
-        #[serde(default)]
-        lane: u8,
         #[serde(default)]
         attempt: u8,
     },
@@ -95,13 +89,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_message_without_lane_or_attempt_is_the_first_attempts_lane_zero() {
+    fn a_message_without_an_attempt_is_the_first_attempts() {
         let signal = Signal::decode(br#"{"type":"offer","sdp":"v=0"}"#).unwrap();
         assert_eq!(
             signal,
             Signal::Offer {
                 sdp: "v=0".into(),
-                lane: 0,
                 attempt: 0
             }
         );
@@ -111,7 +104,6 @@ mod tests {
     fn messages_round_trip() {
         let signal = Signal::Answer {
             sdp: "v=0".into(),
-            lane: 3,
             attempt: 1,
         };
         assert_eq!(Signal::decode(&signal.encode().unwrap()).unwrap(), signal);
@@ -138,12 +130,10 @@ mod tests {
     fn only_an_offer_starts_a_new_attempt() {
         let offer = |attempt| Signal::Offer {
             sdp: String::new(),
-            lane: 0,
             attempt,
         };
         let answer = |attempt| Signal::Answer {
             sdp: String::new(),
-            lane: 0,
             attempt,
         };
         assert_eq!(fit(&offer(0), 0), Fit::Current);
