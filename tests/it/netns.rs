@@ -151,7 +151,7 @@ fn a_lossy_slow_distant_path_still_delivers() {
 
 /// A path is found but the DTLS handshake over it never completes (here the router drops
 /// every DTLS handshake record until the daemons give up on the first connections): both
-/// sides start again with new peer connections, and the transfer then delivers.
+/// sides start again with a new peer connection, and the transfer then delivers.
 #[test]
 #[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
 fn a_handshake_that_stalls_is_tried_again_with_new_connections() {
@@ -171,7 +171,7 @@ fn a_handshake_that_stalls_is_tried_again_with_new_connections() {
     let started = Instant::now();
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
-        .contains("trying again with new connections")
+        .contains("trying again with a new connection")
     {
         assert!(
             started.elapsed() < Duration::from_secs(60),

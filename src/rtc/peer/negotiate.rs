@@ -81,8 +81,15 @@ impl Attempt {
         RtcError,
     > {
         let watches = self.watches.take().ok_or(RtcError::BadSignal)?;
+        // On a task of its own: building a peer connection is a deep call chain, and
+        // under a job's futures (resume loop, negotiation, signal handling) a debug
+        // build's frames overflowed a worker's 2 MiB stack.
+        let (settings, role, candidates) =
+            (self.settings.clone(), self.role, self.candidates.clone());
         let (pc, channels) =
-            build(&self.settings, self.role, self.candidates.clone(), watches).await?;
+            tokio::spawn(async move { build(&settings, role, candidates, watches).await })
+                .await
+                .map_err(|_| RtcError::ChannelClosed)??;
         self.pc = Some(pc.clone());
         Ok((pc, channels))
     }
