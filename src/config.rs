@@ -43,8 +43,10 @@ pub struct FileConfig {
     pub lanes: Option<toml::Value>,
     /// Retired with striping, like `lanes`.
     pub stripe_from_rtt_ms: Option<toml::Value>,
-    /// SCTP receive window of the peer connection (default 2 MiB).
+    /// SCTP receive window the peer connection starts with (default 2 MiB).
     pub sctp_window_bytes: Option<u32>,
+    /// How far that window may grow while the reader keeps up (default 16 MiB).
+    pub sctp_window_max_bytes: Option<u32>,
     /// SCTP loss recovery and congestion control (docs/TRANSPORT.md).
     pub sctp_recovery: Option<crate::rtc::sctp::SctpRecovery>,
     #[serde(default)]
@@ -133,6 +135,10 @@ pub enum ConfigError {
         "sctp_window_bytes must be between 65536 and 268435456, not {0}: the default is 2097152"
     )]
     SctpWindow(u32),
+    #[error(
+        "sctp_window_max_bytes must be between sctp_window_bytes ({start}) and 268435456, not {given}: the default is 16777216"
+    )]
+    SctpWindowMax { given: u32, start: u32 },
 }
 
 /// Parses a config file's text; the error names the file and the offending key.
@@ -250,6 +256,7 @@ pub struct Overrides {
     pub ice_bind: Vec<String>,
     pub udp_buffer_bytes: Option<usize>,
     pub sctp_window_bytes: Option<u32>,
+    pub sctp_window_max_bytes: Option<u32>,
     pub sctp_recovery: Option<crate::rtc::sctp::SctpRecovery>,
     pub max_files: Option<usize>,
     pub max_total_bytes: Option<u64>,
@@ -344,6 +351,18 @@ impl DaemonConfig {
         if !(64 * 1024..=256 * 1024 * 1024).contains(&sctp_window_bytes) {
             return Err(ConfigError::SctpWindow(sctp_window_bytes));
         }
+        let sctp_window_max_bytes = match flags.sctp_window_max_bytes.or(file.sctp_window_max_bytes)
+        {
+            Some(given) if !(sctp_window_bytes..=256 * 1024 * 1024).contains(&given) => {
+                return Err(ConfigError::SctpWindowMax {
+                    given,
+                    start: sctp_window_bytes,
+                });
+            }
+            Some(given) => given,
+            // A starting window above the default cap grows no further.
+            None => crate::rtc::peer::SCTP_RECEIVE_WINDOW_MAX_BYTES.max(sctp_window_bytes),
+        };
         Ok(DaemonConfig {
             limits,
             socket,
@@ -361,6 +380,7 @@ impl DaemonConfig {
                     .or(file.udp_buffer_bytes)
                     .unwrap_or(crate::rtc::runtime::UDP_SOCKET_BUFFER_BYTES),
                 sctp_window_bytes,
+                sctp_window_max_bytes,
                 sctp_recovery: flags
                     .sctp_recovery
                     .or(file.sctp_recovery)
@@ -415,8 +435,16 @@ mod tests {
             DaemonConfig::resolve(flags, file)
         };
         let anywhere = resolve("ice_bind = [\"0.0.0.0:0\"]").unwrap();
-        let error = resolve("sctp_window_bytes = 1000").unwrap_err().to_string();
-        assert!(error.contains("must be between"), "{error}");
+        for bad in [
+            "sctp_window_bytes = 1000",
+            "sctp_window_max_bytes = 1000",
+            "sctp_window_bytes = 4194304\nsctp_window_max_bytes = 2097152",
+        ] {
+            let error = resolve(bad).unwrap_err().to_string();
+            assert!(error.contains("must be between"), "{bad}: {error}");
+        }
+        let big_start = resolve("sctp_window_bytes = 33554432").unwrap();
+        assert_eq!(big_start.rtc.sctp_window_max_bytes, 32 << 20);
         for retired in ["lanes = 16", "stripe_from_rtt_ms = 5"] {
             let error = resolve(retired).unwrap_err().to_string();
             assert!(error.contains("no longer a setting"), "{retired}: {error}");
@@ -450,6 +478,10 @@ mod tests {
             value("sctp_window_bytes"),
             crate::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES.to_string()
         );
+        assert_eq!(
+            value("sctp_window_max_bytes"),
+            crate::rtc::peer::SCTP_RECEIVE_WINDOW_MAX_BYTES.to_string()
+        );
         let recovery: crate::rtc::sctp::SctpRecovery = value("sctp_recovery").parse().unwrap();
         assert_eq!(recovery, crate::rtc::sctp::SctpRecovery::default());
     }
@@ -466,6 +498,7 @@ mod tests {
             ice_bind = ["127.0.0.1:0"]
             udp_buffer_bytes = 0
             sctp_window_bytes = 8388608
+            sctp_window_max_bytes = 67108864
             max_files = 10
             max_total_bytes = 1000
             max_file_bytes = 100
@@ -488,6 +521,7 @@ mod tests {
         assert_eq!(config.rtc.bind, vec!["127.0.0.1:0".to_owned()]);
         assert_eq!(config.rtc.udp_buffer_bytes, 0);
         assert_eq!(config.rtc.sctp_window_bytes, 8 << 20);
+        assert_eq!(config.rtc.sctp_window_max_bytes, 64 << 20);
         assert_eq!(
             config.limits,
             Limits {

@@ -55,9 +55,13 @@ struct Args {
     /// the kernel's default).
     #[arg(long)]
     udp_buffer_bytes: Option<usize>,
-    /// SCTP receive window of a transfer's connection in bytes (default 2 MiB).
+    /// SCTP receive window a transfer's connection starts with, in bytes (default 2 MiB).
     #[arg(long)]
     sctp_window_bytes: Option<u32>,
+    /// How far that window may grow while the receiver keeps up, in bytes (default 16 MiB;
+    /// equal to the starting window keeps it fixed).
+    #[arg(long)]
+    sctp_window_max_bytes: Option<u32>,
     /// SCTP loss recovery and congestion control, cumulative steps (docs/TRANSPORT.md):
     /// upstream (rtc-sctp 0.21.1 as released), rto (200 ms RTO floor), rack (also RACK-TLP
     /// and window-update SACKs, Reno), bbr (rack with BBR-style pacing; the default).
@@ -230,6 +234,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ice_bind: args.ice_bind,
         udp_buffer_bytes: args.udp_buffer_bytes,
         sctp_window_bytes: args.sctp_window_bytes,
+        sctp_window_max_bytes: args.sctp_window_max_bytes,
         sctp_recovery: args.sctp_recovery,
         max_files: args.max_files,
         max_total_bytes: args.max_total_bytes,

@@ -57,7 +57,10 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         // Before any peer connection: the rtc crate builds SCTP from the process default.
-        config.rtc.sctp_recovery.install();
+        config
+            .rtc
+            .sctp_recovery
+            .install(config.rtc.sctp_window_max_bytes);
         // Bind the control socket first: a second daemon must fail before touching anything.
         let listener = socket::bind(&config.socket).await?;
         let (rendezvous_url, rendezvous_addr) = match &config.rendezvous {

@@ -56,9 +56,18 @@ impl SctpRecovery {
         }
     }
 
-    /// Makes this the setting of every association created from now on in this process.
-    pub fn install(self) {
-        rtc_sctp::set_default_recovery(self.config());
+    /// Makes this the setting of every association created from now on in this process,
+    /// with receive windows that may grow to `receive_window_max` bytes (not `upstream`,
+    /// which stays as released).
+    pub fn install(self, receive_window_max: u32) {
+        let receive_window_max = match self {
+            SctpRecovery::Upstream => 0,
+            _ => receive_window_max,
+        };
+        rtc_sctp::set_default_recovery(RecoveryConfig {
+            receive_window_max,
+            ..self.config()
+        });
     }
 }
 

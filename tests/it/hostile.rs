@@ -26,6 +26,7 @@ fn settings() -> RtcSettings {
         relay_only: false,
         udp_buffer_bytes: p2pd::rtc::runtime::UDP_SOCKET_BUFFER_BYTES,
         sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
+        sctp_window_max_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_MAX_BYTES,
         sctp_recovery: Default::default(),
     }
 }

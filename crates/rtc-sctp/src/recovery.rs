@@ -51,6 +51,12 @@ pub struct RecoveryConfig {
     /// (with RACK). On loopback and LANs loss recovers within a millisecond anyway, while
     /// pacing at gigabit rates and a window of two tiny BDPs cost CPU and throughput.
     pub bbr_min_rtt: Duration,
+    /// Largest receive window (bytes) the association may grow to. The window starts at
+    /// `TransportConfig::max_receive_buffer_size` and doubles, at most, each round trip in
+    /// which the application consumed more than half of it, so a long fat path gets the
+    /// window its bandwidth-delay product needs while a slow reader holds no more than
+    /// before. 0 (or anything not above the starting window): fixed, as upstream.
+    pub receive_window_max: u32,
 }
 
 impl Default for RecoveryConfig {
@@ -64,6 +70,7 @@ impl Default for RecoveryConfig {
             window_update_percent: 0,
             congestion_control: CongestionControl::Reno,
             bbr_min_rtt: Duration::from_millis(5),
+            receive_window_max: 0,
         }
     }
 }
@@ -100,5 +107,6 @@ mod tests {
         assert!(!config.rack && !config.tail_loss_probe);
         assert_eq!(config.window_update_percent, 0);
         assert_eq!(config.congestion_control, CongestionControl::Reno);
+        assert_eq!(config.receive_window_max, 0);
     }
 }

@@ -27,9 +27,12 @@ use crate::transfer::binding::Certificates;
 pub const CHANNEL_LABEL: &str = "p2pd/3";
 /// Largest message either side may send. File chunks are 64 KiB; the ceiling leaves room.
 pub const MAX_MESSAGE_BYTES: u32 = 256 * 1024;
-/// SCTP receive window of the association by default. Larger than the 1 MiB default so a
+/// SCTP receive window an association starts with. Larger than the 1 MiB default so a
 /// fast short path is not window-bound (2 MiB / 5 ms ≈ 3.4 Gbit/s).
 pub const SCTP_RECEIVE_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+/// How far the receive window may grow while the application keeps up (twice its
+/// consumption per round trip): 16 MiB / 200 ms ≈ 670 Mbit/s.
+pub const SCTP_RECEIVE_WINDOW_MAX_BYTES: u32 = 16 * 1024 * 1024;
 /// Hard cap on the channel's unacknowledged send bytes, above the high-water mark.
 const SEND_BUFFER_LIMIT_BYTES: usize = 16 * 1024 * 1024;
 /// From the first signaling message to an open channel. Past it there is no route.
@@ -58,8 +61,10 @@ pub struct RtcSettings {
     pub relay_only: bool,
     /// Send and receive buffer asked for on each UDP socket; 0 leaves the kernel default.
     pub udp_buffer_bytes: usize,
-    /// The association's SCTP receive window.
+    /// The association's SCTP receive window at first.
     pub sctp_window_bytes: u32,
+    /// How far it may grow (process-wide; not above `sctp_window_bytes`: fixed).
+    pub sctp_window_max_bytes: u32,
     /// Loss recovery and congestion control of every association (process-wide).
     pub sctp_recovery: super::sctp::SctpRecovery,
 }

@@ -61,6 +61,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+pub(crate) mod autotune;
 pub(crate) mod bbr;
 pub(crate) mod rack;
 pub(crate) mod state;
@@ -238,6 +239,10 @@ pub struct Association {
 
     // Congestion control parameters
     pub(crate) max_receive_buffer_size: u32,
+    /// The receive window now: `max_receive_buffer_size` at first, grown with what the
+    /// application consumes per round trip up to `recovery.receive_window_max`.
+    pub(crate) receive_window: u32,
+    tuner: autotune::WindowTuner,
     // my congestion window size
     pub(crate) cwnd: u32,
     // calculated peer's receiver windows size
@@ -339,6 +344,8 @@ impl Default for Association {
 
             // Congestion control parameters
             max_receive_buffer_size: 0,
+            receive_window: 0,
+            tuner: autotune::WindowTuner::default(),
             // my congestion window size
             cwnd: 0,
             // calculated peer's receiver windows size
@@ -414,6 +421,7 @@ impl Association {
             side,
             handshake_completed: false,
             max_receive_buffer_size: config.max_receive_buffer_size(),
+            receive_window: config.max_receive_buffer_size(),
             max_message_size: config.max_message_size(),
             my_max_num_outbound_streams: config.max_num_outbound_streams(),
             my_max_num_inbound_streams: config.max_num_inbound_streams(),
@@ -991,8 +999,30 @@ impl Association {
         }
 
         self.handle_chunk_end(now);
+        self.tune_receive_window(now);
 
         Ok(())
+    }
+
+    /// Grows the receive window when the application consumed more per round trip than
+    /// half of it (see `autotune`), and tells the peer at once: the room is what a
+    /// window-limited sender is waiting for.
+    fn tune_receive_window(&mut self, now: Instant) {
+        let cap = self.recovery.receive_window_max;
+        if cap <= self.receive_window {
+            return;
+        }
+        let srtt = Duration::from_millis(self.rto_mgr.srtt);
+        if let Some(window) = self.tuner.on_packet(now, srtt, self.receive_window, cap) {
+            debug!(
+                "[{}] receive window {} -> {} (srtt {:?})",
+                self.side, self.receive_window, window, srtt
+            );
+            self.receive_window = window;
+            self.ack_state = AckState::Immediate;
+            self.timers.stop(Timer::Ack);
+            self.awake_write_loop();
+        }
     }
 
     fn handle_chunk_start(&mut self) {
@@ -2328,12 +2358,15 @@ impl Association {
     /// the peer about (RFC 9260 §6.2 allows a SACK at any time; a sender that saw a
     /// closed window otherwise learns of the room only from its next SACK, which may be
     /// a zero-window probe's, a T3-rtx later).
-    pub(crate) fn on_application_read(&mut self) {
+    pub(crate) fn on_application_read(&mut self, bytes: usize) {
+        if self.recovery.receive_window_max > 0 {
+            self.tuner.on_read(bytes);
+        }
         let percent = u32::from(self.recovery.window_update_percent);
         if percent == 0 || self.state() != AssociationState::Established {
             return;
         }
-        let threshold = (self.max_receive_buffer_size / 100).saturating_mul(percent);
+        let threshold = (self.receive_window / 100).saturating_mul(percent);
         let credit = self.get_my_receiver_window_credit();
         if credit.saturating_sub(self.advertised_rwnd) >= threshold.max(1) {
             self.ack_state = AckState::Immediate;
@@ -2348,7 +2381,7 @@ impl Association {
             bytes_queued += s.get_num_bytes_in_reassembly_queue() as u32;
         }
 
-        self.max_receive_buffer_size.saturating_sub(bytes_queued)
+        self.receive_window.saturating_sub(bytes_queued)
     }
 
     /// gather_outbound gathers outgoing packets. The returned bool value set to

@@ -135,8 +135,8 @@ impl Stream<'_> {
                 self.association
                     .retry_deferred_resets(self.stream_identifier);
             }
-            if chunks.is_some() {
-                self.association.on_application_read();
+            if let Some(chunks) = &chunks {
+                self.association.on_application_read(chunks.len());
             }
             Ok(chunks)
         } else {

@@ -3,7 +3,8 @@
 //! behaviour on the same path.
 
 use super::sim_test::{
-    DropRule, Link, Outcome, clean, drop_data, drop_with_retransmissions, random_loss, transfer,
+    DropRule, Extras, Link, Outcome, clean, drop_data, drop_with_retransmissions, random_loss,
+    transfer, transfer_with,
 };
 use crate::{RecoveryConfig, TransportConfig};
 use std::time::Duration;
@@ -208,4 +209,70 @@ fn bbr_fills_a_clean_path_and_overflows_the_queue_only_in_startup() {
     assert!(mbit(64 * MIB, &long) > 45.0, "{long:?}");
     assert_eq!(long.t3_timeouts, 0, "{long:?}");
     assert_eq!(long.queue_drops, short.queue_drops, "{long:?} vs {short:?}");
+}
+
+/// A 200 ms path with 200 Mbit/s to spare and a 256 KiB starting window, the receiver
+/// reading as fast as data comes and reporting every 100 ms (so it has a round trip).
+fn long_fat(
+    receive_window_max: u32,
+    read_every: Option<Duration>,
+    read_cap: Option<usize>,
+) -> Outcome {
+    let config = TransportConfig::default()
+        .with_max_receive_buffer_size(256 * 1024)
+        .with_recovery(RecoveryConfig {
+            receive_window_max,
+            ..bbr()
+        });
+    transfer_with(
+        config,
+        Link::new(ms(100), Some(200), clean()),
+        Link::new(ms(100), None, clean()),
+        32 * MIB,
+        64 * 1024,
+        16 * MIB,
+        read_every,
+        Duration::from_secs(600),
+        Extras {
+            talk_every: Some(ms(100)),
+            read_cap,
+        },
+    )
+}
+
+#[test]
+fn the_receive_window_grows_with_the_path_up_to_its_cap() {
+    // Fixed, 256 KiB per 200 ms is about 10 Mbit/s whatever the path.
+    let fixed = long_fat(0, None, None);
+    let tuned = long_fat(16 * MIB as u32, None, None);
+    println!(
+        "200 ms: fixed {:.1} Mbit/s {fixed:?}\ntuned {:.1} Mbit/s {tuned:?}",
+        mbit(32 * MIB, &fixed),
+        mbit(32 * MIB, &tuned)
+    );
+    assert!(mbit(32 * MIB, &fixed) < 12.0, "{fixed:?}");
+    assert_eq!(fixed.receiver_window, 256 * 1024, "{fixed:?}");
+    assert!(
+        mbit(32 * MIB, &tuned) > 4.0 * mbit(32 * MIB, &fixed),
+        "{tuned:?} vs {fixed:?}"
+    );
+    assert!(tuned.receiver_window <= 16 * MIB as u32, "{tuned:?}");
+    assert!(
+        tuned.receiver_peak_unread <= tuned.receiver_window,
+        "{tuned:?}"
+    );
+}
+
+#[test]
+fn a_slow_reader_gets_no_more_window_than_it_uses() {
+    // 32 KiB every 100 ms (2.6 Mbit/s), with a cap of 16 MiB: the window follows what the
+    // reader takes per round trip (which its delayed SACKs make look longer than 200 ms),
+    // not the cap, and so does what the receiver holds.
+    let slow = long_fat(
+        16 * MIB as u32,
+        Some(Duration::from_millis(100)),
+        Some(32 * 1024),
+    );
+    assert!(slow.receiver_window <= 512 * 1024, "{slow:?}");
+    assert!(slow.receiver_peak_unread <= 512 * 1024, "{slow:?}");
 }

@@ -187,6 +187,8 @@ pub(crate) struct Outcome {
     pub(crate) queue_drops: usize,
     /// The most bytes the receiver held that the application had not read.
     pub(crate) receiver_peak_unread: u32,
+    /// The receiver's window at the end.
+    pub(crate) receiver_window: u32,
     /// Whether BBR was setting the sender's window and pacing at the end.
     pub(crate) bbr_in_charge: bool,
 }
@@ -207,6 +209,36 @@ pub(crate) fn transfer(
     read_every: Option<Duration>,
     limit: Duration,
 ) -> Outcome {
+    let extras = Extras::default();
+    transfer_with(
+        config, forward, reverse, total, message, buffered, read_every, limit, extras,
+    )
+}
+
+/// What a receiver does besides reading.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Extras {
+    /// Send a 100-byte message this often (as a receiver reporting progress does), which
+    /// gives the receiver round-trip samples of its own.
+    pub(crate) talk_every: Option<Duration>,
+    /// Read at most this many bytes each time it reads (a reader with a rate of its own).
+    pub(crate) read_cap: Option<usize>,
+}
+
+/// [`transfer`] with [`Extras`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn transfer_with(
+    config: TransportConfig,
+    forward: Link,
+    reverse: Link,
+    total: usize,
+    message: usize,
+    buffered: usize,
+    read_every: Option<Duration>,
+    limit: Duration,
+    extras: Extras,
+) -> Outcome {
+    let talk_every = extras.talk_every;
     let client_addr = SocketAddr::new(Ipv4Addr::new(10, 0, 0, 1).into(), 5000);
     let server_addr = SocketAddr::new(Ipv4Addr::new(10, 0, 0, 2).into(), 5000);
     let mut client = Node::new(client_addr, None);
@@ -225,6 +257,7 @@ pub(crate) fn transfer(
     let (mut written, mut read, mut opened, mut accepted) = (0usize, 0usize, false, false);
     let mut connected = false;
     let mut next_read = start;
+    let mut next_talk = start;
     let mut peak_unread = 0u32;
     let mut finished = None;
     while now - start < limit {
@@ -244,6 +277,8 @@ pub(crate) fn transfer(
                 a.open_stream(1, ppi).expect("open");
                 opened = true;
             }
+            // What the receiver says, read and dropped.
+            while let Ok(Some(_)) = a.stream(1).map(|mut s| s.read_sctp()).unwrap_or(Ok(None)) {}
             while opened && written < total && a.buffered_amount() < buffered {
                 let n = message.min(total - written);
                 let body = Bytes::from(pattern(written, n));
@@ -259,11 +294,24 @@ pub(crate) fn transfer(
             if !accepted && a.accept_stream().is_some() {
                 accepted = true;
             }
-            let unread = a.max_receive_buffer_size - a.get_my_receiver_window_credit();
+            if let Some(every) = talk_every
+                && accepted
+                && now >= next_talk
+            {
+                let body = Bytes::from(vec![0u8; 100]);
+                a.stream(1)
+                    .expect("stream")
+                    .write_sctp(now, &body, ppi)
+                    .expect("talk");
+                next_talk = now + every;
+            }
+            let unread = a.receive_window - a.get_my_receiver_window_credit();
             peak_unread = peak_unread.max(unread);
             if accepted && now >= next_read {
-                while let Ok(Some(chunks)) =
-                    a.stream(1).map(|mut s| s.read_sctp()).unwrap_or(Ok(None))
+                let cap = read.saturating_add(extras.read_cap.unwrap_or(usize::MAX));
+                while read < cap
+                    && let Ok(Some(chunks)) =
+                        a.stream(1).map(|mut s| s.read_sctp()).unwrap_or(Ok(None))
                 {
                     let mut buf = vec![0u8; chunks.len()];
                     let n = chunks.read(&mut buf).expect("read");
@@ -287,6 +335,7 @@ pub(crate) fn transfer(
             client.next_timeout(),
             server.next_timeout(),
             read_every.filter(|_| read < total).map(|_| next_read),
+            talk_every.filter(|_| accepted).map(|_| next_talk),
         ]
         .into_iter()
         .flatten()
@@ -299,6 +348,7 @@ pub(crate) fn transfer(
     }
     let elapsed =
         finished.unwrap_or_else(|| panic!("unfinished: {read} of {total} bytes in {limit:?}"));
+    let receiver_window = server.association.as_ref().map_or(0, |a| a.receive_window);
     let sender = client.association.as_ref().expect("client");
     let bbr_in_charge = sender.bbr_in_charge();
     let mut stats = sender.stats();
@@ -309,6 +359,7 @@ pub(crate) fn transfer(
         dropped: forward.dropped,
         queue_drops: forward.queue_drops,
         receiver_peak_unread: peak_unread,
+        receiver_window,
         bbr_in_charge,
     }
 }
