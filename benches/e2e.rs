@@ -115,10 +115,21 @@ impl Daemon {
         rendezvous: Option<&str>,
         extra: &[&str],
     ) -> (Daemon, Option<String>) {
+        Daemon::start_binary(P2PD, dir, name, rendezvous, extra)
+    }
+
+    /// [`Daemon::start_with`] with another build of `p2pd` (a baseline).
+    fn start_binary(
+        binary: &str,
+        dir: &Path,
+        name: &str,
+        rendezvous: Option<&str>,
+        extra: &[&str],
+    ) -> (Daemon, Option<String>) {
         let socket = dir.join(name).join("p2pd.sock");
         let downloads = dir.join(format!("{name}-dl"));
         std::fs::create_dir_all(&downloads).expect("downloads");
-        let mut command = Command::new(P2PD);
+        let mut command = Command::new(binary);
         command
             .args([
                 "--socket",
@@ -329,7 +340,8 @@ fn throughput(dir: &Path) {
 /// The SCTP p2pd carries against rtc-sctp 0.21.1 as released, alternating on loopback:
 /// throughput and CPU seconds per GiB of both daemons, same run. P2PD_BENCH_TRANSPORT
 /// names the `--sctp-recovery` steps to compare (default `upstream,bbr`); ratios are to
-/// the first.
+/// the first. A step spelled `NAME=PATH` runs the `p2pd` at PATH instead, with its own
+/// defaults (another commit's build, as a baseline).
 fn transport(dir: &Path) {
     let mib = env_or("P2PD_BENCH_MIB", 1024);
     let runs = env_or("P2PD_BENCH_RUNS", 3);
@@ -345,12 +357,17 @@ fn transport(dir: &Path) {
     let pairs: Vec<(String, Pair)> = steps
         .iter()
         .map(|step| {
-            let flags = ["--sctp-recovery", step.as_str()];
-            let tag = format!("transport-{step}");
-            let (a, url) = Daemon::start_with(dir, &format!("{tag}-a"), None, &flags);
-            let (b, _) = Daemon::start_with(dir, &format!("{tag}-b"), url.as_deref(), &flags);
+            let (binary, flags) = match step.split_once('=') {
+                Some((_, path)) => (path, vec![]),
+                None => (P2PD, vec!["--sctp-recovery", step.as_str()]),
+            };
+            let name = step.split('=').next().unwrap_or(step);
+            let tag = format!("transport-{name}");
+            let (a, url) = Daemon::start_binary(binary, dir, &format!("{tag}-a"), None, &flags);
+            let (b, _) =
+                Daemon::start_binary(binary, dir, &format!("{tag}-b"), url.as_deref(), &flags);
             let received = dir.join(format!("{tag}-b-dl"));
-            (step.clone(), Pair { a, b, received })
+            (name.to_owned(), Pair { a, b, received })
         })
         .collect();
     let mut rates = vec![Vec::new(); pairs.len()];

@@ -8,7 +8,8 @@
 //! TCP is timed twice, with the kernel's default congestion control (BBR here) and with
 //! CUBIC. P2PD_PATHS_VARIANTS chooses the p2pd rows, comma-separated (default `bbr`):
 //! `upstream`, `rto`, `rack` or `bbr` run both daemons with that `--sctp-recovery` (one
-//! association per transfer; the striped figures of before are in docs/PERFORMANCE.md). The
+//! association per transfer; the striped figures of before are in docs/PERFORMANCE.md);
+//! `bbr-fixed` is `bbr` with the receive window fixed at 2 MiB. The
 //! `share-40ms-50mbit` row runs the transfer beside a TCP-CUBIC flow through the same
 //! bottleneck and prints each one's rate over the transfer's data phase.
 
@@ -129,7 +130,14 @@ fn variant_flags(variant: &str) -> Vec<&'static str> {
         "rto" => vec!["--sctp-recovery", "rto"],
         "rack" => vec!["--sctp-recovery", "rack"],
         "bbr" => vec!["--sctp-recovery", "bbr"],
-        other => panic!("unknown variant {other}: use upstream, rto, rack or bbr"),
+        // The receive window fixed at its starting 2 MiB, as before it could grow.
+        "bbr-fixed" => vec![
+            "--sctp-recovery",
+            "bbr",
+            "--sctp-window-max-bytes",
+            "2097152",
+        ],
+        other => panic!("unknown variant {other}: use upstream, rto, rack, bbr or bbr-fixed"),
     }
 }
 

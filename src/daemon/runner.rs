@@ -183,6 +183,18 @@ enum Work {
 }
 
 impl JobError {
+    /// Why a durable job is waiting to resume: a cause only, since the daemon retries by
+    /// itself and the user has nothing to do (an error's own advice, "run the transfer
+    /// again", would say otherwise).
+    fn interruption(&self) -> String {
+        match self {
+            JobError::Signal(_) => "the rendezvous cannot be reached",
+            JobError::Rtc(RtcError::NoRoute) => "no network path to the other side",
+            _ => "the connection to the other side was lost",
+        }
+        .to_owned()
+    }
+
     /// Lost connections and an unreachable rendezvous are worth another try; anything the
     /// peer or the data said is final.
     fn resumable(&self) -> bool {
@@ -294,7 +306,7 @@ pub async fn run_send(
                 record,
                 work: Work::Send(sources),
             };
-            resume_loop(job, context, durable, error.failure().message).await;
+            resume_loop(job, context, durable, error.interruption()).await;
         }
         (result, record) => {
             if let Some(record) = record {
@@ -395,7 +407,7 @@ pub async fn run_receive(
                 record,
                 work: Work::Receive(plan),
             };
-            resume_loop(job, context, durable, error.failure().message).await;
+            resume_loop(job, context, durable, error.interruption()).await;
         }
         (result, kept) => {
             if let Some((record, plan)) = kept {
@@ -509,8 +521,8 @@ async fn resume_loop(
                     pause = FIRST_RETRY_PAUSE;
                     restart_window(&context, &mut durable.record).await;
                 }
-                reason = error.failure().message;
-                debug!(%reason, "resume attempt failed");
+                debug!(error = %error.failure().message, "resume attempt failed");
+                reason = error.interruption();
                 let paused = async {
                     tokio::time::sleep(pause).await;
                     Ok(())
@@ -700,4 +712,29 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job that waits to resume does so by itself: its reason names the cause and gives
+    /// no advice that would send the user off to start it again.
+    #[test]
+    fn an_interruption_names_its_cause_and_asks_nothing() {
+        let interruptions = [
+            JobError::Transfer(TransferError::PeerGone),
+            JobError::Rtc(RtcError::NoRoute),
+            JobError::Rtc(RtcError::ChannelClosed),
+            JobError::Signal(SignalError::PeerGone),
+        ];
+        for error in interruptions {
+            assert!(error.resumable());
+            let reason = error.interruption();
+            assert!(
+                !reason.contains("again") && !reason.contains(':'),
+                "{reason}"
+            );
+        }
+    }
 }

@@ -142,7 +142,7 @@ impl Renderer {
             && let Some(resume) = &info.resume
         {
             let line = format!(
-                "Interrupted ({}): waiting to resume, {}",
+                "Interrupted ({}): p2pd resumes by itself when the other side is back, nothing to do ({})",
                 resume.reason,
                 time_left(resume.deadline_unix)
             );
@@ -401,7 +401,7 @@ pub fn print_status(jobs: &[JobSummary], json: bool) {
             .or_else(|| {
                 job.resume.as_ref().map(|r| {
                     format!(
-                        "waiting to resume ({}), {}",
+                        "resumes by itself ({}), {}",
                         r.reason,
                         time_left(r.deadline_unix)
                     )
