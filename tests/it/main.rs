@@ -2,6 +2,7 @@
 
 mod abuse;
 mod cli;
+mod ctrl_c;
 mod errors;
 mod escaping;
 mod flood;

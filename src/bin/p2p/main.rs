@@ -1,19 +1,21 @@
 //! `p2p`: the command-line client. Talks only to the local daemon.
 
+mod follow;
 mod render;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use p2pd::config::default_socket_path;
 use p2pd::ipc::client::IpcClient;
-use p2pd::ipc::messages::{JobInfo, JobState, PathPolicy, Request, ServerFrame};
+use p2pd::ipc::messages::{JobInfo, PathPolicy, Request, ServerFrame};
 use p2pd::rendezvous::Code;
 use p2pd::terminal::escape_controls;
 
+use follow::{Interrupt, Role, follow, unexpected};
 use render::Renderer;
 
 #[derive(Parser)]
@@ -53,18 +55,24 @@ impl PathFlags {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Send files; prints a code for the receiver.
+    /// Send files; prints a code for the receiver. Ctrl-C cancels the transfer.
     Send {
-        #[arg(required = true)]
+        /// Files and folders to send (a folder is sent whole, with its structure).
+        #[arg(required = true, value_name = "FILES")]
         files: Vec<PathBuf>,
-        /// One JSON object per line instead of progress bars.
+        /// Hand the job to p2pd and return once the code is printed (follow it later with
+        /// p2p watch ID).
+        #[arg(short, long)]
+        detach: bool,
+        /// One JSON object per line on stdout instead of progress bars.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         path: PathFlags,
     },
-    /// Receive files with the sender's code (asked for when not given).
+    /// Receive files with the sender's code (asked for when not given). Ctrl-C cancels.
     Receive {
+        /// The code the sender's p2p printed, like 7-orbit-lantern.
         code: Option<String>,
         /// Save into this directory instead of the daemon's download directory.
         #[arg(short = 'o', long = "output")]
@@ -72,6 +80,7 @@ enum Command {
         /// Accept the offer without asking.
         #[arg(short, long)]
         yes: bool,
+        /// One JSON object per line on stdout instead of progress bars.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -79,17 +88,23 @@ enum Command {
     },
     /// List jobs.
     Status {
+        /// One JSON object per job on stdout instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Follow a job's progress.
+    /// Follow a job's progress; Ctrl-C stops watching, the job goes on.
     Watch {
+        /// The job's number, as p2p status lists it.
         id: u64,
+        /// One JSON object per line on stdout instead of progress bars.
         #[arg(long)]
         json: bool,
     },
     /// Cancel a job; the other side is told.
-    Cancel { id: u64 },
+    Cancel {
+        /// The job's number, as p2p status lists it.
+        id: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -104,7 +119,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let result = runtime.block_on(run(args));
+    // A question left unanswered at Ctrl-C still holds a thread reading stdin.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(error) => {
             let line = error
@@ -122,20 +140,38 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let socket = args.socket.unwrap_or_else(default_socket_path);
     match args.command {
-        Command::Send { files, json, path } => {
+        Command::Send {
+            files,
+            detach,
+            json,
+            path,
+        } => {
             let paths = files
                 .iter()
                 .map(|f| absolute(f))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let mut client = IpcClient::connect(&socket).await?;
+            let interrupt = Interrupt::catch()?;
             let first = client
                 .call(Request::Send {
                     paths,
-                    follow: true,
+                    follow: !detach,
                     path: path.policy(),
                 })
                 .await?;
-            follow(&socket, client, first, Renderer::new(json), false).await
+            if detach {
+                return detached(first, json);
+            }
+            let renderer = Renderer::new(json);
+            follow(
+                &socket,
+                client,
+                (first, interrupt),
+                renderer,
+                false,
+                Role::Owner,
+            )
+            .await
         }
         Command::Receive {
             code,
@@ -168,8 +204,17 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 follow: true,
                 path: path.policy(),
             };
+            let interrupt = Interrupt::catch()?;
             let first = client.call(request).await?;
-            follow(&socket, client, first, Renderer::new(json), !yes).await
+            follow(
+                &socket,
+                client,
+                (first, interrupt),
+                Renderer::new(json),
+                !yes,
+                Role::Owner,
+            )
+            .await
         }
         Command::Status { json } => {
             let mut client = IpcClient::connect(&socket).await?;
@@ -183,8 +228,17 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Watch { id, json } => {
             let mut client = IpcClient::connect(&socket).await?;
+            let interrupt = Interrupt::catch()?;
             let first = client.call(Request::Watch { job: id }).await?;
-            follow(&socket, client, first, Renderer::new(json), true).await
+            follow(
+                &socket,
+                client,
+                (first, interrupt),
+                Renderer::new(json),
+                true,
+                Role::Watcher,
+            )
+            .await
         }
         Command::Cancel { id } => {
             let mut client = IpcClient::connect(&socket).await?;
@@ -203,73 +257,20 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
 }
 
-fn unexpected(frame: ServerFrame) -> anyhow::Error {
-    match frame {
-        ServerFrame::Error { message, .. } => anyhow!(message),
-        _ => anyhow!("p2pd sent an unexpected reply"),
+/// `--detach`: the code, and how to find the job again.
+fn detached(first: ServerFrame, json: bool) -> anyhow::Result<ExitCode> {
+    let ServerFrame::Created(summary) = first else {
+        return Err(unexpected(first));
+    };
+    let info = JobInfo::from_summary(&summary);
+    Renderer::new(json).created(&info);
+    if !json {
+        eprintln!(
+            "Job {id} runs in p2pd: p2p watch {id} to follow it, p2p cancel {id} to stop it",
+            id = info.id
+        );
     }
-}
-
-/// Follows a job until it ends; exits 0 only if it completed.
-async fn follow(
-    socket: &Path,
-    mut client: IpcClient,
-    first: ServerFrame,
-    mut renderer: Renderer,
-    may_ask: bool,
-) -> anyhow::Result<ExitCode> {
-    let mut frame = first;
-    let mut asked = false;
-    // The job as the frames describe it: lists once, then changes (see ipc::delta).
-    let mut view: Option<JobInfo> = None;
-    loop {
-        match frame {
-            ServerFrame::Created(summary) => {
-                let info = JobInfo::from_summary(&summary);
-                renderer.created(&info);
-                view = Some(info);
-            }
-            ServerFrame::Done => break,
-            ServerFrame::Error { .. } | ServerFrame::Hello { .. } | ServerFrame::Jobs(_) => {
-                return Err(unexpected(frame));
-            }
-            other => {
-                let info = view.get_or_insert_with(JobInfo::default);
-                if info.apply(&other) {
-                    renderer.update(info);
-                    if may_ask && !asked && info.state == JobState::AwaitingApproval {
-                        asked = true;
-                        let accept = renderer.ask_accept(info)?;
-                        let mut decider = IpcClient::connect(socket).await?;
-                        decider
-                            .call(Request::Decide {
-                                job: info.id,
-                                accept,
-                            })
-                            .await?;
-                    }
-                }
-            }
-        }
-        frame = match client.next().await? {
-            Some(frame) => frame,
-            None => {
-                bail!("p2pd stopped while following the job: see `p2p status` once it runs again")
-            }
-        };
-    }
-    renderer.finish();
-    match view {
-        Some(info) if info.state == JobState::Completed => Ok(ExitCode::SUCCESS),
-        Some(info) => {
-            let message = info
-                .failure
-                .map(|f| f.message)
-                .unwrap_or_else(|| "the job did not complete".into());
-            bail!(message)
-        }
-        None => bail!("p2pd ended the job without reporting it"),
-    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn prompt(question: &str) -> anyhow::Result<String> {

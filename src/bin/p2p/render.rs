@@ -1,6 +1,6 @@
 //! Everything the CLI draws: progress bars on stderr, results on stdout, or JSON lines.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use p2pd::ipc::messages::{Direction, JobInfo, JobState, JobSummary};
@@ -253,7 +253,8 @@ impl Renderer {
     }
 
     /// Shows the offer and asks on the terminal whether to take it.
-    pub fn ask_accept(&mut self, info: &JobInfo) -> anyhow::Result<bool> {
+    /// Lists the offer and asks "Accept? [y/N]"; the caller reads the answer.
+    pub fn show_offer(&mut self, info: &JobInfo) -> anyhow::Result<()> {
         let mut err = std::io::stderr().lock();
         writeln!(
             err,
@@ -278,13 +279,7 @@ impl Renderer {
         }
         write!(err, "Accept? [y/N] ")?;
         err.flush()?;
-        drop(err);
-        if !std::io::stdin().is_terminal() {
-            return Ok(false);
-        }
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        Ok(matches!(line.trim().to_lowercase().as_str(), "y" | "yes"))
+        Ok(())
     }
 
     pub fn finish(&mut self) {
