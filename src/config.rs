@@ -461,31 +461,6 @@ mod tests {
         assert!(FileConfig::parse("sctp_recovery = \"fast\"", Path::new("c.toml")).is_err());
     }
 
-    /// The README's sample config shows the transport defaults the code has.
-    #[test]
-    fn the_readme_states_the_transport_defaults() {
-        let readme = include_str!("../README.md");
-        let value = |key: &str| {
-            readme
-                .lines()
-                .find_map(|line| line.strip_prefix(&format!("{key} = ")))
-                .and_then(|rest| rest.split_whitespace().next())
-                .unwrap_or_else(|| panic!("README has no `{key} = …` line"))
-                .trim_matches('"')
-                .to_owned()
-        };
-        assert_eq!(
-            value("sctp_window_bytes"),
-            crate::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES.to_string()
-        );
-        assert_eq!(
-            value("sctp_window_max_bytes"),
-            crate::rtc::peer::SCTP_RECEIVE_WINDOW_MAX_BYTES.to_string()
-        );
-        let recovery: crate::rtc::sctp::SctpRecovery = value("sctp_recovery").parse().unwrap();
-        assert_eq!(recovery, crate::rtc::sctp::SctpRecovery::default());
-    }
-
     #[test]
     fn every_key_parses() {
         let text = r#"

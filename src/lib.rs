@@ -1,6 +1,8 @@
 //! p2pd: a peer-to-peer file transfer daemon.
 pub mod config;
 pub mod daemon;
+#[cfg(test)]
+mod doc_drift;
 pub mod ipc;
 #[cfg(test)]
 mod proptests;

@@ -39,7 +39,7 @@ struct Args {
     /// Address the embedded rendezvous listens on, e.g. 0.0.0.0:9009 for a LAN.
     #[arg(long)]
     rendezvous_listen: Option<SocketAddr>,
-    /// Seconds an unused code stays valid.
+    /// Seconds an unused code stays valid (default 600).
     #[arg(long)]
     code_ttl: Option<u64>,
     /// Where unfinished jobs are kept across restarts. Default: the user's data dir, p2pd/jobs.
@@ -168,7 +168,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let listen = listen
             .or(file.listen)
             .unwrap_or(([0, 0, 0, 0], 9009).into());
-        let code_ttl = code_ttl.or(file.code_ttl_secs).unwrap_or(600);
+        let code_ttl = code_ttl
+            .or(file.code_ttl_secs)
+            .unwrap_or(p2pd::config::DEFAULT_CODE_TTL.as_secs());
         let stun = if stun.is_empty() { file.stun } else { stun };
         let turn = if turn.is_empty() { file.turn } else { turn };
         let turn_secret_file = turn_secret_file.or(file.turn_secret_file);

@@ -13,11 +13,11 @@ use crate::ipc::codec::{CodecError, read_frame_within, write_frame};
 use crate::ipc::delta::Sent;
 
 /// A new client must say hello within this.
-const HELLO_LIMIT: Duration = Duration::from_secs(5);
+pub(crate) const HELLO_LIMIT: Duration = Duration::from_secs(5);
 /// Fastest rate at which a following client gets job updates.
 const UPDATE_INTERVAL: Duration = Duration::from_millis(100);
 /// Any frame, once started, must arrive whole within this.
-const FRAME_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const FRAME_LIMIT: Duration = Duration::from_secs(10);
 use crate::ipc::messages::{
     ClientFrame, ErrorKind, Failure, JobId, PROTOCOL_VERSION, Request, ServerFrame,
 };

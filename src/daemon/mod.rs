@@ -1,7 +1,7 @@
 //! The daemon: control socket, embedded rendezvous, job table, and orderly shutdown.
 //! Only the daemon spawns tasks, and every task stops when `shutdown` fires.
 
-mod connection;
+pub(crate) mod connection;
 pub mod jobs;
 pub mod notify;
 pub mod record;

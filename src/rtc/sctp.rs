@@ -33,6 +33,16 @@ impl SctpRecovery {
     /// Every value, as the command line and the config file spell them.
     pub const NAMES: [&'static str; 4] = ["upstream", "rto", "rack", "bbr"];
 
+    /// The step as the command line and the config file spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SctpRecovery::Upstream => "upstream",
+            SctpRecovery::Rto => "rto",
+            SctpRecovery::Rack => "rack",
+            SctpRecovery::Bbr => "bbr",
+        }
+    }
+
     /// The association settings this step stands for.
     pub fn config(self) -> RecoveryConfig {
         let upstream = RecoveryConfig::default();

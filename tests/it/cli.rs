@@ -545,3 +545,49 @@ fn path_flags_force_relay_needs_turn_and_require_direct_accepts_a_direct_path() 
     ]);
     assert_eq!(both.status.code(), Some(2), "clap rejects the combination");
 }
+
+/// The defaults `p2pd --help` names are the ones the code has.
+#[test]
+fn daemon_help_states_the_defaults_in_the_code() {
+    let help = Command::new(P2PD).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    const MIB: usize = 1024 * 1024;
+    let phrases = [
+        format!(
+            "Seconds an unused code stays valid (default {})",
+            p2pd::config::DEFAULT_CODE_TTL.as_secs()
+        ),
+        format!(
+            "(default {} h)",
+            p2pd::config::DEFAULT_RESUME_WINDOW.as_secs() / 3600
+        ),
+        format!(
+            "(default {} MiB; 0 leaves",
+            p2pd::rtc::runtime::UDP_SOCKET_BUFFER_BYTES / MIB
+        ),
+        format!(
+            "starts with, in bytes (default {} MiB)",
+            p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES as usize / MIB
+        ),
+        format!(
+            "(default {} MiB; equal to",
+            p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_MAX_BYTES as usize / MIB
+        ),
+        format!(
+            "rto ({} ms RTO floor)",
+            p2pd::rtc::sctp::RTO_MIN.as_millis()
+        ),
+        "bbr (rack with BBR-style pacing; the default)".to_owned(),
+    ];
+    for phrase in phrases {
+        assert!(
+            flat.contains(&phrase),
+            "p2pd --help should say {phrase:?}:\n{help}"
+        );
+    }
+    assert_eq!(
+        p2pd::rtc::sctp::SctpRecovery::default(),
+        p2pd::rtc::sctp::SctpRecovery::Bbr
+    );
+}

@@ -5,7 +5,7 @@
 //! certificates from the stack's statistics in `route.rs`.
 
 mod build;
-mod negotiate;
+pub(crate) mod negotiate;
 mod route;
 mod signal;
 
@@ -38,7 +38,7 @@ const SEND_BUFFER_LIMIT_BYTES: usize = 16 * 1024 * 1024;
 /// From the first signaling message to an open channel. Past it there is no route.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// From ICE connectivity to an open channel: DTLS, SCTP and the channel open.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long ICE may still take to connect after the peer left the rendezvous.
 const PEER_LEFT_GRACE: Duration = Duration::from_secs(5);
 

@@ -28,7 +28,7 @@ use crate::rtc::channel::DataLink;
 use crate::transfer::link::LinkClosed;
 
 /// How long the answering side waits for new offers after giving up an attempt itself.
-const OFFERS_AFTER_RETRY: Duration = Duration::from_secs(15);
+pub(crate) const OFFERS_AFTER_RETRY: Duration = Duration::from_secs(15);
 /// Local candidates waiting to be trickled.
 const GATHERED_QUEUE: usize = 256;
 
