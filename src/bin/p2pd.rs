@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use p2pd::config::{DaemonConfig, FileConfig, Overrides, RendezvousFileConfig};
 use p2pd::daemon::{Daemon, notify};
 use p2pd::rendezvous::ice::IceHandout;
@@ -82,6 +82,12 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write the manual pages (p2pd.1, p2pd-rendezvous.1) into a directory, e.g.
+    /// `p2pd man ~/.local/share/man/man1`.
+    Man {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
     /// Run only the rendezvous server. Every flag has a key of the same name in its
     /// --config file (code_ttl_secs, turn_credential_ttl_secs); flags win.
     Rendezvous {
@@ -124,7 +130,33 @@ fn main() -> std::process::ExitCode {
         // journald and pipes get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+    let version: &'static str = Box::leak(
+        format!(
+            "{} (protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            p2pd::rtc::peer::CHANNEL_LABEL
+        )
+        .into_boxed_str(),
+    );
+    let command = Args::command().version(version);
+    let args = match Args::from_arg_matches(&command.clone().get_matches()) {
+        Ok(args) => args,
+        Err(error) => error.exit(),
+    };
+    if let Some(Command::Man { dir }) = &args.command {
+        let written =
+            std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(command, dir));
+        return match written {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!(
+                    "error: cannot write manual pages into {}: {error}; pass a writable directory",
+                    p2pd::terminal::escape_controls(&dir.display().to_string())
+                );
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

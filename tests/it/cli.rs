@@ -591,3 +591,55 @@ fn daemon_help_states_the_defaults_in_the_code() {
         p2pd::rtc::sctp::SctpRecovery::Bbr
     );
 }
+
+/// `--version` names the protocol; completions and manual pages come from the same clap
+/// definitions as `--help`, for every shell clap_complete knows.
+#[test]
+fn version_completions_and_manual_pages() {
+    let protocol = format!("(protocol {})", p2pd::rtc::peer::CHANNEL_LABEL);
+    for binary in [P2P, P2PD] {
+        let version = Command::new(binary).arg("--version").output().unwrap();
+        let text = String::from_utf8_lossy(&version.stdout);
+        assert!(
+            version.status.success() && text.contains(&protocol),
+            "{text}"
+        );
+    }
+    for (shell, marker) in [
+        ("bash", "complete -F _p2p"),
+        ("zsh", "#compdef p2p"),
+        ("fish", "complete -c p2p"),
+        ("elvish", "edit:completion:arg-completer[p2p]"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let out = Command::new(P2P)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}");
+        assert!(script.contains(marker), "{shell}: no {marker:?}");
+        assert!(script.contains("detach"), "{shell}: flags missing");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man1");
+    for binary in [P2P, P2PD] {
+        let out = Command::new(binary).arg("man").arg(&man).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (page, needle) in [
+        ("p2p.1", ".TH p2p 1"),
+        ("p2p-send.1", "\\-\\-detach"),
+        ("p2p-receive.1", "\\-\\-yes"),
+        ("p2pd.1", "\\-\\-sctp\\-window\\-max\\-bytes"),
+        ("p2pd-rendezvous.1", "\\-\\-turn\\-secret\\-file"),
+    ] {
+        let text =
+            std::fs::read_to_string(man.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(needle), "{page}: no {needle:?}");
+    }
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use p2pd::config::default_socket_path;
 use p2pd::ipc::client::IpcClient;
 use p2pd::ipc::messages::{JobInfo, PathPolicy, Request, ServerFrame};
@@ -105,10 +105,39 @@ enum Command {
         /// The job's number, as p2p status lists it.
         id: u64,
     },
+    /// Print a shell completion script, e.g. `p2p completions bash > /etc/bash_completion.d/p2p`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (p2p.1 and one per subcommand) into a directory, e.g.
+    /// `p2p man ~/.local/share/man/man1`.
+    Man {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// `p2p --version`: the release and the data-channel protocol it speaks, which is what
+/// decides whether two versions can talk.
+fn version() -> &'static str {
+    let text = format!(
+        "{} (protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        p2pd::rtc::peer::CHANNEL_LABEL
+    );
+    Box::leak(text.into_boxed_str())
+}
+
+fn command() -> clap::Command {
+    Args::command().version(version())
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::from_arg_matches(&command().get_matches()) {
+        Ok(args) => args,
+        Err(error) => error.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -140,6 +169,14 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let socket = args.socket.unwrap_or_else(default_socket_path);
     match args.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "p2p", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            write_man_pages(command(), &dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Send {
             files,
             detach,
@@ -255,6 +292,20 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+/// Writes `command`'s manual pages into `dir` and names each file written.
+pub(crate) fn write_man_pages(command: clap::Command, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create {}: pass a writable directory", dir.display()))?;
+    clap_mangen::generate_to(command, dir)
+        .with_context(|| format!("cannot write manual pages into {}", dir.display()))?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "1") {
+            println!("{}", entry.path().display());
+        }
+    }
+    Ok(())
 }
 
 /// `--detach`: the code, and how to find the job again.
