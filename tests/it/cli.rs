@@ -643,3 +643,43 @@ fn version_completions_and_manual_pages() {
         assert!(text.contains(needle), "{page}: no {needle:?}");
     }
 }
+
+/// The README's demo, as printed (without the `cargo install` in front, with the built
+/// binaries on PATH): it verifies, and a second run does too and leaves nothing behind.
+#[test]
+fn the_readme_demo_runs_twice_and_leaves_nothing() {
+    let readme = include_str!("../../README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cargo install --locked --path . && bash -c"))
+        .expect("the demo line");
+    let script = line
+        .strip_prefix("cargo install --locked --path . && ")
+        .unwrap();
+    let bin = Path::new(P2P).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cwd = tempfile::tempdir().unwrap();
+    for run in 1..=2 {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(cwd.path())
+            .env("PATH", &path)
+            .env_remove("P2PD_SOCKET")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("identical"),
+            "run {run}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+        assert!(left.is_empty(), "run {run} left {left:?}");
+    }
+}
