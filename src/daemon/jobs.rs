@@ -214,6 +214,7 @@ impl Jobs {
             skipped: Vec::new(),
             saved_folders: Vec::new(),
             resume: None,
+            destination: None,
         };
         // Not a child of the daemon's shutdown: stopping the daemon interrupts a durable
         // job (to resume later) rather than cancelling it; the runner decides.
@@ -354,6 +355,8 @@ impl Jobs {
             ));
         }
         let job = self.register(Direction::Receive, JobState::Connecting, None, Vec::new());
+        job.info
+            .send_modify(|info| info.destination = Some(dir.clone()));
         let info = job.info.borrow().clone();
         let context = self.context.clone();
         self.tracker.spawn(
@@ -372,6 +375,8 @@ impl Jobs {
         for record in found {
             let direction = record.direction;
             let job = self.register(direction, JobState::WaitingToResume, None, Vec::new());
+            let destination = record.dir.clone();
+            job.info.send_modify(|info| info.destination = destination);
             let info = job.info.borrow().clone();
             let dir = if direction == Direction::Send {
                 "send"

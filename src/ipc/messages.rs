@@ -137,6 +137,8 @@ pub struct JobSummary {
     pub failure: Option<Failure>,
     pub route: Option<RouteInfo>,
     pub resume: Option<ResumeInfo>,
+    /// Receiving side: the directory the files are saved in.
+    pub destination: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +234,8 @@ pub struct JobInfo {
     pub saved_folders: Vec<PathBuf>,
     /// While waiting to resume: why, and until when.
     pub resume: Option<ResumeInfo>,
+    /// Receiving side: the directory the files are saved in.
+    pub destination: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +268,7 @@ impl JobInfo {
             failure: self.failure.clone(),
             route: self.route.clone(),
             resume: self.resume.clone(),
+            destination: self.destination.clone(),
         }
     }
 
@@ -285,6 +290,7 @@ impl JobInfo {
         self.failure = s.failure.clone();
         self.route = s.route.clone();
         self.resume = s.resume.clone();
+        self.destination = s.destination.clone();
     }
 
     /// Folds one frame about this job into the view. Returns true on `Created`/`Update`:

@@ -14,5 +14,6 @@ mod netns_harness;
 mod races;
 mod resume;
 mod support;
+mod terminal;
 mod tls;
 mod transfer;

@@ -61,6 +61,18 @@ fn skipped_line(skipped: &[String]) -> String {
     )
 }
 
+/// `dir` with the home directory written as `~`, as people type it.
+fn home_relative(dir: &std::path::Path) -> String {
+    match std::env::var_os("HOME").map(std::path::PathBuf::from) {
+        Some(home) if !home.as_os_str().is_empty() => match dir.strip_prefix(&home) {
+            Ok(rest) if rest.as_os_str().is_empty() => "~".to_owned(),
+            Ok(rest) => format!("~/{}", rest.display()),
+            Err(_) => dir.display().to_string(),
+        },
+        _ => dir.display().to_string(),
+    }
+}
+
 fn time_left(deadline_unix: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -112,6 +124,9 @@ impl Renderer {
             let mut event = json!({"event": "created", "job": info.id, "direction": match info.direction { Direction::Send => "send", Direction::Receive => "receive" }});
             if let Some(code) = &info.code {
                 event["code"] = json!(code);
+            }
+            if let Some(dir) = &info.destination {
+                event["destination"] = json!(dir.to_string_lossy());
             }
             emit(event);
         } else if let Some(code) = &info.code {
@@ -276,6 +291,13 @@ impl Renderer {
         }
         if !info.skipped.is_empty() {
             writeln!(err, "The sender left out: {}", skipped_line(&info.skipped))?;
+        }
+        if let Some(dir) = &info.destination {
+            writeln!(
+                err,
+                "Saving to {} (the daemon's download directory unless -o DIR was given; an existing name gets a number)",
+                escape_for_terminal(&home_relative(dir))
+            )?;
         }
         write!(err, "Accept? [y/N] ")?;
         err.flush()?;

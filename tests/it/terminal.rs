@@ -1,0 +1,82 @@
+//! The CLI on a terminal: `p2p` run in a pseudo-terminal (util-linux `script`), typing
+//! answers into it, reading what a person would see.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::cli::{DaemonProcess, P2P, spawn_json_send};
+use crate::support::random_file;
+
+/// Runs `p2p ARGS` in a pseudo-terminal with `typed` as the keyboard; returns its exit
+/// status and everything the terminal showed.
+fn on_terminal(socket: &std::path::Path, args: &[&str], typed: &str) -> (bool, String) {
+    let command = std::iter::once(P2P.to_owned())
+        .chain(["--socket".to_owned(), socket.display().to_string()])
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env("HOME", "/nonexistent-home")
+        .env_remove("P2PD_SOCKET")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux script, to give p2p a terminal");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(typed.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    (out.status.success(), shown)
+}
+
+#[test]
+fn the_offer_says_where_the_files_go_and_no_saves_nothing() {
+    let daemon = DaemonProcess::start();
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "big.bin", 100_000, 41);
+    let (mut sender, _stdout, created) =
+        spawn_json_send(&daemon.socket, &["--json", path.to_str().unwrap()]);
+    let code = created["code"].as_str().unwrap().to_owned();
+    let (ok, shown) = on_terminal(&daemon.socket, &["receive", &code], "n\n");
+    assert!(!ok, "declining is not success:\n{shown}");
+    assert!(shown.contains("big.bin"), "{shown}");
+    assert!(
+        shown.contains(&format!("Saving to \"{}\"", daemon.downloads.display())),
+        "the prompt names the destination:\n{shown}"
+    );
+    assert!(shown.contains("Accept? [y/N]"), "{shown}");
+    assert!(
+        std::fs::read_dir(&daemon.downloads)
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert!(!sender.wait().unwrap().success());
+}
+
+#[test]
+fn output_dir_overrides_the_destination_and_yes_saves_there() {
+    let daemon = DaemonProcess::start();
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "here.bin", 50_000, 42);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (mut sender, _stdout, created) =
+        spawn_json_send(&daemon.socket, &["--json", path.to_str().unwrap()]);
+    let code = created["code"].as_str().unwrap().to_owned();
+    let out = elsewhere.path().to_str().unwrap();
+    let (ok, shown) = on_terminal(&daemon.socket, &["receive", &code, "-o", out], "y\n");
+    assert!(ok, "{shown}");
+    assert!(shown.contains(&format!("Saving to \"{out}\"")), "{shown}");
+    assert_eq!(
+        std::fs::read(elsewhere.path().join("here.bin")).unwrap(),
+        std::fs::read(&path).unwrap()
+    );
+    assert!(sender.wait().unwrap().success());
+}
