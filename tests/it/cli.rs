@@ -683,3 +683,89 @@ fn the_readme_demo_runs_twice_and_leaves_nothing() {
         assert!(left.is_empty(), "run {run} left {left:?}");
     }
 }
+
+/// The events of docs/JSON.md, by name, with the fields each may carry.
+fn documented_events() -> std::collections::BTreeMap<String, Vec<String>> {
+    let doc = include_str!("../../docs/JSON.md");
+    doc.lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once('`')?;
+            let fields_cell = rest.split('|').nth(1)?;
+            let fields = fields_cell
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect();
+            Some((name.to_owned(), fields))
+        })
+        .collect()
+}
+
+#[test]
+fn json_events_follow_the_documented_schema_and_order() {
+    let documented = documented_events();
+    assert!(documented.contains_key("folder_saved"), "{documented:?}");
+    let daemon = DaemonProcess::start();
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    std::fs::create_dir_all(tree.join("inner")).unwrap();
+    random_file(&tree, "a.bin", 70_000, 51);
+    random_file(&tree.join("inner"), "b.bin", 30_000, 52);
+    let single = random_file(src.path(), "c.bin", 40_000, 53);
+    let (sender, stdout, created) = spawn_json_send(
+        &daemon.socket,
+        &["--json", tree.to_str().unwrap(), single.to_str().unwrap()],
+    );
+    let code = created["code"].as_str().unwrap().to_owned();
+    let received = daemon.p2p(&["receive", &code, "--yes", "--json"]);
+    assert!(received.status.success());
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut { stdout }, &mut rest).unwrap();
+    let mut sender = sender;
+    assert!(sender.wait().unwrap().success());
+    let sent = std::iter::once(created)
+        .chain(json_lines(&rest))
+        .collect::<Vec<_>>();
+    for (side, values) in [("sender", sent), ("receiver", json_lines(&received.stdout))] {
+        let names = events(&values);
+        assert_eq!(names.first().map(String::as_str), Some("created"), "{side}");
+        assert_eq!(
+            names.last().map(String::as_str),
+            Some("completed"),
+            "{side}: {names:?}"
+        );
+        let final_state = values
+            .iter()
+            .position(|v| v["event"] == "state" && v["state"] == "completed")
+            .unwrap_or_else(|| panic!("{side}: no final state in {names:?}"));
+        assert!(
+            values[final_state..]
+                .iter()
+                .all(|v| v["event"] == "state" || v["event"] == "completed"),
+            "{side}: events after the final state: {names:?}"
+        );
+        for value in &values {
+            let name = value["event"].as_str().unwrap();
+            let fields = documented
+                .get(name)
+                .unwrap_or_else(|| panic!("{side}: {name} is not in docs/JSON.md"));
+            assert!(value["job"].is_u64(), "{side}: {value}");
+            for key in value.as_object().unwrap().keys() {
+                assert!(
+                    key == "event" || key == "job" || fields.contains(key),
+                    "{side}: {name} carries {key:?}, which docs/JSON.md does not list"
+                );
+            }
+        }
+        if side == "receiver" {
+            for expected in ["folder_saved", "file_verified", "files", "route"] {
+                assert!(
+                    names.contains(&expected.to_owned()),
+                    "{expected}: {names:?}"
+                );
+            }
+        }
+    }
+}

@@ -206,15 +206,36 @@ impl Renderer {
         }
     }
 
+    /// One line per change, in the order docs/JSON.md states: a final state comes after
+    /// the file and folder events of the same update, and `completed` or `failed` last.
     fn json_update(&self, previous: Option<&JobInfo>, info: &JobInfo, state_changed: bool) {
-        if state_changed {
+        for event in json_events(previous, info, state_changed) {
+            emit(event);
+        }
+    }
+}
+
+/// The JSON lines one update of a job makes (pure, so the order can be tested).
+fn json_events(
+    previous: Option<&JobInfo>,
+    info: &JobInfo,
+    state_changed: bool,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut emit = |event: serde_json::Value| out.push(event);
+    {
+        let state_event = || {
             let mut event =
                 json!({"event": "state", "job": info.id, "state": state_name(info.state)});
             if let Some(resume) = &info.resume {
                 event["reason"] = json!(resume.reason);
                 event["resume_deadline"] = json!(resume.deadline_unix);
             }
-            emit(event);
+            event
+        };
+        let final_state = info.state.is_final();
+        if state_changed && !final_state {
+            emit(state_event());
         }
         if let (Some(route), None) = (&info.route, previous.and_then(|p| p.route.as_ref())) {
             emit(
@@ -253,6 +274,9 @@ impl Renderer {
         for folder in info.saved_folders.iter().skip(folders_before) {
             emit(json!({"event": "folder_saved", "job": info.id, "path": folder}));
         }
+        if state_changed && final_state {
+            emit(state_event());
+        }
         match (info.state, state_changed) {
             (JobState::Completed, true) => emit(json!({"event": "completed", "job": info.id})),
             (JobState::Failed | JobState::Cancelled, true) => {
@@ -266,8 +290,10 @@ impl Renderer {
             _ => {}
         }
     }
+    out
+}
 
-    /// Shows the offer and asks on the terminal whether to take it.
+impl Renderer {
     /// Lists the offer and asks "Accept? [y/N]"; the caller reads the answer.
     pub fn show_offer(&mut self, info: &JobInfo) -> anyhow::Result<()> {
         let mut err = std::io::stderr().lock();
@@ -448,5 +474,55 @@ pub fn print_status(jobs: &[JobSummary], json: bool) {
                 .unwrap_or("-"),
             detail
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2pd::ipc::messages::FileInfo;
+
+    fn names(events: &[serde_json::Value]) -> Vec<&str> {
+        events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect()
+    }
+
+    /// The last file verified, its folder in place and the job completed in one update:
+    /// the final state after the file and folder events, `completed` last.
+    #[test]
+    fn a_final_state_comes_after_the_updates_files_and_completed_last() {
+        let file = |verified| FileInfo {
+            name: "tree/a.bin".into(),
+            size: 1,
+            verified,
+            saved_as: None,
+        };
+        let before = JobInfo {
+            state: JobState::Transferring,
+            files: vec![file(false)],
+            bytes_done: 1,
+            ..JobInfo::default()
+        };
+        let after = JobInfo {
+            state: JobState::Completed,
+            files: vec![file(true)],
+            bytes_done: 1,
+            saved_folders: vec!["/d/tree".into()],
+            ..JobInfo::default()
+        };
+        let events = json_events(Some(&before), &after, true);
+        assert_eq!(
+            names(&events),
+            ["file_verified", "folder_saved", "state", "completed"]
+        );
+        // A state that is not final still comes first.
+        let waiting = JobInfo {
+            state: JobState::AwaitingApproval,
+            ..before.clone()
+        };
+        let events = json_events(Some(&before), &waiting, true);
+        assert_eq!(names(&events), ["state"]);
     }
 }
