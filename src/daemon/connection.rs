@@ -97,6 +97,10 @@ pub async fn serve(
             Request::Decide { job, accept } => {
                 write_frame(&mut stream, &done_or_error(jobs.decide(job, accept))).await?
             }
+            Request::Clear => {
+                let cleared = jobs.clear().await as u64;
+                write_frame(&mut stream, &ServerFrame::Cleared { jobs: cleared }).await?
+            }
         }
     }
 }

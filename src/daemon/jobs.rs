@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::history::{FINISHED_JOBS_KEPT, History, HistoryFile};
 use super::record::RecordStore;
 use super::runner;
 use crate::config::DaemonConfig;
@@ -24,9 +25,6 @@ use crate::terminal::{error_line, escape_controls, escape_path};
 use crate::transfer::Observer;
 use crate::transfer::source;
 use crate::transfer::wire::Manifest;
-
-/// Finished jobs kept for `p2p status`; older ones are forgotten.
-const FINISHED_JOBS_KEPT: usize = 100;
 
 /// What every job needs from the daemon.
 pub struct Context {
@@ -168,6 +166,9 @@ impl Observer for Job {
 pub struct Jobs {
     table: Mutex<HashMap<JobId, Arc<Job>>>,
     next_id: AtomicU64,
+    /// Finished jobs of earlier runs and the numbering, saved beside the job records.
+    history: Arc<Mutex<History>>,
+    history_file: HistoryFile,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     context: Arc<Context>,
@@ -181,10 +182,15 @@ fn failure(kind: ErrorKind, message: impl Into<String>) -> Failure {
 }
 
 impl Jobs {
+    /// The job table, numbering on from the saved history. Reads one small file.
     pub fn new(context: Context, shutdown: CancellationToken, tracker: TaskTracker) -> Jobs {
+        let history_file = HistoryFile::in_dir(context.records.root());
+        let history = history_file.load();
         Jobs {
             table: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(history.next_id.max(1)),
+            history: Arc::new(Mutex::new(history)),
+            history_file,
             tracker,
             shutdown,
             context: Arc::new(context),
@@ -199,6 +205,35 @@ impl Jobs {
         files: Vec<FileInfo>,
     ) -> Arc<Job> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.register_as(id, direction, state, code, files)
+    }
+
+    /// Saves the history in the background: the latest state, whatever order saves run in.
+    fn save_history(&self) {
+        let (history, file) = (self.history.clone(), self.history_file.clone());
+        tokio::task::spawn_blocking(move || {
+            let history = lock(&history);
+            if let Err(error) = file.save(&history) {
+                tracing::warn!(%error, "cannot save the job history");
+            }
+        });
+    }
+
+    fn register_as(
+        &self,
+        id: JobId,
+        direction: Direction,
+        state: JobState,
+        code: Option<String>,
+        files: Vec<FileInfo>,
+    ) -> Arc<Job> {
+        self.next_id.fetch_max(id + 1, Ordering::Relaxed);
+        {
+            // Numbers are never reused, even after a crash with jobs running.
+            let mut history = lock(&self.history);
+            history.next_id = history.next_id.max(id + 1);
+        }
+        self.save_history();
         let bytes_total = files.iter().map(|f| f.size).sum();
         let info = JobInfo {
             id,
@@ -222,7 +257,57 @@ impl Jobs {
         let mut table = lock(&self.table);
         table.insert(id, job.clone());
         self.forget_old(&mut table);
+        self.remember_when_finished(&job);
         job
+    }
+
+    /// Once `job` ends, its summary joins the saved history. Gives up when the daemon
+    /// stops first (a job interrupted by the stop resumes or is reported next run).
+    fn remember_when_finished(&self, job: &Job) {
+        let mut info = job.info.subscribe();
+        let (history, file) = (self.history.clone(), self.history_file.clone());
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            let finished = tokio::select! {
+                finished = info.wait_for(|i| i.state.is_final()) => finished.map(|i| i.summary()),
+                _ = shutdown.cancelled() => return,
+            };
+            let Ok(summary) = finished else { return };
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut history = lock(&history);
+                history.record(summary);
+                if let Err(error) = file.save(&history) {
+                    tracing::warn!(%error, "cannot save the job history");
+                }
+            })
+            .await;
+        });
+    }
+
+    /// Forgets every finished job, this run's and earlier runs'; returns how many.
+    pub async fn clear(&self) -> usize {
+        let mut cleared: std::collections::BTreeSet<JobId> = Default::default();
+        lock(&self.table).retain(|id, job| {
+            let finished = job.info.borrow().state.is_final();
+            if finished {
+                cleared.insert(*id);
+            }
+            !finished
+        });
+        let (history, file) = (self.history.clone(), self.history_file.clone());
+        let earlier = tokio::task::spawn_blocking(move || {
+            let mut history = lock(&history);
+            let earlier: Vec<JobId> = history.finished.iter().map(|j| j.id).collect();
+            history.clear();
+            if let Err(error) = file.save(&history) {
+                tracing::warn!(%error, "cannot save the job history");
+            }
+            earlier
+        })
+        .await
+        .unwrap_or_default();
+        cleared.extend(earlier);
+        cleared.len()
     }
 
     fn forget_old(&self, table: &mut HashMap<JobId, Arc<Job>>) {
@@ -374,7 +459,12 @@ impl Jobs {
             .unwrap_or_default();
         for record in found {
             let direction = record.direction;
-            let job = self.register(direction, JobState::WaitingToResume, None, Vec::new());
+            // The number it had, when the record says (records from before numbering was kept
+            // have none).
+            let id = record
+                .job_id
+                .unwrap_or_else(|| self.next_id.fetch_add(1, Ordering::Relaxed));
+            let job = self.register_as(id, direction, JobState::WaitingToResume, None, Vec::new());
             let destination = record.dir.clone();
             job.info.send_modify(|info| info.destination = destination);
             let info = job.info.borrow().clone();
@@ -405,6 +495,15 @@ impl Jobs {
             .values()
             .map(|j| j.info.borrow().summary())
             .collect();
+        // Finished jobs of earlier runs (and this run's, already in the table).
+        let listed: std::collections::HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
+        jobs.extend(
+            lock(&self.history)
+                .finished
+                .iter()
+                .filter(|j| !listed.contains(&j.id))
+                .cloned(),
+        );
         jobs.sort_by_key(|j| j.id);
         jobs
     }

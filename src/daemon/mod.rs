@@ -2,6 +2,7 @@
 //! Only the daemon spawns tasks, and every task stops when `shutdown` fires.
 
 pub(crate) mod connection;
+pub mod history;
 pub mod jobs;
 pub mod notify;
 pub mod record;

@@ -44,6 +44,9 @@ pub struct JobRecord {
     pub dir: Option<PathBuf>,
     #[serde(default)]
     pub tag: Option<String>,
+    /// The job's number, kept across restarts (absent in older records).
+    #[serde(default)]
+    pub job_id: Option<crate::ipc::messages::JobId>,
 }
 
 impl JobRecord {
@@ -65,6 +68,7 @@ impl JobRecord {
             source_ids: Vec::new(),
             dir: None,
             tag: None,
+            job_id: None,
         }
     }
 
@@ -167,7 +171,11 @@ impl RecordStore {
             }
         };
         let mut records = Vec::new();
-        for entry in entries.flatten() {
+        // Job directories only (the history file lives beside them).
+        for entry in entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        {
             let path = entry.path().join(RECORD_FILE);
             match std::fs::read(&path) {
                 Ok(bytes) => match serde_json::from_slice::<JobRecord>(&bytes) {

@@ -269,6 +269,7 @@ pub async fn run_send(
         job.set_state(JobState::Transferring);
         let mut fresh =
             JobRecord::new(Direction::Send, &secret, context.config.resume_window, path);
+        fresh.job_id = Some(job.info.borrow().id);
         fresh.manifest = sources.manifest.clone();
         fresh.sources = sources.paths.clone();
         fresh.source_ids = sources.ids.clone();
@@ -373,6 +374,7 @@ pub async fn run_receive(
             path,
         );
         fresh.dir = Some(dir.clone());
+        fresh.job_id = Some(job.info.borrow().id);
         fresh.tag = Some(record::random_hex(4));
         let journal = Arc::new(ReceiveJournal {
             records: context.records.clone(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 pub type JobId = u64;
 
@@ -43,6 +43,8 @@ pub enum Request {
         job: JobId,
         accept: bool,
     },
+    /// Forget every finished job (this run's and earlier runs').
+    Clear,
 }
 
 impl Request {
@@ -55,6 +57,7 @@ impl Request {
             Request::Watch { .. } => "watch",
             Request::Cancel { .. } => "cancel",
             Request::Decide { .. } => "decide",
+            Request::Clear => "clear",
         }
     }
 }
@@ -107,6 +110,10 @@ pub enum ServerFrame {
         paths: Vec<PathBuf>,
     },
     Jobs(Vec<JobSummary>),
+    /// `Clear` forgot this many finished jobs.
+    Cleared {
+        jobs: u64,
+    },
     Done,
     Error {
         kind: ErrorKind,

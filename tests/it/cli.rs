@@ -33,6 +33,30 @@ impl DaemonProcess {
         let socket = dir.path().join("run").join("p2pd.sock");
         let downloads = dir.path().join("dl");
         std::fs::create_dir(&downloads).unwrap();
+        let child = DaemonProcess::spawn(dir.path(), &socket, &downloads, prefix, log_level);
+        DaemonProcess {
+            child,
+            socket,
+            downloads,
+            dir,
+        }
+    }
+
+    /// Stops the daemon (SIGTERM) and starts it again on the same socket, directories and
+    /// state.
+    pub(crate) fn restart(&mut self) {
+        assert!(self.terminate().success());
+        self.child =
+            DaemonProcess::spawn(self.dir.path(), &self.socket, &self.downloads, &[], "error");
+    }
+
+    fn spawn(
+        dir: &Path,
+        socket: &Path,
+        downloads: &Path,
+        prefix: &[&str],
+        log_level: &str,
+    ) -> Child {
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -43,8 +67,8 @@ impl DaemonProcess {
         };
         if !prefix.is_empty() {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-            std::fs::set_permissions(&downloads, std::fs::Permissions::from_mode(0o777)).unwrap();
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            std::fs::set_permissions(downloads, std::fs::Permissions::from_mode(0o777)).unwrap();
         }
         let child = command
             .args([
@@ -59,11 +83,11 @@ impl DaemonProcess {
                 "--ice-bind",
                 "127.0.0.1:0",
             ])
-            .env("HOME", dir.path())
+            .env("HOME", dir)
             .env("RUST_LOG", log_level)
             .env_remove("P2PD_SOCKET")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("p2pd.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("p2pd.log")).unwrap())
             .spawn()
             .expect("spawn p2pd");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -71,12 +95,7 @@ impl DaemonProcess {
             assert!(Instant::now() < deadline, "p2pd did not create its socket");
             std::thread::sleep(Duration::from_millis(20));
         }
-        DaemonProcess {
-            child,
-            socket,
-            downloads,
-            dir,
-        }
+        child
     }
 
     fn log(&self) -> String {
@@ -768,4 +787,61 @@ fn json_events_follow_the_documented_schema_and_order() {
             }
         }
     }
+}
+
+/// Job numbers go on across restarts, finished jobs are still listed after one, and
+/// `p2p clear` forgets them (running jobs stay).
+#[test]
+fn job_numbers_and_history_survive_a_restart_and_clear_forgets_finished_jobs() {
+    let mut daemon = DaemonProcess::start();
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "kept.bin", 20_000, 61);
+    let (mut sender, _stdout, created) =
+        spawn_json_send(&daemon.socket, &["--json", path.to_str().unwrap()]);
+    let code = created["code"].as_str().unwrap().to_owned();
+    assert!(daemon.p2p(&["receive", &code, "--yes"]).status.success());
+    assert!(sender.wait().unwrap().success());
+    let before: Vec<u64> = json_lines(&daemon.p2p(&["status", "--json"]).stdout)
+        .iter()
+        .map(|j| j["job"].as_u64().unwrap())
+        .collect();
+    assert_eq!(before, [1, 2]);
+
+    daemon.restart();
+    let listed = json_lines(&daemon.p2p(&["status", "--json"]).stdout);
+    let after: Vec<(u64, String)> = listed
+        .iter()
+        .map(|j| {
+            (
+                j["job"].as_u64().unwrap(),
+                j["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        after,
+        [(1, "completed".to_owned()), (2, "completed".to_owned())]
+    );
+    let (mut waiting, _stdout, created) =
+        spawn_json_send(&daemon.socket, &["--json", path.to_str().unwrap()]);
+    assert_eq!(created["job"], 3, "numbers go on: {created}");
+
+    let cleared = daemon.p2p(&["clear"]);
+    assert!(cleared.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&cleared.stderr).trim(),
+        "Forgot 2 finished jobs"
+    );
+    let left: Vec<u64> = json_lines(&daemon.p2p(&["status", "--json"]).stdout)
+        .iter()
+        .map(|j| j["job"].as_u64().unwrap())
+        .collect();
+    assert_eq!(left, [3]);
+    // Cleared stays cleared across a restart too.
+    assert!(daemon.p2p(&["cancel", "3"]).status.success());
+    let _ = waiting.wait();
+    daemon.restart();
+    assert!(daemon.p2p(&["clear"]).status.success());
+    let listed = json_lines(&daemon.p2p(&["status", "--json"]).stdout);
+    assert!(listed.is_empty(), "{listed:?}");
 }

@@ -105,6 +105,8 @@ enum Command {
         /// The job's number, as p2p status lists it.
         id: u64,
     },
+    /// Forget finished jobs (completed, failed, cancelled); running ones stay.
+    Clear,
     /// Print a shell completion script, e.g. `p2p completions bash > /etc/bash_completion.d/p2p`.
     Completions {
         /// The shell to complete for.
@@ -276,6 +278,19 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Role::Watcher,
             )
             .await
+        }
+        Command::Clear => {
+            let mut client = IpcClient::connect(&socket).await?;
+            match client.call(Request::Clear).await? {
+                ServerFrame::Cleared { jobs } => {
+                    eprintln!(
+                        "Forgot {jobs} finished job{}",
+                        if jobs == 1 { "" } else { "s" }
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => Err(unexpected(other)),
+            }
         }
         Command::Cancel { id } => {
             let mut client = IpcClient::connect(&socket).await?;
