@@ -112,6 +112,8 @@ mod tests {
             route: None,
             resume: None,
             destination: None,
+            active_ms: 0,
+            active_bytes: 0,
         }
     }
 

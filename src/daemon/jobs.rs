@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::history::{FINISHED_JOBS_KEPT, History, HistoryFile};
+use super::rate::RateMeter;
 use super::record::RecordStore;
 use super::runner;
 use crate::config::DaemonConfig;
@@ -40,7 +41,7 @@ pub struct Job {
     pub info: watch::Sender<JobInfo>,
     pub cancel: CancellationToken,
     decision: Mutex<Option<oneshot::Sender<bool>>>,
-    started: Mutex<Option<Instant>>,
+    rate: Mutex<RateMeter>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -55,7 +56,7 @@ impl Job {
             info: watch::Sender::new(info),
             cancel,
             decision: Mutex::new(None),
-            started: Mutex::new(None),
+            rate: Mutex::new(RateMeter::default()),
         }
     }
 
@@ -79,6 +80,7 @@ impl Job {
             if !info.state.is_final() {
                 info.state = JobState::WaitingToResume;
                 info.rate = 0;
+                lock(&self.rate).restart();
                 info.resume = Some(ResumeInfo {
                     reason: escape_controls(reason),
                     deadline_unix,
@@ -138,12 +140,18 @@ impl Observer for Job {
     }
 
     fn progress(&self, bytes_done: u64) {
-        let started = *lock(&self.started).get_or_insert_with(Instant::now);
-        let elapsed = started.elapsed().as_secs_f64();
+        let now = Instant::now();
+        let (rate, active) = {
+            let mut meter = lock(&self.rate);
+            let rate = meter.observe(now, bytes_done);
+            (rate, meter.active(now, bytes_done))
+        };
         self.info.send_modify(|info| {
             info.bytes_done = bytes_done;
-            if elapsed > 0.05 {
-                info.rate = (bytes_done as f64 / elapsed) as u64;
+            info.rate = rate.unwrap_or(0);
+            if let Some((took, moved)) = active {
+                info.active_ms = took.as_millis() as u64;
+                info.active_bytes = moved;
             }
         });
     }
@@ -250,6 +258,8 @@ impl Jobs {
             saved_folders: Vec::new(),
             resume: None,
             destination: None,
+            active_ms: 0,
+            active_bytes: 0,
         };
         // Not a child of the daemon's shutdown: stopping the daemon interrupts a durable
         // job (to resume later) rather than cancelling it; the runner decides.

@@ -5,6 +5,7 @@ pub(crate) mod connection;
 pub mod history;
 pub mod jobs;
 pub mod notify;
+pub mod rate;
 pub mod record;
 mod runner;
 pub mod socket;

@@ -266,7 +266,9 @@ pub async fn run_send(
             connection.close().await;
             return Err(error);
         }
-        job.set_state(JobState::Transferring);
+        // The receiver's person may take a while to answer: say so, and keep that time
+        // out of the transfer's rate.
+        job.set_state(JobState::AwaitingApproval);
         let mut fresh =
             JobRecord::new(Direction::Send, &secret, context.config.resume_window, path);
         fresh.job_id = Some(job.info.borrow().id);
@@ -285,6 +287,7 @@ pub async fn run_send(
                     source: e,
                 })?;
             durable.store(true, Ordering::SeqCst);
+            job.set_state(JobState::Transferring);
             Ok(())
         };
         let result = until_lost(

@@ -146,6 +146,10 @@ pub struct JobSummary {
     pub resume: Option<ResumeInfo>,
     /// Receiving side: the directory the files are saved in.
     pub destination: Option<PathBuf>,
+    /// How long data has moved in the current run (milliseconds), and how many bytes: a
+    /// transfer's own time, without waiting for the receiver or for a connection.
+    pub active_ms: u64,
+    pub active_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +247,10 @@ pub struct JobInfo {
     pub resume: Option<ResumeInfo>,
     /// Receiving side: the directory the files are saved in.
     pub destination: Option<PathBuf>,
+    /// How long data has moved in the current run (milliseconds), and how many bytes: a
+    /// transfer's own time, without waiting for the receiver or for a connection.
+    pub active_ms: u64,
+    pub active_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +284,8 @@ impl JobInfo {
             route: self.route.clone(),
             resume: self.resume.clone(),
             destination: self.destination.clone(),
+            active_ms: self.active_ms,
+            active_bytes: self.active_bytes,
         }
     }
 
@@ -298,6 +308,8 @@ impl JobInfo {
         self.route = s.route.clone();
         self.resume = s.resume.clone();
         self.destination = s.destination.clone();
+        self.active_ms = s.active_ms;
+        self.active_bytes = s.active_bytes;
     }
 
     /// Folds one frame about this job into the view. Returns true on `Created`/`Update`:

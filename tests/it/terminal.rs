@@ -80,3 +80,73 @@ fn output_dir_overrides_the_destination_and_yes_saves_there() {
     );
     assert!(sender.wait().unwrap().success());
 }
+
+/// `script` running `p2p ARGS` on a pseudo-terminal, left running.
+fn spawn_on_terminal(socket: &std::path::Path, args: &[&str]) -> std::process::Child {
+    let command = std::iter::once(P2P.to_owned())
+        .chain(["--socket".to_owned(), socket.display().to_string()])
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env("HOME", "/nonexistent-home")
+        .env_remove("P2PD_SOCKET")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux script, to give p2p a terminal")
+}
+
+/// The receiver takes three seconds to answer: the sender says it is waiting, and its
+/// final line's time and rate count from when data moved, not from the offer.
+#[test]
+fn a_slow_accept_is_waited_for_not_counted() {
+    use std::io::{BufRead, Read};
+    let daemon = DaemonProcess::start();
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "slow.bin", 32 * 1024 * 1024, 43);
+    let mut sender = spawn_on_terminal(&daemon.socket, &["send", path.to_str().unwrap()]);
+    let mut out = std::io::BufReader::new(sender.stdout.take().unwrap());
+    let mut code = None;
+    let mut line = String::new();
+    while code.is_none() && out.read_line(&mut line).unwrap() > 0 {
+        code = line
+            .trim()
+            .strip_prefix("Code: ")
+            .map(|c| c.trim().to_owned());
+        line.clear();
+    }
+    let code = code.expect("the sender's code");
+    let mut receiver = spawn_on_terminal(&daemon.socket, &["receive", &code]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    receiver.stdin.take().unwrap().write_all(b"y\n").unwrap();
+    assert!(receiver.wait().unwrap().success());
+    let mut shown = String::new();
+    out.read_to_string(&mut shown).unwrap();
+    assert!(sender.wait().unwrap().success(), "{shown}");
+    let shown = shown.replace('\r', "\n");
+    assert!(
+        shown.contains("Waiting for the receiver to accept"),
+        "{shown}"
+    );
+    let summary = shown
+        .lines()
+        .find(|l| l.contains("Sent 1 file, 32.00 MiB in "))
+        .unwrap_or_else(|| panic!("no final line:\n{shown}"));
+    assert!(summary.ends_with("verified by the receiver"), "{summary}");
+    // "in 412 ms" or "in 1.3 s": well under the three-second wait.
+    let took = summary.split(" in ").nth(1).unwrap();
+    let seconds: f64 = match took.split_once(' ') {
+        Some((n, rest)) if rest.starts_with("ms") => n.parse::<f64>().unwrap() / 1000.0,
+        Some((n, rest)) if rest.starts_with("s ") => n.parse().unwrap(),
+        _ => panic!("unexpected time in {summary}"),
+    };
+    assert!(seconds < 2.5, "the wait was counted: {summary}");
+    assert_eq!(
+        std::fs::read(daemon.downloads.join("slow.bin")).unwrap(),
+        std::fs::read(&path).unwrap()
+    );
+}
