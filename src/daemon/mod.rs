@@ -36,7 +36,9 @@ pub enum DaemonError {
     Socket(#[from] socket::SocketError),
     #[error(transparent)]
     RendezvousTls(#[from] crate::rendezvous::tls::TlsError),
-    #[error("cannot start the rendezvous on {addr}: {source}")]
+    #[error(
+        "cannot start the rendezvous on {addr} (another program may hold that port: choose another with --rendezvous-listen)"
+    )]
     Rendezvous {
         addr: SocketAddr,
         #[source]

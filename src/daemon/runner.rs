@@ -85,7 +85,10 @@ impl JobError {
                 },
                 error_line(e),
             ),
-            JobError::Cancelled => (ErrorKind::Cancelled, "cancelled".to_owned()),
+            JobError::Cancelled => (
+                ErrorKind::Cancelled,
+                "cancelled on this side (p2p cancel or Ctrl-C)".to_owned(),
+            ),
             JobError::NoRelay => (
                 ErrorKind::NoRoute,
                 "--force-relay needs a TURN server: neither the daemon's config nor the rendezvous provides one".to_owned(),

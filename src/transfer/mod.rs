@@ -56,9 +56,9 @@ pub enum TransferError {
         /// The receiver found the bytes did not match the sender's SHA-256.
         mismatch: bool,
     },
-    #[error("the other side cancelled: {0}")]
+    #[error("{}", peer_cancelled_line(.0))]
     PeerCancelled(String),
-    #[error("cancelled")]
+    #[error("cancelled on this side (p2p cancel or Ctrl-C)")]
     Cancelled,
     #[error("the other side went away mid-transfer: run the transfer again")]
     PeerGone,
@@ -75,7 +75,9 @@ pub enum TransferError {
     #[error("disk full while receiving: free some space and run the transfer again")]
     DiskFull,
     #[error(
-        "not enough free space: the transfer needs {needed} bytes but only {available} are free"
+        "not enough free space: the transfer needs {} but only {} are free: free some space, or receive into another directory with -o DIR",
+        indicatif::HumanBytes(*.needed),
+        indicatif::HumanBytes(*.available)
     )]
     NotEnoughSpace { needed: u64, available: u64 },
     #[error("the offer is not acceptable")]
@@ -88,6 +90,18 @@ pub enum TransferError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What the other side's cancellation says here: its own words when they already say
+/// who cancelled ("the sender cancelled"), so the line does not say it twice.
+fn peer_cancelled_line(reason: &str) -> String {
+    if (reason.starts_with("the sender ") || reason.starts_with("the receiver "))
+        && reason.ends_with("cancelled")
+    {
+        format!("{reason} the transfer")
+    } else {
+        format!("the other side cancelled: {reason}")
+    }
 }
 
 impl TransferError {
@@ -166,4 +180,32 @@ pub async fn abandon(link: &dyn link::Link, reason: &str) {
 /// Lowercase hex, the form digests travel in.
 pub fn hex_digest(digest: &[u8]) -> String {
     hex::encode(digest)
+}
+
+#[cfg(test)]
+mod wording_tests {
+    use super::TransferError;
+
+    #[test]
+    fn sizes_are_for_people_and_the_line_says_what_to_do() {
+        let line = TransferError::NotEnoughSpace {
+            needed: 50 * 1024 * 1024,
+            available: 8 * 1024 * 1024,
+        }
+        .to_string();
+        assert!(
+            line.contains("needs 50.00 MiB but only 8.00 MiB are free"),
+            "{line}"
+        );
+        assert!(line.contains("-o DIR"), "{line}");
+    }
+
+    #[test]
+    fn a_cancellation_says_who_once() {
+        let line = TransferError::PeerCancelled("the sender cancelled".into()).to_string();
+        assert_eq!(line, "the sender cancelled the transfer");
+        let line = TransferError::PeerCancelled("disk trouble".into()).to_string();
+        assert_eq!(line, "the other side cancelled: disk trouble");
+        assert!(!TransferError::Cancelled.to_string().ends_with("cancelled"));
+    }
 }

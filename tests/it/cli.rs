@@ -845,3 +845,32 @@ fn job_numbers_and_history_survive_a_restart_and_clear_forgets_finished_jobs() {
     let listed = json_lines(&daemon.p2p(&["status", "--json"]).stdout);
     assert!(listed.is_empty(), "{listed:?}");
 }
+
+/// A rendezvous port someone else holds: one line naming the address, the way out and
+/// the system's reason once.
+#[test]
+fn a_taken_rendezvous_port_is_one_line_said_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(P2PD)
+        .args(["--socket", dir.path().join("s.sock").to_str().unwrap()])
+        .args(["--download-dir", dir.path().to_str().unwrap()])
+        .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
+        .args(["--rendezvous-listen", &addr])
+        .env("HOME", dir.path())
+        .env_remove("P2PD_SOCKET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains(&addr) && line.contains("--rendezvous-listen"),
+        "{line}"
+    );
+    assert_eq!(line.matches("in use").count(), 1, "said twice: {line}");
+}

@@ -52,6 +52,9 @@ fn the_offer_says_where_the_files_go_and_no_saves_nothing() {
         "the prompt names the destination:\n{shown}"
     );
     assert!(shown.contains("Accept? [y/N]"), "{shown}");
+    assert!(shown.contains("Declined: nothing was saved"), "{shown}");
+    assert!(!shown.contains("error:"), "declining is no error:\n{shown}");
+    assert!(shown.contains("The sender offers 1 file, "), "{shown}");
     assert!(
         std::fs::read_dir(&daemon.downloads)
             .unwrap()

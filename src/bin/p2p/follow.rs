@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use p2pd::ipc::client::IpcClient;
-use p2pd::ipc::messages::{JobInfo, JobState, Request, ServerFrame};
+use p2pd::ipc::messages::{Direction, ErrorKind, JobInfo, JobState, Request, ServerFrame};
 
 use crate::render::Renderer;
 
@@ -120,6 +120,17 @@ pub async fn follow(
     renderer.finish();
     match view {
         Some(info) if info.state == JobState::Completed => Ok(ExitCode::SUCCESS),
+        // Saying no is this side's choice, not an error; it is still not a transfer.
+        Some(info)
+            if info.direction == Direction::Receive
+                && info
+                    .failure
+                    .as_ref()
+                    .is_some_and(|f| f.kind == ErrorKind::Declined) =>
+        {
+            eprintln!("Declined: nothing was saved");
+            Ok(ExitCode::FAILURE)
+        }
         Some(info) => {
             let message = info
                 .failure

@@ -43,7 +43,8 @@ fn current_file(info: &JobInfo) -> String {
     }
 }
 
-/// "Skipped 2 (symlinks or special files): a, b" for the sender's left-out paths.
+/// "left out 2 paths (symlinks and special files are not sent): a, b" for the sender's
+/// left-out paths.
 fn skipped_line(skipped: &[String]) -> String {
     const SHOWN: usize = 5;
     let mut names: Vec<String> = skipped
@@ -55,10 +56,19 @@ fn skipped_line(skipped: &[String]) -> String {
         names.push(format!("and {} more", skipped.len() - SHOWN));
     }
     format!(
-        "Skipped {} (symlinks or special files are not sent): {}",
-        skipped.len(),
+        "left out {} (symlinks and special files are not sent): {}",
+        plural(skipped.len(), "path"),
         names.join(", ")
     )
+}
+
+/// "1 file", "3 files".
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }
 
 /// `dir` with the home directory written as `~`, as people type it.
@@ -150,7 +160,8 @@ impl Renderer {
         }
         let skipped_appeared = previous.as_ref().is_none_or(|p| p.skipped.is_empty());
         if skipped_appeared && !info.skipped.is_empty() && info.direction == Direction::Send {
-            say!(err, "{}", skipped_line(&info.skipped));
+            let line = skipped_line(&info.skipped);
+            say!(err, "L{}", line.strip_prefix('l').unwrap_or(&line));
         }
         if state_changed
             && info.state == JobState::WaitingToResume
@@ -305,8 +316,8 @@ impl Renderer {
         let mut err = std::io::stderr().lock();
         writeln!(
             err,
-            "The sender offers {} file(s), {} in all:",
-            info.files.len(),
+            "The sender offers {}, {} in all:",
+            plural(info.files.len(), "file"),
             HumanBytes(info.bytes_total)
         )?;
         const LISTED: usize = 20;
@@ -322,7 +333,7 @@ impl Renderer {
             writeln!(err, "  … and {} more", info.files.len() - LISTED)?;
         }
         if !info.skipped.is_empty() {
-            writeln!(err, "The sender left out: {}", skipped_line(&info.skipped))?;
+            writeln!(err, "The sender {}", skipped_line(&info.skipped))?;
         }
         if let Some(dir) = &info.destination {
             writeln!(
@@ -354,12 +365,7 @@ impl Renderer {
 /// "Sent 3 files, 1.50 GiB in 24s (63.5 MiB/s), verified by the receiver": the rate over
 /// the bytes this `p2p` saw move, from the first to completion.
 fn summary_line(info: &JobInfo) -> String {
-    let count = info.files.len();
-    let files = if count == 1 {
-        "1 file".to_owned()
-    } else {
-        format!("{count} files")
-    };
+    let files = plural(info.files.len(), "file");
     // The daemon's measure: from the last report before data moved to the last one.
     let timing = if info.active_ms > 0 {
         let took = std::time::Duration::from_millis(info.active_ms);
