@@ -72,8 +72,9 @@ pub async fn serve(
                 paths,
                 follow,
                 path,
+                words,
             } => {
-                let created = jobs.start_send(paths, path).await;
+                let created = jobs.start_send(paths, path, words).await;
                 reply_created(&mut stream, &jobs, created, follow, &shutdown).await?;
             }
             Request::Receive {

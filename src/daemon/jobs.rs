@@ -371,9 +371,15 @@ impl Jobs {
         &self,
         paths: Vec<PathBuf>,
         path: PathPolicy,
+        words: Option<String>,
     ) -> Result<JobInfo, Failure> {
         self.refuse_if_stopping()?;
         let path = self.resolve_path(path)?;
+        // Checked before anything is opened or allocated.
+        if let Some(words) = &words {
+            Code::with_words(0, words)
+                .map_err(|e| failure(ErrorKind::BadRequest, e.to_string()))?;
+        }
         let sources = tokio::task::spawn_blocking(move || source::collect(&paths))
             .await
             .map_err(|_| failure(ErrorKind::Io, "opening the files failed"))?
@@ -382,7 +388,11 @@ impl Jobs {
             .await
             .map_err(|e| signal_failure(&e))?;
         let (nameplate, _) = client.allocate().await.map_err(|e| signal_failure(&e))?;
-        let code = Code::generate(nameplate);
+        let code = match &words {
+            Some(words) => Code::with_words(nameplate, words)
+                .map_err(|e| failure(ErrorKind::BadRequest, e.to_string()))?,
+            None => Code::generate(nameplate),
+        };
         let files = sources
             .manifest
             .files

@@ -22,6 +22,8 @@ pub enum Request {
         paths: Vec<PathBuf>,
         follow: bool,
         path: PathPolicy,
+        /// The code's words, chosen by the sender (`--code`); random when absent.
+        words: Option<String>,
     },
     /// Start receiving; `accept` skips the question. Updates follow if `follow`.
     Receive {

@@ -43,6 +43,13 @@ impl Code {
         Code { nameplate, words }
     }
 
+    /// A code for `nameplate` with words the sender chose (`orbit-lantern`), from the same
+    /// list: easier for people to pass on, and easier to guess than random words, but a
+    /// guesser still gets one try.
+    pub fn with_words(nameplate: u32, words: &str) -> Result<Code, CodeError> {
+        format!("{nameplate}-{words}").parse()
+    }
+
     /// The password both sides feed to SPAKE2: the whole code, canonical form.
     pub fn password(&self) -> String {
         self.to_string()
@@ -107,6 +114,20 @@ impl fmt::Debug for Code {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chosen_words_come_from_the_list() {
+        let code = Code::with_words(42, "Orbit lantern").unwrap();
+        assert_eq!(code, "42-orbit-lantern".parse().unwrap());
+        assert!(matches!(
+            Code::with_words(42, "orbit-zzzz"),
+            Err(CodeError::UnknownWord(_))
+        ));
+        assert!(matches!(
+            Code::with_words(42, "orbit"),
+            Err(CodeError::WrongWordCount(1))
+        ));
+    }
 
     #[test]
     fn generated_codes_round_trip() {

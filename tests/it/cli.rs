@@ -874,3 +874,24 @@ fn a_taken_rendezvous_port_is_one_line_said_once() {
     );
     assert_eq!(line.matches("in use").count(), 1, "said twice: {line}");
 }
+
+#[test]
+fn a_sender_may_choose_the_code_words() {
+    // A word not on the list is refused before the daemon is asked.
+    let nowhere = Path::new("/nonexistent/p2pd.sock");
+    assert_one_line_error(
+        &p2p_with_socket(nowhere, &["send", "--code", "orbit-zzzz", "/etc/hostname"]),
+        "not one of p2pd's code words",
+    );
+    let daemon = DaemonProcess::start();
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "chosen.bin", 5_000, 71);
+    let (mut sender, _stdout, created) = spawn_json_send(
+        &daemon.socket,
+        &["--json", "--code", "orbit-lantern", path.to_str().unwrap()],
+    );
+    let code = created["code"].as_str().unwrap().to_owned();
+    assert!(code.ends_with("-orbit-lantern"), "{code}");
+    assert!(daemon.p2p(&["receive", &code, "--yes"]).status.success());
+    assert!(sender.wait().unwrap().success());
+}

@@ -123,6 +123,7 @@ impl TestDaemon {
                 paths: paths.to_vec(),
                 follow: false,
                 path: Default::default(),
+                words: None,
             })
             .await
             .expect("send reply")

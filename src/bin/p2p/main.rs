@@ -64,6 +64,10 @@ enum Command {
         /// p2p watch ID).
         #[arg(short, long)]
         detach: bool,
+        /// Choose the code's two words, like orbit-lantern (from p2pd's word list; the
+        /// number still comes from the rendezvous). Random words are harder to guess.
+        #[arg(long, value_name = "WORDS")]
+        code: Option<String>,
         /// One JSON object per line on stdout instead of progress bars.
         #[arg(long)]
         json: bool,
@@ -182,9 +186,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Send {
             files,
             detach,
+            code,
             json,
             path,
         } => {
+            // A bad word is found before anything is sent to the daemon.
+            if let Some(words) = &code {
+                Code::with_words(0, words)?;
+            }
             let paths = files
                 .iter()
                 .map(|f| absolute(f))
@@ -196,6 +205,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     paths,
                     follow: !detach,
                     path: path.policy(),
+                    words: code,
                 })
                 .await?;
             if detach {
