@@ -130,6 +130,22 @@ fn the_protocol_states_the_limits_in_the_code() {
         states(PROTOCOL, "docs/PROTOCOL.md", &phrase);
     }
     states(README, "README.md", &format!("labelled `{channel}`"));
+    states(
+        README,
+        "README.md",
+        &format!(
+            "per second over the last {} seconds",
+            crate::daemon::rate::RATE_WINDOW.as_secs()
+        ),
+    );
+    states(
+        include_str!("../docs/JSON.md"),
+        "docs/JSON.md",
+        &format!(
+            "over the last {} s",
+            crate::daemon::rate::RATE_WINDOW.as_secs()
+        ),
+    );
 }
 
 #[test]
