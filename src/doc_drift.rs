@@ -106,6 +106,10 @@ fn the_protocol_states_the_limits_in_the_code() {
             crate::transfer::wire::MAX_CONTROL_BYTES / KIB
         ),
         format!(
+            "(`p2p send --text`, at most {} KiB)",
+            crate::transfer::wire::MAX_TEXT_BYTES / KIB
+        ),
+        format!(
             "a message is at most {} KiB",
             crate::rtc::peer::MAX_MESSAGE_BYTES as usize / KIB
         ),

@@ -73,8 +73,9 @@ pub async fn serve(
                 follow,
                 path,
                 words,
+                text,
             } => {
-                let created = jobs.start_send(paths, path, words).await;
+                let created = jobs.start_send(paths, path, words, text).await;
                 reply_created(&mut stream, &jobs, created, follow, &shutdown).await?;
             }
             Request::Receive {

@@ -114,6 +114,7 @@ mod tests {
             destination: None,
             active_ms: 0,
             active_bytes: 0,
+            text: None,
         }
     }
 

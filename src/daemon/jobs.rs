@@ -161,6 +161,11 @@ impl Observer for Job {
             .send_modify(|info| info.saved_folders.push(path.to_owned()));
     }
 
+    fn text_received(&self, text: &str) {
+        let text = text.to_owned();
+        self.info.send_modify(|info| info.text = Some(text));
+    }
+
     fn file_verified(&self, index: usize, saved: Option<&Path>) {
         self.info.send_modify(|info| {
             if let Some(file) = info.files.get_mut(index) {
@@ -180,6 +185,33 @@ pub struct Jobs {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     context: Arc<Context>,
+}
+
+/// A `--text` message the daemon will send: something to show, short enough, and alone.
+fn check_text(text: &str, paths: &[PathBuf]) -> Result<(), Failure> {
+    let max = crate::transfer::wire::MAX_TEXT_BYTES;
+    if text.trim().is_empty() {
+        return Err(failure(
+            ErrorKind::BadRequest,
+            "the text is empty: give the message to send, like p2p send --text \"see you at 8\"",
+        ));
+    }
+    if text.len() > max {
+        return Err(failure(
+            ErrorKind::BadRequest,
+            format!(
+                "the text is {} bytes, more than {max}: send a longer message as a file",
+                text.len()
+            ),
+        ));
+    }
+    if !paths.is_empty() {
+        return Err(failure(
+            ErrorKind::BadRequest,
+            "a text message is sent on its own: send the files in another p2p send",
+        ));
+    }
+    Ok(())
 }
 
 fn failure(kind: ErrorKind, message: impl Into<String>) -> Failure {
@@ -260,6 +292,7 @@ impl Jobs {
             destination: None,
             active_ms: 0,
             active_bytes: 0,
+            text: None,
         };
         // Not a child of the daemon's shutdown: stopping the daemon interrupts a durable
         // job (to resume later) rather than cancelling it; the runner decides.
@@ -372,6 +405,7 @@ impl Jobs {
         paths: Vec<PathBuf>,
         path: PathPolicy,
         words: Option<String>,
+        text: Option<String>,
     ) -> Result<JobInfo, Failure> {
         self.refuse_if_stopping()?;
         let path = self.resolve_path(path)?;
@@ -380,10 +414,16 @@ impl Jobs {
             Code::with_words(0, words)
                 .map_err(|e| failure(ErrorKind::BadRequest, e.to_string()))?;
         }
-        let sources = tokio::task::spawn_blocking(move || source::collect(&paths))
-            .await
-            .map_err(|_| failure(ErrorKind::Io, "opening the files failed"))?
-            .map_err(|e| failure(ErrorKind::BadRequest, error_line(&e)))?;
+        let sources = match &text {
+            Some(text) => {
+                check_text(text, &paths)?;
+                source::Sources::default()
+            }
+            None => tokio::task::spawn_blocking(move || source::collect(&paths))
+                .await
+                .map_err(|_| failure(ErrorKind::Io, "opening the files failed"))?
+                .map_err(|e| failure(ErrorKind::BadRequest, error_line(&e)))?,
+        };
         let mut client = RendezvousClient::connect(&self.context.rendezvous_url)
             .await
             .map_err(|e| signal_failure(&e))?;
@@ -415,7 +455,7 @@ impl Jobs {
         let info = job.info.borrow().clone();
         let context = self.context.clone();
         self.tracker.spawn(
-            runner::run_send(job, context, client, code, sources, path)
+            runner::run_send(job, context, client, code, (sources, text), path)
                 .instrument(tracing::info_span!("job", id = info.id, dir = "send")),
         );
         Ok(info)

@@ -248,7 +248,7 @@ pub async fn run_send(
     context: Arc<Context>,
     mut client: RendezvousClient,
     code: Code,
-    sources: Sources,
+    (sources, text): (Sources, Option<String>),
     path: PathPolicy,
 ) {
     let cancel = job.cancel.clone();
@@ -268,6 +268,16 @@ pub async fn run_send(
         if let Err(error) = secure(&mut connection, &binding_key, Role::Sender, path, &job).await {
             connection.close().await;
             return Err(error);
+        }
+        // A message instead of files: nothing to ask, record or resume.
+        if let Some(text) = &text {
+            let result = until_lost(
+                &connection,
+                sender::send_text(&connection.link, text, &cancel),
+            )
+            .await;
+            connection.close().await;
+            return Ok(result?);
         }
         // The receiver's person may take a while to answer: say so, and keep that time
         // out of the transfer's rate.

@@ -24,6 +24,8 @@ pub enum Request {
         path: PathPolicy,
         /// The code's words, chosen by the sender (`--code`); random when absent.
         words: Option<String>,
+        /// A message to send instead of files (`--text`); `paths` is then empty.
+        text: Option<String>,
     },
     /// Start receiving; `accept` skips the question. Updates follow if `follow`.
     Receive {
@@ -152,6 +154,9 @@ pub struct JobSummary {
     /// transfer's own time, without waiting for the receiver or for a connection.
     pub active_ms: u64,
     pub active_bytes: u64,
+    /// A message instead of files (`p2p send --text`): the sender's, or what arrived.
+    /// Raw: whoever shows it escapes it.
+    pub text: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +258,9 @@ pub struct JobInfo {
     /// transfer's own time, without waiting for the receiver or for a connection.
     pub active_ms: u64,
     pub active_bytes: u64,
+    /// A message instead of files (`p2p send --text`): the sender's, or what arrived.
+    /// Raw: whoever shows it escapes it.
+    pub text: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +296,7 @@ impl JobInfo {
             destination: self.destination.clone(),
             active_ms: self.active_ms,
             active_bytes: self.active_bytes,
+            text: self.text.clone(),
         }
     }
 
@@ -312,6 +321,7 @@ impl JobInfo {
         self.destination = s.destination.clone();
         self.active_ms = s.active_ms;
         self.active_bytes = s.active_bytes;
+        self.text = s.text.clone();
     }
 
     /// Folds one frame about this job into the view. Returns true on `Created`/`Update`:

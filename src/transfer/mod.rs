@@ -36,6 +36,8 @@ pub trait Observer: Send + Sync {
     fn file_verified(&self, _index: usize, _saved: Option<&Path>) {}
     /// Receiving side: a top-level folder is in place at `path`.
     fn folder_saved(&self, _path: &Path) {}
+    /// Receiving side: the sender sent this message instead of files.
+    fn text_received(&self, _text: &str) {}
 }
 
 /// Why a transfer ended without success. Messages are for the user: one line, what to do.

@@ -72,7 +72,13 @@ pub async fn receive(
     approve: impl Future<Output = bool> + Send,
     cancel: &CancellationToken,
 ) -> Result<Manifest, TransferError> {
-    let manifest = read_offer(link, &plan.limits, cancel).await?;
+    let manifest = match read_offer(link, &plan.limits, cancel).await? {
+        Offered::Files(manifest) => manifest,
+        Offered::Text(text) => {
+            receive_text(link, &text, observer, cancel).await?;
+            return Ok(Manifest::default());
+        }
+    };
     // Up to 100,000 names and a statvfs: a blocking thread, not a worker that drives peers.
     let checked = {
         let (manifest, dir, limits) = (manifest.clone(), plan.dir.clone(), plan.limits);
@@ -187,16 +193,53 @@ pub fn resumable(error: &TransferError) -> bool {
     matches!(error, TransferError::PeerGone)
 }
 
+/// What the sender offers: files, or a message instead.
+enum Offered {
+    Files(Manifest),
+    Text(String),
+}
+
+/// A message instead of files: nothing is written and nothing asked. Shown (escaped, by
+/// whoever displays it), answered with `complete`, then the sender's `done` is awaited.
+async fn receive_text(
+    link: &dyn Link,
+    text: &str,
+    observer: &dyn Observer,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError> {
+    if text.len() > super::wire::MAX_TEXT_BYTES {
+        let error = TransferError::Protocol(format!(
+            "a text message longer than {} bytes",
+            super::wire::MAX_TEXT_BYTES
+        ));
+        return Err(reject(link, "the message is too long", error).await);
+    }
+    observer.text_received(text);
+    send_control(link, &Control::Complete).await?;
+    tokio::select! {
+        _ = cancel.cancelled() => Err(cancel_peer(link, "the receiver cancelled").await),
+        done = tokio::time::timeout(FLUSH_LIMIT * 2, link.recv()) => match done {
+            Ok(incoming) => match control(incoming)? {
+                Control::Done => Ok(()),
+                other => Err(unexpected(&other)),
+            },
+            // The message is here; a sender that never says goodbye changes nothing.
+            Err(_) => Ok(()),
+        },
+    }
+}
+
 async fn read_offer(
     link: &dyn Link,
     limits: &Limits,
     cancel: &CancellationToken,
-) -> Result<Manifest, TransferError> {
+) -> Result<Offered, TransferError> {
     let mut manifest = Manifest::default();
     loop {
         let more = tokio::select! {
             _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
             incoming = link.recv() => match control(incoming)? {
+                Control::Text { text } if manifest == Manifest::default() => return Ok(Offered::Text(text)),
                 Control::Offer { files, folders, skipped, more } => {
                     manifest.files.extend(files);
                     manifest.folders.extend(folders);
@@ -215,7 +258,7 @@ async fn read_offer(
             return Err(reject(link, &error.peer_reason(), error).await);
         }
         if !more {
-            return Ok(manifest);
+            return Ok(Offered::Files(manifest));
         }
     }
 }

@@ -66,6 +66,35 @@ pub async fn send(
     run(link, sources, from, observer, cancel).await
 }
 
+/// Sends a message instead of files (`p2p send --text`) and waits for the receiver to
+/// have it.
+pub async fn send_text(
+    link: &dyn Link,
+    text: &str,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError> {
+    send_control(
+        link,
+        &Control::Text {
+            text: text.to_owned(),
+        },
+    )
+    .await?;
+    tokio::select! {
+        _ = cancel.cancelled() => Err(cancel_peer(link, "the sender cancelled").await),
+        incoming = link.recv() => match control(incoming)? {
+            Control::Complete => {
+                send_control(link, &Control::Done).await?;
+                link.flush(super::FLUSH_LIMIT).await;
+                Ok(())
+            }
+            Control::Reject { reason } => Err(TransferError::Rejected(super::names::peer_text(&reason))),
+            Control::Cancel { reason } => Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
+            other => Err(unexpected(&other)),
+        },
+    }
+}
+
 /// Continues an accepted transfer on a new connection, from where the receiver says its
 /// verified data ends. Reads that prefix once, to check it against the source.
 pub async fn resume(

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub const CHUNK_BYTES: usize = 64 * 1024;
 /// Largest control message accepted. Below the data channel's 256 KiB message ceiling.
 pub const MAX_CONTROL_BYTES: usize = 192 * 1024;
+/// Longest `p2p send --text` message: its JSON escaping (at most 6 bytes a byte) still
+/// fits a control message.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 /// The sender starts a new offer message past this much of file list, leaving room for
 /// JSON escaping to stay under [`MAX_CONTROL_BYTES`].
 pub const OFFER_PART_BYTES: usize = 32 * 1024;
@@ -128,6 +131,11 @@ pub enum Control {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         more: bool,
     },
+    /// Sender → receiver, after the hellos, instead of an offer: a message to show (`p2p
+    /// send --text`), at most [`MAX_TEXT_BYTES`]. The receiver answers `complete`.
+    Text {
+        text: String,
+    },
     Accept,
     Reject {
         reason: String,
@@ -196,6 +204,7 @@ impl Control {
             Control::Offer { .. } => "offer",
             Control::Accept => "accept",
             Control::Reject { .. } => "reject",
+            Control::Text { .. } => "text",
             Control::FileStart { .. } => "file_start",
             Control::Resume { .. } => "resume",
             Control::Complete => "complete",

@@ -895,3 +895,54 @@ fn a_sender_may_choose_the_code_words() {
     assert!(daemon.p2p(&["receive", &code, "--yes"]).status.success());
     assert!(sender.wait().unwrap().success());
 }
+
+/// `p2p send --text`: the receiver prints the message, line by line, with anything that
+/// would drive its terminal escaped; nothing is written to disk.
+#[test]
+fn a_text_message_is_printed_not_saved() {
+    let daemon = DaemonProcess::start();
+    let message = "see you at 8\nbring the \u{1b}]0;PWNED\u{7}keys";
+    let (mut sender, _stdout, created) =
+        spawn_json_send(&daemon.socket, &["--json", "--text", message]);
+    let code = created["code"].as_str().unwrap().to_owned();
+    let received = daemon.p2p(&["receive", &code, "--yes"]);
+    assert!(
+        received.status.success(),
+        "{}",
+        String::from_utf8_lossy(&received.stderr)
+    );
+    let shown = String::from_utf8_lossy(&received.stdout);
+    assert!(shown.contains("see you at 8\n"), "{shown}");
+    assert!(shown.contains("bring the "), "{shown}");
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+        "{shown:?}"
+    );
+    assert!(
+        std::fs::read_dir(&daemon.downloads)
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert!(sender.wait().unwrap().success());
+
+    // JSON carries it whole; empty or files-and-text are one-line errors.
+    let (mut sender, _stdout, created) =
+        spawn_json_send(&daemon.socket, &["--json", "--text", "hello"]);
+    let code = created["code"].as_str().unwrap().to_owned();
+    let received = daemon.p2p(&["receive", &code, "--yes", "--json"]);
+    let values = json_lines(&received.stdout);
+    let text = values
+        .iter()
+        .find(|v| v["event"] == "text")
+        .expect("a text event");
+    assert_eq!(text["text"], "hello");
+    assert_eq!(
+        events(&values).last().map(String::as_str),
+        Some("completed")
+    );
+    assert!(sender.wait().unwrap().success());
+    assert_one_line_error(&daemon.p2p(&["send", "--text", " "]), "the text is empty");
+    let long = "x".repeat(p2pd::transfer::wire::MAX_TEXT_BYTES + 1);
+    assert_one_line_error(&daemon.p2p(&["send", "--text", &long]), "as a file");
+}

@@ -124,6 +124,7 @@ impl TestDaemon {
                 follow: false,
                 path: Default::default(),
                 words: None,
+                text: None,
             })
             .await
             .expect("send reply")

@@ -58,8 +58,11 @@ enum Command {
     /// Send files; prints a code for the receiver. Ctrl-C cancels the transfer.
     Send {
         /// Files and folders to send (a folder is sent whole, with its structure).
-        #[arg(required = true, value_name = "FILES")]
+        #[arg(required_unless_present = "text", value_name = "FILES")]
         files: Vec<PathBuf>,
+        /// Send this message instead of files; the receiver prints it (at most 16 KiB).
+        #[arg(long, conflicts_with = "files", value_name = "TEXT")]
+        text: Option<String>,
         /// Hand the job to p2pd and return once the code is printed (follow it later with
         /// p2p watch ID).
         #[arg(short, long)]
@@ -185,6 +188,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Send {
             files,
+            text,
             detach,
             code,
             json,
@@ -206,6 +210,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     follow: !detach,
                     path: path.policy(),
                     words: code,
+                    text,
                 })
                 .await?;
             if detach {

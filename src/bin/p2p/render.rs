@@ -181,6 +181,13 @@ impl Renderer {
         if let (Some(route), true) = (&info.route, route_appeared) {
             say!(err, "Connected: {}", route.description);
         }
+        let text_arrived = previous.as_ref().is_none_or(|p| p.text.is_none());
+        if let (Some(text), true, Direction::Receive) = (&info.text, text_arrived, info.direction) {
+            // The sender's words, line by line, each escaped: they reach a terminal.
+            for line in text.lines() {
+                say!(out, "{line}");
+            }
+        }
         if state_changed
             && info.state == JobState::AwaitingApproval
             && info.direction == Direction::Send
@@ -258,6 +265,9 @@ fn json_events(
             emit(
                 json!({"event": "route", "job": info.id, "relayed": route.relayed, "path": route.description}),
             );
+        }
+        if let (Some(text), true) = (&info.text, previous.is_none_or(|p| p.text.is_none())) {
+            emit(json!({"event": "text", "job": info.id, "text": text}));
         }
         let files_appeared =
             previous.map(|p| p.files.is_empty()).unwrap_or(true) && !info.files.is_empty();
@@ -365,6 +375,12 @@ impl Renderer {
 /// "Sent 3 files, 1.50 GiB in 24s (63.5 MiB/s), verified by the receiver": the rate over
 /// the bytes this `p2p` saw move, from the first to completion.
 fn summary_line(info: &JobInfo) -> String {
+    if info.files.is_empty() && info.bytes_total == 0 {
+        return match info.direction {
+            Direction::Send => "Sent; the receiver has it".to_owned(),
+            Direction::Receive => "Received".to_owned(),
+        };
+    }
     let files = plural(info.files.len(), "file");
     // The daemon's measure: from the last report before data moved to the last one.
     let timing = if info.active_ms > 0 {
