@@ -946,3 +946,43 @@ fn a_text_message_is_printed_not_saved() {
     let long = "x".repeat(p2pd::transfer::wire::MAX_TEXT_BYTES + 1);
     assert_one_line_error(&daemon.p2p(&["send", "--text", &long]), "as a file");
 }
+
+/// `p2p send -`: stdin arrives as one file under `--name`, and nothing is left behind.
+#[test]
+fn stdin_is_sent_as_one_named_file() {
+    use std::io::Write as _;
+    let daemon = DaemonProcess::start();
+    let data: Vec<u8> = (0..300_000u32).flat_map(|n| n.to_le_bytes()).collect();
+    let mut sender = Command::new(P2P)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["send", "-", "--name", "numbers.bin", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sender.stdin.take().unwrap().write_all(&data).unwrap();
+    let mut stdout = BufReader::new(sender.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let created: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let code = created["code"].as_str().unwrap().to_owned();
+    assert!(daemon.p2p(&["receive", &code, "--yes"]).status.success());
+    assert!(sender.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read(daemon.downloads.join("numbers.bin")).unwrap(),
+        data
+    );
+    let left: Vec<_> = std::fs::read_dir(daemon.socket.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("p2p-stdin"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_one_line_error(&daemon.p2p(&["send", "-", "/etc/hostname"]), "on its own");
+    assert_one_line_error(
+        &daemon.p2p(&["send", "--name", "x", "/etc/hostname"]),
+        "use it with p2p send -",
+    );
+}

@@ -2,6 +2,7 @@
 
 mod follow;
 mod render;
+mod spool;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -57,9 +58,14 @@ impl PathFlags {
 enum Command {
     /// Send files; prints a code for the receiver. Ctrl-C cancels the transfer.
     Send {
-        /// Files and folders to send (a folder is sent whole, with its structure).
+        /// Files and folders to send (a folder is sent whole, with its structure); `-` sends
+        /// what arrives on stdin, as one file.
         #[arg(required_unless_present = "text", value_name = "FILES")]
         files: Vec<PathBuf>,
+        /// The name the receiver gets for stdin (`p2p send - --name notes.txt`; default
+        /// "stdin").
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
         /// Send this message instead of files; the receiver prints it (at most 16 KiB).
         #[arg(long, conflicts_with = "files", value_name = "TEXT")]
         text: Option<String>,
@@ -188,6 +194,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Send {
             files,
+            name,
             text,
             detach,
             code,
@@ -198,10 +205,29 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             if let Some(words) = &code {
                 Code::with_words(0, words)?;
             }
-            let paths = files
-                .iter()
-                .map(|f| absolute(f))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let from_stdin = files.iter().any(|f| f.as_os_str() == "-");
+            if from_stdin && files.len() > 1 {
+                bail!("`-` (stdin) is sent on its own: send the other files in another p2p send");
+            }
+            if name.is_some() && !from_stdin {
+                bail!("--name names what comes from stdin: use it with p2p send -");
+            }
+            if from_stdin && detach {
+                bail!(
+                    "stdin cannot be detached: p2p keeps the data until it is sent, so run it without --detach"
+                );
+            }
+            // Kept until this command ends, whatever the outcome.
+            let spool = from_stdin
+                .then(|| spool::Spool::from_stdin(&socket, name.as_deref()))
+                .transpose()?;
+            let paths = match &spool {
+                Some(spool) => vec![spool.path().to_owned()],
+                None => files
+                    .iter()
+                    .map(|f| absolute(f))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            };
             let mut client = IpcClient::connect(&socket).await?;
             let interrupt = Interrupt::catch()?;
             let first = client
