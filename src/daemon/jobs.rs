@@ -35,6 +35,8 @@ pub struct Context {
     pub records: RecordStore,
     /// Fires when the daemon stops; durable jobs then stop without cancelling.
     pub shutdown: CancellationToken,
+    /// Disk space promised to the offers being received.
+    pub space: Arc<crate::transfer::space::SpaceLedger>,
 }
 
 pub struct Job {

@@ -110,6 +110,7 @@ impl Daemon {
                 config,
                 rendezvous_url: rendezvous_url.clone(),
                 shutdown: shutdown.clone(),
+                space: Default::default(),
             },
             shutdown.clone(),
             tracker.clone(),

@@ -404,6 +404,7 @@ pub async fn run_receive(
             tag: fresh.tag.clone().unwrap_or_default(),
             journal: Some(journal.clone()),
             disk: Default::default(),
+            space: context.space.clone(),
         });
         let result = until_lost(
             &connection,
@@ -460,6 +461,7 @@ pub async fn run_restored(job: Arc<Job>, context: Arc<Context>, record: JobRecor
                 tag: record.tag.clone().unwrap_or_default(),
                 journal: Some(journal),
                 disk: Default::default(),
+                space: context.space.clone(),
             }))
         }
     };

@@ -12,6 +12,7 @@ pub mod names;
 pub mod receiver;
 pub mod sender;
 pub mod source;
+pub mod space;
 pub mod store;
 pub mod wire;
 
@@ -77,11 +78,22 @@ pub enum TransferError {
     #[error("disk full while receiving: free some space and run the transfer again")]
     DiskFull,
     #[error(
-        "not enough free space: the transfer needs {} but only {} are free: free some space, or receive into another directory with -o DIR",
+        "not enough free space: the transfer needs {} but only {} are free{}: free some space, or receive into another directory with -o DIR",
         indicatif::HumanBytes(*.needed),
-        indicatif::HumanBytes(*.available)
+        indicatif::HumanBytes(*.available),
+        if *.promised > 0 {
+            format!(" once the {} that transfers in progress still need is counted", indicatif::HumanBytes(*.promised))
+        } else {
+            String::new()
+        }
     )]
-    NotEnoughSpace { needed: u64, available: u64 },
+    NotEnoughSpace {
+        needed: u64,
+        /// Free now, less what `promised` holds.
+        available: u64,
+        /// Promised to other transfers being received onto the same filesystem.
+        promised: u64,
+    },
     #[error("the offer is not acceptable")]
     BadOffer(#[from] names::NameError),
     /// `place` is a local path, already escaped: shown on this side, never sent to the peer.
@@ -193,6 +205,7 @@ mod wording_tests {
         let line = TransferError::NotEnoughSpace {
             needed: 50 * 1024 * 1024,
             available: 8 * 1024 * 1024,
+            promised: 0,
         }
         .to_string();
         assert!(

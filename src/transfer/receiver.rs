@@ -53,6 +53,8 @@ pub struct Plan {
     /// Held by whatever touches the partial files, so a resume starts only after the disk
     /// threads of the run it follows have stopped.
     pub disk: DiskFence,
+    /// Space promised to every transfer the daemon is receiving (one ledger per daemon).
+    pub space: Arc<super::space::SpaceLedger>,
 }
 
 /// Where a (resumed) transfer starts: files before `index` are saved; file `index` has
@@ -86,9 +88,21 @@ pub async fn receive(
             .await
             .unwrap_or_else(|_| Err(TransferError::Protocol("checking the offer stopped".into())))
     };
-    if let Err(error) = checked {
-        return Err(reject(link, &error.peer_reason(), error).await);
-    }
+    // Held from before the question, so a second offer that only fits without this one
+    // is refused before anyone is asked.
+    let promise = checked.and_then(|disk| {
+        plan.space
+            .promise(disk.fs, disk.free, disk.needed)
+            .map_err(|short| TransferError::NotEnoughSpace {
+                needed: disk.needed,
+                available: short.free.saturating_sub(short.promised),
+                promised: short.promised,
+            })
+    });
+    let promise = match promise {
+        Ok(promise) => promise,
+        Err(error) => return Err(reject(link, &error.peer_reason(), error).await),
+    };
     observer.offered(&manifest);
     let accepted = tokio::select! {
         _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
@@ -117,7 +131,12 @@ pub async fn receive(
         offset: 0,
         state: Sha256::new(),
     };
-    run(link, plan, &manifest, start, observer, cancel, true).await?;
+    let observer = Promised {
+        inner: observer,
+        promise: &promise,
+        total: manifest.total_bytes(),
+    };
+    run(link, plan, &manifest, start, &observer, cancel, true).await?;
     Ok(manifest)
 }
 
@@ -405,17 +424,51 @@ async fn reject(link: &dyn Link, reason: &str, error: TransferError) -> Transfer
     error
 }
 
-fn check_offer(manifest: &Manifest, dir: &Path, limits: &Limits) -> Result<(), TransferError> {
-    let total = validate_offer(manifest, limits)?;
-    let available = store::free_space(dir)
-        .map_err(|e| TransferError::io_at("cannot use the download directory", dir, e))?;
-    if total > available {
-        return Err(TransferError::NotEnoughSpace {
-            needed: total,
-            available,
-        });
+/// What an offer needs of the disk it would be written to.
+struct DiskNeed {
+    fs: super::space::Filesystem,
+    free: u64,
+    needed: u64,
+}
+
+fn check_offer(
+    manifest: &Manifest,
+    dir: &Path,
+    limits: &Limits,
+) -> Result<DiskNeed, TransferError> {
+    use std::os::unix::fs::MetadataExt;
+    let needed = validate_offer(manifest, limits)?;
+    let unusable = |e| TransferError::io_at("cannot use the download directory", dir, e);
+    let free = store::free_space(dir).map_err(unusable)?;
+    let fs = std::fs::metadata(dir).map_err(unusable)?.dev();
+    Ok(DiskNeed { fs, free, needed })
+}
+
+/// Passes progress on, and shrinks the transfer's space promise as its bytes land.
+struct Promised<'a> {
+    inner: &'a dyn Observer,
+    promise: &'a super::space::Promise,
+    total: u64,
+}
+
+impl Observer for Promised<'_> {
+    fn offered(&self, offer: &Manifest) {
+        self.inner.offered(offer);
     }
-    Ok(())
+    fn progress(&self, bytes_done: u64) {
+        self.promise
+            .still_to_write(self.total.saturating_sub(bytes_done));
+        self.inner.progress(bytes_done);
+    }
+    fn file_verified(&self, index: usize, saved: Option<&Path>) {
+        self.inner.file_verified(index, saved);
+    }
+    fn folder_saved(&self, path: &Path) {
+        self.inner.folder_saved(path);
+    }
+    fn text_received(&self, text: &str) {
+        self.inner.text_received(text);
+    }
 }
 
 /// Where the incoming byte stream is within the offer.

@@ -481,3 +481,41 @@ async fn a_job_whose_peer_never_returns_fails_when_its_resume_window_closes() {
     .await
     .expect("test finished in time");
 }
+
+/// Two offers that each fit a small disk but not together: the second is refused before
+/// anyone is asked, saying the space is promised to the first; once the first is
+/// received, an offer that fits what is left goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
+async fn two_receives_that_fit_alone_but_not_together_refuse_the_second_before_asking() {
+    let Some(disk) = Tmpfs::mount("8m") else {
+        crate::netns_harness::skip("cannot mount a tmpfs here (needs root)");
+    };
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = TestDaemon::start().await;
+        let b = a.peer().await;
+        let src = tempfile::tempdir().unwrap();
+        let first = random_file(src.path(), "first.bin", 5 * 1024 * 1024, 23);
+        let second = random_file(src.path(), "second.bin", 5 * 1024 * 1024, 24);
+        let (first_send, first_code) = a.send(&[first]).await.unwrap();
+        let one = b.receive_asking(&first_code, disk.dir.path()).await;
+        b.wait_until(one, |i| i.state == JobState::AwaitingApproval)
+            .await;
+        let (second_send, second_code) = a.send(&[second]).await.unwrap();
+        let two = b.receive_asking(&second_code, disk.dir.path()).await;
+        let refused = b.wait(two).await;
+        assert_eq!(refused.state, JobState::Failed, "never asked: {refused:?}");
+        let message = refused.failure.unwrap().message;
+        assert!(
+            message.contains("not enough free space") && message.contains("transfers in progress"),
+            "{message}"
+        );
+        assert_eq!(a.wait(second_send).await.state, JobState::Failed);
+        b.decide(one, true).await;
+        assert_eq!(b.wait(one).await.state, JobState::Completed);
+        assert_eq!(a.wait(first_send).await.state, JobState::Completed);
+        assert_eq!(listing(disk.dir.path()), vec!["first.bin".to_owned()]);
+    })
+    .await
+    .expect("test finished in time");
+}
