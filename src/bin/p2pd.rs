@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "p2pd", version, about = "Peer-to-peer file transfer daemon")]
 struct Args {
-    /// Control socket path.
-    #[arg(long, env = "P2PD_SOCKET", global = true)]
+    /// Control socket path (the daemon's; `p2pd rendezvous` has none).
+    #[arg(long, env = "P2PD_SOCKET")]
     socket: Option<PathBuf>,
     /// Config file (TOML). Default: the user's config dir, p2pd/config.toml, if present;
     /// `p2pd rendezvous` reads one only when given.

@@ -609,6 +609,16 @@ fn daemon_help_states_the_defaults_in_the_code() {
         p2pd::rtc::sctp::SctpRecovery::default(),
         p2pd::rtc::sctp::SctpRecovery::Bbr
     );
+    // The standalone rendezvous offers only flags it uses.
+    let help = Command::new(P2PD)
+        .args(["rendezvous", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        !help.contains("--socket") && !help.contains("--download-dir"),
+        "{help}"
+    );
 }
 
 /// `--version` names the protocol; completions and manual pages come from the same clap
