@@ -153,3 +153,28 @@ fn a_slow_accept_is_waited_for_not_counted() {
         std::fs::read(&path).unwrap()
     );
 }
+
+/// Ctrl-C typed on the terminal (the line discipline turns it into SIGINT for `p2p`):
+/// the send it started is cancelled and says so.
+#[test]
+fn ctrl_c_typed_on_the_terminal_cancels_the_send() {
+    use std::io::{BufRead, Read};
+    let daemon = DaemonProcess::start();
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "typed.bin", 10_000, 44);
+    let mut sender = spawn_on_terminal(&daemon.socket, &["send", path.to_str().unwrap()]);
+    let mut out = std::io::BufReader::new(sender.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Code: ") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no code");
+    }
+    sender.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
+    let mut shown = String::new();
+    out.read_to_string(&mut shown).unwrap();
+    let status = sender.wait().unwrap();
+    assert!(!status.success(), "{shown}");
+    assert!(shown.contains("Cancelled job 1"), "{shown}");
+    let status = crate::cli::json_lines(&daemon.p2p(&["status", "--json"]).stdout);
+    assert_eq!(status[0]["state"], "cancelled", "{status:?}");
+}
