@@ -3,9 +3,7 @@
 //! lists them). One small JSON file beside the job records, replaced atomically. Blocking
 //! I/O; the pure part (keeping the newest, clearing) is unit-tested.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -72,22 +70,8 @@ impl HistoryFile {
 
     /// Writes it durably: a private temporary file, flushed, renamed over the old one.
     pub fn save(&self, history: &History) -> io::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&serde_json::to_vec(history).map_err(io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        File::open(dir)?.sync_all()
+        let bytes = serde_json::to_vec(history).map_err(io::Error::other)?;
+        super::record::write_private(&self.path, &bytes)
     }
 }
 

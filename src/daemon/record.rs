@@ -110,6 +110,30 @@ impl<'de> Deserialize<'de> for ResumeSecret {
     }
 }
 
+/// Replaces `path` durably with `bytes`, readable by this user only: its directory
+/// created private if missing, a temporary file flushed and renamed over the old one, the
+/// directory flushed.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
 pub fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut buf = vec![0u8; bytes];
@@ -142,21 +166,8 @@ impl RecordStore {
     /// Writes the record durably: a temporary file, flushed, renamed over the old one.
     pub fn save(&self, record: &JobRecord) -> io::Result<()> {
         let dir = self.job_dir(&record.id);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
-        let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&serde_json::to_vec(record).map_err(io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, dir.join(RECORD_FILE))?;
-        File::open(&dir)?.sync_all()?;
+        let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
+        write_private(&dir.join(RECORD_FILE), &bytes)?;
         File::open(&self.root)?.sync_all()
     }
 

@@ -10,21 +10,7 @@ use crate::support::random_file;
 /// Runs `p2p ARGS` in a pseudo-terminal with `typed` as the keyboard; returns its exit
 /// status and everything the terminal showed.
 fn on_terminal(socket: &std::path::Path, args: &[&str], typed: &str) -> (bool, String) {
-    let command = std::iter::once(P2P.to_owned())
-        .chain(["--socket".to_owned(), socket.display().to_string()])
-        .chain(args.iter().map(|a| (*a).to_owned()))
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut child = Command::new("script")
-        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
-        .env("HOME", "/nonexistent-home")
-        .env_remove("P2PD_SOCKET")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("util-linux script, to give p2p a terminal");
+    let mut child = spawn_on_terminal(socket, args);
     child
         .stdin
         .take()
