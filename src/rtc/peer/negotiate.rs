@@ -203,6 +203,14 @@ impl Deadlines {
     }
 }
 
+/// Whether the attempt's DTLS handshake completed (its certificates are known).
+async fn dtls_completed(pc: Option<Arc<dyn PeerConnection>>) -> bool {
+    match pc {
+        Some(pc) => super::route::certificates(&pc).await.is_some(),
+        None => false,
+    }
+}
+
 /// The channel, once open; never, while there is none yet.
 async fn opened(opening: &mut Option<Opening>) -> Result<DataLink, LinkClosed> {
     match opening {
@@ -260,9 +268,16 @@ async fn negotiate(
                 _ = handshake_expired => stalled = true,
                 _ = offer_due => return Err(RtcError::HandshakeStalled),
                 _ = peer_left => return Err(RtcError::Signaling(crate::rendezvous::SignalError::PeerGone)),
-                link = opened(&mut attempt.opening), if attempt.opening.is_some() => {
-                    return link.map_err(|_| RtcError::ChannelClosed);
-                }
+                link = opened(&mut attempt.opening), if attempt.opening.is_some() => match link {
+                    Ok(link) => return Ok(link),
+                    // The channel closed before it opened although ICE had a path: if DTLS
+                    // never completed, it gave up its retransmissions (webrtc-rs then
+                    // closes the channel), which is a stalled handshake like any other.
+                    Err(_) if deadlines.handshake.is_some() && !dtls_completed(attempt.pc.clone()).await => {
+                        stalled = true;
+                    }
+                    Err(_) => return Err(RtcError::ChannelClosed),
+                },
                 changed = attempt.ice_state.changed() => {
                     let ice = *attempt.ice_state.borrow();
                     if changed.is_ok()
