@@ -30,6 +30,10 @@ pub enum RtcError {
     BadSignal,
     #[error("signaling failed")]
     Signaling(#[source] crate::rendezvous::SignalError),
+    #[error(
+        "ICE gathering did not finish within 15 s, so there is no complete description to hand over: a STUN or TURN server did not answer ({0}); check it, or remove it from the daemon's [[ice_servers]]"
+    )]
+    Gathering(String),
     #[error("cancelled")]
     Cancelled,
 }

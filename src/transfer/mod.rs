@@ -10,6 +10,7 @@ pub mod layout;
 pub mod link;
 pub mod names;
 pub mod receiver;
+pub mod sas;
 pub mod sender;
 pub mod source;
 pub mod space;
@@ -48,6 +49,10 @@ pub enum TransferError {
         "the other side could not prove it holds the code's key for this connection (possible interception): transfer refused"
     )]
     Unauthenticated,
+    #[error(
+        "the other side's authentication string exchange was not valid (its nonce does not match what it committed to): someone may be in between, so nothing was sent"
+    )]
+    SasBroken,
     #[error("the transfer was declined at the receiving end")]
     Declined,
     #[error("the receiver refused the offer: {0}")]

@@ -120,6 +120,19 @@ pub enum Control {
     Hello {
         proof: String,
     },
+    /// Manual signaling (no code), instead of `hello`: the sender commits to its nonce
+    /// (hex SHA-256, see `transfer::sas`)...
+    SasCommit {
+        commit: String,
+    },
+    /// ...the receiver answers with its own nonce (hex, 32 bytes)...
+    SasNonce {
+        nonce: String,
+    },
+    /// ...and only then does the sender reveal the nonce it committed to.
+    SasReveal {
+        nonce: String,
+    },
     /// Sender → receiver, after the hellos: everything that will be sent, in order. A
     /// long list is split over several messages; all but the last have `more: true`.
     Offer {
@@ -201,6 +214,9 @@ impl Control {
     pub fn kind(&self) -> &'static str {
         match self {
             Control::Hello { .. } => "hello",
+            Control::SasCommit { .. } => "sas_commit",
+            Control::SasNonce { .. } => "sas_nonce",
+            Control::SasReveal { .. } => "sas_reveal",
             Control::Offer { .. } => "offer",
             Control::Accept => "accept",
             Control::Reject { .. } => "reject",
@@ -238,6 +254,11 @@ mod tests {
     fn every_message_round_trips() {
         let all = [
             Control::Hello { proof: "ab".into() },
+            Control::SasCommit {
+                commit: "ab".into(),
+            },
+            Control::SasNonce { nonce: "cd".into() },
+            Control::SasReveal { nonce: "ef".into() },
             Control::Offer {
                 files: vec![FileEntry {
                     name: "a b/c.txt".into(),

@@ -11,8 +11,8 @@ use tracing::debug;
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer, RTCIceTransportPolicy,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, SettingEngineBuilder,
+    RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer,
+    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState, SettingEngineBuilder,
 };
 
 use super::{MAX_MESSAGE_BYTES, RtcSettings, SEND_BUFFER_LIMIT_BYTES, is_loopback};
@@ -24,6 +24,7 @@ struct Handler {
     candidates: mpsc::Sender<RTCIceCandidateInit>,
     state: watch::Sender<RTCPeerConnectionState>,
     ice_state: watch::Sender<RTCIceConnectionState>,
+    gathering: watch::Sender<RTCIceGatheringState>,
     channels: mpsc::Sender<Arc<dyn DataChannel>>,
     /// Whether a remote channel may still be taken (the answerer's one).
     accept_remote: std::sync::atomic::AtomicBool,
@@ -44,6 +45,10 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
         debug!(%state, "ice connection state");
         self.ice_state.send_replace(state);
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        self.gathering.send_replace(state);
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -71,17 +76,33 @@ impl PeerConnectionEventHandler for Handler {
 pub(super) struct Watches {
     state: watch::Sender<RTCPeerConnectionState>,
     ice_state: watch::Sender<RTCIceConnectionState>,
+    gathering: watch::Sender<RTCIceGatheringState>,
+}
+
+/// The receiving ends of a peer connection's state watches.
+pub(super) struct States {
+    pub(super) state: watch::Receiver<RTCPeerConnectionState>,
+    pub(super) ice_state: watch::Receiver<RTCIceConnectionState>,
+    pub(super) gathering: watch::Receiver<RTCIceGatheringState>,
 }
 
 impl Watches {
-    pub(super) fn new() -> (
-        Watches,
-        watch::Receiver<RTCPeerConnectionState>,
-        watch::Receiver<RTCIceConnectionState>,
-    ) {
+    pub(super) fn new() -> (Watches, States) {
         let (state, state_rx) = watch::channel(RTCPeerConnectionState::New);
         let (ice_state, ice_rx) = watch::channel(RTCIceConnectionState::New);
-        (Watches { state, ice_state }, state_rx, ice_rx)
+        let (gathering, gathering_rx) = watch::channel(RTCIceGatheringState::New);
+        (
+            Watches {
+                state,
+                ice_state,
+                gathering,
+            },
+            States {
+                state: state_rx,
+                ice_state: ice_rx,
+                gathering: gathering_rx,
+            },
+        )
     }
 }
 
@@ -127,6 +148,7 @@ pub(super) async fn build(
         candidates,
         state: watches.state,
         ice_state: watches.ice_state,
+        gathering: watches.gathering,
         channels: channels_tx,
         accept_remote: std::sync::atomic::AtomicBool::new(role == Role::Receiver),
     };

@@ -5,6 +5,7 @@
 //! certificates from the stack's statistics in `route.rs`.
 
 mod build;
+pub mod manual;
 pub(crate) mod negotiate;
 mod route;
 mod signal;

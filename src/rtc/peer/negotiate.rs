@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
 use webrtc::peer_connection::{
-    PeerConnection, RTCIceCandidateInit, RTCIceConnectionState, RTCPeerConnectionState,
-    RTCSessionDescription,
+    PeerConnection, RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState,
+    RTCPeerConnectionState, RTCSessionDescription,
 };
 
 use super::build::{Watches, build};
@@ -32,31 +32,33 @@ pub(crate) const OFFERS_AFTER_RETRY: Duration = Duration::from_secs(15);
 /// Local candidates waiting to be trickled.
 const GATHERED_QUEUE: usize = 256;
 
-type Opening = std::pin::Pin<Box<dyn Future<Output = Result<DataLink, LinkClosed>> + Send>>;
+pub(super) type Opening =
+    std::pin::Pin<Box<dyn Future<Output = Result<DataLink, LinkClosed>> + Send>>;
 
 /// One attempt's peer connection: built at once by the offering side, on the offer by the
 /// answering side.
-struct Attempt {
-    role: Role,
+pub(super) struct Attempt {
+    pub(super) role: Role,
     settings: RtcSettings,
     /// Which attempt this is (see [`ATTEMPTS`]).
     number: u8,
-    pc: Option<Arc<dyn PeerConnection>>,
+    pub(super) pc: Option<Arc<dyn PeerConnection>>,
     /// The data channel, once the peer connection exists, until it opens.
-    opening: Option<Opening>,
+    pub(super) opening: Option<Opening>,
     /// The state watches, handed to the peer connection when it is built.
     watches: Option<Watches>,
-    state: watch::Receiver<RTCPeerConnectionState>,
-    ice_state: watch::Receiver<RTCIceConnectionState>,
+    pub(super) state: watch::Receiver<RTCPeerConnectionState>,
+    pub(super) ice_state: watch::Receiver<RTCIceConnectionState>,
+    pub(super) gathering: watch::Receiver<RTCIceGatheringState>,
     candidates: mpsc::Sender<RTCIceCandidateInit>,
     /// Local candidates, to trickle to the peer.
     gathered: mpsc::Receiver<RTCIceCandidateInit>,
 }
 
 impl Attempt {
-    fn new(role: Role, settings: &RtcSettings, number: u8) -> Attempt {
+    pub(super) fn new(role: Role, settings: &RtcSettings, number: u8) -> Attempt {
         let (candidates, gathered) = mpsc::channel(GATHERED_QUEUE);
-        let (watches, state, ice_state) = Watches::new();
+        let (watches, states) = Watches::new();
         Attempt {
             role,
             settings: settings.clone(),
@@ -64,14 +66,15 @@ impl Attempt {
             pc: None,
             opening: None,
             watches: Some(watches),
-            state,
-            ice_state,
+            state: states.state,
+            ice_state: states.ice_state,
+            gathering: states.gathering,
             candidates,
             gathered,
         }
     }
 
-    async fn build(
+    pub(super) async fn build(
         &mut self,
     ) -> Result<
         (
@@ -95,7 +98,7 @@ impl Attempt {
     }
 
     /// The offering side: the peer connection with its channel, and the offer to send.
-    async fn offer(&mut self) -> Result<Signal, RtcError> {
+    pub(super) async fn offer(&mut self) -> Result<Signal, RtcError> {
         let (pc, _) = self.build().await?;
         let channel = pc
             .create_data_channel(
@@ -119,7 +122,7 @@ impl Attempt {
         })
     }
 
-    async fn close(&mut self) {
+    pub(super) async fn close(&mut self) {
         if let Some(pc) = &self.pc {
             let _ = pc.close().await;
         }
@@ -154,7 +157,7 @@ pub async fn connect_answerer(
 }
 
 /// The answerer's channel: wait for the peer's, check its label, pump it.
-fn accept_channel(mut channels: mpsc::Receiver<Arc<dyn DataChannel>>) -> Opening {
+pub(super) fn accept_channel(mut channels: mpsc::Receiver<Arc<dyn DataChannel>>) -> Opening {
     Box::pin(async move {
         let channel = channels.recv().await.ok_or(LinkClosed)?;
         if channel.label().await.ok().as_deref() != Some(CHANNEL_LABEL) {
