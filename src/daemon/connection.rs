@@ -74,8 +74,9 @@ pub async fn serve(
                 path,
                 words,
                 text,
+                manual,
             } => {
-                let created = jobs.start_send(paths, path, words, text).await;
+                let created = jobs.start_send(paths, path, words, text, manual).await;
                 reply_created(&mut stream, &jobs, created, follow, &shutdown).await?;
             }
             Request::Receive {
@@ -87,6 +88,21 @@ pub async fn serve(
             } => {
                 let created = jobs.start_receive(&code, download_dir, accept, path).await;
                 reply_created(&mut stream, &jobs, created, follow, &shutdown).await?;
+            }
+            Request::ReceiveManual {
+                offer,
+                download_dir,
+                accept,
+                follow,
+                path,
+            } => {
+                let created = jobs
+                    .start_receive_manual(&offer, download_dir, accept, path)
+                    .await;
+                reply_created(&mut stream, &jobs, created, follow, &shutdown).await?;
+            }
+            Request::Answer { job, answer } => {
+                write_frame(&mut stream, &done_or_error(jobs.answer(job, answer))).await?
             }
             Request::List => write_frame(&mut stream, &ServerFrame::Jobs(jobs.list())).await?,
             Request::Watch { job } => match jobs.find(job) {

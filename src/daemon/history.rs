@@ -25,7 +25,9 @@ pub struct History {
 
 impl History {
     /// Adds a finished job (replacing an entry with its number), keeping the newest.
-    pub fn record(&mut self, job: JobSummary) {
+    pub fn record(&mut self, mut job: JobSummary) {
+        // A manual job's description is of no use once it ended.
+        job.signal = None;
         self.finished.retain(|j| j.id != job.id);
         self.next_id = self.next_id.max(job.id + 1);
         self.finished.push(job);
@@ -99,6 +101,8 @@ mod tests {
             active_ms: 0,
             active_bytes: 0,
             text: None,
+            signal: None,
+            sas: None,
         }
     }
 

@@ -43,6 +43,8 @@ pub struct Job {
     pub info: watch::Sender<JobInfo>,
     pub cancel: CancellationToken,
     decision: Mutex<Option<oneshot::Sender<bool>>>,
+    /// A manual send job waiting for its pasted answer.
+    answer: Mutex<Option<oneshot::Sender<String>>>,
     rate: Mutex<RateMeter>,
 }
 
@@ -58,6 +60,7 @@ impl Job {
             info: watch::Sender::new(info),
             cancel,
             decision: Mutex::new(None),
+            answer: Mutex::new(None),
             rate: Mutex::new(RateMeter::default()),
         }
     }
@@ -113,6 +116,20 @@ impl Job {
             description: r.description,
         });
         self.info.send_modify(|info| info.route = route);
+    }
+
+    /// Shows this side's session description (manual signaling); a sender then waits on
+    /// the returned receiver for the pasted answer.
+    pub fn show_signal(&self, blob: String) -> oneshot::Receiver<String> {
+        let (tx, rx) = oneshot::channel();
+        *lock(&self.answer) = Some(tx);
+        self.info.send_modify(|info| info.signal = Some(blob));
+        rx
+    }
+
+    /// The short authentication string both screens show (manual signaling).
+    pub fn set_sas(&self, sas: String) {
+        self.info.send_modify(|info| info.sas = Some(sas));
     }
 
     /// Registers the question a receive job waits on and returns the answer's receiver.
@@ -184,9 +201,9 @@ pub struct Jobs {
     /// Finished jobs of earlier runs and the numbering, saved beside the job records.
     history: Arc<Mutex<History>>,
     history_file: HistoryFile,
-    tracker: TaskTracker,
+    pub(super) tracker: TaskTracker,
     shutdown: CancellationToken,
-    context: Arc<Context>,
+    pub(super) context: Arc<Context>,
 }
 
 /// A `--text` message the daemon will send: something to show, short enough, and alone.
@@ -216,7 +233,7 @@ fn check_text(text: &str, paths: &[PathBuf]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn failure(kind: ErrorKind, message: impl Into<String>) -> Failure {
+pub(super) fn failure(kind: ErrorKind, message: impl Into<String>) -> Failure {
     Failure {
         kind,
         message: escape_controls(&message.into()),
@@ -239,7 +256,7 @@ impl Jobs {
         }
     }
 
-    fn register(
+    pub(super) fn register(
         &self,
         direction: Direction,
         state: JobState,
@@ -295,6 +312,8 @@ impl Jobs {
             active_ms: 0,
             active_bytes: 0,
             text: None,
+            signal: None,
+            sas: None,
         };
         // Not a child of the daemon's shutdown: stopping the daemon interrupts a durable
         // job (to resume later) rather than cancelling it; the runner decides.
@@ -371,7 +390,7 @@ impl Jobs {
 
     /// The request's path policy, or the configured default; refuses a relay-only transfer
     /// when no relay is configured, before any job exists.
-    fn resolve_path(&self, requested: PathPolicy) -> Result<PathPolicy, Failure> {
+    pub(super) fn resolve_path(&self, requested: PathPolicy) -> Result<PathPolicy, Failure> {
         let path = match requested {
             PathPolicy::Default => self.context.config.path_policy,
             chosen => chosen,
@@ -390,7 +409,7 @@ impl Jobs {
         Ok(path)
     }
 
-    fn refuse_if_stopping(&self) -> Result<(), Failure> {
+    pub(super) fn refuse_if_stopping(&self) -> Result<(), Failure> {
         if self.shutdown.is_cancelled() {
             return Err(failure(
                 ErrorKind::ShuttingDown,
@@ -408,9 +427,16 @@ impl Jobs {
         path: PathPolicy,
         words: Option<String>,
         text: Option<String>,
+        manual: bool,
     ) -> Result<JobInfo, Failure> {
         self.refuse_if_stopping()?;
         let path = self.resolve_path(path)?;
+        if manual && words.is_some() {
+            return Err(failure(
+                ErrorKind::BadRequest,
+                "--code and --manual do not go together: a manual transfer has no code",
+            ));
+        }
         // Checked before anything is opened or allocated.
         if let Some(words) = &words {
             Code::with_words(0, words)
@@ -426,6 +452,9 @@ impl Jobs {
                 .map_err(|_| failure(ErrorKind::Io, "opening the files failed"))?
                 .map_err(|e| failure(ErrorKind::BadRequest, error_line(&e)))?,
         };
+        if manual {
+            return Ok(self.start_manual_send(sources, text, path));
+        }
         let mut client = RendezvousClient::connect(&self.context.rendezvous_url)
             .await
             .map_err(|e| signal_failure(&e))?;
@@ -475,32 +504,7 @@ impl Jobs {
         let code: Code = code.parse().map_err(|e: crate::rendezvous::CodeError| {
             failure(ErrorKind::BadRequest, e.to_string())
         })?;
-        let dir = match dir {
-            Some(dir) => dir,
-            None => {
-                let dir = self.context.config.download_dir.clone();
-                // The default download directory may not exist yet on a fresh account.
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    failure(
-                        ErrorKind::Io,
-                        format!(
-                            "cannot create download directory {}: {e}",
-                            escape_path(&dir)
-                        ),
-                    )
-                })?;
-                dir
-            }
-        };
-        if !dir.is_dir() {
-            return Err(failure(
-                ErrorKind::BadRequest,
-                format!(
-                    "download directory {} does not exist or is not a directory: create it or choose another with -o",
-                    escape_path(&dir)
-                ),
-            ));
-        }
+        let dir = self.download_dir(dir)?;
         let job = self.register(Direction::Receive, JobState::Connecting, None, Vec::new());
         job.info
             .send_modify(|info| info.destination = Some(dir.clone()));
@@ -580,6 +584,54 @@ impl Jobs {
         }
         job.cancel.cancel();
         Ok(())
+    }
+
+    /// Hands a manual send job the answer pasted on its side.
+    pub fn answer(&self, id: JobId, answer: String) -> Result<(), Failure> {
+        let job = self.find(id)?;
+        let waiting = lock(&job.answer).take();
+        match waiting {
+            Some(tx) => {
+                let _ = tx.send(answer);
+                Ok(())
+            }
+            None => Err(failure(
+                ErrorKind::BadRequest,
+                format!("job {id} is not waiting for an answer"),
+            )),
+        }
+    }
+
+    /// The directory a receive job saves into: the one asked for, which must exist, or
+    /// the daemon's, created if missing.
+    pub(super) fn download_dir(&self, dir: Option<PathBuf>) -> Result<PathBuf, Failure> {
+        let dir = match dir {
+            Some(dir) => dir,
+            None => {
+                let dir = self.context.config.download_dir.clone();
+                // The default download directory may not exist yet on a fresh account.
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    failure(
+                        ErrorKind::Io,
+                        format!(
+                            "cannot create download directory {}: {e}",
+                            escape_path(&dir)
+                        ),
+                    )
+                })?;
+                dir
+            }
+        };
+        if !dir.is_dir() {
+            return Err(failure(
+                ErrorKind::BadRequest,
+                format!(
+                    "download directory {} does not exist or is not a directory: create it or choose another with -o",
+                    escape_path(&dir)
+                ),
+            ));
+        }
+        Ok(dir)
     }
 
     pub fn decide(&self, id: JobId, accept: bool) -> Result<(), Failure> {

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod notify;
 pub mod rate;
 pub mod record;
+mod manual;
 mod runner;
 pub mod socket;
 

@@ -21,7 +21,7 @@ use crate::transfer::source::Sources;
 use crate::transfer::wire::Manifest;
 use crate::transfer::{self, Observer, TransferError, receiver, sender};
 
-enum JobError {
+pub(super) enum JobError {
     Signal(SignalError),
     Rtc(RtcError),
     Transfer(TransferError),
@@ -29,6 +29,8 @@ enum JobError {
     RelayForbidden,
     /// `--force-relay`, and neither the config nor the rendezvous gave a TURN server.
     NoRelay,
+    /// `--manual`: no answer was pasted in time.
+    NoAnswer,
     Cancelled,
 }
 
@@ -80,7 +82,8 @@ impl JobError {
                     }
                     TransferError::Protocol(_)
                     | TransferError::BadOffer(_)
-                    | TransferError::Unauthenticated => ErrorKind::Protocol,
+                    | TransferError::Unauthenticated
+                    | TransferError::SasBroken => ErrorKind::Protocol,
                     _ => ErrorKind::Io,
                 },
                 error_line(e),
@@ -93,6 +96,13 @@ impl JobError {
                 ErrorKind::NoRoute,
                 "--force-relay needs a TURN server: neither the daemon's config nor the rendezvous provides one".to_owned(),
             ),
+            JobError::NoAnswer => (
+                ErrorKind::Expired,
+                format!(
+                    "no answer was pasted within {} minutes: run p2p send --manual again",
+                    super::manual::ANSWER_WAIT.as_secs() / 60
+                ),
+            ),
             JobError::RelayForbidden => (
                 ErrorKind::NoRoute,
                 "the only path found goes through a relay, and --require-direct forbids it: retry without it, or from networks with a direct path".to_owned(),
@@ -102,7 +112,7 @@ impl JobError {
     }
 }
 
-async fn or_cancel<T>(
+pub(super) async fn or_cancel<T>(
     cancel: &CancellationToken,
     work: impl Future<Output = Result<T, JobError>>,
 ) -> Result<T, JobError> {
@@ -112,7 +122,7 @@ async fn or_cancel<T>(
     }
 }
 
-fn finish(job: &Job, result: Result<(), JobError>) {
+pub(super) fn finish(job: &Job, result: Result<(), JobError>) {
     match result {
         Ok(()) => {
             info!("job completed");
@@ -160,6 +170,16 @@ async fn secure(
     job: &Job,
 ) -> Result<(), JobError> {
     transfer::binding::authenticate(&*connection, &connection.link, binding_key, role).await?;
+    check_route(connection, path, job).await
+}
+
+/// Reports the route, then enforces `--require-direct`, telling the peer why when it
+/// refuses.
+pub(super) async fn check_route(
+    connection: &rtc::Connection,
+    path: PathPolicy,
+    job: &Job,
+) -> Result<(), JobError> {
     let route = connection.route().await;
     job.set_route(route.clone());
     if path == PathPolicy::RequireDirect && route.is_none_or(|r| r.relayed) {
@@ -205,7 +225,10 @@ impl JobError {
             JobError::Signal(_) => true,
             JobError::Rtc(e) => !matches!(e, RtcError::Cancelled),
             JobError::Transfer(e) => receiver::resumable(e),
-            JobError::RelayForbidden | JobError::NoRelay | JobError::Cancelled => false,
+            JobError::RelayForbidden
+            | JobError::NoRelay
+            | JobError::NoAnswer
+            | JobError::Cancelled => false,
         }
     }
 }
@@ -233,7 +256,7 @@ async fn unless_stopping<T>(
 }
 
 /// A connection's transfer, ended early as "peer gone" if the connection is lost.
-async fn until_lost<T>(
+pub(super) async fn until_lost<T>(
     connection: &rtc::Connection,
     transfer: impl Future<Output = Result<T, TransferError>>,
 ) -> Result<T, TransferError> {

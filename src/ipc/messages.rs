@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 pub type JobId = u64;
 
@@ -26,6 +26,9 @@ pub enum Request {
         words: Option<String>,
         /// A message to send instead of files (`--text`); `paths` is then empty.
         text: Option<String>,
+        /// No rendezvous and no code (`--manual`): the job shows its offer as `signal`
+        /// and waits for an `Answer`; `words` must be absent.
+        manual: bool,
     },
     /// Start receiving; `accept` skips the question. Updates follow if `follow`.
     Receive {
@@ -34,6 +37,20 @@ pub enum Request {
         accept: bool,
         follow: bool,
         path: PathPolicy,
+    },
+    /// Receive with the sender's pasted offer instead of a code (`--manual`); the job
+    /// shows its answer as `signal`.
+    ReceiveManual {
+        offer: String,
+        download_dir: Option<PathBuf>,
+        accept: bool,
+        follow: bool,
+        path: PathPolicy,
+    },
+    /// A manual send job's pasted answer.
+    Answer {
+        job: JobId,
+        answer: String,
     },
     List,
     Watch {
@@ -57,6 +74,8 @@ impl Request {
         match self {
             Request::Send { .. } => "send",
             Request::Receive { .. } => "receive",
+            Request::ReceiveManual { .. } => "receive_manual",
+            Request::Answer { .. } => "answer",
             Request::List => "list",
             Request::Watch { .. } => "watch",
             Request::Cancel { .. } => "cancel",
@@ -157,6 +176,11 @@ pub struct JobSummary {
     /// A message instead of files (`p2p send --text`): the sender's, or what arrived.
     /// Raw: whoever shows it escapes it.
     pub text: Option<String>,
+    /// Manual signaling: this side's session description (base64), for the person to
+    /// carry to the other side.
+    pub signal: Option<String>,
+    /// Manual signaling: the short authentication string both screens must show.
+    pub sas: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +285,11 @@ pub struct JobInfo {
     /// A message instead of files (`p2p send --text`): the sender's, or what arrived.
     /// Raw: whoever shows it escapes it.
     pub text: Option<String>,
+    /// Manual signaling: this side's session description (base64), for the person to
+    /// carry to the other side.
+    pub signal: Option<String>,
+    /// Manual signaling: the short authentication string both screens must show.
+    pub sas: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,6 +326,8 @@ impl JobInfo {
             active_ms: self.active_ms,
             active_bytes: self.active_bytes,
             text: self.text.clone(),
+            signal: self.signal.clone(),
+            sas: self.sas.clone(),
         }
     }
 
@@ -322,6 +353,8 @@ impl JobInfo {
         self.active_ms = s.active_ms;
         self.active_bytes = s.active_bytes;
         self.text = s.text.clone();
+        self.signal = s.signal.clone();
+        self.sas = s.sas.clone();
     }
 
     /// Folds one frame about this job into the view. Returns true on `Created`/`Update`:

@@ -7,6 +7,7 @@ mod errors;
 mod escaping;
 mod flood;
 mod hostile;
+mod manual;
 mod many_files;
 mod netns;
 #[path = "../netns/mod.rs"]

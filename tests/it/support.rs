@@ -125,6 +125,7 @@ impl TestDaemon {
                 path: Default::default(),
                 words: None,
                 text: None,
+                manual: false,
             })
             .await
             .expect("send reply")

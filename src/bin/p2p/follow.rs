@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use p2pd::ipc::client::IpcClient;
 use p2pd::ipc::messages::{Direction, ErrorKind, JobInfo, JobState, Request, ServerFrame};
+use p2pd::rtc::peer::manual::Kind;
 
 use crate::render::Renderer;
 
@@ -62,6 +63,8 @@ pub async fn follow(
 ) -> anyhow::Result<ExitCode> {
     let mut frame = first;
     let mut asked = false;
+    // Manual signaling: this side's description and the authentication string, once each.
+    let (mut signal_shown, mut sas_shown) = (false, false);
     // The job as the frames describe it: lists once, then changes (see ipc::delta).
     let mut view: Option<JobInfo> = None;
     loop {
@@ -79,6 +82,28 @@ pub async fn follow(
                 let info = view.get_or_insert_with(JobInfo::default);
                 if info.apply(&other) {
                     renderer.update(info);
+                    if !signal_shown && info.signal.is_some() {
+                        signal_shown = true;
+                        renderer.show_signal(info)?;
+                        if info.direction == Direction::Send && role == Role::Owner {
+                            let answer = tokio::select! {
+                                answer = tokio::task::spawn_blocking(|| crate::manual::read_description(Kind::Answer)) => answer??,
+                                _ = interrupt.pressed() => {
+                                    let job = info.id;
+                                    return stop(socket, client, renderer, job, role).await;
+                                }
+                            };
+                            let mut answering = IpcClient::connect(socket).await?;
+                            match answering.call(Request::Answer { job: info.id, answer }).await? {
+                                ServerFrame::Done => {}
+                                other => return Err(unexpected(other)),
+                            }
+                        }
+                    }
+                    if !sas_shown && info.sas.is_some() {
+                        sas_shown = true;
+                        renderer.show_sas(info)?;
+                    }
                     if may_ask && !asked && info.state == JobState::AwaitingApproval {
                         asked = true;
                         renderer.show_offer(info)?;

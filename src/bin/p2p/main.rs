@@ -1,6 +1,7 @@
 //! `p2p`: the command-line client. Talks only to the local daemon.
 
 mod follow;
+mod manual;
 mod render;
 mod spool;
 
@@ -78,8 +79,13 @@ enum Command {
         #[arg(long, value_name = "WORDS")]
         code: Option<String>,
         /// One JSON object per line on stdout instead of progress bars.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "manual")]
         json: bool,
+        /// No code and no rendezvous: print this side's offer for the receiver to paste
+        /// (as pion's data-channel examples do), then read its answer from stdin. Both
+        /// sides show an authentication string to compare.
+        #[arg(long, conflicts_with_all = ["code", "detach"])]
+        manual: bool,
         #[command(flatten)]
         path: PathFlags,
     },
@@ -94,8 +100,12 @@ enum Command {
         #[arg(short, long)]
         yes: bool,
         /// One JSON object per line on stdout instead of progress bars.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "manual")]
         json: bool,
+        /// No code: read the sender's pasted offer from stdin and print the answer to
+        /// paste back. Compare the authentication string both sides show before accepting.
+        #[arg(long, conflicts_with = "code")]
+        manual: bool,
         #[command(flatten)]
         path: PathFlags,
     },
@@ -199,6 +209,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             detach,
             code,
             json,
+            manual,
             path,
         } => {
             // A bad word is found before anything is sent to the daemon.
@@ -237,6 +248,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     path: path.policy(),
                     words: code,
                     text,
+                    manual,
                 })
                 .await?;
             if detach {
@@ -258,6 +270,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             output,
             yes,
             json,
+            manual,
             path,
         } => {
             let interactive = std::io::stdin().is_terminal();
@@ -265,6 +278,31 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 bail!(
                     "not accepting files without asking: run p2p receive on a terminal, or pass --yes"
                 );
+            }
+            if manual {
+                eprintln!("Paste the sender's offer (one line), then press Enter:");
+                let offer = manual::read_description(p2pd::rtc::peer::manual::Kind::Offer)?;
+                let download_dir = output.map(|o| absolute(&o)).transpose()?;
+                let mut client = IpcClient::connect(&socket).await?;
+                let interrupt = Interrupt::catch()?;
+                let first = client
+                    .call(Request::ReceiveManual {
+                        offer,
+                        download_dir,
+                        accept: yes,
+                        follow: true,
+                        path: path.policy(),
+                    })
+                    .await?;
+                return follow(
+                    &socket,
+                    client,
+                    (first, interrupt),
+                    Renderer::new(json),
+                    !yes,
+                    Role::Owner,
+                )
+                .await;
             }
             let code = match code {
                 Some(code) => code,

@@ -322,6 +322,45 @@ fn json_events(
 
 impl Renderer {
     /// Lists the offer and asks "Accept? [y/N]"; the caller reads the answer.
+    /// Manual signaling: this side's description on stdout (so it can be piped), what
+    /// to do with it on stderr.
+    pub fn show_signal(&mut self, info: &JobInfo) -> anyhow::Result<()> {
+        let Some(blob) = &info.signal else {
+            return Ok(());
+        };
+        let mut err = std::io::stderr().lock();
+        match info.direction {
+            Direction::Send => writeln!(
+                err,
+                "Give this offer to the receiver (p2p receive --manual pastes it):"
+            )?,
+            Direction::Receive => {
+                writeln!(err, "Give this answer to the sender, which waits for it:")?
+            }
+        }
+        err.flush()?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", escape_controls(blob))?;
+        out.flush()?;
+        if info.direction == Direction::Send {
+            writeln!(err, "Paste the receiver's answer (one line), then press Enter:")?;
+        }
+        Ok(())
+    }
+
+    /// Manual signaling: the string both screens must show.
+    pub fn show_sas(&mut self, info: &JobInfo) -> anyhow::Result<()> {
+        if let Some(sas) = &info.sas {
+            let mut err = std::io::stderr().lock();
+            writeln!(
+                err,
+                "Authentication string: {} (the other side must show the same; if it does not, someone is in between: press Ctrl-C)",
+                escape_controls(sas)
+            )?;
+        }
+        Ok(())
+    }
+
     pub fn show_offer(&mut self, info: &JobInfo) -> anyhow::Result<()> {
         let mut err = std::io::stderr().lock();
         writeln!(
@@ -350,6 +389,13 @@ impl Renderer {
                 err,
                 "Saving to {} (the daemon's download directory unless -o DIR was given; an existing name gets a number)",
                 escape_for_terminal(&home_relative(dir))
+            )?;
+        }
+        if let Some(sas) = &info.sas {
+            writeln!(
+                err,
+                "Accept only if the sender's screen shows the authentication string {}.",
+                escape_controls(sas)
             )?;
         }
         write!(err, "Accept? [y/N] ")?;

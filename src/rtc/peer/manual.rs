@@ -186,8 +186,9 @@ async fn described(
             .gathering
             .wait_for(|s| *s == RTCIceGatheringState::Complete),
     )
-    .await;
-    if !matches!(complete, Ok(Ok(_))) {
+    .await
+    .is_ok_and(|waited| waited.is_ok());
+    if !complete {
         let servers: Vec<&str> = settings
             .ice_servers
             .iter()

@@ -1,0 +1,247 @@
+//! Jobs signaled by hand (`p2p send --manual`, `p2p receive --manual`): no rendezvous and
+//! no code. The sender's job shows its offer and waits for the pasted answer; the
+//! receiver's job answers a pasted offer. Once the channel is open both sides show the
+//! short authentication string (`transfer::sas`) instead of proving a code's key, and the
+//! transfer runs as a coded one does, except that it cannot resume: resuming finds the
+//! other side again through the rendezvous, which a manual job never used.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::jobs::{Context, Job, Jobs, failure};
+use super::runner::{JobError, check_route, finish, or_cancel, until_lost};
+use crate::ipc::messages::{Direction, ErrorKind, Failure, FileInfo, JobInfo, JobState, PathPolicy};
+use crate::rendezvous::Role;
+use crate::rtc::peer::manual::{self, Kind};
+use crate::rtc::{self, RtcSettings};
+use crate::transfer::source::Sources;
+use crate::transfer::{receiver, sas, sender};
+
+/// How long a sender's offer waits for the answer to be pasted back.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(10 * 60);
+/// How long a side waits for the channel once both descriptions are in place (the
+/// receiver's clock starts when it shows its answer, which a person still has to carry).
+pub const CONNECT_WAIT: Duration = Duration::from_secs(10 * 60);
+
+fn settings_for(context: &Context, path: PathPolicy) -> Result<RtcSettings, JobError> {
+    let settings = RtcSettings {
+        relay_only: path == PathPolicy::ForceRelay,
+        ..context.config.rtc.clone()
+    };
+    if settings.relay_only && !settings.has_relay() {
+        return Err(JobError::NoRelay);
+    }
+    Ok(settings)
+}
+
+impl Jobs {
+    pub(super) fn start_manual_send(
+        &self,
+        sources: Sources,
+        text: Option<String>,
+        path: PathPolicy,
+    ) -> JobInfo {
+        let files = sources
+            .manifest
+            .files
+            .iter()
+            .map(|s| FileInfo {
+                name: s.name.clone(),
+                size: s.size,
+                verified: false,
+                saved_as: None,
+            })
+            .collect();
+        let job = self.register(Direction::Send, JobState::Connecting, None, files);
+        job.info
+            .send_modify(|info| info.skipped = sources.manifest.skipped.clone());
+        let info = job.info.borrow().clone();
+        let context = self.context.clone();
+        self.tracker.spawn(
+            run_send(job, context, sources, text, path)
+                .instrument(tracing::info_span!("job", id = info.id, dir = "send", manual = true)),
+        );
+        info
+    }
+
+    pub async fn start_receive_manual(
+        &self,
+        offer: &str,
+        dir: Option<PathBuf>,
+        accept: bool,
+        path: PathPolicy,
+    ) -> Result<JobInfo, Failure> {
+        self.refuse_if_stopping()?;
+        let path = self.resolve_path(path)?;
+        let sdp = manual::decode(offer, Kind::Offer)
+            .map_err(|e| failure(ErrorKind::BadRequest, e.to_string()))?;
+        let dir = self.download_dir(dir)?;
+        let job = self.register(Direction::Receive, JobState::Connecting, None, Vec::new());
+        job.info
+            .send_modify(|info| info.destination = Some(dir.clone()));
+        let info = job.info.borrow().clone();
+        let context = self.context.clone();
+        self.tracker.spawn(
+            run_receive(job, context, sdp, dir, accept, path).instrument(tracing::info_span!(
+                "job",
+                id = info.id,
+                dir = "receive",
+                manual = true
+            )),
+        );
+        Ok(info)
+    }
+}
+
+async fn run_send(
+    job: Arc<Job>,
+    context: Arc<Context>,
+    sources: Sources,
+    text: Option<String>,
+    path: PathPolicy,
+) {
+    let cancel = job.cancel.clone();
+    let result = async {
+        let settings = settings_for(&context, path)?;
+        let (mut pending, offer) = or_cancel(&cancel, async {
+            Ok(manual::offer(&settings).await?)
+        })
+        .await?;
+        let answered = job.show_signal(offer);
+        job.set_state(JobState::WaitingForPeer);
+        let answer = tokio::select! {
+            _ = cancel.cancelled() => Err(JobError::Cancelled),
+            _ = tokio::time::sleep(ANSWER_WAIT) => Err(JobError::NoAnswer),
+            answer = answered => answer.map_err(|_| JobError::Cancelled),
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                pending.close().await;
+                return Err(error);
+            }
+        };
+        job.set_state(JobState::Negotiating);
+        // The client checked the answer before handing it over; a daemon asked directly
+        // checks again.
+        let sdp = match manual::decode(&answer, Kind::Answer) {
+            Ok(sdp) => sdp,
+            Err(_) => {
+                pending.close().await;
+                return Err(JobError::Rtc(rtc::RtcError::BadSignal));
+            }
+        };
+        if let Err(error) = pending.apply_answer(&sdp).await {
+            pending.close().await;
+            return Err(error.into());
+        }
+        let connection = pending.connected(CONNECT_WAIT, &cancel).await?;
+        let sas = match sas::exchange(&connection, &connection.link, Role::Sender).await {
+            Ok(sas) => sas,
+            Err(error) => {
+                connection.close().await;
+                return Err(error.into());
+            }
+        };
+        job.set_sas(sas);
+        if let Err(error) = check_route(&connection, path, &job).await {
+            connection.close().await;
+            return Err(error);
+        }
+        let result = match &text {
+            Some(text) => {
+                until_lost(
+                    &connection,
+                    sender::send_text(&connection.link, text, &cancel),
+                )
+                .await
+            }
+            None => {
+                job.set_state(JobState::AwaitingApproval);
+                let accepted = async {
+                    job.set_state(JobState::Transferring);
+                    Ok(())
+                };
+                until_lost(
+                    &connection,
+                    sender::send(&connection.link, &sources, job.as_ref(), accepted, &cancel),
+                )
+                .await
+            }
+        };
+        connection.close().await;
+        Ok(result?)
+    }
+    .await;
+    finish(&job, result);
+}
+
+async fn run_receive(
+    job: Arc<Job>,
+    context: Arc<Context>,
+    offer_sdp: String,
+    dir: PathBuf,
+    accept: bool,
+    path: PathPolicy,
+) {
+    let cancel = job.cancel.clone();
+    let result = async {
+        let settings = settings_for(&context, path)?;
+        job.set_state(JobState::Negotiating);
+        let (pending, answer) = or_cancel(&cancel, async {
+            Ok(manual::answer(&settings, &offer_sdp).await?)
+        })
+        .await?;
+        // Nothing to wait for on this side: the person carries the answer over.
+        let _ = job.show_signal(answer);
+        let connection = pending.connected(CONNECT_WAIT, &cancel).await?;
+        let sas = match sas::exchange(&connection, &connection.link, Role::Receiver).await {
+            Ok(sas) => sas,
+            Err(error) => {
+                connection.close().await;
+                return Err(error.into());
+            }
+        };
+        job.set_sas(sas);
+        if let Err(error) = check_route(&connection, path, &job).await {
+            connection.close().await;
+            return Err(error);
+        }
+        let transferring = {
+            let job = job.clone();
+            async move {
+                let accepted = if accept {
+                    true
+                } else {
+                    let answer = job.ask();
+                    job.set_state(JobState::AwaitingApproval);
+                    answer.await.unwrap_or(false)
+                };
+                if accepted {
+                    job.set_state(JobState::Transferring);
+                }
+                accepted
+            }
+        };
+        // No journal: a manual job cannot resume, so nothing is kept for it.
+        let plan = Arc::new(receiver::Plan {
+            dir: dir.clone(),
+            limits: context.config.limits,
+            tag: crate::daemon::record::random_hex(4),
+            journal: None,
+            disk: Default::default(),
+            space: context.space.clone(),
+        });
+        let result = until_lost(
+            &connection,
+            receiver::receive(&connection.link, &plan, job.as_ref(), transferring, &cancel),
+        )
+        .await;
+        connection.close().await;
+        result.map(|_| ()).map_err(JobError::from)
+    };
+    finish(&job, result.await);
+}

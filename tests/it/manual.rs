@@ -1,0 +1,160 @@
+//! `--manual`: two real daemons and the real `p2p` commands, with this test carrying the
+//! offer and the answer between their terminals as a person would.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::cli::{DaemonProcess, P2P};
+use crate::support::{random_file, sha256_file};
+
+/// One running `p2p` with its pipes.
+pub(crate) struct Terminal {
+    pub(crate) child: Child,
+    pub(crate) stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<ChildStderr>,
+}
+
+impl Terminal {
+    pub(crate) fn spawn(program: &str, args: &[&str]) -> Terminal {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        let stdout: ChildStdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Terminal {
+            stdin: child.stdin.take(),
+            stderr: child.stderr.take(),
+            child,
+            lines,
+        }
+    }
+
+    /// The next line on stdout, within a minute.
+    pub(crate) fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a line on stdout within a minute")
+    }
+
+    pub(crate) fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to stdin");
+        stdin.flush().expect("flush stdin");
+    }
+
+    /// Waits (at most two minutes) for the exit; returns whether it succeeded and stderr.
+    pub(crate) fn finish(mut self) -> (bool, String) {
+        self.stdin.take();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("p2p did not finish within two minutes");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        if let Some(mut stderr) = self.stderr.take() {
+            let _ = stderr.read_to_string(&mut err);
+        }
+        (status.success(), err)
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The six digits a side's stderr showed as its authentication string.
+pub(crate) fn sas_of(stderr: &str) -> String {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Authentication string: "))
+        .unwrap_or_else(|| panic!("no authentication string in: {stderr}"));
+    line.chars().take(7).collect()
+}
+
+#[test]
+fn a_file_crosses_with_descriptions_pasted_by_hand_and_both_sides_show_one_string() {
+    let (a, b) = (DaemonProcess::start(), DaemonProcess::start());
+    let source = random_file(a.dir.path(), "hand.bin", 3 * 1024 * 1024 + 17, 41);
+    let socket_a = a.socket.to_str().unwrap().to_owned();
+    let socket_b = b.socket.to_str().unwrap().to_owned();
+    let mut sender = Terminal::spawn(
+        P2P,
+        &["--socket", &socket_a, "send", "--manual", source.to_str().unwrap()],
+    );
+    let offer = sender.line();
+    let out = b.downloads.to_str().unwrap().to_owned();
+    let mut receiver = Terminal::spawn(
+        P2P,
+        &["--socket", &socket_b, "receive", "--manual", "--yes", "-o", &out],
+    );
+    // A bad paste first: one line saying why, and another chance.
+    receiver.type_line("not an offer!");
+    receiver.type_line(&offer);
+    let answer = receiver.line();
+    // The sender is handed its own offer back first: refused, then the answer.
+    sender.type_line(&offer);
+    sender.type_line(&answer);
+    let (sent, sender_err) = sender.finish();
+    let (received, receiver_err) = receiver.finish();
+    assert!(sent, "sender failed: {sender_err}");
+    assert!(received, "receiver failed: {receiver_err}");
+    assert!(
+        receiver_err.contains("not base64") && receiver_err.contains("Paste it again"),
+        "{receiver_err}"
+    );
+    assert!(
+        sender_err.contains("this is an offer, but the other side's answer is needed here"),
+        "{sender_err}"
+    );
+    assert_eq!(sas_of(&sender_err), sas_of(&receiver_err));
+    assert_eq!(
+        sha256_file(&b.downloads.join("hand.bin")),
+        sha256_file(&source)
+    );
+}
+
+#[test]
+fn a_pasted_offer_that_never_becomes_valid_fails_in_one_line_before_the_daemon_is_asked() {
+    let b = DaemonProcess::start();
+    let socket_b = b.socket.to_str().unwrap().to_owned();
+    let mut receiver = Terminal::spawn(
+        P2P,
+        &["--socket", &socket_b, "receive", "--manual", "--yes"],
+    );
+    for junk in ["eyJ0eXBlIjoib2ZmZXIifQ==", "%%%", ""] {
+        receiver.type_line(junk);
+    }
+    let (ok, err) = receiver.finish();
+    assert!(!ok);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: nothing was pasted") && last.ends_with("(3 tries)"),
+        "{err}"
+    );
+    assert!(err.contains("not a session description"), "{err}");
+    assert_eq!(std::fs::read_dir(&b.downloads).unwrap().count(), 0);
+}
