@@ -118,12 +118,16 @@ impl Job {
         self.info.send_modify(|info| info.route = route);
     }
 
-    /// Shows this side's session description (manual signaling); a sender then waits on
-    /// the returned receiver for the pasted answer.
-    pub fn show_signal(&self, blob: String) -> oneshot::Receiver<String> {
+    /// Shows this side's session description (manual signaling).
+    pub fn show_signal(&self, blob: String) {
+        self.info.send_modify(|info| info.signal = Some(blob));
+    }
+
+    /// Registers a manual send job's wait for the pasted answer (before the offer is
+    /// shown, so an answer is never early).
+    pub fn expect_answer(&self) -> oneshot::Receiver<String> {
         let (tx, rx) = oneshot::channel();
         *lock(&self.answer) = Some(tx);
-        self.info.send_modify(|info| info.signal = Some(blob));
         rx
     }
 

@@ -13,7 +13,9 @@ use tracing::Instrument;
 
 use super::jobs::{Context, Job, Jobs, failure};
 use super::runner::{JobError, check_route, finish, or_cancel, until_lost};
-use crate::ipc::messages::{Direction, ErrorKind, Failure, FileInfo, JobInfo, JobState, PathPolicy};
+use crate::ipc::messages::{
+    Direction, ErrorKind, Failure, FileInfo, JobInfo, JobState, PathPolicy,
+};
 use crate::rendezvous::Role;
 use crate::rtc::peer::manual::{self, Kind};
 use crate::rtc::{self, RtcSettings};
@@ -60,10 +62,15 @@ impl Jobs {
             .send_modify(|info| info.skipped = sources.manifest.skipped.clone());
         let info = job.info.borrow().clone();
         let context = self.context.clone();
-        self.tracker.spawn(
-            run_send(job, context, sources, text, path)
-                .instrument(tracing::info_span!("job", id = info.id, dir = "send", manual = true)),
-        );
+        self.tracker
+            .spawn(
+                run_send(job, context, sources, text, path).instrument(tracing::info_span!(
+                    "job",
+                    id = info.id,
+                    dir = "send",
+                    manual = true
+                )),
+            );
         info
     }
 
@@ -106,11 +113,10 @@ async fn run_send(
     let cancel = job.cancel.clone();
     let result = async {
         let settings = settings_for(&context, path)?;
-        let (mut pending, offer) = or_cancel(&cancel, async {
-            Ok(manual::offer(&settings).await?)
-        })
-        .await?;
-        let answered = job.show_signal(offer);
+        let (mut pending, offer) =
+            or_cancel(&cancel, async { Ok(manual::offer(&settings).await?) }).await?;
+        let answered = job.expect_answer();
+        job.show_signal(offer);
         job.set_state(JobState::WaitingForPeer);
         let answer = tokio::select! {
             _ = cancel.cancelled() => Err(JobError::Cancelled),
@@ -196,7 +202,7 @@ async fn run_receive(
         })
         .await?;
         // Nothing to wait for on this side: the person carries the answer over.
-        let _ = job.show_signal(answer);
+        job.show_signal(answer);
         let connection = pending.connected(CONNECT_WAIT, &cancel).await?;
         let sas = match sas::exchange(&connection, &connection.link, Role::Receiver).await {
             Ok(sas) => sas,

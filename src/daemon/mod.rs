@@ -4,10 +4,10 @@
 pub(crate) mod connection;
 pub mod history;
 pub mod jobs;
+mod manual;
 pub mod notify;
 pub mod rate;
 pub mod record;
-mod manual;
 mod runner;
 pub mod socket;
 

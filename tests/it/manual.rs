@@ -103,13 +103,21 @@ fn a_file_crosses_with_descriptions_pasted_by_hand_and_both_sides_show_one_strin
     let socket_b = b.socket.to_str().unwrap().to_owned();
     let mut sender = Terminal::spawn(
         P2P,
-        &["--socket", &socket_a, "send", "--manual", source.to_str().unwrap()],
+        &[
+            "--socket",
+            &socket_a,
+            "send",
+            "--manual",
+            source.to_str().unwrap(),
+        ],
     );
     let offer = sender.line();
     let out = b.downloads.to_str().unwrap().to_owned();
     let mut receiver = Terminal::spawn(
         P2P,
-        &["--socket", &socket_b, "receive", "--manual", "--yes", "-o", &out],
+        &[
+            "--socket", &socket_b, "receive", "--manual", "--yes", "-o", &out,
+        ],
     );
     // A bad paste first: one line saying why, and another chance.
     receiver.type_line("not an offer!");

@@ -94,7 +94,13 @@ pub async fn follow(
                                 }
                             };
                             let mut answering = IpcClient::connect(socket).await?;
-                            match answering.call(Request::Answer { job: info.id, answer }).await? {
+                            match answering
+                                .call(Request::Answer {
+                                    job: info.id,
+                                    answer,
+                                })
+                                .await?
+                            {
                                 ServerFrame::Done => {}
                                 other => return Err(unexpected(other)),
                             }

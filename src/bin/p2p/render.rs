@@ -343,7 +343,10 @@ impl Renderer {
         writeln!(out, "{}", escape_controls(blob))?;
         out.flush()?;
         if info.direction == Direction::Send {
-            writeln!(err, "Paste the receiver's answer (one line), then press Enter:")?;
+            writeln!(
+                err,
+                "Paste the receiver's answer (one line), then press Enter:"
+            )?;
         }
         Ok(())
     }

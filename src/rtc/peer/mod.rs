@@ -80,10 +80,12 @@ impl RtcSettings {
     }
 }
 
-/// The largest message the SDP's author accepts (RFC 8841): its `a=max-message-size`, 64 KiB
-/// when absent, no limit when 0.
+/// The largest message the SDP's author accepts (RFC 8841): its `a=max-message-size`, no
+/// limit when 0. When absent, one byte under the RFC's 64 KiB default: pion/webrtc v3,
+/// which announces nothing, reads each message into a 65,535-byte buffer and stops reading
+/// the channel at a message of exactly 65,536 bytes.
 pub fn max_message_size(sdp: &str) -> usize {
-    const RFC_8841_DEFAULT: usize = 64 * 1024;
+    const RFC_8841_DEFAULT: usize = 64 * 1024 - 1;
     sdp.lines()
         .find_map(|line| line.trim().strip_prefix("a=max-message-size:"))
         .map(|value| match value.trim().parse::<u64>() {
@@ -192,7 +194,11 @@ mod tests {
             max_message_size("v=0\r\na=max-message-size:0\r\n"),
             usize::MAX
         );
-        assert_eq!(max_message_size("v=0\r\n"), 65_536, "absent means 64 KiB");
-        assert_eq!(max_message_size("a=max-message-size:lots\r\n"), 65_536);
+        assert_eq!(
+            max_message_size("v=0\r\n"),
+            65_535,
+            "absent means 64 KiB, less the byte pion v3 cannot take"
+        );
+        assert_eq!(max_message_size("a=max-message-size:lots\r\n"), 65_535);
     }
 }
