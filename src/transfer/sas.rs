@@ -154,4 +154,110 @@ mod tests {
         assert_ne!(base, sas(OFFERER, ANSWERER, &b, &a));
         assert_ne!(base, sas(OFFERER, ANSWERER, &a, &[3u8; 32]));
     }
+
+    /// One end of an in-memory channel pair.
+    struct Pipe {
+        tx: tokio::sync::mpsc::UnboundedSender<String>,
+        rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
+    }
+
+    fn pipes() -> (Pipe, Pipe) {
+        let (a_tx, a_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (b_tx, b_rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            Pipe {
+                tx: a_tx,
+                rx: tokio::sync::Mutex::new(b_rx),
+            },
+            Pipe {
+                tx: b_tx,
+                rx: tokio::sync::Mutex::new(a_rx),
+            },
+        )
+    }
+
+    #[async_trait::async_trait]
+    impl Link for Pipe {
+        async fn send_text(&self, text: String) -> Result<(), super::super::link::LinkClosed> {
+            self.tx
+                .send(text)
+                .map_err(|_| super::super::link::LinkClosed)
+        }
+        async fn writable(&self) {}
+        async fn send_binary(
+            &self,
+            _data: bytes::BytesMut,
+        ) -> Result<(), super::super::link::LinkClosed> {
+            Err(super::super::link::LinkClosed)
+        }
+        async fn recv(&self) -> Option<super::super::link::Incoming> {
+            self.rx
+                .lock()
+                .await
+                .recv()
+                .await
+                .map(super::super::link::Incoming::Text)
+        }
+        async fn flush(&self, _limit: std::time::Duration) {}
+    }
+
+    /// What each end's DTLS reports: (own, peer's).
+    struct Seen(&'static str, &'static str);
+
+    #[async_trait::async_trait]
+    impl Certificates for Seen {
+        async fn certificates(&self) -> Option<(String, String)> {
+            Some((self.0.into(), self.1.into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn two_honest_ends_show_the_same_string() {
+        let (a, b) = pipes();
+        let (ours, theirs) = (Seen(OFFERER, ANSWERER), Seen(ANSWERER, OFFERER));
+        let (sender, receiver) = tokio::join!(
+            exchange(&ours, &a, Role::Sender),
+            exchange(&theirs, &b, Role::Receiver)
+        );
+        assert_eq!(sender.unwrap(), receiver.unwrap());
+    }
+
+    #[tokio::test]
+    async fn ends_that_saw_other_certificates_show_different_strings() {
+        let (a, b) = pipes();
+        let other = "ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff:ff";
+        let (ours, theirs) = (Seen(OFFERER, other), Seen(ANSWERER, OFFERER));
+        let (sender, receiver) = tokio::join!(
+            exchange(&ours, &a, Role::Sender),
+            exchange(&theirs, &b, Role::Receiver)
+        );
+        assert_ne!(sender.unwrap(), receiver.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_nonce_other_than_the_committed_one_is_refused() {
+        let (a, b) = pipes();
+        let cheat = async {
+            let commit = hex::encode(commitment(&[5u8; NONCE_BYTES]));
+            a.send_text(Control::SasCommit { commit }.encode())
+                .await
+                .unwrap();
+            let _nonce = a.recv().await;
+            let nonce = hex::encode([6u8; NONCE_BYTES]);
+            a.send_text(Control::SasReveal { nonce }.encode())
+                .await
+                .unwrap();
+        };
+        let theirs = Seen(ANSWERER, OFFERER);
+        let (_, receiver) = tokio::join!(cheat, exchange(&theirs, &b, Role::Receiver));
+        assert!(matches!(receiver, Err(TransferError::SasBroken)));
+    }
+
+    #[tokio::test]
+    async fn anything_but_the_exchange_first_is_refused() {
+        let (a, b) = pipes();
+        a.send_text(Control::Accept.encode()).await.unwrap();
+        let receiver = exchange(&Seen(ANSWERER, OFFERER), &b, Role::Receiver).await;
+        assert!(matches!(receiver, Err(TransferError::SasBroken)));
+    }
 }
