@@ -103,6 +103,24 @@ impl Pake {
         (Pake { state, role }, msg)
     }
 
+    /// `start` with a given RNG, for test vectors.
+    #[cfg(test)]
+    pub(super) fn start_with_rng(
+        role: Role,
+        code: &Code,
+        rng: impl rand::CryptoRng + rand::RngCore,
+    ) -> (Pake, Vec<u8>) {
+        let password = Password::new(code.password().as_bytes());
+        let (id_a, id_b) = (Identity::new(ID_SENDER), Identity::new(ID_RECEIVER));
+        let (state, msg) = match role {
+            Role::Sender => Spake2::<Ed25519Group>::start_a_with_rng(&password, &id_a, &id_b, rng),
+            Role::Receiver => {
+                Spake2::<Ed25519Group>::start_b_with_rng(&password, &id_a, &id_b, rng)
+            }
+        };
+        (Pake { state, role }, msg)
+    }
+
     pub fn finish(self, peer_msg: &[u8]) -> Result<SessionKeys, CryptoError> {
         let key = Zeroizing::new(
             self.state

@@ -11,6 +11,8 @@ pub mod messages;
 pub mod server;
 pub mod session;
 pub mod tls;
+#[cfg(test)]
+mod vectors;
 mod words;
 
 pub use code::{Code, CodeError};
