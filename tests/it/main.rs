@@ -12,6 +12,7 @@ mod many_files;
 mod netns;
 #[path = "../netns/mod.rs"]
 mod netns_harness;
+mod page;
 mod pion;
 mod races;
 mod resume;
