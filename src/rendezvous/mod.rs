@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod ice;
 pub mod limits;
 pub mod messages;
+pub mod page;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -256,7 +256,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 
 type Ws = WebSocketStream<Box<dyn Transport>>;
 
-/// TLS (when configured) and the WebSocket handshake, within [`HANDSHAKE_TIMEOUT`].
+/// TLS (when configured) and the WebSocket handshake, within [`HANDSHAKE_TIMEOUT`]; a
+/// request for the browser page is answered here instead, and gets `None`.
 async fn websocket(stream: TcpStream, tls: Option<&ServerTls>) -> Option<Ws> {
     let handshakes = async {
         let transport: Box<dyn Transport> = match tls {
@@ -269,6 +270,17 @@ async fn websocket(stream: TcpStream, tls: Option<&ServerTls>) -> Option<Ws> {
             },
             None => Box::new(stream),
         };
+        // The same address serves the browser page: only an upgrade goes on.
+        let mut transport = transport;
+        let (read, end) = super::page::read_head(&mut transport).await?;
+        match super::page::parse_head(&read[..end]) {
+            super::page::Head::WebSocket => {}
+            other => {
+                super::page::serve(&mut transport, &other).await;
+                return None;
+            }
+        }
+        let transport: Box<dyn Transport> = Box::new(super::page::Rewound::new(read, transport));
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES))

@@ -57,25 +57,44 @@ impl Terminal {
         stdin.flush().expect("flush stdin");
     }
 
+    /// Waits for the exit; returns the lines stdout still held, and stderr.
+    pub(crate) fn finish_with_lines(mut self) -> (Vec<String>, String) {
+        self.wait_exit();
+        let mut lines = Vec::new();
+        // The reader thread ends at EOF, which follows the exit.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            lines.push(line);
+        }
+        (lines, self.stderr_text())
+    }
+
     /// Waits (at most two minutes) for the exit; returns whether it succeeded and stderr.
     pub(crate) fn finish(mut self) -> (bool, String) {
+        let status = self.wait_exit();
+        (status.success(), self.stderr_text())
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
         self.stdin.take();
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        let status = loop {
+        loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
+                return status;
             }
             if std::time::Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("p2p did not finish within two minutes");
+                panic!("the program did not finish within two minutes");
             }
             std::thread::sleep(Duration::from_millis(50));
-        };
+        }
+    }
+
+    fn stderr_text(&mut self) -> String {
         let mut err = String::new();
         if let Some(mut stderr) = self.stderr.take() {
             let _ = stderr.read_to_string(&mut err);
         }
-        (status.success(), err)
+        err
     }
 }
 

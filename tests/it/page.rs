@@ -11,7 +11,7 @@ fn the_pages_crypto_computes_the_published_vectors() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = match Command::new("node")
         .arg(root.join("tests/web/vectors.mjs"))
-        .arg(root.join("src/rendezvous/page/crypto.mjs"))
+        .arg(root.join("src/rendezvous/page/lib.mjs"))
         .output()
     {
         Ok(output) => output,

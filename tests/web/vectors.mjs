@@ -1,4 +1,4 @@
-// Prints what the page's crypto module (src/rendezvous/page/crypto.mjs, given as the
+// Prints what the page's crypto module (src/rendezvous/page/lib.mjs, given as the
 // argument) computes for the inputs of docs/PROTOCOL.md §4 and §5, as JSON;
 // tests/it/page.rs compares it with the published vectors.
 const c = await import(process.argv[2]);

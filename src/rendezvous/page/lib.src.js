@@ -1,14 +1,17 @@
-// The page's half of the p2pd protocol's cryptography (docs/PROTOCOL.md §2, §3 and §5):
+// The libraries of the browser page, bundled into lib.mjs by `npm run build` in this
+// folder: the page's half of the p2pd protocol's cryptography (docs/PROTOCOL.md §2–§5):
 // SPAKE2 on Ed25519 exactly as the `spake2` crate and python-spake2 define it, the HKDF
 // key schedule, key confirmation, sealing, the channel proof and the rejoin channel.
-// Built on @noble/curves, @noble/hashes and @noble/ciphers, bundled into crypto.js by
-// `npm run build` in this folder; tests/it/page.rs checks crypto.js against §5's vectors.
+// built on @noble/curves, @noble/hashes and @noble/ciphers, and a QR code encoder
+// (qrcode-generator). tests/it/page.rs checks lib.mjs against §5's vectors.
 
 import { ed25519 } from '@noble/curves/ed25519.js';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { extract, expand } from '@noble/hashes/hkdf.js';
 import { hmac } from '@noble/hashes/hmac.js';
 import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
+
+export { qrcode } from 'qrcode-generator';
 
 const Point = ed25519.Point;
 const ORDER = Point.Fn.ORDER;

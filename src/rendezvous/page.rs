@@ -1,0 +1,260 @@
+//! The browser page, served by the rendezvous on its own address: a request that is not a
+//! WebSocket upgrade gets the page's files (plain HTTP, or HTTPS when the rendezvous has
+//! TLS). The request head is read here, then replayed to the WebSocket handshake when it
+//! is one. Deciding what a head asks for is pure.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::words::WORDS;
+
+/// A request head larger than this is refused (a WebSocket upgrade is a few hundred bytes).
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+const INDEX: &str = include_str!("page/index.html");
+const APP: &str = include_str!("page/app.js");
+const LIB: &str = include_str!("page/lib.mjs");
+
+/// What a request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// A WebSocket upgrade: hand the connection to the rendezvous protocol.
+    WebSocket,
+    /// A plain GET (or HEAD) of this path.
+    Get { path: String, head_only: bool },
+    /// Anything else: answered 400 or 405 and closed.
+    Bad(u16),
+}
+
+/// Where the head ends (after `\r\n\r\n`), if it has.
+pub fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+}
+
+pub fn parse_head(head: &[u8]) -> Head {
+    let Ok(text) = std::str::from_utf8(head) else {
+        return Head::Bad(400);
+    };
+    let mut lines = text.split("\r\n");
+    let mut request = lines.next().unwrap_or_default().split(' ');
+    let (Some(method), Some(target), Some(version)) =
+        (request.next(), request.next(), request.next())
+    else {
+        return Head::Bad(400);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Head::Bad(400);
+    }
+    let upgrade = lines.any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("upgrade")
+                && value.trim().eq_ignore_ascii_case("websocket")
+        })
+    });
+    if upgrade {
+        return Head::WebSocket;
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Head::Bad(405),
+    };
+    // The query never matters; a fragment never arrives.
+    let path = target.split('?').next().unwrap_or_default().to_owned();
+    Head::Get { path, head_only }
+}
+
+/// The whole HTTP response for `head` (not a WebSocket upgrade).
+pub fn respond(head: &Head) -> Vec<u8> {
+    let (status, kind, body): (&str, &str, std::borrow::Cow<'static, str>) = match head {
+        Head::Get { path, .. } => match path.as_str() {
+            "/" | "/index.html" => ("200 OK", "text/html; charset=utf-8", INDEX.into()),
+            "/app.js" => ("200 OK", "text/javascript; charset=utf-8", APP.into()),
+            "/lib.mjs" => ("200 OK", "text/javascript; charset=utf-8", LIB.into()),
+            "/words.json" => (
+                "200 OK",
+                "application/json",
+                serde_json::to_string(&WORDS.as_slice())
+                    .unwrap_or_default()
+                    .into(),
+            ),
+            _ => (
+                "404 Not Found",
+                "text/plain; charset=utf-8",
+                "not found\n".into(),
+            ),
+        },
+        Head::Bad(405) => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET\n".into(),
+        ),
+        _ => (
+            "400 Bad Request",
+            "text/plain; charset=utf-8",
+            "bad request\n".into(),
+        ),
+    };
+    let head_only = matches!(
+        head,
+        Head::Get {
+            head_only: true,
+            ..
+        }
+    );
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n\
+         Referrer-Policy: no-referrer\r\nX-Frame-Options: DENY\r\n\
+         Content-Security-Policy: default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        response.extend_from_slice(body.as_bytes());
+    }
+    response
+}
+
+/// Reads a request head (at most [`MAX_HEAD_BYTES`]); `None` if the peer closed or sent
+/// more without ending it. Returns everything read, which may run past the head.
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<(Vec<u8>, usize)> {
+    let mut buffer = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head_end(&buffer) {
+            return Some((buffer, end));
+        }
+        if buffer.len() > MAX_HEAD_BYTES {
+            return None;
+        }
+    }
+}
+
+/// Answers a page request and closes.
+pub async fn serve<S: AsyncWrite + Unpin>(stream: &mut S, head: &Head) {
+    let _ = stream.write_all(&respond(head)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// A stream that first yields bytes already read from it.
+pub struct Rewound<S> {
+    read: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Rewound<S> {
+    pub fn new(read: Vec<u8>, inner: S) -> Rewound<S> {
+        Rewound { read, at: 0, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.at < self.read.len() {
+            let n = buf.remaining().min(self.read.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.read[at..at + n]);
+            self.at += n;
+            if self.at == self.read.len() {
+                self.read = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upgrade_goes_to_the_websocket_and_a_get_to_the_page() {
+        let upgrade = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Key: k\r\n\r\n";
+        assert_eq!(parse_head(upgrade), Head::WebSocket);
+        assert_eq!(
+            parse_head(b"GET /app.js?v=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Head::Get {
+                path: "/app.js".into(),
+                head_only: false
+            }
+        );
+        assert_eq!(parse_head(b"POST / HTTP/1.1\r\n\r\n"), Head::Bad(405));
+        assert_eq!(parse_head(b"nonsense\r\n\r\n"), Head::Bad(400));
+        assert_eq!(parse_head(&[0xff, 0xfe, b'\r', b'\n']), Head::Bad(400));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nextra"), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+    }
+
+    #[test]
+    fn the_page_its_scripts_and_the_word_list_are_served_and_nothing_else() {
+        let get = |path: &str| {
+            String::from_utf8(respond(&Head::Get {
+                path: path.into(),
+                head_only: false,
+            }))
+            .unwrap()
+        };
+        assert!(get("/").starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/html"));
+        assert!(get("/app.js").contains("text/javascript"));
+        assert!(get("/lib.mjs").contains("text/javascript"));
+        let words = get("/words.json");
+        let body = words.split("\r\n\r\n").nth(1).unwrap();
+        let list: Vec<String> = serde_json::from_str(body).unwrap();
+        assert_eq!(list.len(), 256);
+        assert_eq!(list[0], WORDS[0]);
+        assert!(get("/../etc/passwd").starts_with("HTTP/1.1 404"));
+        assert!(get("/").contains("Content-Security-Policy: default-src 'self'"));
+        let head = String::from_utf8(respond(&Head::Get {
+            path: "/".into(),
+            head_only: true,
+        }))
+        .unwrap();
+        assert!(head.ends_with("\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_rewound_stream_yields_what_was_read_first() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b"world").await.unwrap();
+        drop(a);
+        let mut rewound = Rewound::new(b"hello ".to_vec(), b);
+        let mut all = String::new();
+        rewound.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "hello world");
+    }
+}

@@ -1,0 +1,76 @@
+// Drives Debian's Chromium (headless, through playwright-core) on the page a rendezvous
+// serves, as a person would: for tests/it/browser.rs.
+//
+//   node drive.mjs send URL FILE...       picks the files; prints "code CODE", then the result
+//   node drive.mjs receive URL CODE DIR   types the code, accepts, saves downloads into DIR
+//
+// The last line is JSON: {"state": "done"|"failed"|"declined", "status", "error", "saved"}.
+
+import { chromium } from 'playwright-core';
+import path from 'node:path';
+
+const [mode, url, ...rest] = process.argv.slice(2);
+const LIMIT_MS = 120000;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+  ],
+});
+const result = { state: 'unknown', status: '', error: '', saved: [] };
+try {
+  const context = await browser.newContext({ acceptDownloads: true });
+  const page = await context.newPage();
+  page.on('console', (message) => process.stderr.write(`page: ${message.text()}\n`));
+  page.on('pageerror', (error) => process.stderr.write(`page error: ${error.message}\n`));
+  await page.goto(url);
+  await page.waitForSelector('body[data-state="ready"]');
+  if (mode === 'send') {
+    await page.setInputFiles('#files', rest);
+    await page.waitForFunction(() => document.getElementById('code').textContent || document.body.dataset.state === 'failed');
+    const code = await page.textContent('#code');
+    if (code) console.log(`code ${code}`);
+  } else if (mode === 'receive') {
+    const [code, dir] = rest;
+    const downloads = [];
+    page.on('download', (download) => {
+      downloads.push(
+        download.saveAs(path.join(dir, download.suggestedFilename())).then(() => download.suggestedFilename()),
+      );
+    });
+    // Downloads, not the File System Access picker: a headless browser has no one to
+    // answer a picker.
+    if (await page.isVisible('#use-fs')) await page.uncheck('#use-fs');
+    await page.fill('#code-input', code);
+    await page.click('#receive');
+    await page.waitForFunction(() => ['asking', 'failed'].includes(document.body.dataset.state), null, {
+      timeout: LIMIT_MS,
+    });
+    if ((await page.getAttribute('body', 'data-state')) === 'asking') await page.click('#accept');
+    await page.waitForFunction(() => ['done', 'failed', 'declined'].includes(document.body.dataset.state), null, {
+      timeout: LIMIT_MS,
+    });
+    result.saved = await Promise.all(downloads);
+  } else {
+    throw new Error(`unknown mode ${mode}`);
+  }
+  await page.waitForFunction(() => ['done', 'failed', 'declined'].includes(document.body.dataset.state), null, {
+    timeout: LIMIT_MS,
+  });
+  result.state = await page.getAttribute('body', 'data-state');
+  result.status = await page.textContent('#status');
+  result.error = await page.textContent('#error');
+} catch (error) {
+  result.error = `driver: ${error.message}`;
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
