@@ -99,7 +99,10 @@ async fn a_browser_sends_to_the_daemon_and_receives_from_it() {
 
     // Daemon → browser.
     let download = random_file(dir.path(), "to-browser.bin", 2 * 1024 * 1024 + 9, 12);
-    let (_, code) = daemon.send(std::slice::from_ref(&download)).await.expect("send starts");
+    let (_, code) = daemon
+        .send(std::slice::from_ref(&download))
+        .await
+        .expect("send starts");
     let into = tempfile::tempdir().unwrap();
     let into_path = into.path().to_str().unwrap().to_owned();
     let result = tokio::task::spawn_blocking(move || {
@@ -186,4 +189,38 @@ async fn one_browser_sends_two_files_to_another() {
         let name = source.file_name().unwrap();
         assert_eq!(sha256_file(&into.path().join(name)), sha256_file(source));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node.js and Chromium (CI installs them and runs --include-ignored)"]
+async fn a_folder_picked_in_the_browser_arrives_with_its_structure() {
+    let daemon = TestDaemon::start().await;
+    let url = page_url(&daemon);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("album");
+    std::fs::create_dir_all(root.join("2026/summer")).unwrap();
+    let top = random_file(&root, "cover.bin", 4096, 16);
+    let deep = random_file(&root.join("2026/summer"), "beach.bin", 300_000, 17);
+    let folder = root.to_str().unwrap().to_owned();
+    let terminal = tokio::task::spawn_blocking(move || browser(&["send-folder", &url, &folder]))
+        .await
+        .unwrap();
+    let (line, terminal) = tokio::task::spawn_blocking(move || (terminal.line(), terminal))
+        .await
+        .unwrap();
+    let code = line
+        .strip_prefix("code ")
+        .unwrap_or_else(|| panic!("no code: {line}"));
+    let job = daemon.receive(code).await.expect("receive starts");
+    let info = daemon.wait(job).await;
+    let result = tokio::task::spawn_blocking(move || verdict(terminal))
+        .await
+        .unwrap();
+    assert_eq!(result["state"], "done", "{result}; {info:?}");
+    let saved = daemon.downloads.join("album");
+    assert_eq!(sha256_file(&saved.join("cover.bin")), sha256_file(&top));
+    assert_eq!(
+        sha256_file(&saved.join("2026/summer/beach.bin")),
+        sha256_file(&deep)
+    );
 }

@@ -2,6 +2,7 @@
 // serves, as a person would: for tests/it/browser.rs.
 //
 //   node drive.mjs send URL FILE...       picks the files; prints "code CODE", then the result
+//   node drive.mjs send-folder URL DIR    picks a folder (its files go with relative paths)
 //   node drive.mjs receive URL CODE DIR   types the code, accepts, saves downloads into DIR
 //
 // The last line is JSON: {"state": "done"|"failed"|"declined", "status", "error", "saved"}.
@@ -33,8 +34,8 @@ try {
   page.on('pageerror', (error) => process.stderr.write(`page error: ${error.message}\n`));
   await page.goto(url);
   await page.waitForSelector('body[data-state="ready"]');
-  if (mode === 'send') {
-    await page.setInputFiles('#files', rest);
+  if (mode === 'send' || mode === 'send-folder') {
+    await page.setInputFiles(mode === 'send' ? '#files' : '#folder', rest);
     await page.waitForFunction(() => document.getElementById('code').textContent || document.body.dataset.state === 'failed');
     const code = await page.textContent('#code');
     if (code) console.log(`code ${code}`);
