@@ -88,6 +88,11 @@ async fn a_transfer_completes_through_a_tls_rendezvous_trusted_by_a_private_ca()
             sha256_file(&path)
         );
 
+        // The same address serves the browser page, over HTTPS.
+        let page = https_get(listener_addr(&url), &ca_file, "/").await;
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+        assert!(page.contains("<title>p2pd"), "{page}");
+
         // A daemon that trusts another CA is refused, and told what to do in one line.
         let other = TestCa::new("someone else").write_ca(dir.path(), "other");
         let c = TestDaemon::start_with(trusting(other)).await;
@@ -214,4 +219,39 @@ async fn sighup_does_not_stop_a_rendezvous_without_tls() {
     })
     .await
     .expect("test finished in time");
+}
+
+fn listener_addr(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("wss://")
+        .parse()
+        .expect("an address")
+}
+
+/// One HTTPS request, trusting only `ca`; the whole response.
+async fn https_get(addr: std::net::SocketAddr, ca: &Path, path: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the rendezvous");
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
 }
