@@ -16,6 +16,7 @@ pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 const INDEX: &str = include_str!("page/index.html");
 const APP: &str = include_str!("page/app.js");
 const LIB: &str = include_str!("page/lib.mjs");
+const WORKER: &str = include_str!("page/sw.js");
 
 /// What a request head asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,6 +77,7 @@ pub fn respond(head: &Head) -> Vec<u8> {
             "/" | "/index.html" => ("200 OK", "text/html; charset=utf-8", INDEX.into()),
             "/app.js" => ("200 OK", "text/javascript; charset=utf-8", APP.into()),
             "/lib.mjs" => ("200 OK", "text/javascript; charset=utf-8", LIB.into()),
+            "/sw.js" => ("200 OK", "text/javascript; charset=utf-8", WORKER.into()),
             "/words.json" => (
                 "200 OK",
                 "application/json",
@@ -232,6 +234,7 @@ mod tests {
         assert!(get("/").starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/html"));
         assert!(get("/app.js").contains("text/javascript"));
         assert!(get("/lib.mjs").contains("text/javascript"));
+        assert!(get("/sw.js").contains("text/javascript"));
         let words = get("/words.json");
         let body = words.split("\r\n\r\n").nth(1).unwrap();
         let list: Vec<String> = serde_json::from_str(body).unwrap();

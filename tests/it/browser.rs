@@ -112,6 +112,7 @@ async fn a_browser_sends_to_the_daemon_and_receives_from_it() {
     .unwrap();
     assert_eq!(result["state"], "done", "{result}");
     assert_eq!(result["saved"], serde_json::json!(["to-browser.bin"]));
+    assert_eq!(result["saving"], "stream", "a streamed download: {result}");
     assert_eq!(
         sha256_file(&into.path().join("to-browser.bin")),
         sha256_file(&download)

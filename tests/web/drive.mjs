@@ -5,7 +5,8 @@
 //   node drive.mjs send-folder URL DIR    picks a folder (its files go with relative paths)
 //   node drive.mjs receive URL CODE DIR   types the code, accepts, saves downloads into DIR
 //
-// The last line is JSON: {"state": "done"|"failed"|"declined", "status", "error", "saved"}.
+// The last line is JSON: {"state": "done"|"failed"|"declined", "status", "error", "saved",
+// "saving": how the page saved — "stream" (service worker), "memory" or "folder"}.
 
 import { chromium } from 'playwright-core';
 import path from 'node:path';
@@ -26,7 +27,7 @@ const browser = await chromium.launch({
     '--disable-sync',
   ],
 });
-const result = { state: 'unknown', status: '', error: '', saved: [] };
+const result = { state: 'unknown', status: '', error: '', saved: [], saving: null };
 try {
   const context = await browser.newContext({ acceptDownloads: true });
   const page = await context.newPage();
@@ -69,6 +70,7 @@ try {
   result.state = await page.getAttribute('body', 'data-state');
   result.status = await page.textContent('#status');
   result.error = await page.textContent('#error');
+  result.saving = await page.getAttribute('body', 'data-saving');
 } catch (error) {
   result.error = `driver: ${error.message}`;
 } finally {

@@ -694,6 +694,7 @@ async function openSink(folder, name) {
   const parts = name.split('/');
   const base = parts.pop();
   if (folder) {
+    document.body.dataset.saving = 'folder';
     let dir = folder;
     for (const part of parts) dir = await dir.getDirectoryHandle(part, { create: true });
     const free = await freeName(dir, base);
@@ -711,6 +712,13 @@ async function openSink(folder, name) {
       },
     };
   }
+  if (navigator.serviceWorker && navigator.serviceWorker.controller) {
+    document.body.dataset.saving = 'stream';
+    return streamedSink(name, base);
+  }
+  document.body.dataset.saving = 'memory';
+  // No service worker (a private window may have none): kept in memory, offered once
+  // verified.
   const chunks = [];
   return {
     write: async (bytes) => chunks.push(bytes.slice()),
@@ -726,6 +734,51 @@ async function openSink(folder, name) {
     },
     abort: async () => {
       chunks.length = 0;
+    },
+  };
+}
+
+// A download streamed through the service worker (sw.js): bytes go to disk as they
+// arrive, under the browser's temporary name until the stream is closed after the digest
+// matched.
+async function streamedSink(name, base) {
+  const id = crypto.randomUUID();
+  const { port1: port, port2 } = new MessageChannel();
+  let credits = 0;
+  let waiting = null;
+  let cancelled = false;
+  const ready = new Promise((resolve) => {
+    port.onmessage = ({ data }) => {
+      if (data.ready) resolve();
+      if (data.want) credits += data.want;
+      if (data.cancelled) cancelled = true;
+      if (waiting && (credits > 0 || cancelled)) {
+        const wake = waiting;
+        waiting = null;
+        wake();
+      }
+    };
+  });
+  navigator.serviceWorker.controller.postMessage({ id, name: base }, [port2]);
+  await ready;
+  const frame = document.createElement('iframe');
+  frame.hidden = true;
+  frame.src = `/download/${id}`;
+  document.body.append(frame);
+  return {
+    write: async (bytes) => {
+      while (credits === 0 && !cancelled) await new Promise((resolve) => (waiting = resolve));
+      if (cancelled) throw new Failure(`the download of ${name} was cancelled in the browser: nothing more was saved`);
+      credits--;
+      const copy = bytes.slice();
+      port.postMessage({ chunk: copy.buffer }, [copy.buffer]);
+    },
+    commit: async () => {
+      port.postMessage({ done: true });
+      addSaved(name);
+    },
+    abort: async () => {
+      port.postMessage({ abort: true });
     },
   };
 }
@@ -766,8 +819,24 @@ async function walk(entry, prefix, out) {
   }
 }
 
-function setUp() {
+async function setUp() {
   $('fs-choice').hidden = !window.showDirectoryPicker;
+  if (navigator.serviceWorker) {
+    // Streamed downloads need the worker in control of this page (at once on a first
+    // visit too: it claims its clients); a browser without one falls back to memory.
+    try {
+      await navigator.serviceWorker.register('/sw.js');
+      if (!navigator.serviceWorker.controller) {
+        await withTimeout(
+          new Promise((resolve) => navigator.serviceWorker.addEventListener('controllerchange', resolve, { once: true })),
+          3000,
+          'no service worker',
+        );
+      }
+    } catch {
+      // Downloads then go through memory.
+    }
+  }
   $('files').onchange = () => startSend(Array.from($('files').files, (file) => ({ file, name: file.name })));
   $('folder').onchange = () =>
     startSend(Array.from($('folder').files, (file) => ({ file, name: file.webkitRelativePath || file.name })));
