@@ -14,7 +14,15 @@ use super::words::WORDS;
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 
 const INDEX: &str = include_str!("page/index.html");
-const APP: &str = include_str!("page/app.js");
+/// The page's own modules, by path.
+const MODULES: [(&str, &str); 6] = [
+    ("/app.js", include_str!("page/app.js")),
+    ("/ui.js", include_str!("page/ui.js")),
+    ("/rendezvous.js", include_str!("page/rendezvous.js")),
+    ("/link.js", include_str!("page/link.js")),
+    ("/send.js", include_str!("page/send.js")),
+    ("/receive.js", include_str!("page/receive.js")),
+];
 const LIB: &str = include_str!("page/lib.mjs");
 const WORKER: &str = include_str!("page/sw.js");
 
@@ -75,7 +83,16 @@ pub fn respond(head: &Head) -> Vec<u8> {
     let (status, kind, body): (&str, &str, std::borrow::Cow<'static, str>) = match head {
         Head::Get { path, .. } => match path.as_str() {
             "/" | "/index.html" => ("200 OK", "text/html; charset=utf-8", INDEX.into()),
-            "/app.js" => ("200 OK", "text/javascript; charset=utf-8", APP.into()),
+            module if MODULES.iter().any(|(path, _)| *path == module) => (
+                "200 OK",
+                "text/javascript; charset=utf-8",
+                MODULES
+                    .iter()
+                    .find(|(path, _)| *path == module)
+                    .map(|(_, text)| *text)
+                    .unwrap_or_default()
+                    .into(),
+            ),
             "/lib.mjs" => ("200 OK", "text/javascript; charset=utf-8", LIB.into()),
             "/sw.js" => ("200 OK", "text/javascript; charset=utf-8", WORKER.into()),
             "/words.json" => (
@@ -232,7 +249,9 @@ mod tests {
             .unwrap()
         };
         assert!(get("/").starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/html"));
-        assert!(get("/app.js").contains("text/javascript"));
+        for (path, _) in MODULES {
+            assert!(get(path).contains("text/javascript"), "{path}");
+        }
         assert!(get("/lib.mjs").contains("text/javascript"));
         assert!(get("/sw.js").contains("text/javascript"));
         let words = get("/words.json");
