@@ -175,3 +175,39 @@ fn the_architecture_states_the_bounds_in_the_code() {
         states(ARCHITECTURE, "docs/ARCHITECTURE.md", &phrase);
     }
 }
+
+/// Signaling by hand (PROTOCOL.md §4) and the page (§2): the bounds it states.
+#[test]
+fn the_manual_signaling_bounds_are_the_codes() {
+    use crate::rtc::peer::manual::{GATHER_LIMIT, MAX_BLOB_BYTES};
+    let gather = secs(GATHER_LIMIT);
+    states(PROTOCOL, "PROTOCOL.md", &format!("(at most {gather} s;"));
+    assert!(
+        crate::rtc::RtcError::Gathering(String::new())
+            .to_string()
+            .contains(&format!("within {gather} s")),
+        "the gathering error names the limit"
+    );
+    states(
+        PROTOCOL,
+        "PROTOCOL.md",
+        &format!("most {} KiB) and gives three tries", MAX_BLOB_BYTES / KIB),
+    );
+    let answer = secs(crate::daemon::manual::ANSWER_WAIT) / 60;
+    let connect = secs(crate::daemon::manual::CONNECT_WAIT) / 60;
+    states(
+        PROTOCOL,
+        "PROTOCOL.md",
+        &format!(
+            "The sender's offer waits {answer} minutes for its answer; both sides then wait up to {connect} minutes for the channel."
+        ),
+    );
+    states(
+        PROTOCOL,
+        "PROTOCOL.md",
+        &format!(
+            "at most {} KiB (less if the peer's SDP says so)",
+            crate::transfer::wire::CHUNK_BYTES / KIB
+        ),
+    );
+}

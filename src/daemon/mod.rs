@@ -4,7 +4,7 @@
 pub(crate) mod connection;
 pub mod history;
 pub mod jobs;
-mod manual;
+pub mod manual;
 pub mod notify;
 pub mod rate;
 pub mod record;

@@ -185,3 +185,39 @@ fn a_pasted_offer_that_never_becomes_valid_fails_in_one_line_before_the_daemon_i
     assert!(err.contains("not a session description"), "{err}");
     assert_eq!(std::fs::read_dir(&b.downloads).unwrap().count(), 0);
 }
+
+#[test]
+fn an_ice_server_that_never_answers_ends_a_manual_offer_in_one_line() {
+    // Holds a port on which nothing ever answers: a TURN server that is down.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut a = DaemonProcess::start();
+    let config = a.dir.path().join(".config/p2pd/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[[ice_servers]]\nurls = [\"turn:127.0.0.1:{port}\"]\nusername = \"u\"\ncredential = \"p\"\n"
+        ),
+    )
+    .unwrap();
+    a.restart();
+    let source = random_file(a.dir.path(), "never.bin", 1024, 42);
+    let started = std::time::Instant::now();
+    let output = a.p2p(&["send", "--manual", source.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("ICE gathering did not finish within 15 s")
+            && stderr.contains(&format!("turn:127.0.0.1:{port}"))
+            && stderr.contains("[[ice_servers]]"),
+        "{stderr}"
+    );
+    assert!(
+        took >= p2pd::rtc::peer::manual::GATHER_LIMIT && took < Duration::from_secs(40),
+        "{took:?}"
+    );
+    assert!(output.stdout.is_empty(), "no offer was printed");
+}
