@@ -55,6 +55,8 @@ fn browser(args: &[&str]) -> Terminal {
 /// The driver's last line: its JSON verdict.
 fn verdict(terminal: Terminal) -> serde_json::Value {
     let (lines, stderr) = terminal.finish_with_lines();
+    // What the page logged, for a failing test's output.
+    eprint!("{stderr}");
     let last = lines.last().cloned().unwrap_or_default();
     serde_json::from_str(&last)
         .unwrap_or_else(|e| panic!("no verdict ({e}): {last:?}; stderr: {stderr}"))
@@ -223,5 +225,37 @@ async fn a_folder_picked_in_the_browser_arrives_with_its_structure() {
     assert_eq!(
         sha256_file(&saved.join("2026/summer/beach.bin")),
         sha256_file(&deep)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node.js and Chromium (CI installs them and runs --include-ignored)"]
+async fn a_folder_received_in_the_browser_is_written_through_the_file_system_access_api() {
+    let daemon = TestDaemon::start().await;
+    let url = page_url(&daemon);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("album");
+    std::fs::create_dir_all(root.join("2026/summer")).unwrap();
+    let top = random_file(&root, "cover.bin", 4096, 18);
+    let deep = random_file(&root.join("2026/summer"), "beach.bin", 300_000, 19);
+    std::fs::create_dir(root.join("empty")).unwrap();
+    let (_, code) = daemon
+        .send(std::slice::from_ref(&root))
+        .await
+        .expect("send starts");
+    let result =
+        tokio::task::spawn_blocking(move || verdict(browser(&["receive-fs", &url, &code])))
+            .await
+            .unwrap();
+    assert_eq!(result["state"], "done", "{result}");
+    assert_eq!(result["saving"], "folder", "{result}");
+    assert_eq!(
+        result["files"],
+        serde_json::json!({
+            "album/cover.bin": sha256_file(&top),
+            "album/2026/summer/beach.bin": sha256_file(&deep),
+            "album/empty/": "folder",
+        }),
+        "every file, at its path, and nothing else (no partial left behind)"
     );
 }

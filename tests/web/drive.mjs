@@ -4,6 +4,11 @@
 //   node drive.mjs send URL FILE...       picks the files; prints "code CODE", then the result
 //   node drive.mjs send-folder URL DIR    picks a folder (its files go with relative paths)
 //   node drive.mjs receive URL CODE DIR   types the code, accepts, saves downloads into DIR
+//   node drive.mjs receive-fs URL CODE    the same into a folder through the File System
+//                                         Access API: the folder picker (a person's choice,
+//                                         which a headless browser cannot make) answers with
+//                                         the origin's private file system, a real directory
+//                                         handle; "files" then maps each path to its SHA-256
 //
 // The last line is JSON: {"state": "done"|"failed"|"declined", "status", "error", "saved",
 // "saving": how the page saved — "stream" (service worker), "memory" or "folder"}.
@@ -27,12 +32,17 @@ const browser = await chromium.launch({
     '--disable-sync',
   ],
 });
-const result = { state: 'unknown', status: '', error: '', saved: [], saving: null };
+const result = { state: 'unknown', status: '', error: '', saved: [], saving: null, files: {} };
 try {
   const context = await browser.newContext({ acceptDownloads: true });
   const page = await context.newPage();
   page.on('console', (message) => process.stderr.write(`page: ${message.text()}\n`));
   page.on('pageerror', (error) => process.stderr.write(`page error: ${error.message}\n`));
+  if (mode === 'receive-fs') {
+    await page.addInitScript(() => {
+      window.showDirectoryPicker = () => navigator.storage.getDirectory();
+    });
+  }
   await page.goto(url);
   await page.waitForSelector('body[data-state="ready"]');
   if (mode === 'send' || mode === 'send-folder') {
@@ -40,6 +50,38 @@ try {
     await page.waitForFunction(() => document.getElementById('code').textContent || document.body.dataset.state === 'failed');
     const code = await page.textContent('#code');
     if (code) console.log(`code ${code}`);
+  } else if (mode === 'receive-fs') {
+    const [code] = rest;
+    await page.check('#use-fs');
+    await page.fill('#code-input', code);
+    await page.click('#receive');
+    await page.waitForFunction(() => ['asking', 'failed'].includes(document.body.dataset.state), null, {
+      timeout: LIMIT_MS,
+    });
+    if ((await page.getAttribute('body', 'data-state')) === 'asking') await page.click('#accept');
+    await page.waitForFunction(() => ['done', 'failed', 'declined'].includes(document.body.dataset.state), null, {
+      timeout: LIMIT_MS,
+    });
+    result.files = await page.evaluate(async () => {
+      const out = {};
+      const walk = async (dir, prefix) => {
+        for await (const [name, handle] of dir.entries()) {
+          if (handle.kind === 'directory') {
+            const before = Object.keys(out).length;
+            await walk(handle, `${prefix}${name}/`);
+            // An empty folder is listed as itself.
+            if (Object.keys(out).length === before) out[`${prefix}${name}/`] = 'folder';
+          }
+          else {
+            const bytes = await (await handle.getFile()).arrayBuffer();
+            const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+            out[prefix + name] = Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+          }
+        }
+      };
+      await walk(await navigator.storage.getDirectory(), '');
+      return out;
+    });
   } else if (mode === 'receive') {
     const [code, dir] = rest;
     const downloads = [];

@@ -41,6 +41,7 @@ export async function startReceive(code) {
 export async function receive(link) {
   const { channel } = link;
   const files = [];
+  const folders = [];
   for (;;) {
     const c = await channel.control();
     if (c.type === 'text') {
@@ -52,14 +53,26 @@ export async function receive(link) {
     if (c.type === 'cancel') throw new Failure(`the other side cancelled: ${c.reason}`);
     if (c.type !== 'offer') throw new Failure(`the other side broke the protocol: unexpected ${c.type} message`);
     files.push(...(c.files || []));
+    folders.push(...(c.folders || []).map((f) => f && f.name));
     if (!c.more) break;
   }
-  if (!files.every((f) => validName(f.name) && Number.isSafeInteger(f.size) && f.size >= 0)) {
+  if (
+    !files.every((f) => validName(f.name) && Number.isSafeInteger(f.size) && f.size >= 0) ||
+    !folders.every(validName)
+  ) {
     channel.sendJSON({ type: 'cancel', reason: 'the offer holds a name or size this page cannot save' });
     throw new Failure('the offer holds a name or size this page cannot save: nothing was saved');
   }
   const total = files.reduce((n, f) => n + f.size, 0);
   const folder = await ask(files, total);
+  // Folders the offer names (empty ones included) exist before their files arrive; a
+  // download cannot make folders, so downloads skip them.
+  if (folder) {
+    for (const name of folders) {
+      let dir = folder;
+      for (const part of name.split('/')) dir = await dir.getDirectoryHandle(part, { create: true });
+    }
+  }
   if (folder === null) {
     channel.sendJSON({ type: 'reject', reason: 'declined' });
     status('Declined: nothing was saved');

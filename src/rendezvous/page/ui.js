@@ -21,7 +21,7 @@ export function humanBytes(n) {
     n /= 1024;
     i++;
   }
-  return i === 0 ? `${n} B` : `${n.toFixed(2)} ${units[i]}`;
+  return i === 0 ? `${Math.round(n)} B` : `${n.toFixed(2)} ${units[i]}`;
 }
 
 export function base64(bytes) {
