@@ -1,6 +1,7 @@
 //! p2pd: a peer-to-peer file transfer daemon.
 pub mod config;
 pub mod daemon;
+pub mod devices;
 #[cfg(test)]
 mod doc_drift;
 pub mod ipc;

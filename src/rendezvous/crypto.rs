@@ -94,8 +94,14 @@ pub struct Pake {
 
 impl Pake {
     pub fn start(role: Role, code: &Code) -> (Pake, Vec<u8>) {
+        Pake::start_with(role, code, (ID_SENDER, ID_RECEIVER))
+    }
+
+    /// `start` with other SPAKE2 identities (side A's, side B's), for another purpose
+    /// than a transfer (pairing), so that neither exchange can complete the other.
+    pub fn start_with(role: Role, code: &Code, identities: (&[u8], &[u8])) -> (Pake, Vec<u8>) {
         let password = Password::new(code.password().as_bytes());
-        let (id_a, id_b) = (Identity::new(ID_SENDER), Identity::new(ID_RECEIVER));
+        let (id_a, id_b) = (Identity::new(identities.0), Identity::new(identities.1));
         let (state, msg) = match role {
             Role::Sender => Spake2::<Ed25519Group>::start_a(&password, &id_a, &id_b),
             Role::Receiver => Spake2::<Ed25519Group>::start_b(&password, &id_a, &id_b),

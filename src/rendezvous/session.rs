@@ -17,11 +17,24 @@ impl Session {
     /// Runs the PAKE with `code` over an already paired `client`. A wrong code burns the
     /// slot on the server and fails here with [`SignalError::WrongCode`].
     pub async fn establish(
-        mut client: RendezvousClient,
+        client: RendezvousClient,
         role: Role,
         code: &Code,
     ) -> Result<Session, SignalError> {
-        let (pake, message) = Pake::start(role, code);
+        Session::establish_with(client, role, code, None).await
+    }
+
+    /// `establish` with other SPAKE2 identities (pairing's), or a transfer's when `None`.
+    pub async fn establish_with(
+        mut client: RendezvousClient,
+        role: Role,
+        code: &Code,
+        identities: Option<(&[u8], &[u8])>,
+    ) -> Result<Session, SignalError> {
+        let (pake, message) = match identities {
+            Some(ids) => Pake::start_with(role, code, ids),
+            None => Pake::start(role, code),
+        };
         client.relay(&message).await?;
         let peer_message = client.recv_relay().await?;
         let keys = match pake.finish(&peer_message) {

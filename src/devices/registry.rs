@@ -1,0 +1,162 @@
+//! The devices paired with this daemon, kept in the state directory (`devices.json`,
+//! readable by this user only). Names come from the other device, so they are checked
+//! before they are stored and escaped wherever they are shown.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::identity::fingerprint;
+use crate::daemon::record::write_private;
+
+pub const DEVICES_FILE: &str = "devices.json";
+/// Longest device name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    pub name: String,
+    /// The device's Ed25519 public key, hex.
+    pub public_key: String,
+    pub paired_unix: u64,
+    #[serde(default)]
+    pub last_seen_unix: Option<u64>,
+}
+
+impl Device {
+    pub fn key(&self) -> Option<[u8; 32]> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(&self.public_key, &mut key).ok()?;
+        Some(key)
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.key().map(|k| fingerprint(&k)).unwrap_or_default()
+    }
+}
+
+/// A name a device may give itself: 1 to 64 characters, no control, format or bidi
+/// characters, no `/`, not `.` or `..` (it may name a folder one day: `From NAME/`).
+pub fn valid_device_name(name: &str) -> bool {
+    let count = name.chars().count();
+    (1..=MAX_NAME_CHARS).contains(&count)
+        && name.trim() == name
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.chars().any(|c| {
+            c.is_control()
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+        })
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    path: PathBuf,
+    devices: Vec<Device>,
+}
+
+impl Registry {
+    /// The paired devices in `state_dir`; none yet if the file does not exist.
+    pub fn load(state_dir: &Path) -> io::Result<Registry> {
+        let path = state_dir.join(DEVICES_FILE);
+        let devices = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is damaged ({e}): restore it, or remove it and pair again",
+                        path.display()
+                    ),
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Registry { path, devices })
+    }
+
+    pub fn list(&self) -> &[Device] {
+        &self.devices
+    }
+
+    pub fn find(&self, name: &str) -> Option<&Device> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+
+    /// Records a pairing and returns the name it is kept under: a device already known by
+    /// its key is renamed in place; a name another key holds gets a number (`laptop (2)`).
+    pub fn add(&mut self, name: &str, key: &[u8; 32], now_unix: u64) -> String {
+        let hex_key = hex::encode(key);
+        self.devices.retain(|d| d.public_key != hex_key);
+        let mut stored = name.to_owned();
+        let mut n = 2;
+        while self.find(&stored).is_some() {
+            stored = format!("{name} ({n})");
+            n += 1;
+        }
+        self.devices.push(Device {
+            name: stored.clone(),
+            public_key: hex_key,
+            paired_unix: now_unix,
+            last_seen_unix: Some(now_unix),
+        });
+        stored
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Device> {
+        let at = self.devices.iter().position(|d| d.name == name)?;
+        Some(self.devices.remove(at))
+    }
+
+    pub fn save(&self) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(&self.devices).map_err(io::Error::other)?;
+        write_private(&self.path, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_before_they_are_kept() {
+        for good in ["laptop", "Ana's phone", "büro-pc", "a"] {
+            assert!(valid_device_name(good), "{good}");
+        }
+        let long = "x".repeat(MAX_NAME_CHARS + 1);
+        for bad in [
+            "",
+            " lead",
+            "trail ",
+            ".",
+            "..",
+            "a/b",
+            "bell\u{7}",
+            "rtl\u{202e}",
+            long.as_str(),
+        ] {
+            assert!(!valid_device_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pairings_survive_a_reload_and_names_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::load(dir.path()).unwrap();
+        assert_eq!(registry.add("laptop", &[1; 32], 10), "laptop");
+        assert_eq!(registry.add("laptop", &[2; 32], 11), "laptop (2)");
+        // The same key again: renamed in place, not a second entry.
+        assert_eq!(registry.add("work", &[1; 32], 12), "work");
+        registry.save().unwrap();
+        let reloaded = Registry::load(dir.path()).unwrap();
+        let names: Vec<_> = reloaded.list().iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["laptop (2)", "work"]);
+        assert_eq!(reloaded.find("work").unwrap().key(), Some([1; 32]));
+        let mut reloaded = reloaded;
+        assert!(reloaded.remove("work").is_some());
+        assert!(reloaded.remove("work").is_none());
+    }
+}
