@@ -61,6 +61,8 @@ pub struct FileConfig {
     pub max_total_bytes: Option<u64>,
     /// Offers with a file larger than this are refused before anyone is asked.
     pub max_file_bytes: Option<u64>,
+    /// The name paired devices see (default: the host name).
+    pub device_name: Option<String>,
 }
 
 /// The standalone rendezvous server's config file (`p2pd rendezvous --config PATH`). Its
@@ -132,6 +134,10 @@ pub enum ConfigError {
     )]
     Retired(&'static str),
     #[error(
+        "device_name {0:?} is not usable: give 1 to 64 characters without control characters or '/'"
+    )]
+    DeviceName(String),
+    #[error(
         "sctp_window_bytes must be between 65536 and 268435456, not {0}: the default is 2097152"
     )]
     SctpWindow(u32),
@@ -197,6 +203,22 @@ pub struct DaemonConfig {
     pub limits: Limits,
     /// The path policy of transfers whose request does not choose one.
     pub path_policy: PathPolicy,
+    /// The name paired devices see.
+    pub device_name: String,
+}
+
+/// This machine's host name, the default device name; "p2pd" if it has none usable.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).into_owned();
+    if ok && crate::devices::registry::valid_device_name(&name) {
+        name
+    } else {
+        "p2pd".to_owned()
+    }
 }
 
 fn project_dirs() -> Option<directories::ProjectDirs> {
@@ -261,6 +283,7 @@ pub struct Overrides {
     pub max_files: Option<usize>,
     pub max_total_bytes: Option<u64>,
     pub max_file_bytes: Option<u64>,
+    pub device_name: Option<String>,
 }
 
 impl DaemonConfig {
@@ -363,7 +386,17 @@ impl DaemonConfig {
             // A starting window above the default cap grows no further.
             None => crate::rtc::peer::SCTP_RECEIVE_WINDOW_MAX_BYTES.max(sctp_window_bytes),
         };
+        let device_name = match flags.device_name.or(file.device_name) {
+            Some(name) if crate::devices::registry::valid_device_name(&name) => name,
+            Some(name) => {
+                return Err(ConfigError::DeviceName(crate::terminal::escape_controls(
+                    &name,
+                )));
+            }
+            None => host_name(),
+        };
         Ok(DaemonConfig {
+            device_name,
             limits,
             socket,
             download_dir,

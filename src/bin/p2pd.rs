@@ -76,6 +76,9 @@ struct Args {
     /// Refuse offers containing a file larger than this many bytes.
     #[arg(long)]
     max_file_bytes: Option<u64>,
+    /// The name paired devices see (default: this machine's host name).
+    #[arg(long, value_name = "NAME")]
+    device_name: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -273,6 +276,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_files: args.max_files,
         max_total_bytes: args.max_total_bytes,
         max_file_bytes: args.max_file_bytes,
+        device_name: args.device_name,
     };
     let config = DaemonConfig::resolve(overrides, file)?;
     let daemon = Daemon::start(config).await?;

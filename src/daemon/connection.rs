@@ -115,6 +115,67 @@ pub async fn serve(
             Request::Decide { job, accept } => {
                 write_frame(&mut stream, &done_or_error(jobs.decide(job, accept))).await?
             }
+            Request::Identity => {
+                let context = &jobs.context;
+                let frame = ServerFrame::Identity {
+                    name: crate::terminal::escape_controls(&context.config.device_name),
+                    fingerprint: context.identity.fingerprint(),
+                };
+                write_frame(&mut stream, &frame).await?
+            }
+            Request::Devices => {
+                let list = {
+                    let registry = jobs
+                        .context
+                        .devices
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    registry
+                        .list()
+                        .iter()
+                        .map(|d| crate::ipc::messages::DeviceInfo {
+                            name: crate::terminal::escape_controls(&d.name),
+                            fingerprint: d.fingerprint(),
+                            paired_unix: d.paired_unix,
+                            last_seen_unix: d.last_seen_unix,
+                        })
+                        .collect()
+                };
+                write_frame(&mut stream, &ServerFrame::Devices(list)).await?
+            }
+            Request::Unpair { name } => {
+                let devices = jobs.context.devices.clone();
+                let removed = tokio::task::spawn_blocking(move || {
+                    let mut registry = devices.lock().unwrap_or_else(|p| p.into_inner());
+                    match registry.remove(&name) {
+                        Some(_) => registry.save().map(|_| true),
+                        None => Ok(false),
+                    }
+                })
+                .await;
+                let frame = match removed {
+                    Ok(Ok(true)) => ServerFrame::Done,
+                    Ok(Ok(false)) => ServerFrame::Error {
+                        kind: ErrorKind::NotFound,
+                        message: "no paired device has that name: p2p devices lists them".into(),
+                    },
+                    _ => ServerFrame::Error {
+                        kind: ErrorKind::Io,
+                        message: "cannot save the paired devices in the state directory".into(),
+                    },
+                };
+                write_frame(&mut stream, &frame).await?
+            }
+            Request::Pair { code } => {
+                super::pairing::pair(&mut stream, &jobs.context, code).await?
+            }
+            Request::Confirm { .. } => {
+                let frame = ServerFrame::Error {
+                    kind: ErrorKind::BadRequest,
+                    message: "nothing is waiting for a confirmation on this connection".into(),
+                };
+                write_frame(&mut stream, &frame).await?
+            }
             Request::Clear => {
                 let cleared = jobs.clear().await as u64;
                 write_frame(&mut stream, &ServerFrame::Cleared { jobs: cleared }).await?

@@ -37,6 +37,10 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Disk space promised to the offers being received.
     pub space: Arc<crate::transfer::space::SpaceLedger>,
+    /// This daemon's long-term identity.
+    pub identity: Arc<crate::devices::identity::Identity>,
+    /// The devices paired with it.
+    pub devices: Arc<Mutex<crate::devices::registry::Registry>>,
 }
 
 pub struct Job {

@@ -6,6 +6,7 @@ pub mod history;
 pub mod jobs;
 pub mod manual;
 pub mod notify;
+pub mod pairing;
 pub mod rate;
 pub mod record;
 mod runner;
@@ -35,6 +36,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub enum DaemonError {
     #[error(transparent)]
     Socket(#[from] socket::SocketError),
+    #[error(transparent)]
+    Identity(#[from] crate::devices::identity::IdentityError),
+    #[error("cannot read the paired devices: {0}")]
+    Devices(#[source] std::io::Error),
     #[error(transparent)]
     RendezvousTls(#[from] crate::rendezvous::tls::TlsError),
     #[error(
@@ -105,8 +110,15 @@ impl Daemon {
             }
         };
         let socket_path = config.socket.clone();
+        let identity = Arc::new(crate::devices::identity::Identity::load_or_create(
+            &config.state_dir,
+        )?);
+        let devices = crate::devices::registry::Registry::load(&config.state_dir)
+            .map_err(DaemonError::Devices)?;
         let jobs = Arc::new(Jobs::new(
             Context {
+                identity,
+                devices: Arc::new(std::sync::Mutex::new(devices)),
                 records: record::RecordStore::new(config.state_dir.clone()),
                 config,
                 rendezvous_url: rendezvous_url.clone(),

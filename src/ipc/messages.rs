@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 pub type JobId = u64;
 
@@ -66,6 +66,25 @@ pub enum Request {
     },
     /// Forget every finished job (this run's and earlier runs').
     Clear,
+    /// This daemon's device name and identity fingerprint → `Identity`.
+    Identity,
+    /// The paired devices → `Devices`.
+    Devices,
+    /// Forget a paired device → `Done`, or `Error { NotFound }`.
+    Unpair {
+        name: String,
+    },
+    /// Pair with another device: without a code, print one (`PairCode`) and wait; with
+    /// one, join. Then `PairPeer` asks this side to compare, the client answers
+    /// `Confirm`, and the pairing ends with `Paired` or `Error`. The connection is the
+    /// ceremony: closing it cancels.
+    Pair {
+        code: Option<String>,
+    },
+    /// The person's answer to `PairPeer`.
+    Confirm {
+        accept: bool,
+    },
 }
 
 impl Request {
@@ -81,6 +100,11 @@ impl Request {
             Request::Cancel { .. } => "cancel",
             Request::Decide { .. } => "decide",
             Request::Clear => "clear",
+            Request::Identity => "identity",
+            Request::Devices => "devices",
+            Request::Unpair { .. } => "unpair",
+            Request::Pair { .. } => "pair",
+            Request::Confirm { .. } => "confirm",
         }
     }
 }
@@ -137,11 +161,39 @@ pub enum ServerFrame {
     Cleared {
         jobs: u64,
     },
+    Identity {
+        name: String,
+        fingerprint: String,
+    },
+    Devices(Vec<DeviceInfo>),
+    /// The pairing code to give the other device.
+    PairCode {
+        code: String,
+    },
+    /// The other device, to be compared with what its `p2p id` shows (name escaped).
+    PairPeer {
+        name: String,
+        fingerprint: String,
+    },
+    /// Paired: kept under this name.
+    Paired {
+        name: String,
+        fingerprint: String,
+    },
     Done,
     Error {
         kind: ErrorKind,
         message: String,
     },
+}
+
+/// A paired device as `p2p devices` lists it (name escaped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub fingerprint: String,
+    pub paired_unix: u64,
+    pub last_seen_unix: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

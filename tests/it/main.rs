@@ -4,6 +4,7 @@ mod abuse;
 mod browser;
 mod cli;
 mod ctrl_c;
+mod devices;
 mod errors;
 mod escaping;
 mod flood;

@@ -29,6 +29,8 @@ pub struct Options {
     pub code_ttl: Duration,
     pub resume_window: Duration,
     pub limits: p2pd::transfer::names::Limits,
+    /// The name paired devices see.
+    pub device_name: &'static str,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
             code_ttl: Duration::from_secs(600),
             resume_window: Duration::from_secs(3600),
             limits: Default::default(),
+            device_name: "test",
         }
     }
 }
@@ -84,6 +87,7 @@ impl TestDaemon {
             },
             limits: options.limits,
             path_policy: Default::default(),
+            device_name: options.device_name.into(),
         };
         let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
         TestDaemon {
@@ -105,6 +109,7 @@ impl TestDaemon {
             .to_owned();
         TestDaemon::start_with(Options {
             rendezvous: Some(url),
+            device_name: "peer",
             ..Options::default()
         })
         .await

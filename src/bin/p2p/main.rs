@@ -1,5 +1,6 @@
 //! `p2p`: the command-line client. Talks only to the local daemon.
 
+mod devices;
 mod follow;
 mod manual;
 mod render;
@@ -130,6 +131,26 @@ enum Command {
     },
     /// Forget finished jobs (completed, failed, cancelled); running ones stay.
     Clear,
+    /// Show this device's name and identity fingerprint (what another device compares
+    /// when pairing).
+    Id,
+    /// Pair with another device: without a code, print one to type there; with the code
+    /// the other device printed, join. Both sides then compare fingerprints.
+    Pair {
+        /// The code the other device's p2p pair printed.
+        code: Option<String>,
+    },
+    /// List the paired devices.
+    Devices {
+        /// One JSON object per device on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a paired device on this side.
+    Unpair {
+        /// Its name, as p2p devices lists it.
+        name: String,
+    },
     /// Print a shell completion script, e.g. `p2p completions bash > /etc/bash_completion.d/p2p`.
     Completions {
         /// The shell to complete for.
@@ -358,6 +379,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
             .await
         }
+        Command::Id => devices::id(&socket).await,
+        Command::Pair { code } => devices::pair(&socket, code).await,
+        Command::Devices { json } => devices::devices(&socket, json).await,
+        Command::Unpair { name } => devices::unpair(&socket, &name).await,
         Command::Clear => {
             let mut client = IpcClient::connect(&socket).await?;
             match client.call(Request::Clear).await? {

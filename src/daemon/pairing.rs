@@ -1,0 +1,192 @@
+//! The pairing ceremony (`p2p pair`), run on the client's connection: a code from the
+//! rendezvous (or the one typed), SPAKE2 with pairing's own identities, the two devices'
+//! signed introductions, each person's decision, and the pairing stored only if both said
+//! yes. The connection is the ceremony: a client that leaves cancels it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::info;
+
+use super::connection::FRAME_LIMIT;
+use super::jobs::{Context, signal_failure};
+use crate::devices::identity::fingerprint;
+use crate::devices::pairing::{PAIR_IDENTITIES, PairMessage, check_peer, introduce};
+use crate::ipc::codec::{CodecError, read_frame_within, write_frame};
+use crate::ipc::messages::{ClientFrame, ErrorKind, Request, ServerFrame};
+use crate::rendezvous::client::RendezvousClient;
+use crate::rendezvous::{Code, Role, Session};
+use crate::terminal::escape_controls;
+
+/// How long each person has to compare and answer.
+pub const DECISION_LIMIT: Duration = Duration::from_secs(10 * 60);
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> ServerFrame {
+    ServerFrame::Error {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// Runs one pairing on `stream` and writes its last frame.
+pub async fn pair<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    context: &Context,
+    code: Option<String>,
+) -> Result<(), CodecError> {
+    let last = match run(stream, context, code).await {
+        Ok(frame) => frame,
+        Err(Outcome::Frame(frame)) => *frame,
+        Err(Outcome::Codec(e)) => return Err(e),
+    };
+    write_frame(stream, &last).await
+}
+
+enum Outcome {
+    Frame(Box<ServerFrame>),
+    Codec(CodecError),
+}
+
+impl From<CodecError> for Outcome {
+    fn from(e: CodecError) -> Outcome {
+        Outcome::Codec(e)
+    }
+}
+
+fn fail(kind: ErrorKind, message: impl Into<String>) -> Outcome {
+    Outcome::Frame(Box::new(error(kind, message)))
+}
+
+fn signal(e: crate::rendezvous::SignalError) -> Outcome {
+    let failure = signal_failure(&e);
+    fail(failure.kind, failure.message)
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    context: &Context,
+    code: Option<String>,
+) -> Result<ServerFrame, Outcome> {
+    let (role, code, client) = match code {
+        None => {
+            let mut client = RendezvousClient::connect(&context.rendezvous_url)
+                .await
+                .map_err(signal)?;
+            let (nameplate, _) = client.allocate().await.map_err(signal)?;
+            let code = Code::generate(nameplate);
+            write_frame(
+                stream,
+                &ServerFrame::PairCode {
+                    code: code.to_string(),
+                },
+            )
+            .await?;
+            client.wait_for_peer().await.map_err(signal)?;
+            (Role::Sender, code, client)
+        }
+        Some(text) => {
+            let code: Code = text.parse().map_err(|e: crate::rendezvous::CodeError| {
+                fail(ErrorKind::BadRequest, e.to_string())
+            })?;
+            let mut client = RendezvousClient::connect(&context.rendezvous_url)
+                .await
+                .map_err(signal)?;
+            client.claim(code.nameplate).await.map_err(signal)?;
+            (Role::Receiver, code, client)
+        }
+    };
+    let mut session = Session::establish_with(client, role, &code, Some(PAIR_IDENTITIES))
+        .await
+        .map_err(signal)?;
+    let binding = session.binding_key();
+    let ours = introduce(
+        &context.identity,
+        &context.config.device_name,
+        &binding,
+        role,
+    );
+    let peer_role = match role {
+        Role::Sender => Role::Receiver,
+        Role::Receiver => Role::Sender,
+    };
+    let bad = |_| {
+        fail(
+            ErrorKind::Protocol,
+            "the other device sent a malformed pairing message",
+        )
+    };
+    session
+        .send(&serde_json::to_vec(&ours).map_err(|_| bad(()))?)
+        .await
+        .map_err(signal)?;
+    let theirs: PairMessage =
+        serde_json::from_slice(&session.recv().await.map_err(signal)?).map_err(|_| bad(()))?;
+    let (name, key) = check_peer(&theirs, &binding, peer_role)
+        .map_err(|e| fail(ErrorKind::Protocol, e.to_string()))?;
+    let shown = fingerprint(&key);
+    write_frame(
+        stream,
+        &ServerFrame::PairPeer {
+            name: escape_controls(&name),
+            fingerprint: shown.clone(),
+        },
+    )
+    .await?;
+    // The person compares; anything but a yes (or leaving) is a no.
+    let accept = matches!(
+        read_frame_within::<ClientFrame, _>(stream, Some(DECISION_LIMIT), FRAME_LIMIT).await,
+        Ok(Some(ClientFrame::Request(Request::Confirm {
+            accept: true
+        })))
+    );
+    session
+        .send(&serde_json::to_vec(&PairMessage::Decision { accept }).map_err(|_| bad(()))?)
+        .await
+        .map_err(signal)?;
+    let their_decision = tokio::time::timeout(DECISION_LIMIT, session.recv())
+        .await
+        .map_err(|_| {
+            fail(
+                ErrorKind::Expired,
+                "the other device did not answer within 10 minutes: not paired",
+            )
+        })?
+        .map_err(signal)?;
+    session.close().await;
+    let their_accept = matches!(
+        serde_json::from_slice(&their_decision),
+        Ok(PairMessage::Decision { accept: true })
+    );
+    if !accept {
+        return Ok(error(ErrorKind::Declined, "not paired: you said no"));
+    }
+    if !their_accept {
+        return Ok(error(
+            ErrorKind::Declined,
+            "not paired: the other device's person said no",
+        ));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let devices = context.devices.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        let mut registry = devices.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = registry.add(&name, &key, now);
+        registry.save().map(|_| stored)
+    })
+    .await
+    .map_err(|_| fail(ErrorKind::Io, "saving the pairing stopped"))?
+    .map_err(|e| {
+        fail(
+            ErrorKind::Io,
+            format!("cannot save the pairing in the state directory: {e}"),
+        )
+    })?;
+    info!(fingerprint = %shown, "paired a device");
+    Ok(ServerFrame::Paired {
+        name: escape_controls(&stored),
+        fingerprint: shown,
+    })
+}

@@ -1,0 +1,201 @@
+//! Pairing between two real daemons through the real rendezvous, over the control socket
+//! as `p2p pair` drives it: identities, the comparison, what is stored, and what is not.
+
+use p2pd::ipc::client::IpcClient;
+use p2pd::ipc::messages::{ErrorKind, Request, ServerFrame};
+
+use crate::support::TestDaemon;
+
+async fn identity(daemon: &TestDaemon) -> (String, String) {
+    match daemon.client().await.call(Request::Identity).await.unwrap() {
+        ServerFrame::Identity { name, fingerprint } => (name, fingerprint),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn devices(daemon: &TestDaemon) -> Vec<(String, String)> {
+    match daemon.client().await.call(Request::Devices).await.unwrap() {
+        ServerFrame::Devices(list) => list.into_iter().map(|d| (d.name, d.fingerprint)).collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn next(client: &mut IpcClient) -> ServerFrame {
+    tokio::time::timeout(std::time::Duration::from_secs(30), client.next())
+        .await
+        .expect("a frame within 30 s")
+        .unwrap()
+        .expect("the daemon answers")
+}
+
+/// Starts a pairing on `a`, joins it from `b` with the code `edit` makes of a's; returns
+/// both connections after each saw the other (or b's first frame if it failed).
+async fn start_pairing(
+    a: &TestDaemon,
+    b: &TestDaemon,
+    edit: impl Fn(&str) -> String,
+) -> (IpcClient, IpcClient, ServerFrame, ServerFrame) {
+    let mut first = a.client().await;
+    first.send(Request::Pair { code: None }).await.unwrap();
+    let ServerFrame::PairCode { code } = next(&mut first).await else {
+        panic!("no code");
+    };
+    let mut second = b.client().await;
+    second
+        .send(Request::Pair {
+            code: Some(edit(&code)),
+        })
+        .await
+        .unwrap();
+    let (seen_by_b, seen_by_a) = tokio::join!(next(&mut second), next(&mut first));
+    (first, second, seen_by_a, seen_by_b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_pair_and_each_keeps_the_other_by_its_fingerprint() {
+    let mut a = TestDaemon::start().await;
+    let b = a.peer().await;
+    let (a_name, a_print) = identity(&a).await;
+    let (b_name, b_print) = identity(&b).await;
+    assert_eq!((a_name.as_str(), b_name.as_str()), ("test", "peer"));
+    let (mut first, mut second, seen_by_a, seen_by_b) = start_pairing(&a, &b, str::to_owned).await;
+    // Each is shown exactly what the other's `p2p id` shows.
+    assert_eq!(
+        seen_by_a,
+        ServerFrame::PairPeer {
+            name: b_name.clone(),
+            fingerprint: b_print.clone()
+        }
+    );
+    assert_eq!(
+        seen_by_b,
+        ServerFrame::PairPeer {
+            name: a_name.clone(),
+            fingerprint: a_print.clone()
+        }
+    );
+    first.send(Request::Confirm { accept: true }).await.unwrap();
+    second
+        .send(Request::Confirm { accept: true })
+        .await
+        .unwrap();
+    let (end_a, end_b) = tokio::join!(next(&mut first), next(&mut second));
+    assert_eq!(
+        end_a,
+        ServerFrame::Paired {
+            name: b_name.clone(),
+            fingerprint: b_print.clone()
+        }
+    );
+    assert!(matches!(end_b, ServerFrame::Paired { .. }), "{end_b:?}");
+    assert_eq!(devices(&a).await, [(b_name.clone(), b_print.clone())]);
+    assert_eq!(devices(&b).await, [(a_name, a_print.clone())]);
+
+    // The identity and the pairing survive a restart.
+    a.restart().await;
+    assert_eq!(identity(&a).await.1, a_print);
+    assert_eq!(devices(&a).await, [(b_name.clone(), b_print)]);
+
+    // Unpairing forgets it on this side; a second time there is nothing to forget.
+    let reply = a
+        .client()
+        .await
+        .call(Request::Unpair {
+            name: b_name.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply, ServerFrame::Done);
+    assert!(devices(&a).await.is_empty());
+    let again = a
+        .client()
+        .await
+        .call(Request::Unpair { name: b_name })
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            again,
+            ServerFrame::Error {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_on_either_side_or_a_wrong_code_stores_nothing() {
+    let a = TestDaemon::start().await;
+    let b = a.peer().await;
+    let (mut first, mut second, _, _) = start_pairing(&a, &b, str::to_owned).await;
+    first.send(Request::Confirm { accept: true }).await.unwrap();
+    second
+        .send(Request::Confirm { accept: false })
+        .await
+        .unwrap();
+    let (end_a, end_b) = tokio::join!(next(&mut first), next(&mut second));
+    assert_eq!(
+        end_a,
+        ServerFrame::Error {
+            kind: ErrorKind::Declined,
+            message: "not paired: the other device's person said no".into()
+        }
+    );
+    assert_eq!(
+        end_b,
+        ServerFrame::Error {
+            kind: ErrorKind::Declined,
+            message: "not paired: you said no".into()
+        }
+    );
+    assert!(devices(&a).await.is_empty() && devices(&b).await.is_empty());
+
+    // Right nameplate, wrong words: neither side gets as far as seeing the other.
+    let wrong = |code: &str| {
+        let nameplate = code.split('-').next().unwrap();
+        let words = if code.ends_with("-acid-acid") {
+            "acorn-acorn"
+        } else {
+            "acid-acid"
+        };
+        format!("{nameplate}-{words}")
+    };
+    let (_first, _second, seen_by_a, seen_by_b) = start_pairing(&a, &b, wrong).await;
+    for seen in [&seen_by_a, &seen_by_b] {
+        assert!(
+            matches!(seen, ServerFrame::Error { kind: ErrorKind::WrongCode, message } if message.starts_with("wrong code")),
+            "{seen:?}"
+        );
+    }
+    assert!(devices(&a).await.is_empty() && devices(&b).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pairing_code_cannot_start_a_transfer() {
+    let a = TestDaemon::start().await;
+    let b = a.peer().await;
+    let mut first = a.client().await;
+    first.send(Request::Pair { code: None }).await.unwrap();
+    let ServerFrame::PairCode { code } = next(&mut first).await else {
+        panic!("no code");
+    };
+    // A transfer's SPAKE2 identities differ from a pairing's: the exchange cannot agree.
+    let job = b.receive(&code).await.expect("the receive starts");
+    let info = b.wait(job).await;
+    let failure = info.failure.expect("the receive fails");
+    assert_eq!(failure.kind, ErrorKind::WrongCode, "{failure:?}");
+    let end = next(&mut first).await;
+    assert!(
+        matches!(
+            end,
+            ServerFrame::Error {
+                kind: ErrorKind::WrongCode,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    assert!(devices(&a).await.is_empty() && devices(&b).await.is_empty());
+}
