@@ -20,7 +20,7 @@ use crate::rendezvous::Role;
 use crate::rtc::peer::manual::{self, Kind};
 use crate::rtc::{self, RtcSettings};
 use crate::transfer::source::Sources;
-use crate::transfer::{receiver, sas, sender};
+use crate::transfer::{self, receiver, sas, sender};
 
 /// How long a sender's offer waits for the answer to be pasted back.
 pub const ANSWER_WAIT: Duration = Duration::from_secs(10 * 60);
@@ -156,6 +156,24 @@ async fn run_send(
         if let Err(error) = check_route(&connection, path, &job).await {
             connection.close().await;
             return Err(error);
+        }
+        // Nothing — not a name, not a byte — goes out before this side's person has seen
+        // the same string as the receiver's: whoever carried the descriptions may be the
+        // one at the other end.
+        let same = job.ask();
+        job.set_state(JobState::Comparing);
+        let same = tokio::select! {
+            _ = cancel.cancelled() => Err(JobError::Cancelled),
+            same = same => Ok(same.unwrap_or(false)),
+        };
+        if !matches!(same, Ok(true)) {
+            transfer::abandon(
+                &connection.link,
+                "the sender did not confirm the authentication string",
+            )
+            .await;
+            connection.close().await;
+            return Err(same.err().unwrap_or(JobError::NotConfirmed));
         }
         let result = match &text {
             Some(text) => {

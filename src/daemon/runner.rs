@@ -31,6 +31,8 @@ pub(super) enum JobError {
     NoRelay,
     /// `--manual`: no answer was pasted in time.
     NoAnswer,
+    /// `--manual`: the sender's person did not confirm the authentication string.
+    NotConfirmed,
     Cancelled,
 }
 
@@ -102,6 +104,10 @@ impl JobError {
                     "no answer was pasted within {} minutes: run p2p send --manual again",
                     super::manual::ANSWER_WAIT.as_secs() / 60
                 ),
+            ),
+            JobError::NotConfirmed => (
+                ErrorKind::Declined,
+                "nothing was sent: the authentication strings were not confirmed to be the same (if they differ, someone is in between)".to_owned(),
             ),
             JobError::RelayForbidden => (
                 ErrorKind::NoRoute,
@@ -228,6 +234,7 @@ impl JobError {
             JobError::RelayForbidden
             | JobError::NoRelay
             | JobError::NoAnswer
+            | JobError::NotConfirmed
             | JobError::Cancelled => false,
         }
     }

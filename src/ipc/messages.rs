@@ -251,6 +251,9 @@ pub enum JobState {
     WaitingForPeer,
     /// Key exchange and WebRTC negotiation.
     Negotiating,
+    /// Manual signaling: the sender's person is asked whether both screens show the same
+    /// authentication string; nothing is offered before a yes.
+    Comparing,
     /// Receiver: the offer is in, waiting for a yes or no.
     AwaitingApproval,
     Transferring,

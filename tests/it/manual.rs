@@ -145,6 +145,8 @@ fn a_file_crosses_with_descriptions_pasted_by_hand_and_both_sides_show_one_strin
     // The sender is handed its own offer back first: refused, then the answer.
     sender.type_line(&offer);
     sender.type_line(&answer);
+    // The sender's person compares the strings before anything is offered.
+    sender.type_line("y");
     let (sent, sender_err) = sender.finish();
     let (received, receiver_err) = receiver.finish();
     assert!(sent, "sender failed: {sender_err}");
@@ -220,4 +222,50 @@ fn an_ice_server_that_never_answers_ends_a_manual_offer_in_one_line() {
         "{took:?}"
     );
     assert!(output.stdout.is_empty(), "no offer was printed");
+}
+
+#[test]
+fn a_sender_that_does_not_confirm_the_string_sends_nothing() {
+    let (a, b) = (DaemonProcess::start(), DaemonProcess::start());
+    let source = random_file(a.dir.path(), "kept.bin", 64 * 1024, 43);
+    let socket_a = a.socket.to_str().unwrap().to_owned();
+    let socket_b = b.socket.to_str().unwrap().to_owned();
+    let mut sender = Terminal::spawn(
+        P2P,
+        &[
+            "--socket",
+            &socket_a,
+            "send",
+            "--manual",
+            source.to_str().unwrap(),
+        ],
+    );
+    let offer = sender.line();
+    let out = b.downloads.to_str().unwrap().to_owned();
+    let mut receiver = Terminal::spawn(
+        P2P,
+        &[
+            "--socket", &socket_b, "receive", "--manual", "--yes", "-o", &out,
+        ],
+    );
+    receiver.type_line(&offer);
+    let answer = receiver.line();
+    sender.type_line(&answer);
+    sender.type_line("n");
+    let (sent, sender_err) = sender.finish();
+    let (received, receiver_err) = receiver.finish();
+    assert!(!sent && !received, "{sender_err}\n{receiver_err}");
+    assert!(
+        sender_err.contains("nothing was sent: the authentication strings were not confirmed"),
+        "{sender_err}"
+    );
+    assert!(
+        receiver_err.contains("the sender did not confirm the authentication string"),
+        "{receiver_err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&b.downloads).unwrap().count(),
+        0,
+        "not a name arrived"
+    );
 }

@@ -83,6 +83,7 @@ fn p2pd_sends_a_file_to_a_pion_peer() {
     pion.type_line(&offer);
     let answer = pion.line();
     sender.type_line(&answer);
+    sender.type_line("y");
     let (received, pion_err) = pion.finish();
     let (sent, sender_err) = sender.finish();
     assert!(received, "pion peer failed: {pion_err}");

@@ -64,7 +64,7 @@ pub async fn follow(
     let mut frame = first;
     let mut asked = false;
     // Manual signaling: this side's description and the authentication string, once each.
-    let (mut signal_shown, mut sas_shown) = (false, false);
+    let (mut signal_shown, mut sas_shown, mut compared) = (false, false, false);
     // The job as the frames describe it: lists once, then changes (see ipc::delta).
     let mut view: Option<JobInfo> = None;
     loop {
@@ -87,10 +87,20 @@ pub async fn follow(
                         renderer.show_signal(info)?;
                         if info.direction == Direction::Send && role == Role::Owner {
                             let answer = tokio::select! {
-                                answer = tokio::task::spawn_blocking(|| crate::manual::read_description(Kind::Answer)) => answer??,
+                                answer = tokio::task::spawn_blocking(|| crate::manual::read_description(Kind::Answer)) => answer?,
                                 _ = interrupt.pressed() => {
                                     let job = info.id;
                                     return stop(socket, client, renderer, job, role).await;
+                                }
+                            };
+                            // No answer (stdin closed, three bad pastes): the offer is
+                            // withdrawn rather than left waiting for one.
+                            let answer = match answer {
+                                Ok(answer) => answer,
+                                Err(error) => {
+                                    let mut cancelling = IpcClient::connect(socket).await?;
+                                    let _ = cancelling.call(Request::Cancel { job: info.id }).await;
+                                    return Err(error);
                                 }
                             };
                             let mut answering = IpcClient::connect(socket).await?;
@@ -109,6 +119,26 @@ pub async fn follow(
                     if !sas_shown && info.sas.is_some() {
                         sas_shown = true;
                         renderer.show_sas(info)?;
+                    }
+                    if !compared && role == Role::Owner && info.state == JobState::Comparing {
+                        compared = true;
+                        renderer.ask_same_sas(info)?;
+                        // Read like the pasted lines before it: from stdin, a terminal
+                        // or a script that means it.
+                        let same = tokio::select! {
+                            same = tokio::task::spawn_blocking(read_yes_from_stdin) => same??,
+                            _ = interrupt.pressed() => {
+                                let job = info.id;
+                                return stop(socket, client, renderer, job, role).await;
+                            }
+                        };
+                        let mut decider = IpcClient::connect(socket).await?;
+                        decider
+                            .call(Request::Decide {
+                                job: info.id,
+                                accept: same,
+                            })
+                            .await?;
                     }
                     if may_ask && !asked && info.state == JobState::AwaitingApproval {
                         asked = true;
@@ -206,9 +236,16 @@ async fn stop(
     })
     .await;
     eprintln!(
-        "Cancelled job {job}: its code no longer works, the other side was told, and partial files were removed"
+        "Cancelled job {job}: the other side was told, partial files were removed, and a code it had no longer works"
     );
     Ok(ExitCode::from(INTERRUPTED))
+}
+
+/// A yes or no from stdin, terminal or not; anything but yes is no, and so is EOF.
+fn read_yes_from_stdin() -> anyhow::Result<bool> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim().to_lowercase().as_str(), "y" | "yes"))
 }
 
 /// The answer to "Accept? [y/N]"; anything but yes is no, and so is a closed stdin.

@@ -244,6 +244,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             if name.is_some() && !from_stdin {
                 bail!("--name names what comes from stdin: use it with p2p send -");
             }
+            if from_stdin && manual {
+                bail!(
+                    "with --manual, stdin carries the pasted answer: save the data to a file and send that"
+                );
+            }
             if from_stdin && detach {
                 bail!(
                     "stdin cannot be detached: p2p keeps the data until it is sent, so run it without --detach"

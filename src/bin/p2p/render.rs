@@ -103,6 +103,7 @@ fn state_name(state: JobState) -> &'static str {
         JobState::Connecting => "connecting",
         JobState::WaitingForPeer => "waiting_for_peer",
         JobState::Negotiating => "negotiating",
+        JobState::Comparing => "comparing",
         JobState::AwaitingApproval => "awaiting_approval",
         JobState::Transferring => "transferring",
         JobState::WaitingToResume => "waiting_to_resume",
@@ -361,6 +362,18 @@ impl Renderer {
                 escape_controls(sas)
             )?;
         }
+        Ok(())
+    }
+
+    /// Manual sender: the question before anything is offered.
+    pub fn ask_same_sas(&mut self, info: &JobInfo) -> anyhow::Result<()> {
+        let sas = info.sas.as_deref().map(escape_controls).unwrap_or_default();
+        let mut err = std::io::stderr().lock();
+        write!(
+            err,
+            "Does the receiver's screen show {sas}? Nothing is sent before you say yes. [y/N] "
+        )?;
+        err.flush()?;
         Ok(())
     }
 
