@@ -15,13 +15,14 @@ pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 
 const INDEX: &str = include_str!("page/index.html");
 /// The page's own modules, by path.
-const MODULES: [(&str, &str); 6] = [
+const MODULES: [(&str, &str); 7] = [
     ("/app.js", include_str!("page/app.js")),
     ("/ui.js", include_str!("page/ui.js")),
     ("/rendezvous.js", include_str!("page/rendezvous.js")),
     ("/link.js", include_str!("page/link.js")),
     ("/send.js", include_str!("page/send.js")),
     ("/receive.js", include_str!("page/receive.js")),
+    ("/names.js", include_str!("page/names.js")),
 ];
 const LIB: &str = include_str!("page/lib.mjs");
 const WORKER: &str = include_str!("page/sw.js");

@@ -259,3 +259,47 @@ async fn a_folder_received_in_the_browser_is_written_through_the_file_system_acc
         "every file, at its path, and nothing else (no partial left behind)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node.js and Chromium (CI installs them and runs --include-ignored)"]
+async fn a_mistyped_code_spends_nothing_and_an_offer_of_folders_only_completes() {
+    let daemon = TestDaemon::start().await;
+    let url = page_url(&daemon);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("empty-album");
+    std::fs::create_dir_all(root.join("inner")).unwrap();
+    let (job, code) = daemon
+        .send(std::slice::from_ref(&root))
+        .await
+        .expect("send starts");
+    let nameplate = code.split('-').next().unwrap().to_owned();
+    let (typo_url, typo) = (url.clone(), format!("{nameplate}-notaword-acid"));
+    let typo_result =
+        tokio::task::spawn_blocking(move || verdict(browser(&["receive-fs", &typo_url, &typo])))
+            .await
+            .unwrap();
+    assert_eq!(typo_result["state"], "failed", "{typo_result}");
+    assert_eq!(
+        typo_result["error"],
+        format!(
+            "error: {}",
+            p2pd::rendezvous::CodeError::UnknownWord("notaword".into())
+        )
+    );
+    // The code was not spent: the right one still works, and folders alone complete.
+    let result =
+        tokio::task::spawn_blocking(move || verdict(browser(&["receive-fs", &url, &code])))
+            .await
+            .unwrap();
+    assert_eq!(result["state"], "done", "{result}");
+    assert_eq!(
+        result["files"],
+        serde_json::json!({ "empty-album/inner/": "folder" })
+    );
+    let info = daemon.wait(job).await;
+    assert_eq!(
+        info.state,
+        p2pd::ipc::messages::JobState::Completed,
+        "{info:?}"
+    );
+}

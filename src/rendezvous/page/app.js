@@ -55,11 +55,10 @@ async function setUp() {
   drop.ondrop = async (event) => {
     event.preventDefault();
     drop.classList.remove('over');
+    // Every entry first: the browser empties the list once this handler awaits.
+    const dropped = Array.from(event.dataTransfer.items, (item) => item.webkitGetAsEntry && item.webkitGetAsEntry());
     const entries = [];
-    for (const item of event.dataTransfer.items) {
-      const entry = item.webkitGetAsEntry && item.webkitGetAsEntry();
-      if (entry) await walk(entry, '', entries);
-    }
+    for (const entry of dropped) if (entry) await walk(entry, '', entries);
     startSend(entries);
   };
   $('receive-form').onsubmit = (event) => {

@@ -117,6 +117,8 @@ export class Channel {
     };
     dc.onclose = () => {
       this.closed = true;
+      // A sender waiting for the buffer to drain must not wait for ever.
+      if (this.drainWaiter) this.drainWaiter();
       this.deliver({ control: { type: 'closed' } });
     };
   }
@@ -144,11 +146,18 @@ export class Channel {
     this.dc.send(JSON.stringify(value));
   }
 
+  // Tells the other side this one stops, if the channel still carries anything.
+  cancel(reason) {
+    if (this.dc.readyState === 'open') this.dc.send(JSON.stringify({ type: 'cancel', reason }));
+  }
+
   async sendBinary(bytes) {
-    if (this.dc.bufferedAmount > HIGH_WATER) {
+    if (this.dc.bufferedAmount > HIGH_WATER && !this.closed) {
       await new Promise((resolve) => {
+        this.drainWaiter = resolve;
         this.dc.onbufferedamountlow = () => {
           this.dc.onbufferedamountlow = null;
+          this.drainWaiter = null;
           resolve();
         };
       });

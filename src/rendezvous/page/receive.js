@@ -4,35 +4,36 @@
 import * as lib from '/lib.mjs';
 import { $, Failure, showError, status, humanBytes, base64, unbase64, withTimeout, Progress, took } from './ui.js';
 import { HINT, MESSAGES, TAMPERED, Rendezvous, establish } from './rendezvous.js';
+import { offerProblem, parseCode } from './names.js';
 import { LABEL, CHUNK_BYTES, HIGH_WATER, LOW_WATER, CONNECT_LIMIT_MS, STEP_LIMIT_MS, NO_ROUTE, UNPROVEN, maxMessage, connect, Channel, certificates, prove } from './link.js';
 
 // ---- receiving ----
-
-export function validName(name) {
-  if (typeof name !== 'string' || !name || name.length > 2048) return false;
-  if (name.startsWith('/') || name.includes('\\') || /[\u0000-\u001f\u007f]/.test(name)) return false;
-  return name.split('/').every((part) => part && part !== '.' && part !== '..');
-}
 
 export async function startReceive(code) {
   $('send-box').hidden = true;
   $('receive').disabled = true;
   const rv = new Rendezvous('receiver');
+  let link = null;
   try {
-    const nameplate = Number.parseInt(code, 10);
-    if (!Number.isInteger(nameplate)) throw new Failure('the code must start with a number, like 7-orbit-lantern');
-    const canonical = code.trim().toLowerCase().split(/[-\s]+/).filter(Boolean).join('-');
+    const words = await (await fetch('/words.json')).json();
+    const { nameplate, canonical } = parseCode(code, words);
     await rv.open();
     rv.send({ type: 'claim', nameplate });
     const paired = await rv.expect('paired');
     status('Connecting…');
     const session = await establish(rv, 'receiver', canonical);
-    const link = await connect(session, 'receiver', paired.ice_servers || []);
+    link = await connect(session, 'receiver', paired.ice_servers || []);
     rv.close();
     await prove(link, session.keys, 'receiver');
     await receive(link);
   } catch (error) {
     showError(error.message);
+    if (link) {
+      // Whatever went wrong here, the sender hears of it and stops.
+      if (!error.fromPeer) link.channel.cancel(error.message);
+      setTimeout(() => link.pc.close(), 1000);
+    }
+    $('receive').disabled = false;
   } finally {
     rv.close();
   }
@@ -50,19 +51,14 @@ export async function receive(link) {
       document.body.dataset.state = 'done';
       return;
     }
-    if (c.type === 'cancel') throw new Failure(`the other side cancelled: ${c.reason}`);
+    if (c.type === 'cancel') throw peerFailure(`the other side cancelled: ${c.reason}`);
     if (c.type !== 'offer') throw new Failure(`the other side broke the protocol: unexpected ${c.type} message`);
     files.push(...(c.files || []));
     folders.push(...(c.folders || []).map((f) => f && f.name));
     if (!c.more) break;
   }
-  if (
-    !files.every((f) => validName(f.name) && Number.isSafeInteger(f.size) && f.size >= 0) ||
-    !folders.every(validName)
-  ) {
-    channel.sendJSON({ type: 'cancel', reason: 'the offer holds a name or size this page cannot save' });
-    throw new Failure('the offer holds a name or size this page cannot save: nothing was saved');
-  }
+  const problem = offerProblem(files, folders);
+  if (problem) throw new Failure(`${problem}: nothing was saved`);
   const total = files.reduce((n, f) => n + f.size, 0);
   const folder = await ask(files, total);
   // Folders the offer names (empty ones included) exist before their files arrive; a
@@ -80,6 +76,14 @@ export async function receive(link) {
     return;
   }
   channel.sendJSON({ type: 'accept' });
+  if (files.length === 0) {
+    // Folders only: they are in place; the sender waits for this.
+    channel.sendJSON({ type: 'complete' });
+    status(`Received ${folders.length} folder(s)`);
+    document.body.dataset.state = 'done';
+    setTimeout(() => link.pc.close(), 2000);
+    return;
+  }
   const progress = new Progress(total);
   const started = performance.now();
   let received = 0;
@@ -87,11 +91,22 @@ export async function receive(link) {
   let current = null;
   let saved = 0;
   status(`Receiving ${files.length} file(s)…`);
-  for (;;) {
+  try {
+    for (;;) {
+      if (await step()) return;
+    }
+  } catch (error) {
+    // Nothing half-written keeps a name.
+    if (current) await current.sink.abort().catch(() => {});
+    throw error;
+  }
+
+  // One message; true once the transfer is done.
+  async function step() {
     const message = await channel.next();
     if (message.binary) {
       if (!current || current.written + message.binary.length > current.size) {
-        throw await breakOff(channel, current, 'bytes outside a file, or more than announced');
+        throw breakOff('bytes outside a file, or more than announced');
       }
       current.hasher.update(message.binary);
       await current.sink.write(message.binary);
@@ -103,55 +118,61 @@ export async function receive(link) {
         channel.sendJSON({ type: 'progress', bytes: received });
         progress.show(received);
       }
-      continue;
+      return false;
     }
     const c = message.control;
     if (c.type === 'file_start') {
       if (current || c.index !== saved || (c.offset || 0) !== 0 || !files[c.index]) {
-        throw await breakOff(channel, current, 'files out of order');
+        throw breakOff('files out of order');
       }
       const file = files[c.index];
       current = { index: c.index, size: file.size, written: 0, hasher: lib.fileHasher(), sink: await openSink(folder, file.name) };
     } else if (c.type === 'file_end') {
       if (!current || c.index !== current.index || current.written !== current.size) {
-        throw await breakOff(channel, current, 'a file ended early or late');
+        throw breakOff('a file ended early or late');
       }
       if (current.hasher.hexDigest() !== String(c.sha256).toLowerCase()) {
         await current.sink.abort();
+        current = null;
         channel.sendJSON({
           type: 'file_failed',
           index: c.index,
           reason: "the received bytes did not match the sender's SHA-256",
           mismatch: true,
         });
-        throw new Failure(`${files[c.index].name} arrived damaged (SHA-256 mismatch): nothing was saved under its name`);
+        throw peerFailure(`${files[c.index].name} arrived damaged (SHA-256 mismatch): nothing was saved under its name`);
       }
       await current.sink.commit();
       channel.sendJSON({ type: 'file_verified', index: c.index });
       saved++;
       current = null;
     } else if (c.type === 'done') {
+      if (current || saved !== files.length) throw breakOff('done before every file was verified');
       channel.sendJSON({ type: 'progress', bytes: received });
       progress.show(received);
       status(`Received ${saved} file(s), ${humanBytes(received)}${took(started, received)}, every one verified`);
       document.body.dataset.state = 'done';
       link.pc.close();
-      return;
+      return true;
     } else if (c.type === 'cancel') {
-      if (current) await current.sink.abort();
-      throw new Failure(`the sender cancelled the transfer: ${c.reason}`);
+      throw peerFailure(`the sender cancelled the transfer: ${c.reason}`);
     } else if (c.type === 'closed') {
-      if (current) await current.sink.abort();
-      throw new Failure('the other side went away mid-transfer: run the transfer again');
+      throw peerFailure('the other side went away mid-transfer: run the transfer again');
     } else {
-      throw await breakOff(channel, current, `unexpected ${c.type} message`);
+      throw breakOff(`unexpected ${c.type} message`);
     }
+    return false;
   }
 }
 
-export async function breakOff(channel, current, reason) {
-  if (current) await current.sink.abort();
-  channel.sendJSON({ type: 'cancel', reason });
+// A failure the peer already knows of (it said so, it left, or it was told): no cancel.
+function peerFailure(message) {
+  const failure = new Failure(message);
+  failure.fromPeer = true;
+  return failure;
+}
+
+function breakOff(reason) {
   return new Failure(`the other side broke the protocol: ${reason}`);
 }
 
@@ -204,18 +225,24 @@ export async function openSink(folder, name) {
     document.body.dataset.saving = 'folder';
     let dir = folder;
     for (const part of parts) dir = await dir.getDirectoryHandle(part, { create: true });
+    // Written under a partial name, given its own only once verified (where the browser
+    // can rename a handle; Chromium can).
     const free = await freeName(dir, base);
-    const handle = await dir.getFileHandle(free, { create: true });
+    const partial = `${free}.p2pd-part`;
+    const handle = await dir.getFileHandle(typeof FileSystemHandle.prototype.move === 'function' ? partial : free, {
+      create: true,
+    });
     const writable = await handle.createWritable();
     return {
       write: (bytes) => writable.write(bytes),
       commit: async () => {
         await writable.close();
+        if (handle.name !== free) await handle.move(free);
         addSaved(`${parts.concat(free).join('/')} (in the chosen folder)`);
       },
       abort: async () => {
-        await writable.abort();
-        await dir.removeEntry(free).catch(() => {});
+        await writable.abort().catch(() => {});
+        await dir.removeEntry(handle.name).catch(() => {});
       },
     };
   }

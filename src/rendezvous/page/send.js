@@ -6,8 +6,9 @@ import { $, Failure, showError, status, humanBytes, base64, unbase64, withTimeou
 import { HINT, MESSAGES, TAMPERED, Rendezvous, establish } from './rendezvous.js';
 import { LABEL, CHUNK_BYTES, HIGH_WATER, LOW_WATER, CONNECT_LIMIT_MS, STEP_LIMIT_MS, NO_ROUTE, UNPROVEN, maxMessage, connect, Channel, certificates, prove } from './link.js';
 
-// Offer parts stay well under the receiver's 192 KiB control message limit.
-export const OFFER_PART_FILES = 500;
+// Offer parts stay well under the receiver's 192 KiB control message limit, however
+// long the names (as the daemon's offer_parts does).
+export const OFFER_PART_BYTES = 32 * 1024;
 
 // ---- sending ----
 
@@ -16,6 +17,7 @@ export async function startSend(entries) {
   $('send-box').querySelectorAll('input').forEach((i) => (i.disabled = true));
   $('receive-box').hidden = true;
   const rv = new Rendezvous('sender');
+  let link = null;
   try {
     await rv.open();
     rv.send({ type: 'allocate' });
@@ -28,12 +30,17 @@ export async function startSend(entries) {
     const paired = await rv.expect('paired');
     status('Connecting…');
     const session = await establish(rv, 'sender', code);
-    const link = await connect(session, 'sender', paired.ice_servers || []);
+    link = await connect(session, 'sender', paired.ice_servers || []);
     rv.close();
     await prove(link, session.keys, 'sender');
     await send(link, entries);
   } catch (error) {
     showError(error.message);
+    if (link) {
+      // A file that cannot be read, a page error: the receiver hears of it and stops.
+      if (!error.fromPeer) link.channel.cancel(error.message);
+      setTimeout(() => link.pc.close(), 1000);
+    }
   } finally {
     rv.close();
   }
@@ -62,16 +69,23 @@ export async function send(link, entries) {
     size: e.file.size,
     mtime: Math.floor(e.file.lastModified / 1000),
   }));
-  for (let i = 0; i < files.length || i === 0; i += OFFER_PART_FILES) {
-    const part = files.slice(i, i + OFFER_PART_FILES);
-    const more = i + OFFER_PART_FILES < files.length;
-    channel.sendJSON(more ? { type: 'offer', files: part, more } : { type: 'offer', files: part });
-    if (!more) break;
+  let part = [];
+  let bytes = 0;
+  for (const file of files) {
+    const cost = JSON.stringify(file).length * 6 + 16;
+    if (part.length && bytes + cost > OFFER_PART_BYTES) {
+      channel.sendJSON({ type: 'offer', files: part, more: true });
+      part = [];
+      bytes = 0;
+    }
+    part.push(file);
+    bytes += cost;
   }
+  channel.sendJSON({ type: 'offer', files: part });
   status('Waiting for the receiver to accept…');
   const answer = await channel.control();
-  if (answer.type === 'reject') throw new Failure(`the receiver refused the offer: ${answer.reason}`);
-  if (answer.type === 'cancel') throw new Failure(`the other side cancelled: ${answer.reason}`);
+  if (answer.type === 'reject') throw peerFailure(`the receiver refused the offer: ${answer.reason}`);
+  if (answer.type === 'cancel') throw peerFailure(`the other side cancelled: ${answer.reason}`);
   if (answer.type !== 'accept') throw new Failure(`the other side broke the protocol: unexpected ${answer.type} message`);
   const total = files.reduce((n, f) => n + f.size, 0);
   const progress = new Progress(total);
@@ -90,7 +104,7 @@ export async function send(link, entries) {
         verified++;
         if (verified === files.length) allVerified();
       } else if (c.type === 'file_failed') {
-        failure = new Failure(
+        failure = peerFailure(
           c.mismatch
             ? `${files[c.index] ? files[c.index].name : 'a file'} arrived damaged (SHA-256 mismatch): run the transfer again`
             : `the receiver could not save ${files[c.index] ? files[c.index].name : 'a file'}: ${c.reason}`,
@@ -98,7 +112,7 @@ export async function send(link, entries) {
         allVerified();
         return;
       } else if (c.type === 'cancel' || c.type === 'closed') {
-        failure = new Failure(c.type === 'cancel' ? `the other side cancelled: ${c.reason}` : 'the other side went away mid-transfer: run the transfer again');
+        failure = peerFailure(c.type === 'cancel' ? `the other side cancelled: ${c.reason}` : 'the other side went away mid-transfer: run the transfer again');
         allVerified();
         return;
       }
@@ -130,4 +144,11 @@ export async function send(link, entries) {
   status(`Sent ${files.length} file(s), ${humanBytes(total)}${took(started, total)}, every one verified by the receiver`);
   document.body.dataset.state = 'done';
   setTimeout(() => link.pc.close(), 2000);
+}
+
+// A failure the peer already knows of (it said so, or it left): no cancel.
+function peerFailure(message) {
+  const failure = new Failure(message);
+  failure.fromPeer = true;
+  return failure;
 }
