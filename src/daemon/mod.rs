@@ -73,6 +73,21 @@ impl Daemon {
             .install(config.rtc.sctp_window_max_bytes);
         // Bind the control socket first: a second daemon must fail before touching anything.
         let listener = socket::bind(&config.socket).await?;
+        // The identity is made on first start; a broken one stops the start cleanly.
+        let loaded = crate::devices::identity::Identity::load_or_create(&config.state_dir)
+            .map_err(DaemonError::from)
+            .and_then(|identity| {
+                crate::devices::registry::Registry::load(&config.state_dir)
+                    .map(|devices| (identity, devices))
+                    .map_err(DaemonError::Devices)
+            });
+        let (identity, devices) = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                let _ = std::fs::remove_file(&config.socket);
+                return Err(error);
+            }
+        };
         let (rendezvous_url, rendezvous_addr) = match &config.rendezvous {
             RendezvousMode::Remote { url, ca } => {
                 let endpoint = match Endpoint::new(url, ca.as_deref()) {
@@ -110,11 +125,7 @@ impl Daemon {
             }
         };
         let socket_path = config.socket.clone();
-        let identity = Arc::new(crate::devices::identity::Identity::load_or_create(
-            &config.state_dir,
-        )?);
-        let devices = crate::devices::registry::Registry::load(&config.state_dir)
-            .map_err(DaemonError::Devices)?;
+        let identity = Arc::new(identity);
         let jobs = Arc::new(Jobs::new(
             Context {
                 identity,

@@ -20,6 +20,9 @@ use crate::terminal::escape_controls;
 
 /// How long each person has to compare and answer.
 pub const DECISION_LIMIT: Duration = Duration::from_secs(10 * 60);
+/// How often a side whose person is still comparing says so: well inside the
+/// rendezvous's two minutes of allowed silence.
+const KEEPALIVE: Duration = Duration::from_secs(45);
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> ServerFrame {
     ServerFrame::Error {
@@ -133,25 +136,38 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await?;
     // The person compares; anything but a yes (or leaving) is a no.
-    let accept = matches!(
-        read_frame_within::<ClientFrame, _>(stream, Some(DECISION_LIMIT), FRAME_LIMIT).await,
-        Ok(Some(ClientFrame::Request(Request::Confirm {
-            accept: true
-        })))
-    );
+    let answer = read_frame_within::<ClientFrame, _>(stream, Some(DECISION_LIMIT), FRAME_LIMIT);
+    tokio::pin!(answer);
+    let waiting = serde_json::to_vec(&PairMessage::Waiting).map_err(|_| bad(()))?;
+    let accept = loop {
+        tokio::select! {
+            answer = &mut answer => break matches!(
+                answer,
+                Ok(Some(ClientFrame::Request(Request::Confirm { accept: true })))
+            ),
+            _ = tokio::time::sleep(KEEPALIVE) => session.send(&waiting).await.map_err(signal)?,
+        }
+    };
     session
         .send(&serde_json::to_vec(&PairMessage::Decision { accept }).map_err(|_| bad(()))?)
         .await
         .map_err(signal)?;
-    let their_decision = tokio::time::timeout(DECISION_LIMIT, session.recv())
-        .await
-        .map_err(|_| {
-            fail(
-                ErrorKind::Expired,
-                "the other device did not answer within 10 minutes: not paired",
-            )
-        })?
-        .map_err(signal)?;
+    let their_decision = tokio::time::timeout(DECISION_LIMIT, async {
+        loop {
+            let message = session.recv().await?;
+            if !matches!(serde_json::from_slice(&message), Ok(PairMessage::Waiting)) {
+                return Ok(message);
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        fail(
+            ErrorKind::Expired,
+            "the other device did not answer within 10 minutes: not paired",
+        )
+    })?
+    .map_err(signal)?;
     session.close().await;
     let their_accept = matches!(
         serde_json::from_slice(&their_decision),
@@ -189,4 +205,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         name: escape_controls(&stored),
         fingerprint: shown,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_comparing_side_speaks_well_within_the_rendezvous_silence_limit() {
+        assert!(super::KEEPALIVE * 2 <= crate::rendezvous::server::PAIRED_IDLE_TIMEOUT);
+    }
 }

@@ -24,6 +24,9 @@ pub enum PairMessage {
     },
     /// The person on this side said yes or no.
     Decision { accept: bool },
+    /// This side's person is still comparing: keeps the rendezvous, which drops a pairing
+    /// that is silent for two minutes, from ending the ceremony. Ignored.
+    Waiting,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -38,7 +38,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a paired connection may go without a message (pings do not count) before it is
 /// dropped.
-const PAIRED_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const PAIRED_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Messages queued toward one connection before its sender waits: with messages of at
 /// most 64 KiB, 1 MiB per connection whose client stops reading (signaling needs a few).
 const OUTBOUND_QUEUE: usize = 16;

@@ -50,7 +50,7 @@ pub enum TransferError {
     )]
     Unauthenticated,
     #[error(
-        "the other side's authentication string exchange was not valid (its nonce does not match what it committed to): someone may be in between, so nothing was sent"
+        "the authentication string exchange with the other side did not check out (a nonce other than the one committed to, a message out of turn, or silence): someone may be in between, so nothing was sent"
     )]
     SasBroken,
     #[error("the transfer was declined at the receiving end")]
