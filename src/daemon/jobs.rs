@@ -241,6 +241,20 @@ fn check_text(text: &str, paths: &[PathBuf]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// What a send job shows of its files before any is verified.
+pub(super) fn file_infos(manifest: &Manifest) -> Vec<FileInfo> {
+    manifest
+        .files
+        .iter()
+        .map(|s| FileInfo {
+            name: s.name.clone(),
+            size: s.size,
+            verified: false,
+            saved_as: None,
+        })
+        .collect()
+}
+
 pub(super) fn failure(kind: ErrorKind, message: impl Into<String>) -> Failure {
     Failure {
         kind,
@@ -472,17 +486,7 @@ impl Jobs {
                 .map_err(|e| failure(ErrorKind::BadRequest, e.to_string()))?,
             None => Code::generate(nameplate),
         };
-        let files = sources
-            .manifest
-            .files
-            .iter()
-            .map(|s| FileInfo {
-                name: s.name.clone(),
-                size: s.size,
-                verified: false,
-                saved_as: None,
-            })
-            .collect();
+        let files = file_infos(&sources.manifest);
         let job = self.register(
             Direction::Send,
             JobState::WaitingForPeer,

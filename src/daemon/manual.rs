@@ -11,11 +11,9 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::jobs::{Context, Job, Jobs, failure};
+use super::jobs::{Context, Job, Jobs, failure, file_infos};
 use super::runner::{JobError, check_route, finish, or_cancel, until_lost};
-use crate::ipc::messages::{
-    Direction, ErrorKind, Failure, FileInfo, JobInfo, JobState, PathPolicy,
-};
+use crate::ipc::messages::{Direction, ErrorKind, Failure, JobInfo, JobState, PathPolicy};
 use crate::rendezvous::Role;
 use crate::rtc::peer::manual::{self, Kind};
 use crate::rtc::{self, RtcSettings};
@@ -46,17 +44,7 @@ impl Jobs {
         text: Option<String>,
         path: PathPolicy,
     ) -> JobInfo {
-        let files = sources
-            .manifest
-            .files
-            .iter()
-            .map(|s| FileInfo {
-                name: s.name.clone(),
-                size: s.size,
-                verified: false,
-                saved_as: None,
-            })
-            .collect();
+        let files = file_infos(&sources.manifest);
         let job = self.register(Direction::Send, JobState::Connecting, None, files);
         job.info
             .send_modify(|info| info.skipped = sources.manifest.skipped.clone());
@@ -103,6 +91,19 @@ impl Jobs {
     }
 }
 
+/// Instead of a code's channel proof: the authentication string, shown on this side; then
+/// the route, as a coded job reports and checks it.
+async fn compare_strings(
+    connection: &rtc::Connection,
+    role: Role,
+    path: PathPolicy,
+    job: &Job,
+) -> Result<(), JobError> {
+    let sas = sas::exchange(connection, &connection.link, role).await?;
+    job.set_sas(sas);
+    check_route(connection, path, job).await
+}
+
 async fn run_send(
     job: Arc<Job>,
     context: Arc<Context>,
@@ -145,15 +146,7 @@ async fn run_send(
             return Err(error.into());
         }
         let connection = pending.connected(CONNECT_WAIT, &cancel).await?;
-        let sas = match sas::exchange(&connection, &connection.link, Role::Sender).await {
-            Ok(sas) => sas,
-            Err(error) => {
-                connection.close().await;
-                return Err(error.into());
-            }
-        };
-        job.set_sas(sas);
-        if let Err(error) = check_route(&connection, path, &job).await {
+        if let Err(error) = compare_strings(&connection, Role::Sender, path, &job).await {
             connection.close().await;
             return Err(error);
         }
@@ -222,15 +215,7 @@ async fn run_receive(
         // Nothing to wait for on this side: the person carries the answer over.
         job.show_signal(answer);
         let connection = pending.connected(CONNECT_WAIT, &cancel).await?;
-        let sas = match sas::exchange(&connection, &connection.link, Role::Receiver).await {
-            Ok(sas) => sas,
-            Err(error) => {
-                connection.close().await;
-                return Err(error.into());
-            }
-        };
-        job.set_sas(sas);
-        if let Err(error) = check_route(&connection, path, &job).await {
+        if let Err(error) = compare_strings(&connection, Role::Receiver, path, &job).await {
             connection.close().await;
             return Err(error);
         }

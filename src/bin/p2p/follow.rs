@@ -120,32 +120,25 @@ pub async fn follow(
                         sas_shown = true;
                         renderer.show_sas(info)?;
                     }
-                    if !compared && role == Role::Owner && info.state == JobState::Comparing {
-                        compared = true;
-                        renderer.ask_same_sas(info)?;
-                        // Read like the pasted lines before it: from stdin, a terminal
-                        // or a script that means it.
-                        let same = tokio::select! {
-                            same = tokio::task::spawn_blocking(read_yes_from_stdin) => same??,
-                            _ = interrupt.pressed() => {
-                                let job = info.id;
-                                return stop(socket, client, renderer, job, role).await;
-                            }
+                    // A question for this side's person: the manual sender's comparison
+                    // of the authentication strings (read from stdin like the pasted
+                    // lines before it, terminal or script), or the receiver's offer.
+                    let question: Option<fn() -> anyhow::Result<bool>> =
+                        if !compared && role == Role::Owner && info.state == JobState::Comparing {
+                            compared = true;
+                            renderer.ask_same_sas(info)?;
+                            Some(read_yes_from_stdin)
+                        } else if may_ask && !asked && info.state == JobState::AwaitingApproval {
+                            asked = true;
+                            renderer.show_offer(info)?;
+                            Some(read_yes)
+                        } else {
+                            None
                         };
-                        let mut decider = IpcClient::connect(socket).await?;
-                        decider
-                            .call(Request::Decide {
-                                job: info.id,
-                                accept: same,
-                            })
-                            .await?;
-                    }
-                    if may_ask && !asked && info.state == JobState::AwaitingApproval {
-                        asked = true;
-                        renderer.show_offer(info)?;
+                    if let Some(read) = question {
                         // Read on a thread, so that Ctrl-C at the question still cancels.
                         let accept = tokio::select! {
-                            answer = tokio::task::spawn_blocking(read_yes) => answer??,
+                            answer = tokio::task::spawn_blocking(read) => answer??,
                             _ = interrupt.pressed() => {
                                 let job = info.id;
                                 return stop(socket, client, renderer, job, role).await;

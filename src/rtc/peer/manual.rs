@@ -133,13 +133,7 @@ pub async fn offer(settings: &RtcSettings) -> Result<(Pending, String), RtcError
         described(&mut attempt, settings, Kind::Offer).await
     }
     .await;
-    match described {
-        Ok(blob) => Ok((Pending { attempt }, blob)),
-        Err(error) => {
-            attempt.close().await;
-            Err(error)
-        }
-    }
+    pending(attempt, described).await
 }
 
 /// The answering side: a peer connection for the pasted offer's SDP, and the answer to
@@ -164,6 +158,14 @@ pub async fn answer(
         described(&mut attempt, settings, Kind::Answer).await
     }
     .await;
+    pending(attempt, described).await
+}
+
+/// The attempt, pending, with its description; or closed, if describing it failed.
+async fn pending(
+    mut attempt: Attempt,
+    described: Result<String, RtcError>,
+) -> Result<(Pending, String), RtcError> {
     match described {
         Ok(blob) => Ok((Pending { attempt }, blob)),
         Err(error) => {
