@@ -89,7 +89,7 @@ pub async fn follow(
                             let answer = tokio::select! {
                                 answer = tokio::task::spawn_blocking(|| crate::manual::read_description(Kind::Answer)) => answer?,
                                 _ = interrupt.pressed() => {
-                                    let job = info.id;
+                                    let job = (info.id, info.code.is_some());
                                     return stop(socket, client, renderer, job, role).await;
                                 }
                             };
@@ -140,7 +140,7 @@ pub async fn follow(
                         let accept = tokio::select! {
                             answer = tokio::task::spawn_blocking(read) => answer??,
                             _ = interrupt.pressed() => {
-                                let job = info.id;
+                                let job = (info.id, info.code.is_some());
                                 return stop(socket, client, renderer, job, role).await;
                             }
                         };
@@ -158,7 +158,7 @@ pub async fn follow(
         let next = tokio::select! {
             next = client.next() => next?,
             _ = interrupt.pressed() => {
-                let Some(job) = view.as_ref().map(|v| v.id) else {
+                let Some(job) = view.as_ref().map(|v| (v.id, v.code.is_some())) else {
                     return Ok(ExitCode::from(INTERRUPTED));
                 };
                 return stop(socket, client, renderer, job, role).await;
@@ -202,7 +202,7 @@ async fn stop(
     socket: &Path,
     mut following: IpcClient,
     mut renderer: Renderer,
-    job: u64,
+    (job, had_code): (u64, bool),
     role: Role,
 ) -> anyhow::Result<ExitCode> {
     renderer.finish();
@@ -229,7 +229,12 @@ async fn stop(
     })
     .await;
     eprintln!(
-        "Cancelled job {job}: the other side was told, partial files were removed, and a code it had no longer works"
+        "Cancelled job {job}: {}the other side was told, and partial files were removed",
+        if had_code {
+            "its code no longer works, "
+        } else {
+            ""
+        }
     );
     Ok(ExitCode::from(INTERRUPTED))
 }
