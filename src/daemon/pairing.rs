@@ -60,9 +60,27 @@ fn fail(kind: ErrorKind, message: impl Into<String>) -> Outcome {
     Outcome::Frame(Box::new(error(kind, message)))
 }
 
+/// A rendezvous failure in pairing's words: the transfer's would send people to `p2p send`.
 fn signal(e: crate::rendezvous::SignalError) -> Outcome {
+    use crate::rendezvous::SignalError;
     let failure = signal_failure(&e);
-    fail(failure.kind, failure.message)
+    let message = match e {
+        SignalError::WrongCode { .. } => {
+            "wrong code, or someone tried to guess it: run p2p pair again for a new code"
+        }
+        SignalError::UnknownCode => {
+            "no pairing is waiting for that code: check it, or run p2p pair on the other device for a new one"
+        }
+        SignalError::Expired => {
+            "the code expired before the other device used it: run p2p pair again"
+        }
+        SignalError::Abandoned { .. } => {
+            "someone took the code without completing the key exchange (a guess, or an attempt to block the pairing): run p2p pair again for a new code"
+        }
+        SignalError::PeerGone => "the other device went away before the pairing completed",
+        _ => return fail(failure.kind, failure.message),
+    };
+    fail(failure.kind, message)
 }
 
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
