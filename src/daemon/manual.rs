@@ -12,7 +12,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use super::jobs::{Context, Job, Jobs, failure, file_infos};
-use super::runner::{JobError, check_route, finish, or_cancel, until_lost};
+use super::runner::{JobError, approval, check_route, finish, or_cancel, until_lost};
 use crate::ipc::messages::{Direction, ErrorKind, Failure, JobInfo, JobState, PathPolicy};
 use crate::rendezvous::Role;
 use crate::rtc::peer::manual::{self, Kind};
@@ -219,22 +219,7 @@ async fn run_receive(
             connection.close().await;
             return Err(error);
         }
-        let transferring = {
-            let job = job.clone();
-            async move {
-                let accepted = if accept {
-                    true
-                } else {
-                    let answer = job.ask();
-                    job.set_state(JobState::AwaitingApproval);
-                    answer.await.unwrap_or(false)
-                };
-                if accepted {
-                    job.set_state(JobState::Transferring);
-                }
-                accepted
-            }
-        };
+        let transferring = approval(job.clone(), accept);
         // No journal: a manual job cannot resume, so nothing is kept for it.
         let plan = Arc::new(receiver::Plan {
             dir: dir.clone(),

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::info;
 
 use super::connection::FRAME_LIMIT;
@@ -102,7 +102,6 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 },
             )
             .await?;
-            client.wait_for_peer().await.map_err(signal)?;
             (Role::Sender, code, client)
         }
         Some(text) => {
@@ -116,34 +115,51 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             (Role::Receiver, code, client)
         }
     };
-    let mut session = Session::establish_with(client, role, &code, Some(PAIR_IDENTITIES))
-        .await
-        .map_err(signal)?;
-    let binding = session.binding_key();
-    let ours = introduce(
-        &context.identity,
-        &context.config.device_name,
-        &binding,
-        role,
-    );
-    let peer_role = match role {
-        Role::Sender => Role::Receiver,
-        Role::Receiver => Role::Sender,
-    };
     let bad = |_| {
         fail(
             ErrorKind::Protocol,
             "the other device sent a malformed pairing message",
         )
     };
-    session
-        .send(&serde_json::to_vec(&ours).map_err(|_| bad(()))?)
-        .await
-        .map_err(signal)?;
-    let theirs: PairMessage =
-        serde_json::from_slice(&session.recv().await.map_err(signal)?).map_err(|_| bad(()))?;
-    let (name, key) = check_peer(&theirs, &binding, peer_role)
-        .map_err(|e| fail(ErrorKind::Protocol, e.to_string()))?;
+    // Waiting for the other device and meeting it: the client sends nothing meanwhile, so
+    // anything it does — above all leaving (Ctrl-C) — ends the pairing and frees the code.
+    let meet = async {
+        let mut client = client;
+        if role == Role::Sender {
+            client.wait_for_peer().await.map_err(signal)?;
+        }
+        let mut session = Session::establish_with(client, role, &code, Some(PAIR_IDENTITIES))
+            .await
+            .map_err(signal)?;
+        let binding = session.binding_key();
+        let ours = introduce(
+            &context.identity,
+            &context.config.device_name,
+            &binding,
+            role,
+        );
+        let peer_role = match role {
+            Role::Sender => Role::Receiver,
+            Role::Receiver => Role::Sender,
+        };
+        session
+            .send(&serde_json::to_vec(&ours).map_err(|_| bad(()))?)
+            .await
+            .map_err(signal)?;
+        let theirs: PairMessage =
+            serde_json::from_slice(&session.recv().await.map_err(signal)?).map_err(|_| bad(()))?;
+        let (name, key) = check_peer(&theirs, &binding, peer_role)
+            .map_err(|e| fail(ErrorKind::Protocol, e.to_string()))?;
+        Ok::<_, Outcome>((session, name, key))
+    };
+    let left = async {
+        let mut byte = [0u8; 1];
+        let _ = stream.read(&mut byte).await;
+    };
+    let (mut session, name, key) = tokio::select! {
+        met = meet => met?,
+        _ = left => return Err(fail(ErrorKind::Cancelled, "the pairing was cancelled on this side")),
+    };
     let shown = fingerprint(&key);
     write_frame(
         stream,

@@ -199,6 +199,20 @@ pub(super) async fn check_route(
     Ok(())
 }
 
+/// A receiver's answer to the offer: yes at once with `accept`, else the person's (the
+/// job waits in `AwaitingApproval`); a yes moves the job to `Transferring`.
+pub(super) async fn approval(job: Arc<Job>, accept: bool) -> bool {
+    let accepted = accept || {
+        let answer = job.ask();
+        job.set_state(JobState::AwaitingApproval);
+        answer.await.unwrap_or(false)
+    };
+    if accepted {
+        job.set_state(JobState::Transferring);
+    }
+    accepted
+}
+
 /// The job's durable record, once it has one.
 struct Durable {
     record: JobRecord,
@@ -392,27 +406,7 @@ pub async fn run_receive(
             connection.close().await;
             return Err(error);
         }
-        let approval = {
-            let job = job.clone();
-            async move {
-                if accept {
-                    return true;
-                }
-                let answer = job.ask();
-                job.set_state(JobState::AwaitingApproval);
-                answer.await.unwrap_or(false)
-            }
-        };
-        let transferring = {
-            let job = job.clone();
-            async move {
-                let accepted = approval.await;
-                if accepted {
-                    job.set_state(JobState::Transferring);
-                }
-                accepted
-            }
-        };
+        let transferring = approval(job.clone(), accept);
         let mut fresh = JobRecord::new(
             Direction::Receive,
             &secret,

@@ -200,3 +200,43 @@ async fn a_pairing_code_cannot_start_a_transfer() {
     );
     assert!(devices(&a).await.is_empty() && devices(&b).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pairing_whose_client_leaves_frees_its_code() {
+    let a = TestDaemon::start().await;
+    let b = a.peer().await;
+    let mut first = a.client().await;
+    first.send(Request::Pair { code: None }).await.unwrap();
+    let ServerFrame::PairCode { code } = next(&mut first).await else {
+        panic!("no code");
+    };
+    // Ctrl-C in `p2p pair`: the connection closes while it waits for the other device.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut second = b.client().await;
+        second
+            .send(Request::Pair {
+                code: Some(code.clone()),
+            })
+            .await
+            .unwrap();
+        match next(&mut second).await {
+            ServerFrame::Error {
+                kind: ErrorKind::UnknownCode,
+                message,
+            } => {
+                assert_eq!(
+                    message,
+                    "no pairing is waiting for that code: check it, or run p2p pair on the other device for a new one"
+                );
+                break;
+            }
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "the code still leads somewhere 10 s after its pairing was abandoned: {other:?}"
+            ),
+        }
+    }
+    assert!(devices(&a).await.is_empty() && devices(&b).await.is_empty());
+}

@@ -3,7 +3,6 @@
 //! `{"type":"offer"|"answer","sdp":…}`, carried between the two screens by a person.
 //! There is no rendezvous and no second attempt: a person would have to carry both again.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -12,12 +11,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use webrtc::peer_connection::{
-    PeerConnection, RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionState,
-    RTCSessionDescription,
+    RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
 };
 
 use super::negotiate::{Attempt, accept_channel};
-use super::{Connection, HANDSHAKE_TIMEOUT, RtcSettings, max_message_size};
+use super::{Connection, HANDSHAKE_TIMEOUT, RtcSettings};
 use crate::rendezvous::Role;
 use crate::rtc::RtcError;
 
@@ -230,22 +228,8 @@ impl Pending {
         limit: Duration,
         cancel: &CancellationToken,
     ) -> Result<Connection, RtcError> {
-        let result = self.wait(limit, cancel).await;
-        let (mut link, pc) = match (result, self.attempt.pc.clone()) {
-            (Ok(link), Some(pc)) => (link, pc),
-            (result, _) => {
-                self.attempt.close().await;
-                return Err(result.err().unwrap_or(RtcError::ChannelClosed));
-            }
-        };
-        if let Some(remote) = pc.remote_description().await {
-            link.set_peer_max_message(max_message_size(&remote.sdp));
-        }
-        Ok(Connection {
-            pc,
-            link,
-            state: self.attempt.state.clone(),
-        })
+        let opened = self.wait(limit, cancel).await;
+        self.attempt.finish(opened).await
     }
 
     async fn wait(
@@ -291,13 +275,6 @@ impl Pending {
     /// Gives the peer connection up.
     pub async fn close(mut self) {
         self.attempt.close().await;
-    }
-}
-
-/// The peer connection behind a pending description (for tests of what it announces).
-impl Pending {
-    pub fn peer_connection(&self) -> Option<Arc<dyn PeerConnection>> {
-        self.attempt.pc.clone()
     }
 }
 

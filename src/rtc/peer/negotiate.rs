@@ -122,6 +122,29 @@ impl Attempt {
         })
     }
 
+    /// The attempt's connection once its channel opened (held to the peer's message size);
+    /// otherwise the attempt is closed and the error returned.
+    pub(super) async fn finish(
+        mut self,
+        opened: Result<DataLink, RtcError>,
+    ) -> Result<Connection, RtcError> {
+        let (mut link, pc) = match (opened, self.pc.clone()) {
+            (Ok(link), Some(pc)) => (link, pc),
+            (opened, _) => {
+                self.close().await;
+                return Err(opened.err().unwrap_or(RtcError::ChannelClosed));
+            }
+        };
+        if let Some(remote) = pc.remote_description().await {
+            link.set_peer_max_message(max_message_size(&remote.sdp));
+        }
+        Ok(Connection {
+            pc,
+            link,
+            state: self.state.clone(),
+        })
+    }
+
     pub(super) async fn close(&mut self) {
         if let Some(pc) = &self.pc {
             let _ = pc.close().await;
@@ -348,21 +371,7 @@ async fn negotiate(
     }
     .await;
     session.close().await;
-    let (mut link, pc) = match (result, attempt.pc.clone()) {
-        (Ok(link), Some(pc)) => (link, pc),
-        (result, _) => {
-            attempt.close().await;
-            return Err(result.err().unwrap_or(RtcError::ChannelClosed));
-        }
-    };
-    if let Some(remote) = pc.remote_description().await {
-        link.set_peer_max_message(max_message_size(&remote.sdp));
-    }
-    Ok(Connection {
-        pc,
-        link,
-        state: attempt.state.clone(),
-    })
+    attempt.finish(result).await
 }
 
 async fn handle_signal(
