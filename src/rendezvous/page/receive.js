@@ -108,10 +108,12 @@ export async function receive(link) {
       if (!current || current.written + message.binary.length > current.size) {
         throw breakOff('bytes outside a file, or more than announced');
       }
+      // Counted before the write: a streamed download takes the buffer over.
+      const length = message.binary.length;
       current.hasher.update(message.binary);
       await current.sink.write(message.binary);
-      current.written += message.binary.length;
-      received += message.binary.length;
+      current.written += length;
+      received += length;
       const now = performance.now();
       if (now - lastReport > 200) {
         lastReport = now;
@@ -255,7 +257,8 @@ export async function openSink(folder, name) {
   // verified.
   const chunks = [];
   return {
-    write: async (bytes) => chunks.push(bytes.slice()),
+    // Each message arrives in a buffer of its own, which nothing else reuses: kept as is.
+    write: async (bytes) => chunks.push(bytes),
     commit: async () => {
       const url = URL.createObjectURL(new Blob(chunks));
       const a = document.createElement('a');
@@ -304,8 +307,11 @@ export async function streamedSink(name, base) {
       while (credits === 0 && !cancelled) await new Promise((resolve) => (waiting = resolve));
       if (cancelled) throw new Failure(`the download of ${name} was cancelled in the browser: nothing more was saved`);
       credits--;
-      const copy = bytes.slice();
-      port.postMessage({ chunk: copy.buffer }, [copy.buffer]);
+      // The message's own buffer, hashed already: handed to the worker, not copied (a view
+      // into a larger buffer, which the channel never makes, would be copied).
+      const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength;
+      const buffer = whole ? bytes.buffer : bytes.slice().buffer;
+      port.postMessage({ chunk: buffer }, [buffer]);
     },
     commit: async () => {
       port.postMessage({ done: true });
