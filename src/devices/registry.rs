@@ -37,8 +37,8 @@ impl Device {
     }
 }
 
-/// A name a device may give itself: 1 to 64 characters, no control, format or bidi
-/// characters, no `/`, not `.` or `..` (it may name a folder one day: `From NAME/`).
+/// A name a device may give itself: 1 to 64 characters, none that `terminal` counts as
+/// dangerous (controls, bidi and invisible characters), no `/`, not `.` or `..` (it may name a folder one day: `From NAME/`).
 pub fn valid_device_name(name: &str) -> bool {
     let count = name.chars().count();
     (1..=MAX_NAME_CHARS).contains(&count)
@@ -46,10 +46,7 @@ pub fn valid_device_name(name: &str) -> bool {
         && name != "."
         && name != ".."
         && !name.contains('/')
-        && !name.chars().any(|c| {
-            c.is_control()
-                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
-        })
+        && !name.chars().any(crate::terminal::is_dangerous_char)
 }
 
 #[derive(Debug, Default)]

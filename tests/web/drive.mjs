@@ -19,6 +19,19 @@ import path from 'node:path';
 const [mode, url, ...rest] = process.argv.slice(2);
 const LIMIT_MS = 120000;
 
+// Types the code, accepts the offer, and waits for the end.
+async function receiveWith(page, code) {
+  await page.fill('#code-input', code);
+  await page.click('#receive');
+  await page.waitForFunction(() => ['asking', 'failed'].includes(document.body.dataset.state), null, {
+    timeout: LIMIT_MS,
+  });
+  if ((await page.getAttribute('body', 'data-state')) === 'asking') await page.click('#accept');
+  await page.waitForFunction(() => ['done', 'failed', 'declined'].includes(document.body.dataset.state), null, {
+    timeout: LIMIT_MS,
+  });
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
@@ -53,15 +66,7 @@ try {
   } else if (mode === 'receive-fs') {
     const [code] = rest;
     await page.check('#use-fs');
-    await page.fill('#code-input', code);
-    await page.click('#receive');
-    await page.waitForFunction(() => ['asking', 'failed'].includes(document.body.dataset.state), null, {
-      timeout: LIMIT_MS,
-    });
-    if ((await page.getAttribute('body', 'data-state')) === 'asking') await page.click('#accept');
-    await page.waitForFunction(() => ['done', 'failed', 'declined'].includes(document.body.dataset.state), null, {
-      timeout: LIMIT_MS,
-    });
+    await receiveWith(page, code);
     result.files = await page.evaluate(async () => {
       const out = {};
       const walk = async (dir, prefix) => {
@@ -93,15 +98,7 @@ try {
     // Downloads, not the File System Access picker: a headless browser has no one to
     // answer a picker.
     if (await page.isVisible('#use-fs')) await page.uncheck('#use-fs');
-    await page.fill('#code-input', code);
-    await page.click('#receive');
-    await page.waitForFunction(() => ['asking', 'failed'].includes(document.body.dataset.state), null, {
-      timeout: LIMIT_MS,
-    });
-    if ((await page.getAttribute('body', 'data-state')) === 'asking') await page.click('#accept');
-    await page.waitForFunction(() => ['done', 'failed', 'declined'].includes(document.body.dataset.state), null, {
-      timeout: LIMIT_MS,
-    });
+    await receiveWith(page, code);
     result.saved = await Promise.all(downloads);
   } else {
     throw new Error(`unknown mode ${mode}`);

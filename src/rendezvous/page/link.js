@@ -3,7 +3,7 @@
 // backpressure, and the channel proof over the certificates from getStats().
 
 import * as lib from '/lib.mjs';
-import { $, Failure, showError, status, humanBytes, base64, unbase64, withTimeout, Progress, took } from './ui.js';
+import { $, Failure, showError, status, humanBytes, base64, unbase64, withTimeout, Progress, took, Inbox } from './ui.js';
 import { HINT, MESSAGES, TAMPERED, Rendezvous, establish } from './rendezvous.js';
 
 export const LABEL = 'p2pd/3';
@@ -94,12 +94,11 @@ export async function connect(session, role, iceServers) {
 }
 
 // One data channel as a queue of messages, with backpressure on its buffered amount.
-export class Channel {
+export class Channel extends Inbox {
   constructor(dc, peerMax) {
+    super();
     this.dc = dc;
     this.max = Math.min(CHUNK_BYTES, peerMax);
-    this.queue = [];
-    this.waiting = [];
     this.closed = false;
     dc.bufferedAmountLowThreshold = LOW_WATER;
     dc.onmessage = (event) => {
@@ -121,17 +120,6 @@ export class Channel {
       if (this.drainWaiter) this.drainWaiter();
       this.deliver({ control: { type: 'closed' } });
     };
-  }
-
-  deliver(message) {
-    const waiter = this.waiting.shift();
-    if (waiter) waiter(message);
-    else this.queue.push(message);
-  }
-
-  next() {
-    if (this.queue.length) return Promise.resolve(this.queue.shift());
-    return new Promise((resolve) => this.waiting.push(resolve));
   }
 
   // The next control message (binary is a protocol error here).

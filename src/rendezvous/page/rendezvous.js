@@ -2,7 +2,7 @@
 // confirmation and sealed JSON messages over it. Errors use the CLI's words.
 
 import * as lib from '/lib.mjs';
-import { $, Failure, showError, status, humanBytes, base64, unbase64, withTimeout, Progress, took } from './ui.js';
+import { $, Failure, showError, status, humanBytes, base64, unbase64, withTimeout, Progress, took, Inbox } from './ui.js';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -27,12 +27,11 @@ export const TAMPERED =
 
 // ---- the rendezvous (§2) ----
 
-export class Rendezvous {
+export class Rendezvous extends Inbox {
   constructor(role) {
+    super();
     this.role = role;
     this.url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/`;
-    this.queue = [];
-    this.waiting = [];
     this.closed = false;
   }
 
@@ -56,17 +55,6 @@ export class Rendezvous {
         this.deliver({ type: 'closed' });
       };
     });
-  }
-
-  deliver(message) {
-    const waiter = this.waiting.shift();
-    if (waiter) waiter(message);
-    else this.queue.push(message);
-  }
-
-  next() {
-    if (this.queue.length) return Promise.resolve(this.queue.shift());
-    return new Promise((resolve) => this.waiting.push(resolve));
   }
 
   send(message) {

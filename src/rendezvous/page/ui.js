@@ -69,3 +69,22 @@ export function took(started, bytes) {
   const seconds = (performance.now() - started) / 1000;
   return ` in ${seconds.toFixed(1)} s (${humanBytes(seconds > 0 ? bytes / seconds : 0)}/s)`;
 }
+
+// Messages that arrive before anyone asks, and askers that wait for the next one.
+export class Inbox {
+  constructor() {
+    this.queue = [];
+    this.waiting = [];
+  }
+
+  deliver(message) {
+    const waiter = this.waiting.shift();
+    if (waiter) waiter(message);
+    else this.queue.push(message);
+  }
+
+  next() {
+    if (this.queue.length) return Promise.resolve(this.queue.shift());
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+}
