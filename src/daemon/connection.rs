@@ -147,10 +147,7 @@ pub async fn serve(
                 let devices = jobs.context.devices.clone();
                 let removed = tokio::task::spawn_blocking(move || {
                     let mut registry = devices.lock().unwrap_or_else(|p| p.into_inner());
-                    match registry.remove(&name) {
-                        Some(_) => registry.save().map(|_| true),
-                        None => Ok(false),
-                    }
+                    registry.remove(&name).map(|removed| removed.is_some())
                 })
                 .await;
                 let frame = match removed {

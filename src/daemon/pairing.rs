@@ -223,8 +223,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let devices = context.devices.clone();
     let stored = tokio::task::spawn_blocking(move || {
         let mut registry = devices.lock().unwrap_or_else(|p| p.into_inner());
-        let stored = registry.add(&name, &key, now);
-        registry.save().map(|_| stored)
+        registry.add(&name, &key, now)
     })
     .await
     .map_err(|_| fail(ErrorKind::Io, "saving the pairing stopped"))?

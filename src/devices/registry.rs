@@ -83,34 +83,48 @@ impl Registry {
         self.devices.iter().find(|d| d.name == name)
     }
 
-    /// Records a pairing and returns the name it is kept under: a device already known by
-    /// its key is renamed in place; a name another key holds gets a number (`laptop (2)`).
-    pub fn add(&mut self, name: &str, key: &[u8; 32], now_unix: u64) -> String {
+    /// Records a pairing, durably, and returns the name it is kept under: a device already
+    /// known by its key is renamed in place; a name another key holds gets a number
+    /// (`laptop (2)`). If it cannot be saved, nothing changes.
+    pub fn add(&mut self, name: &str, key: &[u8; 32], now_unix: u64) -> io::Result<String> {
         let hex_key = hex::encode(key);
-        self.devices.retain(|d| d.public_key != hex_key);
+        let mut next = self.devices.clone();
+        next.retain(|d| d.public_key != hex_key);
         let mut stored = name.to_owned();
         let mut n = 2;
-        while self.find(&stored).is_some() {
+        while next.iter().any(|d| d.name == stored) {
             stored = format!("{name} ({n})");
             n += 1;
         }
-        self.devices.push(Device {
+        next.push(Device {
             name: stored.clone(),
             public_key: hex_key,
             paired_unix: now_unix,
             last_seen_unix: Some(now_unix),
         });
-        stored
+        self.commit(next)?;
+        Ok(stored)
     }
 
-    pub fn remove(&mut self, name: &str) -> Option<Device> {
-        let at = self.devices.iter().position(|d| d.name == name)?;
-        Some(self.devices.remove(at))
+    /// Forgets a device, durably; `None` if none has that name. If it cannot be saved,
+    /// nothing changes.
+    pub fn remove(&mut self, name: &str) -> io::Result<Option<Device>> {
+        let Some(at) = self.devices.iter().position(|d| d.name == name) else {
+            return Ok(None);
+        };
+        let mut next = self.devices.clone();
+        let removed = next.remove(at);
+        self.commit(next)?;
+        Ok(Some(removed))
     }
 
-    pub fn save(&self) -> io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(&self.devices).map_err(io::Error::other)?;
-        write_private(&self.path, &bytes)
+    /// Saves `next`, and only then makes it the list: memory never says what the disk
+    /// does not.
+    fn commit(&mut self, next: Vec<Device>) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(&next).map_err(io::Error::other)?;
+        write_private(&self.path, &bytes)?;
+        self.devices = next;
+        Ok(())
     }
 }
 
@@ -143,17 +157,31 @@ mod tests {
     fn pairings_survive_a_reload_and_names_never_collide() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
-        assert_eq!(registry.add("laptop", &[1; 32], 10), "laptop");
-        assert_eq!(registry.add("laptop", &[2; 32], 11), "laptop (2)");
+        assert_eq!(registry.add("laptop", &[1; 32], 10).unwrap(), "laptop");
+        assert_eq!(registry.add("laptop", &[2; 32], 11).unwrap(), "laptop (2)");
         // The same key again: renamed in place, not a second entry.
-        assert_eq!(registry.add("work", &[1; 32], 12), "work");
-        registry.save().unwrap();
+        assert_eq!(registry.add("work", &[1; 32], 12).unwrap(), "work");
         let reloaded = Registry::load(dir.path()).unwrap();
         let names: Vec<_> = reloaded.list().iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["laptop (2)", "work"]);
         assert_eq!(reloaded.find("work").unwrap().key(), Some([1; 32]));
         let mut reloaded = reloaded;
-        assert!(reloaded.remove("work").is_some());
-        assert!(reloaded.remove("work").is_none());
+        assert!(reloaded.remove("work").unwrap().is_some());
+        assert!(reloaded.remove("work").unwrap().is_none());
+        assert!(Registry::load(dir.path()).unwrap().find("work").is_none());
+    }
+
+    #[test]
+    fn a_change_that_cannot_be_saved_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::load(dir.path()).unwrap();
+        registry.add("laptop", &[1; 32], 10).unwrap();
+        // The file's place taken by a folder: every save fails.
+        std::fs::remove_file(dir.path().join(DEVICES_FILE)).unwrap();
+        std::fs::create_dir(dir.path().join(DEVICES_FILE)).unwrap();
+        assert!(registry.add("phone", &[2; 32], 11).is_err());
+        assert!(registry.remove("laptop").is_err());
+        let names: Vec<_> = registry.list().iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["laptop"]);
     }
 }
