@@ -15,6 +15,8 @@ use crate::transfer::names::Limits;
 pub const DEFAULT_CODE_TTL: Duration = Duration::from_secs(600);
 /// How long an interrupted job keeps trying to resume.
 pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// How long a send to a paired device waits for it to come online, unless configured.
+pub const DEFAULT_DEVICE_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// The config file as written. Every daemon flag has a key here; unknown keys are errors.
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -35,6 +37,8 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     /// How long an interrupted job keeps trying to resume before it fails.
     pub resume_window_secs: Option<u64>,
+    /// How long `p2p send --to NAME` waits for an offline device to come online.
+    pub device_wait_secs: Option<u64>,
     /// Local UDP addresses WebRTC binds, like `["0.0.0.0:0"]`.
     pub ice_bind: Option<Vec<String>>,
     /// Send and receive buffer of each WebRTC UDP socket (default 4 MiB; 0 = kernel default).
@@ -199,6 +203,8 @@ pub struct DaemonConfig {
     /// Durable job records live here.
     pub state_dir: PathBuf,
     pub resume_window: Duration,
+    /// How long a send to a paired device waits for it to come online.
+    pub device_wait: Duration,
     pub rtc: RtcSettings,
     pub limits: Limits,
     /// The path policy of transfers whose request does not choose one.
@@ -271,6 +277,7 @@ pub struct Overrides {
     pub download_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub resume_window_secs: Option<u64>,
+    pub device_wait_secs: Option<u64>,
     pub rendezvous: Option<String>,
     pub rendezvous_ca: Option<PathBuf>,
     pub rendezvous_listen: Option<SocketAddr>,
@@ -305,6 +312,12 @@ impl DaemonConfig {
                 .resume_window_secs
                 .or(file.resume_window_secs)
                 .unwrap_or(DEFAULT_RESUME_WINDOW.as_secs()),
+        );
+        let device_wait = Duration::from_secs(
+            flags
+                .device_wait_secs
+                .or(file.device_wait_secs)
+                .unwrap_or(DEFAULT_DEVICE_WAIT.as_secs()),
         );
         let ca = flags.rendezvous_ca.or(file.rendezvous_ca);
         let rendezvous = match flags.rendezvous.or(file.rendezvous) {
@@ -404,6 +417,7 @@ impl DaemonConfig {
             code_ttl,
             state_dir,
             resume_window,
+            device_wait,
             rtc: RtcSettings {
                 ice_servers: file.ice_servers,
                 bind,

@@ -48,6 +48,9 @@ struct Args {
     /// Seconds an interrupted job keeps trying to resume before it fails (default 24 h).
     #[arg(long)]
     resume_window: Option<u64>,
+    /// Seconds `p2p send --to NAME` waits for an offline device to come online (default 24 h).
+    #[arg(long)]
+    device_wait: Option<u64>,
     /// Local UDP address for WebRTC (repeatable). Default: 0.0.0.0:0, every interface.
     #[arg(long)]
     ice_bind: Vec<String>,
@@ -264,6 +267,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         download_dir: args.download_dir,
         state_dir: args.state_dir,
         resume_window_secs: args.resume_window,
+        device_wait_secs: args.device_wait,
         rendezvous: args.rendezvous,
         rendezvous_ca: args.rendezvous_ca,
         rendezvous_listen: args.rendezvous_listen,

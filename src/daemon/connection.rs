@@ -75,8 +75,11 @@ pub async fn serve(
                 words,
                 text,
                 manual,
+                to,
             } => {
-                let created = jobs.start_send(paths, path, words, text, manual).await;
+                let created = jobs
+                    .start_send(paths, path, words, text, (manual, to))
+                    .await;
                 reply_created(&mut stream, &jobs, created, follow, &shutdown).await?;
             }
             Request::Receive {
@@ -123,48 +126,25 @@ pub async fn serve(
                 };
                 write_frame(&mut stream, &frame).await?
             }
-            Request::Devices => {
-                let list = {
-                    let registry = jobs
-                        .context
-                        .devices
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    registry
-                        .list()
-                        .iter()
-                        .map(|d| crate::ipc::messages::DeviceInfo {
-                            name: crate::terminal::escape_controls(&d.name),
-                            fingerprint: d.fingerprint(),
-                            paired_unix: d.paired_unix,
-                            last_seen_unix: d.last_seen_unix,
-                        })
-                        .collect()
-                };
-                write_frame(&mut stream, &ServerFrame::Devices(list)).await?
-            }
+            Request::Devices => write_frame(&mut stream, &super::devices::list(&jobs)).await?,
             Request::Unpair { name } => {
-                let devices = jobs.context.devices.clone();
-                let removed = tokio::task::spawn_blocking(move || {
-                    let mut registry = devices.lock().unwrap_or_else(|p| p.into_inner());
-                    registry.remove(&name).map(|removed| removed.is_some())
-                })
-                .await;
-                let frame = match removed {
-                    Ok(Ok(true)) => ServerFrame::Done,
-                    Ok(Ok(false)) => ServerFrame::Error {
-                        kind: ErrorKind::NotFound,
-                        message: "no paired device has that name: p2p devices lists them".into(),
-                    },
-                    _ => ServerFrame::Error {
-                        kind: ErrorKind::Io,
-                        message: "cannot save the paired devices in the state directory".into(),
-                    },
-                };
+                let frame = super::devices::unpair(&jobs, name).await;
+                write_frame(&mut stream, &frame).await?
+            }
+            Request::Rule {
+                name,
+                rule,
+                max_files,
+                max_bytes,
+            } => {
+                let frame = super::devices::rule(&jobs, name, rule, max_files, max_bytes).await;
                 write_frame(&mut stream, &frame).await?
             }
             Request::Pair { code } => {
-                super::pairing::pair(&mut stream, &jobs.context, code).await?
+                let paired = super::pairing::pair(&mut stream, &jobs.context, code).await;
+                // A new pairing gets its mailbox at once, whatever became of the client.
+                super::mailbox::sync(&jobs);
+                paired?
             }
             Request::Confirm { .. } => {
                 let frame = ServerFrame::Error {

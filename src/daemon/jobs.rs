@@ -41,6 +41,8 @@ pub struct Context {
     pub identity: Arc<crate::devices::identity::Identity>,
     /// The devices paired with it.
     pub devices: Arc<Mutex<crate::devices::registry::Registry>>,
+    /// Where paired devices reach it, and the turns its sends take at theirs.
+    pub mailboxes: super::mailbox::Mailboxes,
 }
 
 pub struct Job {
@@ -135,6 +137,21 @@ impl Job {
         rx
     }
 
+    /// The paired device on the other side, and, for a send waiting for it to come
+    /// online, when it stops waiting.
+    pub fn set_device(&self, name: &str, wait_deadline_unix: Option<u64>) {
+        let name = escape_controls(name);
+        self.info.send_modify(|info| {
+            info.device = Some(name);
+            info.wait_deadline_unix = wait_deadline_unix;
+        });
+    }
+
+    /// A send to a paired device met it: no more waiting.
+    pub fn met_device(&self) {
+        self.info.send_modify(|info| info.wait_deadline_unix = None);
+    }
+
     /// The short authentication string both screens show (manual signaling).
     pub fn set_sas(&self, sas: String) {
         self.info.send_modify(|info| info.sas = Some(sas));
@@ -210,7 +227,7 @@ pub struct Jobs {
     history: Arc<Mutex<History>>,
     history_file: HistoryFile,
     pub(super) tracker: TaskTracker,
-    shutdown: CancellationToken,
+    pub(super) shutdown: CancellationToken,
     pub(super) context: Arc<Context>,
 }
 
@@ -239,6 +256,23 @@ fn check_text(text: &str, paths: &[PathBuf]) -> Result<(), Failure> {
         ));
     }
     Ok(())
+}
+
+/// Opens every file to send (or checks the text): nothing is sent from a path that fails.
+pub(super) async fn collect(
+    paths: Vec<PathBuf>,
+    text: Option<&str>,
+) -> Result<source::Sources, Failure> {
+    match text {
+        Some(text) => {
+            check_text(text, &paths)?;
+            Ok(source::Sources::default())
+        }
+        None => tokio::task::spawn_blocking(move || source::collect(&paths))
+            .await
+            .map_err(|_| failure(ErrorKind::Io, "opening the files failed"))?
+            .map_err(|e| failure(ErrorKind::BadRequest, error_line(&e))),
+    }
 }
 
 /// What a send job shows of its files before any is verified.
@@ -336,6 +370,8 @@ impl Jobs {
             text: None,
             signal: None,
             sas: None,
+            device: None,
+            wait_deadline_unix: None,
         };
         // Not a child of the daemon's shutdown: stopping the daemon interrupts a durable
         // job (to resume later) rather than cancelling it; the runner decides.
@@ -449,10 +485,16 @@ impl Jobs {
         path: PathPolicy,
         words: Option<String>,
         text: Option<String>,
-        manual: bool,
+        (manual, to): (bool, Option<String>),
     ) -> Result<JobInfo, Failure> {
         self.refuse_if_stopping()?;
         let path = self.resolve_path(path)?;
+        if to.is_some() && (manual || words.is_some()) {
+            return Err(failure(
+                ErrorKind::BadRequest,
+                "--to sends to a paired device without a code: leave out --code and --manual",
+            ));
+        }
         if manual && words.is_some() {
             return Err(failure(
                 ErrorKind::BadRequest,
@@ -464,16 +506,14 @@ impl Jobs {
             Code::with_words(0, words)
                 .map_err(|e| failure(ErrorKind::BadRequest, e.to_string()))?;
         }
-        let sources = match &text {
-            Some(text) => {
-                check_text(text, &paths)?;
-                source::Sources::default()
-            }
-            None => tokio::task::spawn_blocking(move || source::collect(&paths))
-                .await
-                .map_err(|_| failure(ErrorKind::Io, "opening the files failed"))?
-                .map_err(|e| failure(ErrorKind::BadRequest, error_line(&e)))?,
+        let target = match &to {
+            Some(name) => Some(self.target(name)?),
+            None => None,
         };
+        let sources = collect(paths, text.as_deref()).await?;
+        if let Some(target) = target {
+            return Ok(self.start_send_to(target, sources, text, path));
+        }
         if manual {
             return Ok(self.start_manual_send(sources, text, path));
         }
@@ -498,7 +538,13 @@ impl Jobs {
         let info = job.info.borrow().clone();
         let context = self.context.clone();
         self.tracker.spawn(
-            runner::run_send(job, context, client, code, (sources, text), path)
+            runner::run_send(
+                job,
+                context,
+                runner::SendMeeting::Code { client, code },
+                (sources, text),
+                path,
+            )
                 .instrument(tracing::info_span!("job", id = info.id, dir = "send")),
         );
         Ok(info)
@@ -523,7 +569,14 @@ impl Jobs {
         let info = job.info.borrow().clone();
         let context = self.context.clone();
         self.tracker.spawn(
-            runner::run_receive(job, context, code, dir, accept, path)
+            runner::run_receive(
+                job,
+                context,
+                runner::ReceiveMeeting::Code(code),
+                (dir, self.context.config.limits),
+                accept,
+                path,
+            )
                 .instrument(tracing::info_span!("job", id = info.id, dir = "receive")),
         );
         Ok(info)

@@ -2,8 +2,11 @@
 //! Only the daemon spawns tasks, and every task stops when `shutdown` fires.
 
 pub(crate) mod connection;
+mod device_jobs;
+mod devices;
 pub mod history;
 pub mod jobs;
+pub mod mailbox;
 pub mod manual;
 pub mod notify;
 pub mod pairing;
@@ -135,11 +138,13 @@ impl Daemon {
                 rendezvous_url: rendezvous_url.clone(),
                 shutdown: shutdown.clone(),
                 space: Default::default(),
+                mailboxes: Default::default(),
             },
             shutdown.clone(),
             tracker.clone(),
         ));
         jobs.restore().await;
+        mailbox::sync(&jobs);
         tracker.spawn(accept_loop(
             listener,
             jobs,

@@ -11,6 +11,7 @@ use tracing::info;
 use super::connection::FRAME_LIMIT;
 use super::jobs::{Context, signal_failure};
 use crate::devices::identity::fingerprint;
+use crate::devices::mailbox::PairSecret;
 use crate::devices::pairing::{PAIR_IDENTITIES, PairMessage, check_peer, introduce};
 use crate::ipc::codec::{CodecError, read_frame_within, write_frame};
 use crate::ipc::messages::{ClientFrame, ErrorKind, Request, ServerFrame};
@@ -150,13 +151,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             serde_json::from_slice(&session.recv().await.map_err(signal)?).map_err(|_| bad(()))?;
         let (name, key) = check_peer(&theirs, &binding, peer_role)
             .map_err(|e| fail(ErrorKind::Protocol, e.to_string()))?;
-        Ok::<_, Outcome>((session, name, key))
+        let secret = PairSecret::from_pairing(&binding);
+        Ok::<_, Outcome>((session, name, key, secret))
     };
     let left = async {
         let mut byte = [0u8; 1];
         let _ = stream.read(&mut byte).await;
     };
-    let (mut session, name, key) = tokio::select! {
+    let (mut session, name, key, secret) = tokio::select! {
         met = meet => met?,
         _ = left => return Err(fail(ErrorKind::Cancelled, "the pairing was cancelled on this side")),
     };
@@ -223,7 +225,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let devices = context.devices.clone();
     let stored = tokio::task::spawn_blocking(move || {
         let mut registry = devices.lock().unwrap_or_else(|p| p.into_inner());
-        registry.add(&name, &key, now)
+        registry.add(&name, &key, secret, now)
     })
     .await
     .map_err(|_| fail(ErrorKind::Io, "saving the pairing stopped"))?

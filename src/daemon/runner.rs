@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::jobs::{Context, Job, signal_failure};
+use super::mailbox::{self, MeetError, Target};
+use crate::devices::mailbox::DeviceMessage;
 use super::record::{self, JobRecord, RecordStore};
 use crate::ipc::messages::{Direction, ErrorKind, Failure, JobState, PathPolicy};
 use crate::rendezvous::client::RendezvousClient;
@@ -17,6 +19,7 @@ use crate::rendezvous::{Code, Role, Session, SignalError};
 use crate::rtc::{self, RtcError, RtcSettings};
 use crate::terminal::error_line;
 use crate::transfer::journal::Journal;
+use crate::transfer::names::Limits;
 use crate::transfer::source::Sources;
 use crate::transfer::wire::Manifest;
 use crate::transfer::{self, Observer, TransferError, receiver, sender};
@@ -33,6 +36,8 @@ pub(super) enum JobError {
     NoAnswer,
     /// `--manual`: the sender's person did not confirm the authentication string.
     NotConfirmed,
+    /// `--to NAME`: the paired device was not met, or did not prove itself.
+    Meet(MeetError),
     Cancelled,
 }
 
@@ -104,6 +109,15 @@ impl JobError {
                     "no answer was pasted within {} minutes: run p2p send --manual again",
                     super::manual::ANSWER_WAIT.as_secs() / 60
                 ),
+            ),
+            JobError::Meet(MeetError::Signal(e)) => return signal_failure(e),
+            JobError::Meet(e) => (
+                match e {
+                    MeetError::Offline(..) => ErrorKind::PeerGone,
+                    MeetError::Refused(_) => ErrorKind::Declined,
+                    _ => ErrorKind::Protocol,
+                },
+                error_line(e),
             ),
             JobError::NotConfirmed => (
                 ErrorKind::Declined,
@@ -249,6 +263,7 @@ impl JobError {
             | JobError::NoRelay
             | JobError::NoAnswer
             | JobError::NotConfirmed
+            | JobError::Meet(_)
             | JobError::Cancelled => false,
         }
     }
@@ -287,11 +302,26 @@ pub(super) async fn until_lost<T>(
     }
 }
 
+/// How a sender meets its receiver.
+pub enum SendMeeting {
+    /// At the nameplate it allocated, with the code its person passes on.
+    Code { client: RendezvousClient, code: Code },
+    /// At a paired device's mailbox (`--to NAME`).
+    Device(Target),
+}
+
+/// How a receiver meets its sender.
+pub enum ReceiveMeeting {
+    /// By claiming the code's nameplate.
+    Code(Code),
+    /// A paired device met at this daemon's mailbox, its session open and proven.
+    Met(Session),
+}
+
 pub async fn run_send(
     job: Arc<Job>,
     context: Arc<Context>,
-    mut client: RendezvousClient,
-    code: Code,
+    meeting: SendMeeting,
     (sources, text): (Sources, Option<String>),
     path: PathPolicy,
 ) {
@@ -299,12 +329,27 @@ pub async fn run_send(
     let durable = AtomicBool::new(false);
     let mut record = None;
     let work = async {
-        or_cancel(&cancel, async { Ok(client.wait_for_peer().await?) }).await?;
-        job.set_state(JobState::Negotiating);
-        let session = or_cancel(&cancel, async {
-            Ok(Session::establish(client, Role::Sender, &code).await?)
-        })
-        .await?;
+        let session = match meeting {
+            SendMeeting::Code { mut client, code } => {
+                or_cancel(&cancel, async { Ok(client.wait_for_peer().await?) }).await?;
+                job.set_state(JobState::Negotiating);
+                or_cancel(&cancel, async {
+                    Ok(Session::establish(client, Role::Sender, &code).await?)
+                })
+                .await?
+            }
+            SendMeeting::Device(target) => {
+                let met = or_cancel(&cancel, async {
+                    mailbox::meet(&context, &target, DeviceMessage::Transfer)
+                        .await
+                        .map_err(JobError::Meet)
+                })
+                .await?;
+                job.met_device();
+                job.set_state(JobState::Negotiating);
+                met
+            }
+        };
         let binding_key = session.binding_key();
         let secret = session.resume_secret();
         let settings = settings_for(&context, path, &session)?;
@@ -381,8 +426,8 @@ pub async fn run_send(
 pub async fn run_receive(
     job: Arc<Job>,
     context: Arc<Context>,
-    code: Code,
-    dir: PathBuf,
+    meeting: ReceiveMeeting,
+    (dir, limits): (PathBuf, Limits),
     accept: bool,
     path: PathPolicy,
 ) {
@@ -390,13 +435,18 @@ pub async fn run_receive(
     let durable = Arc::new(AtomicBool::new(false));
     let mut kept = None;
     let work = async {
-        let session = or_cancel(&cancel, async {
-            let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
-            client.claim(code.nameplate).await?;
-            job.set_state(JobState::Negotiating);
-            Ok(Session::establish(client, Role::Receiver, &code).await?)
-        })
-        .await?;
+        let session = match meeting {
+            ReceiveMeeting::Code(code) => {
+                or_cancel(&cancel, async {
+                    let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+                    client.claim(code.nameplate).await?;
+                    job.set_state(JobState::Negotiating);
+                    Ok(Session::establish(client, Role::Receiver, &code).await?)
+                })
+                .await?
+            }
+            ReceiveMeeting::Met(session) => session,
+        };
         let binding_key = session.binding_key();
         let secret = session.resume_secret();
         let settings = settings_for(&context, path, &session)?;
@@ -424,7 +474,7 @@ pub async fn run_receive(
         });
         let plan = Arc::new(receiver::Plan {
             dir: dir.clone(),
-            limits: context.config.limits,
+            limits,
             tag: fresh.tag.clone().unwrap_or_default(),
             journal: Some(journal.clone()),
             disk: Default::default(),

@@ -2,5 +2,6 @@
 //! ceremony itself runs in `daemon::pairing`; what is pure lives here.
 
 pub mod identity;
+pub mod mailbox;
 pub mod pairing;
 pub mod registry;

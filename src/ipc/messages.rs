@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 pub type JobId = u64;
 
@@ -29,6 +29,9 @@ pub enum Request {
         /// No rendezvous and no code (`--manual`): the job shows its offer as `signal`
         /// and waits for an `Answer`; `words` must be absent.
         manual: bool,
+        /// To this paired device, without a code (`--to NAME`); `words` and `manual`
+        /// must be absent.
+        to: Option<String>,
     },
     /// Start receiving; `accept` skips the question. Updates follow if `follow`.
     Receive {
@@ -85,7 +88,17 @@ pub enum Request {
     Confirm {
         accept: bool,
     },
+    /// How offers from a paired device are handled → `Devices` (that device only), or
+    /// `Error { NotFound }`.
+    Rule {
+        name: String,
+        rule: Rule,
+        max_files: Option<u64>,
+        max_bytes: Option<u64>,
+    },
 }
+
+pub use crate::devices::registry::Rule;
 
 impl Request {
     /// What kind of request this is, safe to log.
@@ -105,6 +118,7 @@ impl Request {
             Request::Unpair { .. } => "unpair",
             Request::Pair { .. } => "pair",
             Request::Confirm { .. } => "confirm",
+            Request::Rule { .. } => "rule",
         }
     }
 }
@@ -180,6 +194,11 @@ pub enum ServerFrame {
         name: String,
         fingerprint: String,
     },
+    /// `Unpair` forgot the device here; `told` if the device heard of it and forgot this
+    /// one too.
+    Unpaired {
+        told: bool,
+    },
     Done,
     Error {
         kind: ErrorKind,
@@ -194,6 +213,13 @@ pub struct DeviceInfo {
     pub fingerprint: String,
     pub paired_unix: u64,
     pub last_seen_unix: Option<u64>,
+    /// What happens to its offers, and the caps that refuse them whatever the rule.
+    pub rule: Rule,
+    pub max_files: Option<u64>,
+    pub max_bytes: Option<u64>,
+    /// Whether `p2p send --to` can reach it (pairings made before that existed cannot:
+    /// they pair again).
+    pub reachable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +259,11 @@ pub struct JobSummary {
     pub signal: Option<String>,
     /// Manual signaling: the short authentication string both screens must show.
     pub sas: Option<String>,
+    /// The paired device on the other side (escaped), for a send `--to` it or an offer
+    /// from it.
+    pub device: Option<String>,
+    /// A send to a paired device that is offline: when it stops waiting (Unix seconds).
+    pub wait_deadline_unix: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -345,6 +376,11 @@ pub struct JobInfo {
     pub signal: Option<String>,
     /// Manual signaling: the short authentication string both screens must show.
     pub sas: Option<String>,
+    /// The paired device on the other side (escaped), for a send `--to` it or an offer
+    /// from it.
+    pub device: Option<String>,
+    /// A send to a paired device that is offline: when it stops waiting (Unix seconds).
+    pub wait_deadline_unix: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,6 +419,8 @@ impl JobInfo {
             text: self.text.clone(),
             signal: self.signal.clone(),
             sas: self.sas.clone(),
+            device: self.device.clone(),
+            wait_deadline_unix: self.wait_deadline_unix,
         }
     }
 
@@ -410,6 +448,8 @@ impl JobInfo {
         self.text = s.text.clone();
         self.signal = s.signal.clone();
         self.sas = s.sas.clone();
+        self.device = s.device.clone();
+        self.wait_deadline_unix = s.wait_deadline_unix;
     }
 
     /// Folds one frame about this job into the view. Returns true on `Created`/`Update`:

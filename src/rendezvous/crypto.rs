@@ -187,6 +187,26 @@ impl SessionKeys {
         }
     }
 
+    /// Keys for a session between two paired devices, from their pair secret and both
+    /// sides' fresh nonces. Unlike [`SessionKeys::resumed`], the session's resume secret is
+    /// its own (derived from the nonces), so each job started this way resumes on a
+    /// channel of its own.
+    pub fn between_devices(
+        pair_secret: &[u8; 32],
+        role: Role,
+        sender_nonce: &[u8],
+        receiver_nonce: &[u8],
+    ) -> SessionKeys {
+        let salt = [b"p2pd/1 device session".as_slice(), sender_nonce, receiver_nonce].concat();
+        let mut keys = SessionKeys {
+            role,
+            prk: extract(&salt, pair_secret),
+            resume: Secret::zero(),
+        };
+        keys.resume = keys.derive(b"resume", Role::Sender);
+        keys
+    }
+
     fn derive(&self, purpose: &[u8], role: Role) -> Secret {
         let mut out = Secret::zero();
         let info = [purpose, b" ", role.label()].concat();
@@ -381,6 +401,31 @@ mod tests {
         let (a, b) = pair("5-orbit-lantern", "5-orbit-lantern");
         let (tag_a, tag_b) = (a.our_confirmation(), b.our_confirmation());
         (a.confirm(&tag_b).unwrap(), b.confirm(&tag_a).unwrap())
+    }
+
+    #[test]
+    fn device_sessions_confirm_only_with_the_pair_secret_and_each_has_its_own_resume_secret() {
+        let pair = [3u8; 32];
+        let open = |nonce_s: &[u8], secret_r: &[u8; 32]| {
+            let s = SessionKeys::between_devices(&pair, Role::Sender, nonce_s, b"r");
+            let r = SessionKeys::between_devices(secret_r, Role::Receiver, nonce_s, b"r");
+            let (tag_s, tag_r) = (s.our_confirmation(), r.our_confirmation());
+            (s.confirm(&tag_r), r.confirm(&tag_s))
+        };
+        let (Ok(mut s1), Ok(mut r1)) = open(b"s1", &pair) else {
+            panic!("the same pair secret must confirm")
+        };
+        assert_eq!(r1.open(&s1.seal(b"hi")).unwrap(), b"hi");
+        assert_eq!(*s1.resume_secret(), *r1.resume_secret());
+        assert_eq!(*s1.binding_key(), *r1.binding_key());
+        let (Ok(s2), Ok(_)) = open(b"s2", &pair) else {
+            panic!("the same pair secret must confirm")
+        };
+        assert_ne!(*s1.resume_secret(), *s2.resume_secret(), "a job's own resume secret");
+        assert_ne!(*s1.resume_secret(), pair, "the pair secret never becomes a job's");
+        assert_ne!(*s1.binding_key(), *s2.binding_key());
+        let (s, r) = open(b"s1", &[4; 32]);
+        assert!(s.is_err() && r.is_err(), "a wrong pair secret never confirms");
     }
 
     #[test]

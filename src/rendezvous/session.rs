@@ -59,9 +59,36 @@ impl Session {
     /// sides send a fresh nonce, derive keys from the resume secret and confirm them. A
     /// peer without the secret fails here with [`SignalError::WrongCode`].
     pub async fn resume(
-        mut client: RendezvousClient,
+        client: RendezvousClient,
         role: Role,
         secret: &[u8; 32],
+    ) -> Result<Session, SignalError> {
+        Session::from_secret(client, role, |sender, receiver| {
+            SessionKeys::resumed(secret, role, sender, receiver)
+        })
+        .await
+    }
+
+    /// Opens a session between two paired devices over a `client` paired at a mailbox:
+    /// like [`Session::resume`], keyed from the pair secret, with a resume secret of its
+    /// own. A peer without the pair secret fails here with [`SignalError::WrongCode`].
+    pub async fn between_devices(
+        client: RendezvousClient,
+        role: Role,
+        pair_secret: &[u8; 32],
+    ) -> Result<Session, SignalError> {
+        Session::from_secret(client, role, |sender, receiver| {
+            SessionKeys::between_devices(pair_secret, role, sender, receiver)
+        })
+        .await
+    }
+
+    /// Both sides send a fresh nonce; `keys` makes the session's keys from them (the
+    /// sender's first), and both confirm.
+    async fn from_secret(
+        mut client: RendezvousClient,
+        role: Role,
+        keys: impl FnOnce(&[u8], &[u8]) -> SessionKeys,
     ) -> Result<Session, SignalError> {
         use rand::RngCore;
         let mut ours = [0u8; RESUME_NONCE_BYTES];
@@ -69,13 +96,13 @@ impl Session {
         client.relay(&ours).await?;
         let theirs = client.recv_relay().await?;
         if theirs.len() != RESUME_NONCE_BYTES {
-            return Err(SignalError::Protocol("bad resume nonce".into()));
+            return Err(SignalError::Protocol("bad session nonce".into()));
         }
         let (sender_nonce, receiver_nonce) = match role {
             Role::Sender => (&ours[..], &theirs[..]),
             Role::Receiver => (&theirs[..], &ours[..]),
         };
-        let keys = SessionKeys::resumed(secret, role, sender_nonce, receiver_nonce);
+        let keys = keys(sender_nonce, receiver_nonce);
         client.relay(&keys.our_confirmation()).await?;
         let peer_tag = client.recv_relay().await?;
         match keys.confirm(&peer_tag) {

@@ -1,5 +1,6 @@
-//! `p2p id`, `p2p pair`, `p2p devices`, `p2p unpair`: this device's identity and the
-//! devices paired with it.
+//! `p2p id`, `p2p pair`, `p2p devices`, `p2p unpair`, `p2p rule`, `p2p inbox`,
+//! `p2p accept`, `p2p decline`: this device's identity, the devices paired with it, and
+//! what they send.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
@@ -7,7 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
 use p2pd::ipc::client::IpcClient;
-use p2pd::ipc::messages::{DeviceInfo, Request, ServerFrame};
+use indicatif::HumanBytes;
+use p2pd::ipc::messages::{DeviceInfo, Direction, JobState, Request, Rule, ServerFrame};
 use p2pd::terminal::escape_controls;
 
 use crate::follow::unexpected;
@@ -38,6 +40,10 @@ pub async fn devices(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     "fingerprint": device.fingerprint,
                     "paired_unix": device.paired_unix,
                     "last_seen_unix": device.last_seen_unix,
+                    "rule": device.rule.as_str(),
+                    "max_files": device.max_files,
+                    "max_bytes": device.max_bytes,
+                    "reachable": device.reachable,
                 })
             );
         }
@@ -56,17 +62,42 @@ fn print_table(list: &[DeviceInfo]) {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!("{:<width$}  {:<29}  LAST SEEN", "NAME", "FINGERPRINT");
+    println!(
+        "{:<width$}  {:<29}  {:<14}  {:<24}  RULE",
+        "NAME", "FINGERPRINT", "LAST SEEN", "CAPS"
+    );
     for device in list {
         let seen = device
             .last_seen_unix
             .map(ago)
             .unwrap_or_else(|| "never".into());
+        let rule = if device.reachable {
+            device.rule.as_str()
+        } else {
+            "pair again to send"
+        };
         println!(
-            "{:<width$}  {:<29}  {seen}",
+            "{:<width$}  {:<29}  {seen:<14}  {:<24}  {rule}",
             escape_controls(&device.name),
-            device.fingerprint
+            device.fingerprint,
+            caps(device)
         );
+    }
+}
+
+/// "≤ 100 files, ≤ 2.00 GiB", or "-".
+fn caps(device: &DeviceInfo) -> String {
+    let mut caps = Vec::new();
+    if let Some(files) = device.max_files {
+        caps.push(format!("≤ {files} files"));
+    }
+    if let Some(bytes) = device.max_bytes {
+        caps.push(format!("≤ {}", HumanBytes(bytes)));
+    }
+    if caps.is_empty() {
+        "-".into()
+    } else {
+        caps.join(", ")
     }
 }
 
@@ -94,14 +125,159 @@ pub async fn unpair(socket: &Path, name: &str) -> anyhow::Result<ExitCode> {
         })
         .await?
     {
-        ServerFrame::Done => {
+        ServerFrame::Unpaired { told: true } => {
             eprintln!(
-                "Unpaired {}: this device no longer knows it (run p2p unpair on the other device too)",
+                "Unpaired {}: both devices forgot each other",
+                escape_controls(name)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ServerFrame::Unpaired { told: false } => {
+            eprintln!(
+                "Unpaired {}: this device forgot it; it could not be told, so run p2p unpair on it too",
                 escape_controls(name)
             );
             Ok(ExitCode::SUCCESS)
         }
         other => Err(unexpected(other)),
+    }
+}
+
+/// `p2p rule`'s second argument.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RuleArg {
+    Ask,
+    Auto,
+}
+
+/// A size like `500M`, `2G`, `1.5T` or `4096` (bytes), in powers of 1024.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a size: give bytes, or a number with K, M, G or T");
+    let trimmed = text.trim();
+    let upper = trimmed.to_ascii_uppercase();
+    let number = upper
+        .trim_end_matches('B')
+        .trim_end_matches('I');
+    let (digits, shift) = match number.chars().last() {
+        Some('K') => (&number[..number.len() - 1], 10),
+        Some('M') => (&number[..number.len() - 1], 20),
+        Some('G') => (&number[..number.len() - 1], 30),
+        Some('T') => (&number[..number.len() - 1], 40),
+        _ => (number, 0),
+    };
+    let value: f64 = digits.trim().parse().map_err(|_| bad())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(bad());
+    }
+    let bytes = value * (1u64 << shift) as f64;
+    if bytes >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+pub async fn rule(
+    socket: &Path,
+    name: String,
+    rule: RuleArg,
+    max_files: Option<u64>,
+    max_bytes: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let rule = match rule {
+        RuleArg::Ask => Rule::Ask,
+        RuleArg::Auto => Rule::Auto,
+    };
+    let mut client = IpcClient::connect(socket).await?;
+    let request = Request::Rule {
+        name,
+        rule,
+        max_files,
+        max_bytes,
+    };
+    match client.call(request).await? {
+        ServerFrame::Devices(list) => {
+            print_table(&list);
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Offers from paired devices waiting for a yes or no.
+pub async fn inbox(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = IpcClient::connect(socket).await?;
+    let jobs = match client.call(Request::List).await? {
+        ServerFrame::Jobs(jobs) => jobs,
+        other => return Err(unexpected(other)),
+    };
+    let waiting: Vec<_> = jobs
+        .into_iter()
+        .filter(|j| {
+            j.direction == Direction::Receive
+                && j.state == JobState::AwaitingApproval
+                && j.device.is_some()
+        })
+        .collect();
+    if json {
+        for job in &waiting {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "job": job.id,
+                    "from": job.device,
+                    "files": job.files,
+                    "bytes": job.bytes_total,
+                    "text": job.text,
+                })
+            );
+        }
+    } else if waiting.is_empty() {
+        eprintln!("Nothing waiting: offers from paired devices whose rule is ask show up here");
+    } else {
+        println!("{:>4}  {:<24}  {:>5}  {:>10}", "ID", "FROM", "FILES", "SIZE");
+        for job in &waiting {
+            println!(
+                "{:>4}  {:<24}  {:>5}  {:>10}",
+                job.id,
+                escape_controls(job.device.as_deref().unwrap_or("")),
+                job.files,
+                HumanBytes(job.bytes_total).to_string()
+            );
+        }
+        eprintln!("p2p accept ID takes an offer, p2p decline ID refuses it");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn decide(socket: &Path, id: u64, accept: bool) -> anyhow::Result<ExitCode> {
+    let mut client = IpcClient::connect(socket).await?;
+    match client.call(Request::Decide { job: id, accept }).await? {
+        ServerFrame::Done if accept => {
+            eprintln!("Accepted: p2p watch {id} follows it");
+            Ok(ExitCode::SUCCESS)
+        }
+        ServerFrame::Done => {
+            eprintln!("Declined: the sender is told");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+        for bad in ["", "lots", "-1G", "1X", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 }
 

@@ -87,6 +87,10 @@ enum Command {
         /// sides show an authentication string to compare.
         #[arg(long, conflicts_with_all = ["code", "detach"])]
         manual: bool,
+        /// Send to this paired device, without a code (p2p devices lists them). If it is
+        /// offline, the job waits for it (24 h unless p2pd's device_wait_secs says otherwise).
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["code", "manual"])]
+        to: Option<String>,
         #[command(flatten)]
         path: PathFlags,
     },
@@ -146,10 +150,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Forget a paired device on this side.
+    /// Forget a paired device here, and tell it to forget this one (if it can be reached
+    /// within 10 s).
     Unpair {
         /// Its name, as p2p devices lists it.
         name: String,
+    },
+    /// Set what happens to files a paired device sends: ask (they wait in p2p inbox) or
+    /// auto (saved to "From NAME" in the download directory). Offers past a cap are
+    /// refused either way, and the sender is told why.
+    Rule {
+        /// The device's name, as p2p devices lists it.
+        name: String,
+        /// ask or auto.
+        rule: devices::RuleArg,
+        /// Refuse offers of more files than this.
+        #[arg(long, value_name = "N")]
+        max_files: Option<u64>,
+        /// Refuse offers larger than this in total, like 500M or 2G (powers of 1024).
+        #[arg(long, value_name = "SIZE", value_parser = devices::parse_size)]
+        max_size: Option<u64>,
+    },
+    /// List offers from paired devices waiting for an answer.
+    Inbox {
+        /// One JSON object per offer on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept an offer waiting in p2p inbox.
+    Accept {
+        /// The offer's job number, as p2p inbox lists it.
+        id: u64,
+    },
+    /// Decline an offer waiting in p2p inbox; the sender is told.
+    Decline {
+        /// The offer's job number, as p2p inbox lists it.
+        id: u64,
     },
     /// Print a shell completion script, e.g. `p2p completions bash > /etc/bash_completion.d/p2p`.
     Completions {
@@ -231,6 +267,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             code,
             json,
             manual,
+            to,
             path,
         } => {
             // A bad word is found before anything is sent to the daemon.
@@ -275,6 +312,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     words: code,
                     text,
                     manual,
+                    to,
                 })
                 .await?;
             if detach {
@@ -388,6 +426,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Pair { code } => devices::pair(&socket, code).await,
         Command::Devices { json } => devices::devices(&socket, json).await,
         Command::Unpair { name } => devices::unpair(&socket, &name).await,
+        Command::Rule {
+            name,
+            rule,
+            max_files,
+            max_size,
+        } => devices::rule(&socket, name, rule, max_files, max_size).await,
+        Command::Inbox { json } => devices::inbox(&socket, json).await,
+        Command::Accept { id } => devices::decide(&socket, id, true).await,
+        Command::Decline { id } => devices::decide(&socket, id, false).await,
         Command::Clear => {
             let mut client = IpcClient::connect(&socket).await?;
             match client.call(Request::Clear).await? {

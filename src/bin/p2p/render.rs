@@ -139,6 +139,9 @@ impl Renderer {
             if let Some(dir) = &info.destination {
                 event["destination"] = json!(dir.to_string_lossy());
             }
+            if let Some(device) = &info.device {
+                event["device"] = json!(device);
+            }
             emit(event);
         } else if let Some(code) = &info.code {
             let mut out = std::io::stdout().lock();
@@ -188,6 +191,16 @@ impl Renderer {
             for line in text.lines() {
                 say!(out, "{line}");
             }
+        }
+        if state_changed
+            && info.state == JobState::WaitingForPeer
+            && let (Some(device), Some(deadline)) = (&info.device, info.wait_deadline_unix)
+        {
+            say!(
+                err,
+                "Waiting for {device} to come online ({}); Ctrl-C cancels",
+                time_left(deadline)
+            );
         }
         if state_changed
             && info.state == JobState::AwaitingApproval
@@ -255,6 +268,9 @@ fn json_events(
             if let Some(resume) = &info.resume {
                 event["reason"] = json!(resume.reason);
                 event["resume_deadline"] = json!(resume.deadline_unix);
+            }
+            if let Some(deadline) = info.wait_deadline_unix {
+                event["wait_deadline"] = json!(deadline);
             }
             event
         };
@@ -581,6 +597,8 @@ pub fn print_status(jobs: &[JobSummary], json: bool) {
                 "relayed": job.route.as_ref().map(|r| r.relayed),
                 "resume_reason": job.resume.as_ref().map(|r| r.reason.clone()),
                 "resume_deadline": job.resume.as_ref().map(|r| r.deadline_unix),
+                "device": job.device,
+                "wait_deadline": job.wait_deadline_unix,
             }));
         }
         return;
@@ -615,6 +633,17 @@ pub fn print_status(jobs: &[JobSummary], json: bool) {
                 })
             })
             .or_else(|| job.code.clone().filter(|_| !job.state.is_final()))
+            .or_else(|| {
+                job.device.as_ref().map(|device| match job.direction {
+                    Direction::Send => match job.wait_deadline_unix {
+                        Some(deadline) => {
+                            format!("to {device}, waiting for it ({})", time_left(deadline))
+                        }
+                        None => format!("to {device}"),
+                    },
+                    Direction::Receive => format!("from {device}"),
+                })
+            })
             .unwrap_or_default();
         say!(
             out,

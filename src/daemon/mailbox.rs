@@ -1,0 +1,372 @@
+//! Paired devices reached without a code (`p2p send --to NAME`): while the daemon runs it
+//! waits at the rendezvous at one mailbox per paired device (`devices::mailbox`); a
+//! sender meets it there, both open a session from their pair secret and prove their
+//! identity keys, and then a transfer runs exactly as a coded one. `p2p unpair` uses the
+//! same meeting to tell the other device.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use super::jobs::{Context, Jobs};
+use super::record::unix_now;
+use crate::devices::mailbox::{DeviceError, DeviceMessage, PairSecret, check_hello, hello, mailbox};
+use crate::rendezvous::client::RendezvousClient;
+use crate::rendezvous::{Role, Session, SignalError};
+
+/// Time from meeting at a mailbox to an open, mutually proven session.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(30);
+/// Pauses between attempts to reach the rendezvous (a wait there is itself long, so these
+/// only space out quick failures).
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+/// How long `p2p unpair` tries to tell the other device.
+pub const UNPAIR_NOTICE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Why a meeting with a paired device did not open a session.
+#[derive(Debug, thiserror::Error)]
+pub enum MeetError {
+    #[error(transparent)]
+    Signal(#[from] SignalError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The session did not confirm: whoever waited at the mailbox lacks the pair secret.
+    #[error(
+        "whoever answered at {0}'s mailbox does not hold the pairing's secret (someone squatting at the rendezvous, or {0} paired again): pair again with p2p pair"
+    )]
+    NotPaired(String),
+    #[error("{0} refused this device (it may have unpaired it): pair again with p2p pair")]
+    Refused(String),
+    #[error("{0} did not come online within {1}: send again when it is")]
+    Offline(String, String),
+    #[error("the other device stopped answering while the session opened")]
+    Stalled,
+}
+
+impl MeetError {
+    /// Worth another meeting: the rendezvous or the other side's connection went away.
+    fn transient(&self) -> bool {
+        matches!(self, MeetError::Stalled)
+            || matches!(self, MeetError::Signal(e) if !matches!(e, SignalError::WrongCode { .. }))
+    }
+}
+
+/// A paired device this daemon sends to.
+#[derive(Clone)]
+pub struct Target {
+    pub name: String,
+    pub key: [u8; 32],
+    pub secret: PairSecret,
+    /// When a send stops waiting for it to come online (Unix seconds).
+    pub deadline_unix: u64,
+}
+
+/// The daemon's mailbox listeners, one per paired device, and the turns its senders take
+/// at each device's mailbox.
+#[derive(Default)]
+pub struct Mailboxes {
+    listening: Mutex<HashMap<[u8; 32], (PairSecret, CancellationToken)>>,
+    /// Two sends waiting at one mailbox would replace each other there (the rendezvous
+    /// keeps the newer of a side): one meeting per device at a time.
+    turns: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Mailboxes {
+    fn turn(&self, key: &[u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.turns).entry(*key).or_default().clone()
+    }
+}
+
+/// Listens at the mailbox of every paired device that can be reached, and stops
+/// listening for any no longer paired. Called at start and after every change.
+pub fn sync(jobs: &Arc<Jobs>) {
+    let wanted: Vec<([u8; 32], PairSecret)> = {
+        let registry = lock(&jobs.context.devices);
+        registry
+            .list()
+            .iter()
+            .filter_map(|d| Some((d.key()?, d.secret.clone()?)))
+            .collect()
+    };
+    let mut listening = lock(&jobs.context.mailboxes.listening);
+    listening.retain(|key, (secret, stop)| {
+        let keep = wanted.iter().any(|(k, s)| k == key && s == secret);
+        if !keep {
+            stop.cancel();
+        }
+        keep
+    });
+    for (key, secret) in wanted {
+        if listening.contains_key(&key) {
+            continue;
+        }
+        let stop = jobs.shutdown.child_token();
+        listening.insert(key, (secret.clone(), stop.clone()));
+        jobs.tracker.spawn(
+            listen(jobs.clone(), key, secret, stop)
+                .instrument(tracing::info_span!("mailbox", device = %short(&key))),
+        );
+    }
+}
+
+/// A device named in logs: the start of its public key, never its name (which is the
+/// other person's words) or anything secret.
+fn short(key: &[u8; 32]) -> String {
+    hex::encode(&key[..4])
+}
+
+/// Waits at the mailbox where `key` reaches this daemon, answers each arrival in its own
+/// task, and waits again, until `stop`.
+async fn listen(jobs: Arc<Jobs>, key: [u8; 32], secret: PairSecret, stop: CancellationToken) {
+    let context = jobs.context.clone();
+    let channel = mailbox(&secret, &context.identity.public_key());
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let waited = async {
+            let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+            client.rejoin(&channel, false).await?;
+            Ok::<_, SignalError>(client)
+        };
+        let waited = tokio::select! {
+            _ = stop.cancelled() => return,
+            waited = waited => waited,
+        };
+        match waited {
+            Ok(client) => {
+                pause = FIRST_PAUSE;
+                jobs.tracker.spawn(
+                    answer(jobs.clone(), client, key, secret.clone()).in_current_span(),
+                );
+            }
+            // The rendezvous ends every wait after a while: wait again at once.
+            Err(SignalError::Expired) => pause = FIRST_PAUSE,
+            Err(error) => {
+                debug!(%error, "cannot wait at the mailbox");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+        }
+    }
+}
+
+fn encode(message: &DeviceMessage) -> Vec<u8> {
+    serde_json::to_vec(message).unwrap_or_default()
+}
+
+fn decode(bytes: &[u8]) -> Result<DeviceMessage, DeviceError> {
+    serde_json::from_slice(bytes).map_err(|_| DeviceError::Malformed)
+}
+
+/// The receiving side of a meeting at our mailbox: the sender proves its identity first;
+/// only then does this side prove its own and hear what the sender wants.
+async fn answer(jobs: Arc<Jobs>, client: RendezvousClient, key: [u8; 32], secret: PairSecret) {
+    let context = &jobs.context;
+    let ours = context.identity.public_key();
+    let met = tokio::time::timeout(HANDSHAKE_LIMIT, async {
+        let mut session = Session::between_devices(client, Role::Receiver, &secret).await?;
+        let binding = session.binding_key();
+        let theirs = decode(&session.recv().await?)?;
+        if let Err(error) = check_hello(&theirs, &binding, Role::Sender, &key, &ours) {
+            let _ = session.send(&encode(&DeviceMessage::Refused)).await;
+            session.close().await;
+            return Err(MeetError::Device(error));
+        }
+        let ours = hello(&context.identity, &binding, Role::Receiver, &key);
+        session.send(&encode(&ours)).await?;
+        let purpose = decode(&session.recv().await?)?;
+        Ok::<_, MeetError>((session, purpose))
+    })
+    .await
+    .unwrap_or(Err(MeetError::Stalled));
+    let (mut session, purpose) = match met {
+        Ok(met) => met,
+        Err(error) => {
+            // A paired device's failure and a stranger's look alike from here; neither
+            // reaches the person, and neither says more than this line.
+            warn!(%error, "a meeting at a device's mailbox failed");
+            return;
+        }
+    };
+    seen(context, &key).await;
+    match purpose {
+        DeviceMessage::Transfer => {
+            info!("a paired device is sending");
+            if let Err(failure) = jobs.start_inbound(session, key).await {
+                warn!(message = %failure.message, "cannot take a paired device's transfer");
+            }
+        }
+        DeviceMessage::Unpair => {
+            let forgotten = forget(context, &key).await;
+            if forgotten {
+                let _ = session.send(&encode(&DeviceMessage::Forgotten)).await;
+                info!("a paired device unpaired this one: forgotten");
+            }
+            session.close().await;
+            sync(&jobs);
+        }
+        _ => session.close().await,
+    }
+}
+
+/// The sending side: waits at `target`'s mailbox until it comes (or its deadline), then
+/// opens and proves the session and says what it is for.
+pub async fn meet(
+    context: &Context,
+    target: &Target,
+    purpose: DeviceMessage,
+) -> Result<Session, MeetError> {
+    let turn = context.mailboxes.turn(&target.key);
+    let _turn = turn.lock().await;
+    let channel = mailbox(&target.secret, &target.key);
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let left = target.deadline_unix.saturating_sub(unix_now());
+        let offline = || {
+            MeetError::Offline(
+                target.name.clone(),
+                window_words(context.config.device_wait),
+            )
+        };
+        if left == 0 {
+            return Err(offline());
+        }
+        let left = Duration::from_secs(left);
+        let waited = tokio::time::timeout(left, async {
+            let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+            client.rejoin(&channel, true).await?;
+            Ok::<_, SignalError>(client)
+        })
+        .await
+        .map_err(|_| offline())?;
+        let error = match waited {
+            Ok(client) => match tokio::time::timeout(
+                HANDSHAKE_LIMIT,
+                open(context, client, target, &purpose),
+            )
+            .await
+            .unwrap_or(Err(MeetError::Stalled))
+            {
+                Ok(session) => {
+                    seen(context, &target.key).await;
+                    return Ok(session);
+                }
+                Err(error) => error,
+            },
+            Err(SignalError::Expired) => continue,
+            Err(error) => MeetError::Signal(error),
+        };
+        if !error.transient() {
+            return Err(error);
+        }
+        debug!(%error, "meeting a paired device failed; trying again");
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+async fn open(
+    context: &Context,
+    client: RendezvousClient,
+    target: &Target,
+    purpose: &DeviceMessage,
+) -> Result<Session, MeetError> {
+    let ours = context.identity.public_key();
+    let mut session = Session::between_devices(client, Role::Sender, &target.secret)
+        .await
+        .map_err(|e| match e {
+            SignalError::WrongCode { .. } => MeetError::NotPaired(target.name.clone()),
+            other => MeetError::Signal(other),
+        })?;
+    let binding = session.binding_key();
+    let hello_message = hello(&context.identity, &binding, Role::Sender, &target.key);
+    session.send(&encode(&hello_message)).await?;
+    let theirs = decode(&session.recv().await?)?;
+    if theirs == DeviceMessage::Refused {
+        return Err(MeetError::Refused(target.name.clone()));
+    }
+    check_hello(&theirs, &binding, Role::Receiver, &target.key, &ours)?;
+    session.send(&encode(purpose)).await?;
+    Ok(session)
+}
+
+/// Tells `target` it was unpaired here, if it can be reached within
+/// [`UNPAIR_NOTICE_LIMIT`]; true once it said it forgot this device.
+pub async fn tell_unpaired(context: &Context, target: &Target) -> bool {
+    let told = tokio::time::timeout(UNPAIR_NOTICE_LIMIT, async {
+        let mut session = meet(context, target, DeviceMessage::Unpair).await.ok()?;
+        let reply = session.recv().await.ok()?;
+        session.close().await;
+        Some(decode(&reply).ok()? == DeviceMessage::Forgotten)
+    })
+    .await;
+    matches!(told, Ok(Some(true)))
+}
+
+/// A waiting window for people: "24 h", "90 min", "45 s".
+pub fn window_words(window: Duration) -> String {
+    let secs = window.as_secs();
+    if secs >= 3600 && secs % 3600 == 0 {
+        format!("{} h", secs / 3600)
+    } else if secs >= 60 && secs % 60 == 0 {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
+    }
+}
+
+/// Notes that a paired device was just heard from.
+async fn seen(context: &Context, key: &[u8; 32]) {
+    let (devices, key) = (context.devices.clone(), *key);
+    let saved = tokio::task::spawn_blocking(move || lock(&devices).seen(&key, unix_now())).await;
+    if !matches!(saved, Ok(Ok(()))) {
+        warn!("cannot record when a paired device was last seen");
+    }
+}
+
+/// Forgets the device with `key`; true if it was paired and is now forgotten on disk.
+async fn forget(context: &Context, key: &[u8; 32]) -> bool {
+    let (devices, key) = (context.devices.clone(), *key);
+    tokio::task::spawn_blocking(move || {
+        let mut registry = lock(&devices);
+        let name = registry.find_key(&key).map(|d| d.name.clone());
+        match name {
+            Some(name) => registry.remove(&name).is_ok_and(|r| r.is_some()),
+            None => false,
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_windows_are_said_in_the_largest_whole_unit() {
+        assert_eq!(window_words(Duration::from_secs(24 * 3600)), "24 h");
+        assert_eq!(window_words(Duration::from_secs(5400)), "90 min");
+        assert_eq!(window_words(Duration::from_secs(45)), "45 s");
+    }
+
+    #[test]
+    fn only_lost_connections_are_worth_another_meeting() {
+        assert!(MeetError::Stalled.transient());
+        assert!(MeetError::Signal(SignalError::PeerGone).transient());
+        assert!(!MeetError::Refused("laptop".into()).transient());
+        assert!(!MeetError::NotPaired("laptop".into()).transient());
+        assert!(!MeetError::Device(DeviceError::BadSignature).transient());
+    }
+}

@@ -1,0 +1,262 @@
+//! Reaching a paired device without a code. Pure: secrets, names and messages.
+//!
+//! A pairing leaves both devices holding a *pair secret* (derived from the pairing
+//! session's key, so only those two have it). Each daemon listens on the rendezvous at
+//! one *mailbox* per paired device — an opaque channel name derived one-way from the pair
+//! secret and the listener's public key — so the rendezvous sees neither identities nor
+//! names, and one device's mailboxes cannot be linked to each other by their names. A
+//! session opened there (`Session::between_devices`) proves the pair secret; then each
+//! side signs a [`transcript`] of that session's binding key and both identity keys with
+//! its Ed25519 key, so a stolen `devices.json` alone does not let anyone pose as a device.
+//! The binding key is then proven over both DTLS certificates by the channel proof, as
+//! on the coded path, which carries the identity signatures over to the data channel.
+
+use hkdf::Hkdf;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::identity::{Identity, verify};
+use crate::rendezvous::Role;
+use crate::rendezvous::crypto::Secret;
+
+/// The secret two paired devices share. Wiped on drop; its `Debug` shows no byte; kept in
+/// `devices.json` (0600) as hex.
+#[derive(Clone)]
+pub struct PairSecret(Secret);
+
+impl PairSecret {
+    /// Derived from the pairing session's binding key: both sides compute the same.
+    pub fn from_pairing(binding_key: &[u8; 32]) -> PairSecret {
+        PairSecret(expand(b"p2pd/1 pair secret", binding_key, b"paired devices"))
+    }
+
+    pub fn from_bytes(bytes: &[u8; 32]) -> PairSecret {
+        PairSecret(Secret::from_bytes(bytes))
+    }
+}
+
+impl std::ops::Deref for PairSecret {
+    type Target = [u8; 32];
+    fn deref(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PairSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PairSecret(redacted)")
+    }
+}
+
+impl PartialEq for PairSecret {
+    fn eq(&self, other: &PairSecret) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&*other.0).into()
+    }
+}
+impl Eq for PairSecret {}
+
+impl Serialize for PairSecret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = Zeroizing::new(hex::encode(*self.0));
+        serializer.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for PairSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Zeroizing::new(String::deserialize(deserializer)?);
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.as_str(), bytes.as_mut())
+            .map_err(|_| serde::de::Error::custom("a pair secret is 32 bytes of hex"))?;
+        Ok(PairSecret::from_bytes(&bytes))
+    }
+}
+
+fn expand(salt: &[u8], ikm: &[u8], info: &[u8]) -> Secret {
+    let hkdf = Hkdf::<Sha256>::new(Some(salt), ikm);
+    let mut out = Zeroizing::new([0u8; 32]);
+    hkdf.expand(info, out.as_mut_slice())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    Secret::from_bytes(&out)
+}
+
+/// The rendezvous channel where the device with public key `to` waits for the one it
+/// shares `secret` with: 64 hex digits, like a job's rejoin channel.
+pub fn mailbox(secret: &PairSecret, to: &[u8; 32]) -> String {
+    let name = expand(b"p2pd/1 mailbox", &**secret, to);
+    hex::encode(*name)
+}
+
+/// What a side signs once the session is open: `"p2pd/1 device session\0" ‖ role ‖
+/// binding key ‖ signer's public key ‖ the other's public key`. The binding key is this
+/// session's alone, so a signature cannot be replayed into another.
+pub fn transcript(
+    binding_key: &[u8; 32],
+    role: Role,
+    signer: &[u8; 32],
+    other: &[u8; 32],
+) -> Vec<u8> {
+    let label: &[u8] = match role {
+        Role::Sender => b"sender",
+        Role::Receiver => b"receiver",
+    };
+    [
+        b"p2pd/1 device session\0".as_slice(),
+        label,
+        binding_key,
+        signer,
+        other,
+    ]
+    .concat()
+}
+
+/// Messages sealed in a session between paired devices, in order: the sender's `hello`,
+/// the receiver's `hello` (or `refused`), then the sender's purpose (`transfer` or
+/// `unpair`; an `unpair` is answered `forgotten`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeviceMessage {
+    /// This side's Ed25519 signature (hex) over [`transcript`].
+    Hello { signature: String },
+    /// The receiver did not accept the sender's hello; nothing follows.
+    Refused,
+    /// A transfer follows, exactly as on the coded path (offer, answer, candidates).
+    Transfer,
+    /// The sender forgot this pairing and asks the receiver to forget it too.
+    Unpair,
+    /// The receiver forgot the pairing.
+    Forgotten,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceError {
+    #[error("the other device sent a malformed message")]
+    Malformed,
+    #[error(
+        "the other device could not prove it holds its identity key (a copied devices.json, or someone in between): refused"
+    )]
+    BadSignature,
+}
+
+/// This side's hello.
+pub fn hello(
+    identity: &Identity,
+    binding_key: &[u8; 32],
+    role: Role,
+    peer: &[u8; 32],
+) -> DeviceMessage {
+    let ours = identity.public_key();
+    DeviceMessage::Hello {
+        signature: hex::encode(identity.sign(&transcript(binding_key, role, &ours, peer))),
+    }
+}
+
+/// Checks the peer's hello: signed by `peer` (the key stored at pairing) over this
+/// session, in the peer's role, to us.
+pub fn check_hello(
+    message: &DeviceMessage,
+    binding_key: &[u8; 32],
+    peer_role: Role,
+    peer: &[u8; 32],
+    ours: &[u8; 32],
+) -> Result<(), DeviceError> {
+    let DeviceMessage::Hello { signature } = message else {
+        return Err(DeviceError::Malformed);
+    };
+    let signature = hex::decode(signature).map_err(|_| DeviceError::Malformed)?;
+    if verify(
+        peer,
+        &transcript(binding_key, peer_role, peer, ours),
+        &signature,
+    ) {
+        Ok(())
+    } else {
+        Err(DeviceError::BadSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> (tempfile::TempDir, Identity) {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity::load_or_create(dir.path()).unwrap();
+        (dir, identity)
+    }
+
+    #[test]
+    fn both_sides_derive_one_pair_secret_and_distinct_mailboxes() {
+        let a = PairSecret::from_pairing(&[1; 32]);
+        assert_eq!(a, PairSecret::from_pairing(&[1; 32]));
+        assert_ne!(a, PairSecret::from_pairing(&[2; 32]));
+        assert_ne!(*a, [1; 32], "the pairing's key itself is never kept");
+        let to_laptop = mailbox(&a, &[5; 32]);
+        let to_phone = mailbox(&a, &[6; 32]);
+        assert_eq!(to_laptop.len(), 64);
+        assert!(to_laptop.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(to_laptop, to_phone, "each direction has its own mailbox");
+        assert_ne!(
+            to_laptop,
+            mailbox(&PairSecret::from_pairing(&[2; 32]), &[5; 32]),
+            "another pairing's mailbox for the same device differs"
+        );
+        assert_eq!(format!("{a:?}"), "PairSecret(redacted)");
+    }
+
+    #[test]
+    fn a_pair_secret_round_trips_through_json_as_hex() {
+        let secret = PairSecret::from_bytes(&[0xab; 32]);
+        let json = serde_json::to_string(&secret).unwrap();
+        assert_eq!(json, format!("\"{}\"", "ab".repeat(32)));
+        assert_eq!(serde_json::from_str::<PairSecret>(&json).unwrap(), secret);
+        assert!(serde_json::from_str::<PairSecret>("\"abcd\"").is_err());
+    }
+
+    #[test]
+    fn a_hello_checks_out_only_from_its_key_in_its_session_role_and_to_us() {
+        let (_a, laptop) = identity();
+        let (_b, phone) = identity();
+        let (_c, stranger) = identity();
+        let (l, p) = (laptop.public_key(), phone.public_key());
+        let binding = [9u8; 32];
+        let from_laptop = hello(&laptop, &binding, Role::Sender, &p);
+        assert_eq!(
+            check_hello(&from_laptop, &binding, Role::Sender, &l, &p),
+            Ok(())
+        );
+        // Another session, the other role, someone else's key, or meant for another device.
+        for (binding, role, signer, to) in [
+            ([8u8; 32], Role::Sender, l, p),
+            (binding, Role::Receiver, l, p),
+            (binding, Role::Sender, stranger.public_key(), p),
+            (binding, Role::Sender, l, stranger.public_key()),
+        ] {
+            assert_eq!(
+                check_hello(&from_laptop, &binding, role, &signer, &to),
+                Err(DeviceError::BadSignature)
+            );
+        }
+        // A stranger who copied the laptop's devices.json still signs with its own key.
+        let posing = hello(&stranger, &binding, Role::Sender, &p);
+        assert_eq!(
+            check_hello(&posing, &binding, Role::Sender, &l, &p),
+            Err(DeviceError::BadSignature)
+        );
+        assert_eq!(
+            check_hello(&DeviceMessage::Transfer, &binding, Role::Sender, &l, &p),
+            Err(DeviceError::Malformed)
+        );
+    }
+
+    #[test]
+    fn messages_are_tagged_json() {
+        assert_eq!(
+            serde_json::to_string(&DeviceMessage::Transfer).unwrap(),
+            r#"{"type":"transfer"}"#
+        );
+        assert!(serde_json::from_str::<DeviceMessage>(r#"{"type":"unpair","x":1}"#).is_err());
+    }
+}
