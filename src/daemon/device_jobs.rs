@@ -19,7 +19,10 @@ use crate::transfer::names::Limits;
 use crate::transfer::source::Sources;
 
 impl Jobs {
-    fn paired(&self, find: impl FnOnce(&crate::devices::registry::Registry) -> Option<Device>) -> Option<Device> {
+    fn paired(
+        &self,
+        find: impl FnOnce(&crate::devices::registry::Registry) -> Option<Device>,
+    ) -> Option<Device> {
         let registry = self
             .context
             .devices
@@ -30,17 +33,15 @@ impl Jobs {
 
     /// The paired device called `name`, ready to be sent to.
     pub(super) fn target(&self, name: &str) -> Result<Target, Failure> {
-        let device = self
-            .paired(|r| r.find(name).cloned())
-            .ok_or_else(|| {
-                failure(
-                    ErrorKind::NotFound,
-                    format!(
-                        "no paired device is called {}: p2p devices lists them, p2p pair adds one",
-                        escape_controls(name)
-                    ),
-                )
-            })?;
+        let device = self.paired(|r| r.find(name).cloned()).ok_or_else(|| {
+            failure(
+                ErrorKind::NotFound,
+                format!(
+                    "no paired device is called {}: p2p devices lists them, p2p pair adds one",
+                    escape_controls(name)
+                ),
+            )
+        })?;
         let (Some(key), Some(secret)) = (device.key(), device.secret.clone()) else {
             return Err(failure(
                 ErrorKind::BadRequest,
@@ -113,7 +114,7 @@ impl Jobs {
             runner::run_receive(
                 job,
                 self.context.clone(),
-                ReceiveMeeting::Met(session),
+                ReceiveMeeting::Met(Box::new(session)),
                 (dir, limits),
                 device.rule == Rule::Auto,
                 path,
@@ -205,6 +206,10 @@ mod tests {
         let elsewhere = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(elsewhere.path(), base.path().join("From phone")).unwrap();
         let refused = from_folder(base.path(), "phone").unwrap_err();
-        assert!(refused.message.contains("not a folder"), "{}", refused.message);
+        assert!(
+            refused.message.contains("not a folder"),
+            "{}",
+            refused.message
+        );
     }
 }

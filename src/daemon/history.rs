@@ -103,6 +103,8 @@ mod tests {
             text: None,
             signal: None,
             sas: None,
+            device: None,
+            wait_deadline_unix: None,
         }
     }
 

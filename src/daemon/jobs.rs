@@ -541,11 +541,14 @@ impl Jobs {
             runner::run_send(
                 job,
                 context,
-                runner::SendMeeting::Code { client, code },
+                runner::SendMeeting::Code {
+                    client: Box::new(client),
+                    code,
+                },
                 (sources, text),
                 path,
             )
-                .instrument(tracing::info_span!("job", id = info.id, dir = "send")),
+            .instrument(tracing::info_span!("job", id = info.id, dir = "send")),
         );
         Ok(info)
     }
@@ -577,7 +580,7 @@ impl Jobs {
                 accept,
                 path,
             )
-                .instrument(tracing::info_span!("job", id = info.id, dir = "receive")),
+            .instrument(tracing::info_span!("job", id = info.id, dir = "receive")),
         );
         Ok(info)
     }

@@ -13,7 +13,9 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::jobs::{Context, Jobs};
 use super::record::unix_now;
-use crate::devices::mailbox::{DeviceError, DeviceMessage, PairSecret, check_hello, hello, mailbox};
+use crate::devices::mailbox::{
+    DeviceError, DeviceMessage, PairSecret, check_hello, hello, mailbox,
+};
 use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::{Role, Session, SignalError};
 
@@ -143,9 +145,8 @@ async fn listen(jobs: Arc<Jobs>, key: [u8; 32], secret: PairSecret, stop: Cancel
         match waited {
             Ok(client) => {
                 pause = FIRST_PAUSE;
-                jobs.tracker.spawn(
-                    answer(jobs.clone(), client, key, secret.clone()).in_current_span(),
-                );
+                jobs.tracker
+                    .spawn(answer(jobs.clone(), client, key, secret.clone()).in_current_span());
             }
             // The rendezvous ends every wait after a while: wait again at once.
             Err(SignalError::Expired) => pause = FIRST_PAUSE,
@@ -251,19 +252,18 @@ pub async fn meet(
         .await
         .map_err(|_| offline())?;
         let error = match waited {
-            Ok(client) => match tokio::time::timeout(
-                HANDSHAKE_LIMIT,
-                open(context, client, target, &purpose),
-            )
-            .await
-            .unwrap_or(Err(MeetError::Stalled))
-            {
-                Ok(session) => {
-                    seen(context, &target.key).await;
-                    return Ok(session);
+            Ok(client) => {
+                match tokio::time::timeout(HANDSHAKE_LIMIT, open(context, client, target, &purpose))
+                    .await
+                    .unwrap_or(Err(MeetError::Stalled))
+                {
+                    Ok(session) => {
+                        seen(context, &target.key).await;
+                        return Ok(session);
+                    }
+                    Err(error) => error,
                 }
-                Err(error) => error,
-            },
+            }
             Err(SignalError::Expired) => continue,
             Err(error) => MeetError::Signal(error),
         };
@@ -317,9 +317,9 @@ pub async fn tell_unpaired(context: &Context, target: &Target) -> bool {
 /// A waiting window for people: "24 h", "90 min", "45 s".
 pub fn window_words(window: Duration) -> String {
     let secs = window.as_secs();
-    if secs >= 3600 && secs % 3600 == 0 {
+    if secs >= 3600 && secs.is_multiple_of(3600) {
         format!("{} h", secs / 3600)
-    } else if secs >= 60 && secs % 60 == 0 {
+    } else if secs >= 60 && secs.is_multiple_of(60) {
         format!("{} min", secs / 60)
     } else {
         format!("{secs} s")

@@ -10,8 +10,8 @@ use tracing::{debug, info, warn};
 
 use super::jobs::{Context, Job, signal_failure};
 use super::mailbox::{self, MeetError, Target};
-use crate::devices::mailbox::DeviceMessage;
 use super::record::{self, JobRecord, RecordStore};
+use crate::devices::mailbox::DeviceMessage;
 use crate::ipc::messages::{Direction, ErrorKind, Failure, JobState, PathPolicy};
 use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::crypto::rejoin_channel;
@@ -305,7 +305,10 @@ pub(super) async fn until_lost<T>(
 /// How a sender meets its receiver.
 pub enum SendMeeting {
     /// At the nameplate it allocated, with the code its person passes on.
-    Code { client: RendezvousClient, code: Code },
+    Code {
+        client: Box<RendezvousClient>,
+        code: Code,
+    },
     /// At a paired device's mailbox (`--to NAME`).
     Device(Target),
 }
@@ -315,7 +318,7 @@ pub enum ReceiveMeeting {
     /// By claiming the code's nameplate.
     Code(Code),
     /// A paired device met at this daemon's mailbox, its session open and proven.
-    Met(Session),
+    Met(Box<Session>),
 }
 
 pub async fn run_send(
@@ -334,7 +337,7 @@ pub async fn run_send(
                 or_cancel(&cancel, async { Ok(client.wait_for_peer().await?) }).await?;
                 job.set_state(JobState::Negotiating);
                 or_cancel(&cancel, async {
-                    Ok(Session::establish(client, Role::Sender, &code).await?)
+                    Ok(Session::establish(*client, Role::Sender, &code).await?)
                 })
                 .await?
             }
@@ -445,7 +448,7 @@ pub async fn run_receive(
                 })
                 .await?
             }
-            ReceiveMeeting::Met(session) => session,
+            ReceiveMeeting::Met(session) => *session,
         };
         let binding_key = session.binding_key();
         let secret = session.resume_secret();

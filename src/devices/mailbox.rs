@@ -28,7 +28,11 @@ pub struct PairSecret(Secret);
 impl PairSecret {
     /// Derived from the pairing session's binding key: both sides compute the same.
     pub fn from_pairing(binding_key: &[u8; 32]) -> PairSecret {
-        PairSecret(expand(b"p2pd/1 pair secret", binding_key, b"paired devices"))
+        PairSecret(expand(
+            b"p2pd/1 pair secret",
+            binding_key,
+            b"paired devices",
+        ))
     }
 
     pub fn from_bytes(bytes: &[u8; 32]) -> PairSecret {
@@ -257,6 +261,10 @@ mod tests {
             serde_json::to_string(&DeviceMessage::Transfer).unwrap(),
             r#"{"type":"transfer"}"#
         );
-        assert!(serde_json::from_str::<DeviceMessage>(r#"{"type":"unpair","x":1}"#).is_err());
+        assert!(serde_json::from_str::<DeviceMessage>(r#"{"type":"nuke"}"#).is_err());
+        assert!(
+            serde_json::from_str::<DeviceMessage>(r#"{"type":"hello","signature":"00","x":1}"#)
+                .is_err()
+        );
     }
 }

@@ -238,10 +238,19 @@ mod tests {
     fn pairings_survive_a_reload_and_names_never_collide() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
-        assert_eq!(registry.add("laptop", &[1; 32], secret(), 10).unwrap(), "laptop");
-        assert_eq!(registry.add("laptop", &[2; 32], secret(), 11).unwrap(), "laptop (2)");
+        assert_eq!(
+            registry.add("laptop", &[1; 32], secret(), 10).unwrap(),
+            "laptop"
+        );
+        assert_eq!(
+            registry.add("laptop", &[2; 32], secret(), 11).unwrap(),
+            "laptop (2)"
+        );
         // The same key again: renamed in place, not a second entry.
-        assert_eq!(registry.add("work", &[1; 32], secret(), 12).unwrap(), "work");
+        assert_eq!(
+            registry.add("work", &[1; 32], secret(), 12).unwrap(),
+            "work"
+        );
         let reloaded = Registry::load(dir.path()).unwrap();
         let names: Vec<_> = reloaded.list().iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["laptop (2)", "work"]);
@@ -270,7 +279,12 @@ mod tests {
             (changed.rule, changed.max_files, changed.max_bytes),
             (Rule::Auto, Some(3), Some(1 << 20))
         );
-        assert!(registry.set_rule("nobody", Rule::Auto, None, None).unwrap().is_none());
+        assert!(
+            registry
+                .set_rule("nobody", Rule::Auto, None, None)
+                .unwrap()
+                .is_none()
+        );
         registry.seen(&[1; 32], 99).unwrap();
         let reloaded = Registry::load(dir.path()).unwrap();
         let laptop = reloaded.find_key(&[1; 32]).unwrap();

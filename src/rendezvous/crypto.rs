@@ -197,7 +197,12 @@ impl SessionKeys {
         sender_nonce: &[u8],
         receiver_nonce: &[u8],
     ) -> SessionKeys {
-        let salt = [b"p2pd/1 device session".as_slice(), sender_nonce, receiver_nonce].concat();
+        let salt = [
+            b"p2pd/1 device session".as_slice(),
+            sender_nonce,
+            receiver_nonce,
+        ]
+        .concat();
         let mut keys = SessionKeys {
             role,
             prk: extract(&salt, pair_secret),
@@ -421,11 +426,22 @@ mod tests {
         let (Ok(s2), Ok(_)) = open(b"s2", &pair) else {
             panic!("the same pair secret must confirm")
         };
-        assert_ne!(*s1.resume_secret(), *s2.resume_secret(), "a job's own resume secret");
-        assert_ne!(*s1.resume_secret(), pair, "the pair secret never becomes a job's");
+        assert_ne!(
+            *s1.resume_secret(),
+            *s2.resume_secret(),
+            "a job's own resume secret"
+        );
+        assert_ne!(
+            *s1.resume_secret(),
+            pair,
+            "the pair secret never becomes a job's"
+        );
         assert_ne!(*s1.binding_key(), *s2.binding_key());
         let (s, r) = open(b"s1", &[4; 32]);
-        assert!(s.is_err() && r.is_err(), "a wrong pair secret never confirms");
+        assert!(
+            s.is_err() && r.is_err(),
+            "a wrong pair secret never confirms"
+        );
     }
 
     #[test]

@@ -6,21 +6,21 @@ use p2pd::ipc::messages::{ErrorKind, Request, ServerFrame};
 
 use crate::support::TestDaemon;
 
-async fn identity(daemon: &TestDaemon) -> (String, String) {
+pub async fn identity(daemon: &TestDaemon) -> (String, String) {
     match daemon.client().await.call(Request::Identity).await.unwrap() {
         ServerFrame::Identity { name, fingerprint } => (name, fingerprint),
         other => panic!("unexpected {other:?}"),
     }
 }
 
-async fn devices(daemon: &TestDaemon) -> Vec<(String, String)> {
+pub async fn devices(daemon: &TestDaemon) -> Vec<(String, String)> {
     match daemon.client().await.call(Request::Devices).await.unwrap() {
         ServerFrame::Devices(list) => list.into_iter().map(|d| (d.name, d.fingerprint)).collect(),
         other => panic!("unexpected {other:?}"),
     }
 }
 
-async fn next(client: &mut IpcClient) -> ServerFrame {
+pub async fn next(client: &mut IpcClient) -> ServerFrame {
     tokio::time::timeout(std::time::Duration::from_secs(30), client.next())
         .await
         .expect("a frame within 30 s")
@@ -30,7 +30,7 @@ async fn next(client: &mut IpcClient) -> ServerFrame {
 
 /// Starts a pairing on `a`, joins it from `b` with the code `edit` makes of a's; returns
 /// both connections after each saw the other (or b's first frame if it failed).
-async fn start_pairing(
+pub async fn start_pairing(
     a: &TestDaemon,
     b: &TestDaemon,
     edit: impl Fn(&str) -> String,
@@ -51,10 +51,23 @@ async fn start_pairing(
     (first, second, seen_by_a, seen_by_b)
 }
 
+/// Pairs `a` and `b`, both people saying yes.
+pub async fn pair(a: &TestDaemon, b: &TestDaemon) {
+    let (mut first, mut second, _, _) = start_pairing(a, b, str::to_owned).await;
+    first.send(Request::Confirm { accept: true }).await.unwrap();
+    second
+        .send(Request::Confirm { accept: true })
+        .await
+        .unwrap();
+    let (end_a, end_b) = tokio::join!(next(&mut first), next(&mut second));
+    assert!(matches!(end_a, ServerFrame::Paired { .. }), "{end_a:?}");
+    assert!(matches!(end_b, ServerFrame::Paired { .. }), "{end_b:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_pair_and_each_keeps_the_other_by_its_fingerprint() {
-    let mut a = TestDaemon::start().await;
-    let b = a.peer().await;
+    let a = TestDaemon::start().await;
+    let mut b = a.peer().await;
     let (a_name, a_print) = identity(&a).await;
     let (b_name, b_print) = identity(&b).await;
     assert_eq!((a_name.as_str(), b_name.as_str()), ("test", "peer"));
@@ -89,14 +102,16 @@ async fn two_daemons_pair_and_each_keeps_the_other_by_its_fingerprint() {
     );
     assert!(matches!(end_b, ServerFrame::Paired { .. }), "{end_b:?}");
     assert_eq!(devices(&a).await, [(b_name.clone(), b_print.clone())]);
-    assert_eq!(devices(&b).await, [(a_name, a_print.clone())]);
+    assert_eq!(devices(&b).await, [(a_name.clone(), a_print.clone())]);
 
-    // The identity and the pairing survive a restart.
-    a.restart().await;
-    assert_eq!(identity(&a).await.1, a_print);
-    assert_eq!(devices(&a).await, [(b_name.clone(), b_print)]);
+    // The identity and the pairing survive a restart (of the daemon without the
+    // rendezvous, which would move to another port).
+    b.restart().await;
+    assert_eq!(identity(&b).await.1, b_print);
+    assert_eq!(devices(&b).await, [(a_name.clone(), a_print.clone())]);
 
-    // Unpairing forgets it on this side; a second time there is nothing to forget.
+    // Unpairing forgets it on this side and tells the other, which forgets this one; a
+    // second time there is nothing to forget.
     let reply = a
         .client()
         .await
@@ -105,8 +120,9 @@ async fn two_daemons_pair_and_each_keeps_the_other_by_its_fingerprint() {
         })
         .await
         .unwrap();
-    assert_eq!(reply, ServerFrame::Done);
+    assert_eq!(reply, ServerFrame::Unpaired { told: true });
     assert!(devices(&a).await.is_empty());
+    assert!(devices(&b).await.is_empty());
     let again = a
         .client()
         .await

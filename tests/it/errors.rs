@@ -169,6 +169,7 @@ fn config_for(socket: std::path::PathBuf, downloads: std::path::PathBuf) -> Daem
         },
         code_ttl: Duration::from_secs(60),
         resume_window: Duration::from_secs(3600),
+        device_wait: Duration::from_secs(3600),
         rtc: RtcSettings {
             ice_servers: vec![],
             bind: vec!["127.0.0.1:0".into()],

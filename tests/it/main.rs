@@ -15,6 +15,7 @@ mod netns;
 #[path = "../netns/mod.rs"]
 mod netns_harness;
 mod page;
+mod paired;
 mod pion;
 mod races;
 mod resume;

@@ -31,6 +31,8 @@ pub struct Options {
     pub limits: p2pd::transfer::names::Limits,
     /// The name paired devices see.
     pub device_name: &'static str,
+    /// How long a send to a paired device waits for it to come online.
+    pub device_wait: Duration,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             resume_window: Duration::from_secs(3600),
             limits: Default::default(),
             device_name: "test",
+            device_wait: Duration::from_secs(3600),
         }
     }
 }
@@ -76,6 +79,7 @@ impl TestDaemon {
             code_ttl: options.code_ttl,
             state_dir: dir.path().join("state"),
             resume_window: options.resume_window,
+            device_wait: options.device_wait,
             rtc: RtcSettings {
                 ice_servers: Vec::new(),
                 bind: vec!["127.0.0.1:0".into()],
@@ -101,6 +105,15 @@ impl TestDaemon {
 
     /// A second daemon that uses this one's rendezvous, as another machine would.
     pub async fn peer(&self) -> TestDaemon {
+        self.peer_with(Options {
+            device_name: "peer",
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// [`TestDaemon::peer`] with other options (its rendezvous is always this one's).
+    pub async fn peer_with(&self, options: Options) -> TestDaemon {
         let url = self
             .daemon
             .as_ref()
@@ -109,10 +122,37 @@ impl TestDaemon {
             .to_owned();
         TestDaemon::start_with(Options {
             rendezvous: Some(url),
-            device_name: "peer",
-            ..Options::default()
+            ..options
         })
         .await
+    }
+
+    /// Where the daemon keeps its identity, paired devices and job records.
+    pub fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+
+    /// Starts a send to the paired device `to`, without a code.
+    pub async fn send_to(&self, to: &str, paths: &[PathBuf]) -> Result<JobId, (ErrorKind, String)> {
+        let reply = self
+            .client()
+            .await
+            .call(Request::Send {
+                paths: paths.to_vec(),
+                follow: false,
+                path: Default::default(),
+                words: None,
+                text: None,
+                manual: false,
+                to: Some(to.to_owned()),
+            })
+            .await
+            .expect("send reply");
+        match reply {
+            ServerFrame::Created(info) => Ok(info.id),
+            ServerFrame::Error { kind, message } => Err((kind, message)),
+            other => panic!("unexpected reply {other:?}"),
+        }
     }
 
     pub async fn client(&self) -> IpcClient {
@@ -131,6 +171,7 @@ impl TestDaemon {
                 words: None,
                 text: None,
                 manual: false,
+                to: None,
             })
             .await
             .expect("send reply")

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
-use p2pd::ipc::client::IpcClient;
 use indicatif::HumanBytes;
+use p2pd::ipc::client::IpcClient;
 use p2pd::ipc::messages::{DeviceInfo, Direction, JobState, Request, Rule, ServerFrame};
 use p2pd::terminal::escape_controls;
 
@@ -155,9 +155,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let bad = || format!("{text:?} is not a size: give bytes, or a number with K, M, G or T");
     let trimmed = text.trim();
     let upper = trimmed.to_ascii_uppercase();
-    let number = upper
-        .trim_end_matches('B')
-        .trim_end_matches('I');
+    let number = upper.trim_end_matches('B').trim_end_matches('I');
     let (digits, shift) = match number.chars().last() {
         Some('K') => (&number[..number.len() - 1], 10),
         Some('M') => (&number[..number.len() - 1], 20),
@@ -234,7 +232,10 @@ pub async fn inbox(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
     } else if waiting.is_empty() {
         eprintln!("Nothing waiting: offers from paired devices whose rule is ask show up here");
     } else {
-        println!("{:>4}  {:<24}  {:>5}  {:>10}", "ID", "FROM", "FILES", "SIZE");
+        println!(
+            "{:>4}  {:<24}  {:>5}  {:>10}",
+            "ID", "FROM", "FILES", "SIZE"
+        );
         for job in &waiting {
             println!(
                 "{:>4}  {:<24}  {:>5}  {:>10}",
@@ -261,23 +262,6 @@ pub async fn decide(socket: &Path, id: u64, accept: bool) -> anyhow::Result<Exit
             Ok(ExitCode::SUCCESS)
         }
         other => Err(unexpected(other)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes_read_as_people_write_them() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("500M"), Ok(500 << 20));
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("1.5k"), Ok(1536));
-        for bad in ["", "lots", "-1G", "1X", "99999999999T"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
     }
 }
 
@@ -317,6 +301,23 @@ pub async fn pair(socket: &Path, code: Option<String>) -> anyhow::Result<ExitCod
                 return Ok(ExitCode::SUCCESS);
             }
             other => return Err(unexpected(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+        for bad in ["", "lots", "-1G", "1X", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
 }

@@ -1,0 +1,238 @@
+//! Sends between paired devices without a code, through real daemons and the real
+//! rendezvous: each device's rule and caps, an offline device, a copied pairing without
+//! the identity key, and unpairing.
+
+use std::time::Duration;
+
+use p2pd::ipc::messages::{Direction, ErrorKind, JobState, JobSummary, Request, Rule, ServerFrame};
+
+use crate::devices::{devices, pair};
+use crate::support::{Options, TestDaemon, random_file, sha256_file};
+
+async fn set_rule(daemon: &TestDaemon, name: &str, rule: Rule, max_files: Option<u64>) {
+    let reply = daemon
+        .client()
+        .await
+        .call(Request::Rule {
+            name: name.into(),
+            rule,
+            max_files,
+            max_bytes: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, ServerFrame::Devices(ref d) if d.len() == 1 && d[0].rule == rule),
+        "{reply:?}"
+    );
+}
+
+/// The offer from a paired device that waits for this daemon's person.
+async fn waiting_offer(daemon: &TestDaemon) -> JobSummary {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let found =
+            daemon.jobs().await.into_iter().find(|j| {
+                j.direction == Direction::Receive && j.state == JobState::AwaitingApproval
+            });
+        if let Some(job) = found {
+            return job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no offer in the inbox within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paired_device_sends_without_a_code_and_auto_saves_under_from_name() {
+    let a = TestDaemon::start().await;
+    let mut b = a.peer().await;
+    pair(&a, &b).await;
+    set_rule(&b, "test", Rule::Auto, None).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "report.bin", 3 << 20, 1);
+    let job = a
+        .send_to("peer", std::slice::from_ref(&file))
+        .await
+        .unwrap();
+    let info = a.wait(job).await;
+    assert_eq!(info.state, JobState::Completed, "{:?}", info.failure);
+    assert_eq!(info.device.as_deref(), Some("peer"));
+    let saved = b.downloads.join("From test").join("report.bin");
+    assert_eq!(sha256_file(&saved), sha256_file(&file));
+    let received = b.jobs().await;
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].device.as_deref(), Some("test"));
+    assert_eq!(received[0].state, JobState::Completed);
+
+    // Both identities and the pairing survive a restart of the receiver.
+    b.restart().await;
+    let second = random_file(src.path(), "second.bin", 100_000, 2);
+    let job = a
+        .send_to("peer", std::slice::from_ref(&second))
+        .await
+        .unwrap();
+    assert_eq!(a.wait(job).await.state, JobState::Completed);
+    let saved = b.downloads.join("From test").join("second.bin");
+    assert_eq!(sha256_file(&saved), sha256_file(&second));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_rule_waits_in_the_inbox_and_a_no_or_a_cap_is_told_to_the_sender() {
+    let a = TestDaemon::start().await;
+    let b = a.peer().await;
+    pair(&a, &b).await;
+    let src = tempfile::tempdir().unwrap();
+    let one = random_file(src.path(), "one.bin", 200_000, 3);
+    let two = random_file(src.path(), "two.bin", 1000, 4);
+
+    // Ask (the default): the offer waits, then a yes takes it.
+    let job = a.send_to("peer", std::slice::from_ref(&one)).await.unwrap();
+    let offer = waiting_offer(&b).await;
+    assert_eq!((offer.device.as_deref(), offer.files), (Some("test"), 1));
+    b.decide(offer.id, true).await;
+    assert_eq!(a.wait(job).await.state, JobState::Completed);
+    assert!(b.downloads.join("From test").join("one.bin").is_file());
+
+    // A no: the sender hears it.
+    let job = a.send_to("peer", std::slice::from_ref(&two)).await.unwrap();
+    let offer = waiting_offer(&b).await;
+    b.decide(offer.id, false).await;
+    let failure = a.wait(job).await.failure.expect("declined");
+    assert_eq!(failure.kind, ErrorKind::Declined, "{failure:?}");
+    assert!(!b.downloads.join("From test").join("two.bin").exists());
+
+    // Past the device's cap: refused before anyone is asked, with the reason.
+    set_rule(&b, "test", Rule::Ask, Some(1)).await;
+    let job = a.send_to("peer", &[one, two]).await.unwrap();
+    let failure = a.wait(job).await.failure.expect("refused");
+    assert_eq!(failure.kind, ErrorKind::Declined, "{failure:?}");
+    assert!(
+        failure
+            .message
+            .contains("2 files, more than this receiver's limit of 1"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        b.jobs()
+            .await
+            .iter()
+            .all(|j| j.state != JobState::AwaitingApproval)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_to_an_offline_device_waits_for_it_within_its_window() {
+    let a = TestDaemon::start().await;
+    let mut b = a.peer().await;
+    pair(&a, &b).await;
+    set_rule(&b, "test", Rule::Auto, None).await;
+    b.stop().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "later.bin", 500_000, 5);
+    let job = a
+        .send_to("peer", std::slice::from_ref(&file))
+        .await
+        .unwrap();
+    let waiting = a
+        .wait_until(job, |i| i.state == JobState::WaitingForPeer)
+        .await;
+    let deadline = waiting.wait_deadline_unix.expect("the time it waits until");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        (now + 3590..=now + 3600).contains(&deadline),
+        "{deadline} vs {now}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(a.jobs().await[0].state, JobState::WaitingForPeer);
+    // The device comes online: the file arrives without anyone doing anything.
+    b.restart().await;
+    let info = a.wait(job).await;
+    assert_eq!(info.state, JobState::Completed, "{:?}", info.failure);
+    assert_eq!(info.wait_deadline_unix, None);
+    let saved = b.downloads.join("From test").join("later.bin");
+    assert_eq!(sha256_file(&saved), sha256_file(&file));
+
+    // A device that stays away past the window: the send ends, saying so.
+    let c = TestDaemon::start_with(Options {
+        device_wait: Duration::from_secs(3),
+        ..Options::default()
+    })
+    .await;
+    let mut d = c.peer().await;
+    pair(&c, &d).await;
+    d.stop().await;
+    let job = c.send_to("peer", &[file]).await.unwrap();
+    let failure = c.wait(job).await.failure.expect("gave up");
+    assert_eq!(failure.kind, ErrorKind::PeerGone);
+    assert_eq!(
+        failure.message,
+        "peer did not come online within 3 s: send again when it is"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_pairing_without_the_identity_key_is_refused_and_unpairing_ends_sends() {
+    let a = TestDaemon::start().await;
+    let b = a.peer().await;
+    pair(&a, &b).await;
+    set_rule(&b, "test", Rule::Auto, None).await;
+    // A third daemon with a's name and a's whole devices.json (the pair secret too), but
+    // its own identity key.
+    let mut c = a
+        .peer_with(Options {
+            device_name: "test",
+            ..Options::default()
+        })
+        .await;
+    c.stop().await;
+    std::fs::copy(
+        a.state_dir().join("devices.json"),
+        c.state_dir().join("devices.json"),
+    )
+    .unwrap();
+    c.restart().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "stolen.bin", 1000, 6);
+    let job = c
+        .send_to("peer", std::slice::from_ref(&file))
+        .await
+        .unwrap();
+    let failure = c.wait(job).await.failure.expect("refused");
+    assert_eq!(failure.kind, ErrorKind::Declined, "{failure:?}");
+    assert!(
+        failure.message.contains("peer refused this device"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        b.jobs().await.is_empty(),
+        "the refused send never reached the receiver's person"
+    );
+    assert!(!b.downloads.join("From test").exists());
+
+    // Unpairing tells the other side; after it, neither side can send to the other.
+    let reply = b
+        .client()
+        .await
+        .call(Request::Unpair {
+            name: "test".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply, ServerFrame::Unpaired { told: true });
+    assert!(devices(&a).await.is_empty());
+    let refused = a.send_to("peer", &[file]).await.unwrap_err();
+    assert_eq!(refused.0, ErrorKind::NotFound, "{refused:?}");
+    assert_eq!(
+        refused.1,
+        "no paired device is called peer: p2p devices lists them, p2p pair adds one"
+    );
+}
