@@ -598,6 +598,10 @@ fn daemon_help_states_the_defaults_in_the_code() {
             p2pd::rtc::sctp::RTO_MIN.as_millis()
         ),
         "bbr (rack with BBR-style pacing; the default)".to_owned(),
+        format!(
+            "for an offline device to come online (default {} h)",
+            p2pd::config::DEFAULT_DEVICE_WAIT.as_secs() / 3600
+        ),
     ];
     for phrase in phrases {
         assert!(
@@ -605,6 +609,32 @@ fn daemon_help_states_the_defaults_in_the_code() {
             "p2pd --help should say {phrase:?}:\n{help}"
         );
     }
+    // And p2p's, where it names the daemon's waits.
+    let said = |args: &[&str]| {
+        let help = Command::new(P2P).args(args).output().unwrap();
+        String::from_utf8_lossy(&help.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let send = said(&["send", "--help"]);
+    let phrase = format!(
+        "the job waits for it ({} h unless p2pd's device_wait_secs",
+        p2pd::config::DEFAULT_DEVICE_WAIT.as_secs() / 3600
+    );
+    assert!(
+        send.contains(&phrase),
+        "p2p send --help should say {phrase:?}"
+    );
+    let unpair = said(&["unpair", "--help"]);
+    let phrase = format!(
+        "(if it can be reached within {} s)",
+        p2pd::daemon::mailbox::UNPAIR_NOTICE_LIMIT.as_secs()
+    );
+    assert!(
+        unpair.contains(&phrase),
+        "p2p unpair --help should say {phrase:?}"
+    );
     assert_eq!(
         p2pd::rtc::sctp::SctpRecovery::default(),
         p2pd::rtc::sctp::SctpRecovery::Bbr

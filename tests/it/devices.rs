@@ -53,7 +53,30 @@ pub async fn start_pairing(
 
 /// Pairs `a` and `b`, both people saying yes.
 pub async fn pair(a: &TestDaemon, b: &TestDaemon) {
-    let (mut first, mut second, _, _) = start_pairing(a, b, str::to_owned).await;
+    pair_sockets(&a.socket, &b.socket).await;
+}
+
+/// Pairs the daemons on these control sockets (wherever they run), both people saying yes.
+pub async fn pair_sockets(a: &std::path::Path, b: &std::path::Path) {
+    let mut first = IpcClient::connect(a).await.unwrap();
+    first.send(Request::Pair { code: None }).await.unwrap();
+    let ServerFrame::PairCode { code } = next(&mut first).await else {
+        panic!("no code");
+    };
+    let mut second = IpcClient::connect(b).await.unwrap();
+    second
+        .send(Request::Pair { code: Some(code) })
+        .await
+        .unwrap();
+    let (seen_by_b, seen_by_a) = tokio::join!(next(&mut second), next(&mut first));
+    assert!(
+        matches!(seen_by_a, ServerFrame::PairPeer { .. }),
+        "{seen_by_a:?}"
+    );
+    assert!(
+        matches!(seen_by_b, ServerFrame::PairPeer { .. }),
+        "{seen_by_b:?}"
+    );
     first.send(Request::Confirm { accept: true }).await.unwrap();
     second
         .send(Request::Confirm { accept: true })

@@ -282,3 +282,67 @@ fn path_flags_force_the_relay_or_refuse_it() {
         "nothing may be written when the path is refused"
     );
 }
+
+/// Two daemons behind their own NAT routers pair through the rendezvous on the internet,
+/// then send by name with the real CLI: no code, the device's rule saving it under
+/// `From h1/`; after `p2p unpair` the same command is refused in one line.
+#[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
+fn paired_devices_send_by_name_across_two_nats() {
+    use crate::cli::P2P;
+    let Some(mut net) = Net::new() else { return };
+    net.internet();
+    net.router("r1", "203.0.113.11", "192.168.1", Nat::Ordinary);
+    net.router("r2", "203.0.113.12", "192.168.2", Nat::Ordinary);
+    net.host("h1", "r1", "192.168.1.2");
+    net.host("h2", "r2", "192.168.2.2");
+    net.services();
+    let a = net.daemon_with("h1", "h1", &["--device-name", "h1"]);
+    let b = net.daemon_with("h2", "h2", &["--device-name", "h2"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(crate::devices::pair_sockets(&a, &b));
+    let p2p = |socket: &Path, args: &[&str]| {
+        std::process::Command::new(P2P)
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let rule = p2p(&b, &["rule", "h1", "auto", "--max-size", "10M"]);
+    assert!(rule.status.success(), "{rule:?}");
+    assert!(String::from_utf8_lossy(&rule.stdout).contains("auto"));
+    let file = payload(&net);
+    let sent = p2p(
+        &a,
+        &["send", "--json", "--to", "h2", file.to_str().unwrap()],
+    );
+    let events = String::from_utf8_lossy(&sent.stdout).into_owned();
+    assert!(sent.status.success(), "{events}\n{}", net.logs());
+    assert!(events.contains("\"device\":\"h2\""), "{events}");
+    assert!(
+        events.contains("srflx") || events.contains("prflx"),
+        "{events}"
+    );
+    let saved = net.downloads("h2").join("From h1").join("payload.bin");
+    assert_eq!(
+        std::fs::read(&saved).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+
+    let unpaired = p2p(&a, &["unpair", "h2"]);
+    assert!(unpaired.status.success(), "{unpaired:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&unpaired.stderr).trim(),
+        "Unpaired h2: both devices forgot each other"
+    );
+    let refused = p2p(&a, &["send", "--to", "h2", file.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr).trim(),
+        "error: no paired device is called h2: p2p devices lists them, p2p pair adds one"
+    );
+}
