@@ -41,6 +41,7 @@ fn the_readme_sample_config_states_the_defaults() {
     let defaults = [
         ("code_ttl_secs", secs(config.code_ttl).to_string()),
         ("resume_window_secs", secs(config.resume_window).to_string()),
+        ("device_wait_secs", secs(config.device_wait).to_string()),
         ("udp_buffer_bytes", config.rtc.udp_buffer_bytes.to_string()),
         (
             "sctp_window_bytes",
