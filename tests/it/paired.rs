@@ -236,3 +236,32 @@ async fn a_copied_pairing_without_the_identity_key_is_refused_and_unpairing_ends
         "no paired device is called peer: p2p devices lists them, p2p pair adds one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_between_paired_devices_resumes_after_the_receiver_restarts() {
+    let a = TestDaemon::start().await;
+    let mut b = a.peer().await;
+    pair(&a, &b).await;
+    set_rule(&b, "test", Rule::Auto, None).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "big.bin", 96 << 20, 7);
+    let job = a
+        .send_to("peer", std::slice::from_ref(&file))
+        .await
+        .unwrap();
+    a.wait_until(job, |i| i.bytes_done > 4 << 20).await;
+    // Stopped mid-transfer: the job is durable on both sides, and resumes on its own
+    // channel (not the mailbox) once the receiver is back.
+    b.stop().await;
+    let interrupted = a
+        .wait_until(job, |i| i.state == JobState::WaitingToResume)
+        .await;
+    assert_eq!(interrupted.state, JobState::WaitingToResume);
+    assert!(interrupted.bytes_done < interrupted.bytes_total);
+    b.restart().await;
+    let info = a.wait(job).await;
+    assert_eq!(info.state, JobState::Completed, "{:?}", info.failure);
+    let saved = b.downloads.join("From test").join("big.bin");
+    assert_eq!(sha256_file(&saved), sha256_file(&file));
+    crate::support::assert_no_partials(&b.downloads.join("From test"));
+}
