@@ -67,6 +67,8 @@ pub struct FileConfig {
     pub max_file_bytes: Option<u64>,
     /// The name paired devices see (default: the host name).
     pub device_name: Option<String>,
+    /// Announce this daemon on the LAN (mDNS) and take nearby offers (default true).
+    pub lan_discovery: Option<bool>,
 }
 
 /// The standalone rendezvous server's config file (`p2pd rendezvous --config PATH`). Its
@@ -211,6 +213,8 @@ pub struct DaemonConfig {
     pub path_policy: PathPolicy,
     /// The name paired devices see.
     pub device_name: String,
+    /// Announce on the LAN, find nearby daemons, take nearby offers.
+    pub lan_discovery: bool,
 }
 
 /// This machine's host name, the default device name; "p2pd" if it has none usable.
@@ -291,6 +295,8 @@ pub struct Overrides {
     pub max_total_bytes: Option<u64>,
     pub max_file_bytes: Option<u64>,
     pub device_name: Option<String>,
+    /// `--no-lan-discovery`.
+    pub no_lan_discovery: bool,
 }
 
 impl DaemonConfig {
@@ -408,7 +414,9 @@ impl DaemonConfig {
             }
             None => host_name(),
         };
+        let lan_discovery = !flags.no_lan_discovery && file.lan_discovery.unwrap_or(true);
         Ok(DaemonConfig {
+            lan_discovery,
             device_name,
             limits,
             socket,

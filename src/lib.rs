@@ -5,6 +5,7 @@ pub mod devices;
 #[cfg(test)]
 mod doc_drift;
 pub mod ipc;
+pub mod lan;
 #[cfg(test)]
 mod proptests;
 pub mod rendezvous;

@@ -48,6 +48,10 @@ struct Args {
     /// Seconds an interrupted job keeps trying to resume before it fails (default 24 h).
     #[arg(long)]
     resume_window: Option<u64>,
+    /// Do not announce this daemon on the LAN (mDNS) nor take offers from nearby devices;
+    /// p2p nearby then finds nothing.
+    #[arg(long)]
+    no_lan_discovery: bool,
     /// Seconds `p2p send --to NAME` waits for an offline device to come online (default 24 h).
     #[arg(long)]
     device_wait: Option<u64>,
@@ -268,6 +272,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         state_dir: args.state_dir,
         resume_window_secs: args.resume_window,
         device_wait_secs: args.device_wait,
+        no_lan_discovery: args.no_lan_discovery,
         rendezvous: args.rendezvous,
         rendezvous_ca: args.rendezvous_ca,
         rendezvous_listen: args.rendezvous_listen,

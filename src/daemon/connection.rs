@@ -127,6 +127,27 @@ pub async fn serve(
                 write_frame(&mut stream, &frame).await?
             }
             Request::Devices => write_frame(&mut stream, &super::devices::list(&jobs)).await?,
+            Request::Nearby => {
+                let frame = match &jobs.context.lan {
+                    Some(lan) => ServerFrame::Nearby {
+                        enabled: true,
+                        devices: lan
+                            .nearby()
+                            .into_iter()
+                            .map(|n| crate::ipc::messages::NearbyInfo {
+                                name: crate::terminal::escape_controls(&n.name),
+                                id: n.id,
+                                addresses: n.addresses.iter().map(|a| a.to_string()).collect(),
+                            })
+                            .collect(),
+                    },
+                    None => ServerFrame::Nearby {
+                        enabled: false,
+                        devices: Vec::new(),
+                    },
+                };
+                write_frame(&mut stream, &frame).await?
+            }
             Request::Unpair { name } => {
                 let frame = super::devices::unpair(&jobs, name).await;
                 write_frame(&mut stream, &frame).await?

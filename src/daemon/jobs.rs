@@ -16,10 +16,10 @@ use super::rate::RateMeter;
 use super::record::RecordStore;
 use super::runner;
 use crate::config::DaemonConfig;
-use crate::ipc::messages::ResumeInfo;
 use crate::ipc::messages::{
     Direction, ErrorKind, Failure, FileInfo, JobId, JobInfo, JobState, JobSummary, PathPolicy,
 };
+use crate::ipc::messages::{Recipient, ResumeInfo};
 use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::{Code, SignalError};
 use crate::terminal::{error_line, escape_controls, escape_path};
@@ -43,6 +43,8 @@ pub struct Context {
     pub devices: Arc<Mutex<crate::devices::registry::Registry>>,
     /// Where paired devices reach it, and the turns its sends take at theirs.
     pub mailboxes: super::mailbox::Mailboxes,
+    /// Its LAN announcement and what it sees of others; `None` when it takes no part.
+    pub lan: Option<Arc<crate::lan::Discovery>>,
 }
 
 pub struct Job {
@@ -485,14 +487,14 @@ impl Jobs {
         path: PathPolicy,
         words: Option<String>,
         text: Option<String>,
-        (manual, to): (bool, Option<String>),
+        (manual, to): (bool, Option<Recipient>),
     ) -> Result<JobInfo, Failure> {
         self.refuse_if_stopping()?;
         let path = self.resolve_path(path)?;
         if to.is_some() && (manual || words.is_some()) {
             return Err(failure(
                 ErrorKind::BadRequest,
-                "--to sends to a paired device without a code: leave out --code and --manual",
+                "--to and --nearby send without a code: leave out --code and --manual",
             ));
         }
         if manual && words.is_some() {
@@ -507,15 +509,24 @@ impl Jobs {
                 .map_err(|e| failure(ErrorKind::BadRequest, e.to_string()))?;
         }
         let target = match &to {
-            Some(name) => Some(self.target(name)?),
-            None => None,
+            Some(Recipient::Paired(name)) => Some(self.target(name)?),
+            _ => None,
+        };
+        let nearby = match &to {
+            Some(Recipient::Nearby(name)) => Some(self.nearby_target(name, path)?),
+            _ => None,
         };
         let sources = collect(paths, text.as_deref()).await?;
         if let Some(target) = target {
             return Ok(self.start_send_to(target, sources, text, path));
         }
+        if let Some(nearby) = nearby {
+            return Ok(self.start_send_nearby(nearby, sources, text));
+        }
         if manual {
-            return Ok(self.start_manual_send(sources, text, path));
+            let job = self.start_manual_send(sources, text, path, super::manual::Via::Person);
+            let info = job.info.borrow().clone();
+            return Ok(info);
         }
         let mut client = RendezvousClient::connect(&self.context.rendezvous_url)
             .await

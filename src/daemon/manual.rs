@@ -5,9 +5,12 @@
 //! transfer runs as a coded one does, except that it cannot resume: resuming finds the
 //! other side again through the rendezvous, which a manual job never used.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use tracing::Instrument;
 
@@ -26,11 +29,30 @@ pub const ANSWER_WAIT: Duration = Duration::from_secs(10 * 60);
 /// receiver's clock starts when it shows its answer, which a person still has to carry).
 pub const CONNECT_WAIT: Duration = Duration::from_secs(10 * 60);
 
-fn settings_for(context: &Context, path: PathPolicy) -> Result<RtcSettings, JobError> {
-    let settings = RtcSettings {
+/// Where a manual job's other description comes from, and goes.
+pub(super) enum Via {
+    /// A person pastes it (`--manual`).
+    Person,
+    /// A nearby daemon's LAN connection carries it (`--nearby`): host candidates only.
+    Nearby(NearbyLink),
+}
+
+pub(super) enum NearbyLink {
+    /// Sender: the nearby daemon to offer to, and this daemon's display name.
+    To(SocketAddr, String),
+    /// Receiver: where the answer goes.
+    From(oneshot::Sender<String>),
+}
+
+fn settings_for(context: &Context, path: PathPolicy, via: &Via) -> Result<RtcSettings, JobError> {
+    let mut settings = RtcSettings {
         relay_only: path == PathPolicy::ForceRelay,
         ..context.config.rtc.clone()
     };
+    if matches!(via, Via::Nearby(_)) {
+        // The LAN only: no STUN, no TURN, nothing that leaves it.
+        settings.ice_servers.clear();
+    }
     if settings.relay_only && !settings.has_relay() {
         return Err(JobError::NoRelay);
     }
@@ -43,23 +65,19 @@ impl Jobs {
         sources: Sources,
         text: Option<String>,
         path: PathPolicy,
-    ) -> JobInfo {
+        via: Via,
+    ) -> Arc<Job> {
         let files = file_infos(&sources.manifest);
         let job = self.register(Direction::Send, JobState::Connecting, None, files);
         job.info
             .send_modify(|info| info.skipped = sources.manifest.skipped.clone());
-        let info = job.info.borrow().clone();
+        let id = job.info.borrow().id;
         let context = self.context.clone();
-        self.tracker
-            .spawn(
-                run_send(job, context, sources, text, path).instrument(tracing::info_span!(
-                    "job",
-                    id = info.id,
-                    dir = "send",
-                    manual = true
-                )),
-            );
-        info
+        self.tracker.spawn(
+            run_send(job.clone(), context, sources, text, path, via)
+                .instrument(tracing::info_span!("job", id, dir = "send", manual = true)),
+        );
+        job
     }
 
     pub async fn start_receive_manual(
@@ -69,6 +87,19 @@ impl Jobs {
         accept: bool,
         path: PathPolicy,
     ) -> Result<JobInfo, Failure> {
+        self.start_receive_via(offer, dir, accept, path, Via::Person)
+            .await
+            .map(|job| job.info.borrow().clone())
+    }
+
+    pub(super) async fn start_receive_via(
+        &self,
+        offer: &str,
+        dir: Option<PathBuf>,
+        accept: bool,
+        path: PathPolicy,
+        via: Via,
+    ) -> Result<Arc<Job>, Failure> {
         self.refuse_if_stopping()?;
         let path = self.resolve_path(path)?;
         let sdp = manual::decode(offer, Kind::Offer)
@@ -77,17 +108,14 @@ impl Jobs {
         let job = self.register(Direction::Receive, JobState::Connecting, None, Vec::new());
         job.info
             .send_modify(|info| info.destination = Some(dir.clone()));
-        let info = job.info.borrow().clone();
+        let id = job.info.borrow().id;
         let context = self.context.clone();
         self.tracker.spawn(
-            run_receive(job, context, sdp, dir, accept, path).instrument(tracing::info_span!(
-                "job",
-                id = info.id,
-                dir = "receive",
-                manual = true
-            )),
+            run_receive(job.clone(), context, sdp, (dir, accept), path, via).instrument(
+                tracing::info_span!("job", id, dir = "receive", manual = true),
+            ),
         );
-        Ok(info)
+        Ok(job)
     }
 }
 
@@ -110,19 +138,34 @@ async fn run_send(
     sources: Sources,
     text: Option<String>,
     path: PathPolicy,
+    via: Via,
 ) {
     let cancel = job.cancel.clone();
     let result = async {
-        let settings = settings_for(&context, path)?;
+        let settings = settings_for(&context, path, &via)?;
         let (mut pending, offer) =
             or_cancel(&cancel, async { Ok(manual::offer(&settings).await?) }).await?;
-        let answered = job.expect_answer();
-        job.show_signal(offer);
-        job.set_state(JobState::WaitingForPeer);
-        let answer = tokio::select! {
-            _ = cancel.cancelled() => Err(JobError::Cancelled),
-            _ = tokio::time::sleep(ANSWER_WAIT) => Err(JobError::NoAnswer),
-            answer = answered => answer.map_err(|_| JobError::Cancelled),
+        let answer = match via {
+            Via::Person => {
+                let answered = job.expect_answer();
+                job.show_signal(offer);
+                job.set_state(JobState::WaitingForPeer);
+                tokio::select! {
+                    _ = cancel.cancelled() => Err(JobError::Cancelled),
+                    _ = tokio::time::sleep(ANSWER_WAIT) => Err(JobError::NoAnswer),
+                    answer = answered => answer.map_err(|_| JobError::Cancelled),
+                }
+            }
+            Via::Nearby(NearbyLink::To(addr, name)) => {
+                job.set_state(JobState::WaitingForPeer);
+                or_cancel(&cancel, async {
+                    super::nearby::offer(addr, name, offer)
+                        .await
+                        .map_err(JobError::Nearby)
+                })
+                .await
+            }
+            Via::Nearby(NearbyLink::From(_)) => Err(JobError::Cancelled),
         };
         let answer = match answer {
             Ok(answer) => answer,
@@ -200,20 +243,30 @@ async fn run_receive(
     job: Arc<Job>,
     context: Arc<Context>,
     offer_sdp: String,
-    dir: PathBuf,
-    accept: bool,
+    (dir, accept): (PathBuf, bool),
     path: PathPolicy,
+    via: Via,
 ) {
     let cancel = job.cancel.clone();
     let result = async {
-        let settings = settings_for(&context, path)?;
+        let settings = settings_for(&context, path, &via)?;
         job.set_state(JobState::Negotiating);
         let (pending, answer) = or_cancel(&cancel, async {
             Ok(manual::answer(&settings, &offer_sdp).await?)
         })
         .await?;
-        // Nothing to wait for on this side: the person carries the answer over.
-        job.show_signal(answer);
+        match via {
+            // Nothing to wait for on this side: the person carries the answer over.
+            Via::Person => job.show_signal(answer),
+            // The nearby sender's connection carries it; if it is gone, so is the job.
+            Via::Nearby(NearbyLink::From(reply)) => {
+                if reply.send(answer).is_err() {
+                    pending.close().await;
+                    return Err(JobError::Transfer(transfer::TransferError::PeerGone));
+                }
+            }
+            Via::Nearby(NearbyLink::To(..)) => {}
+        }
         let connection = pending.connected(CONNECT_WAIT, &cancel).await?;
         if let Err(error) = compare_strings(&connection, Role::Receiver, path, &job).await {
             connection.close().await;

@@ -8,6 +8,7 @@ pub mod history;
 pub mod jobs;
 pub mod mailbox;
 pub mod manual;
+mod nearby;
 pub mod notify;
 pub mod pairing;
 pub mod rate;
@@ -62,6 +63,26 @@ pub struct Daemon {
     rendezvous_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// The LAN: a listener for nearby offers on every interface, and the announcement of its
+/// port. A machine where either cannot start still transfers; its log says why.
+async fn start_lan(name: &str) -> Option<(tokio::net::TcpListener, Arc<crate::lan::Discovery>)> {
+    let listener = match tokio::net::TcpListener::bind(("0.0.0.0", 0)).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            warn!(%error, "cannot listen for nearby offers: LAN discovery is off");
+            return None;
+        }
+    };
+    let port = listener.local_addr().ok()?.port();
+    match crate::lan::Discovery::start(name, port) {
+        Ok(discovery) => Some((listener, Arc::new(discovery))),
+        Err(error) => {
+            warn!(%error, "LAN discovery is off");
+            None
+        }
+    }
 }
 
 impl Daemon {
@@ -129,6 +150,10 @@ impl Daemon {
         };
         let socket_path = config.socket.clone();
         let identity = Arc::new(identity);
+        let lan = match config.lan_discovery {
+            true => start_lan(&config.device_name).await,
+            false => None,
+        };
         let jobs = Arc::new(Jobs::new(
             Context {
                 identity,
@@ -139,12 +164,17 @@ impl Daemon {
                 shutdown: shutdown.clone(),
                 space: Default::default(),
                 mailboxes: Default::default(),
+                lan: lan.as_ref().map(|(_, discovery)| discovery.clone()),
             },
             shutdown.clone(),
             tracker.clone(),
         ));
         jobs.restore().await;
         mailbox::sync(&jobs);
+        if let Some((listener, discovery)) = lan {
+            tracker.spawn(discovery.run(shutdown.clone()));
+            tracker.spawn(nearby::accept_loop(listener, jobs.clone()));
+        }
         tracker.spawn(accept_loop(
             listener,
             jobs,

@@ -38,6 +38,8 @@ pub(super) enum JobError {
     NotConfirmed,
     /// `--to NAME`: the paired device was not met, or did not prove itself.
     Meet(MeetError),
+    /// `--nearby NAME`: the nearby daemon did not answer the offer.
+    Nearby(super::nearby::NearbyError),
     Cancelled,
 }
 
@@ -116,6 +118,13 @@ impl JobError {
                     MeetError::Offline(..) => ErrorKind::PeerGone,
                     MeetError::Refused(_) => ErrorKind::Declined,
                     _ => ErrorKind::Protocol,
+                },
+                error_line(e),
+            ),
+            JobError::Nearby(e) => (
+                match e {
+                    super::nearby::NearbyError::Refused(_) => ErrorKind::Declined,
+                    _ => ErrorKind::PeerGone,
                 },
                 error_line(e),
             ),
@@ -264,6 +273,7 @@ impl JobError {
             | JobError::NoAnswer
             | JobError::NotConfirmed
             | JobError::Meet(_)
+            | JobError::Nearby(_)
             | JobError::Cancelled => false,
         }
     }

@@ -29,9 +29,9 @@ pub enum Request {
         /// No rendezvous and no code (`--manual`): the job shows its offer as `signal`
         /// and waits for an `Answer`; `words` must be absent.
         manual: bool,
-        /// To this paired device, without a code (`--to NAME`); `words` and `manual`
-        /// must be absent.
-        to: Option<String>,
+        /// To a paired device (`--to NAME`) or a nearby one (`--nearby NAME`), without a
+        /// code; `words` and `manual` must be absent.
+        to: Option<Recipient>,
     },
     /// Start receiving; `accept` skips the question. Updates follow if `follow`.
     Receive {
@@ -88,6 +88,8 @@ pub enum Request {
     Confirm {
         accept: bool,
     },
+    /// The daemons seen on the LAN → `Nearby`.
+    Nearby,
     /// How offers from a paired device are handled → `Devices` (that device only), or
     /// `Error { NotFound }`.
     Rule {
@@ -99,6 +101,16 @@ pub enum Request {
 }
 
 pub use crate::devices::registry::Rule;
+
+/// Who a send without a code goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Recipient {
+    /// A paired device, by the name `p2p devices` lists.
+    Paired(String),
+    /// A daemon on the LAN, by the name or id `p2p nearby` lists: host candidates only,
+    /// and both people compare an authentication string.
+    Nearby(String),
+}
 
 impl Request {
     /// What kind of request this is, safe to log.
@@ -119,6 +131,7 @@ impl Request {
             Request::Pair { .. } => "pair",
             Request::Confirm { .. } => "confirm",
             Request::Rule { .. } => "rule",
+            Request::Nearby => "nearby",
         }
     }
 }
@@ -194,6 +207,12 @@ pub enum ServerFrame {
         name: String,
         fingerprint: String,
     },
+    /// The daemons seen on the LAN (names escaped); `enabled` is false when this daemon
+    /// does not take part (`--no-lan-discovery`, or mDNS could not start).
+    Nearby {
+        enabled: bool,
+        devices: Vec<NearbyInfo>,
+    },
     /// `Unpair` forgot the device here; `told` if the device heard of it and forgot this
     /// one too.
     Unpaired {
@@ -204,6 +223,15 @@ pub enum ServerFrame {
         kind: ErrorKind,
         message: String,
     },
+}
+
+/// A daemon on the LAN as `p2p nearby` lists it (name escaped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NearbyInfo {
+    pub name: String,
+    /// Random per start of that daemon.
+    pub id: String,
+    pub addresses: Vec<String>,
 }
 
 /// A paired device as `p2p devices` lists it (name escaped).

@@ -182,6 +182,7 @@ fn config_for(socket: std::path::PathBuf, downloads: std::path::PathBuf) -> Daem
         limits: Default::default(),
         path_policy: Default::default(),
         device_name: "test".into(),
+        lan_discovery: false,
     }
 }
 

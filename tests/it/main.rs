@@ -11,6 +11,7 @@ mod flood;
 mod hostile;
 mod manual;
 mod many_files;
+mod nearby;
 mod netns;
 #[path = "../netns/mod.rs"]
 mod netns_harness;

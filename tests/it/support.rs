@@ -92,6 +92,8 @@ impl TestDaemon {
             limits: options.limits,
             path_policy: Default::default(),
             device_name: options.device_name.into(),
+            // In-process daemons stay off the machine's real LAN; the netns tests announce.
+            lan_discovery: false,
         };
         let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
         TestDaemon {
@@ -144,7 +146,7 @@ impl TestDaemon {
                 words: None,
                 text: None,
                 manual: false,
-                to: Some(to.to_owned()),
+                to: Some(p2pd::ipc::messages::Recipient::Paired(to.to_owned())),
             })
             .await
             .expect("send reply");

@@ -201,7 +201,53 @@ pub async fn rule(
     }
 }
 
-/// Offers from paired devices waiting for a yes or no.
+/// The daemons announced on this LAN.
+pub async fn nearby(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = IpcClient::connect(socket).await?;
+    let (enabled, list) = match client.call(Request::Nearby).await? {
+        ServerFrame::Nearby { enabled, devices } => (enabled, devices),
+        other => return Err(unexpected(other)),
+    };
+    if !enabled {
+        bail!(
+            "p2pd does not look for nearby devices (started with --no-lan-discovery, or mDNS could not start: see its log)"
+        );
+    }
+    if json {
+        for device in &list {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "name": device.name,
+                    "id": device.id,
+                    "addresses": device.addresses,
+                })
+            );
+        }
+    } else if list.is_empty() {
+        eprintln!("No p2pd seen on this network yet (announcements take a few seconds)");
+    } else {
+        let width = list
+            .iter()
+            .map(|d| d.name.chars().count())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        println!("{:<width$}  {:<12}  ADDRESS", "NAME", "ID");
+        for device in &list {
+            println!(
+                "{:<width$}  {:<12}  {}",
+                escape_controls(&device.name),
+                device.id,
+                device.addresses.first().map(String::as_str).unwrap_or("-")
+            );
+        }
+        eprintln!("p2p send --nearby NAME FILE sends to one (or by ID when two share a name)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Offers from paired and nearby devices waiting for a yes or no.
 pub async fn inbox(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let mut client = IpcClient::connect(socket).await?;
     let jobs = match client.call(Request::List).await? {
@@ -211,9 +257,13 @@ pub async fn inbox(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let waiting: Vec<_> = jobs
         .into_iter()
         .filter(|j| {
+            // A nearby offer shows from the moment its string can be compared (the sender's
+            // person compares first, and only then is anything offered).
+            let comparing =
+                j.sas.is_some() && matches!(j.state, JobState::Negotiating | JobState::Connecting);
             j.direction == Direction::Receive
-                && j.state == JobState::AwaitingApproval
                 && j.device.is_some()
+                && (j.state == JobState::AwaitingApproval || comparing)
         })
         .collect();
     if json {
@@ -226,26 +276,43 @@ pub async fn inbox(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     "files": job.files,
                     "bytes": job.bytes_total,
                     "text": job.text,
+                    "sas": job.sas,
                 })
             );
         }
     } else if waiting.is_empty() {
-        eprintln!("Nothing waiting: offers from paired devices whose rule is ask show up here");
+        eprintln!(
+            "Nothing waiting: offers from paired devices whose rule is ask, and from nearby devices, show up here"
+        );
     } else {
         println!(
-            "{:>4}  {:<24}  {:>5}  {:>10}",
+            "{:>4}  {:<32}  {:>5}  {:>10}  COMPARE",
             "ID", "FROM", "FILES", "SIZE"
         );
         for job in &waiting {
+            let (files, size) = if job.state == JobState::AwaitingApproval {
+                (
+                    job.files.to_string(),
+                    HumanBytes(job.bytes_total).to_string(),
+                )
+            } else {
+                ("-".to_owned(), "comparing".to_owned())
+            };
             println!(
-                "{:>4}  {:<24}  {:>5}  {:>10}",
+                "{:>4}  {:<32}  {:>5}  {:>10}  {}",
                 job.id,
                 escape_controls(job.device.as_deref().unwrap_or("")),
-                job.files,
-                HumanBytes(job.bytes_total).to_string()
+                files,
+                size,
+                job.sas
+                    .as_deref()
+                    .map(escape_controls)
+                    .unwrap_or_else(|| "-".into())
             );
         }
-        eprintln!("p2p accept ID takes an offer, p2p decline ID refuses it");
+        eprintln!(
+            "p2p accept ID takes an offer, p2p decline ID refuses it; for a nearby one, first check the sender's screen shows the same COMPARE string"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use p2pd::config::default_socket_path;
 use p2pd::ipc::client::IpcClient;
-use p2pd::ipc::messages::{JobInfo, PathPolicy, Request, ServerFrame};
+use p2pd::ipc::messages::{JobInfo, PathPolicy, Recipient, Request, ServerFrame};
 use p2pd::rendezvous::Code;
 use p2pd::terminal::escape_controls;
 
@@ -91,6 +91,14 @@ enum Command {
         /// offline, the job waits for it (24 h unless p2pd's device_wait_secs says otherwise).
         #[arg(long, value_name = "NAME", conflicts_with_all = ["code", "manual"])]
         to: Option<String>,
+        /// Send to this device on the same LAN (p2p nearby lists them), without a code, a
+        /// rendezvous or the internet. Both screens then show a six-digit string to compare.
+        #[arg(
+            long,
+            value_name = "NAME",
+            conflicts_with_all = ["code", "manual", "to", "detach", "force_relay", "require_direct"]
+        )]
+        nearby: Option<String>,
         #[command(flatten)]
         path: PathFlags,
     },
@@ -171,7 +179,13 @@ enum Command {
         #[arg(long, value_name = "SIZE", value_parser = devices::parse_size)]
         max_size: Option<u64>,
     },
-    /// List offers from paired devices waiting for an answer.
+    /// List the p2pd daemons announced on this LAN (mDNS), for p2p send --nearby.
+    Nearby {
+        /// One JSON object per device on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List offers from paired and nearby devices waiting for an answer.
     Inbox {
         /// One JSON object per offer on stdout instead of a table.
         #[arg(long)]
@@ -268,6 +282,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             json,
             manual,
             to,
+            nearby,
             path,
         } => {
             // A bad word is found before anything is sent to the daemon.
@@ -312,7 +327,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     words: code,
                     text,
                     manual,
-                    to,
+                    to: to.map(Recipient::Paired).or(nearby.map(Recipient::Nearby)),
                 })
                 .await?;
             if detach {
@@ -433,6 +448,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             max_size,
         } => devices::rule(&socket, name, rule, max_files, max_size).await,
         Command::Inbox { json } => devices::inbox(&socket, json).await,
+        Command::Nearby { json } => devices::nearby(&socket, json).await,
         Command::Accept { id } => devices::decide(&socket, id, true).await,
         Command::Decline { id } => devices::decide(&socket, id, false).await,
         Command::Clear => {

@@ -1,0 +1,280 @@
+//! Sends between daemons on the same LAN without a rendezvous, a code or the internet
+//! (`p2p send --nearby NAME`): the receiver is found by its mDNS announcement (`lan`),
+//! the sender's offer and the receiver's answer cross one LAN TCP connection, the peer
+//! connection uses host candidates only, and — as with `--manual` — both people compare
+//! the short authentication string: the sender before anything is offered, the receiver
+//! before accepting in `p2p inbox` (a nearby offer is never accepted without a person).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot};
+use tracing::{debug, info, warn};
+
+use super::jobs::{Jobs, failure};
+use super::manual::{NearbyLink, Via};
+use crate::devices::registry::valid_device_name;
+use crate::ipc::messages::{Direction, ErrorKind, Failure, JobInfo, JobState, PathPolicy};
+use crate::lan::announce::on_local_subnet;
+use crate::lan::signal::{self, NearbyMessage, SignalError};
+use crate::terminal::escape_controls;
+use crate::transfer::source::Sources;
+
+/// Time a nearby connection has to deliver its offer.
+const OFFER_READ_LIMIT: Duration = Duration::from_secs(10);
+/// Time from connecting to a nearby daemon to its answer.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// Nearby connections handled at once; more are closed unanswered.
+const MAX_CONNECTIONS: usize = 8;
+/// Nearby offers waiting for this daemon's person at once; more are refused as busy, so
+/// the LAN cannot fill the inbox.
+pub const MAX_WAITING: usize = 4;
+/// How a nearby sender's name is shown: it says who the sender claims to be, which only
+/// the compared string backs.
+const NEARBY_SUFFIX: &str = " (nearby)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NearbyError {
+    #[error("cannot reach the nearby device at {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Signal(#[from] SignalError),
+    #[error("the nearby device refused the offer: {0}")]
+    Refused(String),
+    #[error("the nearby device did not answer within {} s", ANSWER_WAIT.as_secs())]
+    TimedOut,
+}
+
+/// Where a nearby send goes.
+pub struct NearbyTarget {
+    pub addr: SocketAddr,
+    /// The name it announces.
+    pub name: String,
+}
+
+/// Sender: offers `description` to the daemon at `addr` and returns its answer.
+pub async fn offer(
+    addr: SocketAddr,
+    name: String,
+    description: String,
+) -> Result<String, NearbyError> {
+    tokio::time::timeout(ANSWER_WAIT, async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| NearbyError::Connect(addr, e))?;
+        signal::write(&mut stream, &NearbyMessage::Offer { name, description }).await?;
+        match signal::read(&mut stream).await? {
+            NearbyMessage::Answer { description } => Ok(description),
+            NearbyMessage::Refused { reason } => Err(NearbyError::Refused(
+                crate::transfer::names::peer_text(&reason),
+            )),
+            NearbyMessage::Offer { .. } => Err(NearbyError::Signal(SignalError::Malformed)),
+        }
+    })
+    .await
+    .unwrap_or(Err(NearbyError::TimedOut))
+}
+
+impl Jobs {
+    /// The nearby daemon `name_or_id` names, as this daemon last saw it on the LAN.
+    pub(super) fn nearby_target(
+        &self,
+        name_or_id: &str,
+        path: PathPolicy,
+    ) -> Result<NearbyTarget, Failure> {
+        let Some(lan) = &self.context.lan else {
+            return Err(failure(
+                ErrorKind::BadRequest,
+                "p2pd does not look for nearby devices (started with --no-lan-discovery, or mDNS could not start; see its log)",
+            ));
+        };
+        if path != PathPolicy::Default {
+            return Err(failure(
+                ErrorKind::BadRequest,
+                "--nearby stays on the LAN: leave out --force-relay and --require-direct",
+            ));
+        }
+        let found = lan
+            .find(name_or_id)
+            .map_err(|e| failure(ErrorKind::NotFound, e.to_string()))?;
+        let address = *found.addresses.first().ok_or_else(|| {
+            failure(
+                ErrorKind::NotFound,
+                "the nearby device announced no address",
+            )
+        })?;
+        Ok(NearbyTarget {
+            addr: SocketAddr::new(address, found.port),
+            name: found.name,
+        })
+    }
+
+    /// Starts a send to a nearby daemon: a manual send whose answer the LAN carries.
+    pub(super) fn start_send_nearby(
+        &self,
+        target: NearbyTarget,
+        sources: Sources,
+        text: Option<String>,
+    ) -> JobInfo {
+        let via = Via::Nearby(NearbyLink::To(
+            target.addr,
+            self.context.config.device_name.clone(),
+        ));
+        let job = self.start_manual_send(sources, text, PathPolicy::Default, via);
+        job.set_device(&format!("{}{NEARBY_SUFFIX}", target.name), None);
+        job.info.borrow().clone()
+    }
+
+    /// Nearby offers not yet answered by this daemon's person.
+    fn nearby_waiting(&self) -> usize {
+        self.list()
+            .iter()
+            .filter(|j| {
+                j.direction == Direction::Receive
+                    && j.device
+                        .as_deref()
+                        .is_some_and(|d| d.ends_with(NEARBY_SUFFIX))
+                    && matches!(
+                        j.state,
+                        JobState::Connecting | JobState::Negotiating | JobState::AwaitingApproval
+                    )
+            })
+            .count()
+    }
+}
+
+/// Takes nearby offers on `listener` until the daemon stops: only from this machine's
+/// subnets, a few at a time.
+pub async fn accept_loop(listener: TcpListener, jobs: Arc<Jobs>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = jobs.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                warn!(%error, "nearby accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if !from_the_lan(peer) {
+            debug!(%peer, "a nearby offer from outside this machine's subnets: closed");
+            continue;
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            debug!("too many nearby connections: closed");
+            continue;
+        };
+        let jobs2 = jobs.clone();
+        jobs.tracker.spawn(async move {
+            handle(stream, &jobs2).await;
+            drop(permit);
+        });
+    }
+}
+
+/// This machine's interface subnets, read now (addresses change).
+fn from_the_lan(peer: SocketAddr) -> bool {
+    let interfaces: Vec<_> = match if_addrs::get_if_addrs() {
+        Ok(list) => list
+            .into_iter()
+            .filter(|i| !i.is_loopback())
+            .map(|i| match i.addr {
+                if_addrs::IfAddr::V4(v4) => (std::net::IpAddr::V4(v4.ip), v4.prefixlen),
+                if_addrs::IfAddr::V6(v6) => (std::net::IpAddr::V6(v6.ip), v6.prefixlen),
+            })
+            .collect(),
+        Err(_) => return false,
+    };
+    on_local_subnet(peer.ip().to_canonical(), &interfaces)
+}
+
+async fn refuse(stream: &mut TcpStream, reason: &str) {
+    let _ = signal::write(
+        stream,
+        &NearbyMessage::Refused {
+            reason: reason.to_owned(),
+        },
+    )
+    .await;
+}
+
+async fn handle(mut stream: TcpStream, jobs: &Jobs) {
+    let offered = tokio::time::timeout(OFFER_READ_LIMIT, signal::read(&mut stream)).await;
+    let (name, description) = match offered {
+        Ok(Ok(NearbyMessage::Offer { name, description })) => (name, description),
+        Ok(Ok(_)) => return refuse(&mut stream, "expected an offer").await,
+        Ok(Err(error)) => return debug!(%error, "a nearby offer failed"),
+        Err(_) => return debug!("a nearby connection sent no offer in time"),
+    };
+    if !valid_device_name(&name) {
+        return refuse(&mut stream, "the sender's name is not usable").await;
+    }
+    if jobs.nearby_waiting() >= MAX_WAITING {
+        return refuse(
+            &mut stream,
+            "busy: too many nearby offers wait for an answer there, try again later",
+        )
+        .await;
+    }
+    let (reply, answered) = oneshot::channel();
+    let via = Via::Nearby(NearbyLink::From(reply));
+    let job = match jobs
+        .start_receive_via(&description, None, false, PathPolicy::Default, via)
+        .await
+    {
+        Ok(job) => job,
+        Err(failure) => return refuse(&mut stream, &failure.message).await,
+    };
+    job.set_device(&format!("{}{NEARBY_SUFFIX}", escape_controls(&name)), None);
+    info!(job = job.info.borrow().id, "an offer from a nearby device");
+    match tokio::time::timeout(ANSWER_WAIT, answered).await {
+        Ok(Ok(description)) => {
+            let _ = signal::write(&mut stream, &NearbyMessage::Answer { description }).await;
+        }
+        _ => refuse(&mut stream, "the receiver could not answer").await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_offer_gets_its_answer_or_the_refusal_in_one_line() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for reply in [
+                NearbyMessage::Answer {
+                    description: "answer".into(),
+                },
+                NearbyMessage::Refused {
+                    reason: "busy\u{1b}[2J".into(),
+                },
+            ] {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let offer = signal::read(&mut stream).await.unwrap();
+                assert_eq!(
+                    offer,
+                    NearbyMessage::Offer {
+                        name: "laptop".into(),
+                        description: "offer".into()
+                    }
+                );
+                signal::write(&mut stream, &reply).await.unwrap();
+            }
+        });
+        let ask = || offer(addr, "laptop".into(), "offer".into());
+        assert_eq!(ask().await.unwrap(), "answer");
+        let refused = ask().await.unwrap_err();
+        assert!(matches!(refused, NearbyError::Refused(_)));
+        assert!(!refused.to_string().contains('\u{1b}'), "{refused}");
+        server.await.unwrap();
+    }
+}

@@ -1,0 +1,109 @@
+//! A nearby send's signaling, over one TCP connection on the LAN: the sender's offer (the
+//! same base64 description `--manual` uses) and its display name, the receiver's answer
+//! or refusal. Frames are a big-endian `u32` length and that much JSON, at most
+//! [`MAX_FRAME_BYTES`]. Nothing here is trusted: the short authentication string both
+//! people compare afterwards is what authenticates the channel.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest frame either side reads: a description with many candidates is a few KiB.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NearbyMessage {
+    /// The sender's name as it announces it, and its offer.
+    Offer { name: String, description: String },
+    /// The receiver's answer; the channel follows.
+    Answer { description: String },
+    /// The receiver takes no offer now, and says why.
+    Refused { reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("the nearby device closed the connection")]
+    Closed,
+    #[error("the nearby device sent {0} bytes in one message, more than {MAX_FRAME_BYTES}")]
+    TooLarge(usize),
+    #[error("the nearby device sent a message p2pd does not understand")]
+    Malformed,
+    #[error("cannot talk to the nearby device: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A message as it travels (pure).
+pub fn encode(message: &NearbyMessage) -> Vec<u8> {
+    let json = serde_json::to_vec(message).unwrap_or_default();
+    let mut frame = (json.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&json);
+    frame
+}
+
+pub async fn write(
+    stream: &mut (impl AsyncWrite + Unpin),
+    message: &NearbyMessage,
+) -> Result<(), SignalError> {
+    stream.write_all(&encode(message)).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+pub async fn read(stream: &mut (impl AsyncRead + Unpin)) -> Result<NearbyMessage, SignalError> {
+    let mut header = [0u8; 4];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => SignalError::Closed,
+            _ => SignalError::Io(e),
+        })?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(SignalError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => SignalError::Closed,
+            _ => SignalError::Io(e),
+        })?;
+    serde_json::from_slice(&body).map_err(|_| SignalError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_round_trip_and_bad_frames_are_named() {
+        let offer = NearbyMessage::Offer {
+            name: "laptop".into(),
+            description: "eyJ0eXBlIjoib2ZmZXIifQ==".into(),
+        };
+        let bytes = encode(&offer);
+        assert_eq!(read(&mut bytes.as_slice()).await.unwrap(), offer);
+        let huge = ((MAX_FRAME_BYTES + 1) as u32).to_be_bytes();
+        assert!(matches!(
+            read(&mut huge.as_slice()).await,
+            Err(SignalError::TooLarge(_))
+        ));
+        let mut junk = 3u32.to_be_bytes().to_vec();
+        junk.extend_from_slice(b"{x}");
+        assert!(matches!(
+            read(&mut junk.as_slice()).await,
+            Err(SignalError::Malformed)
+        ));
+        assert!(matches!(
+            read(&mut [0u8, 0].as_slice()).await,
+            Err(SignalError::Closed)
+        ));
+        let refused = encode(&NearbyMessage::Refused {
+            reason: "busy".into(),
+        });
+        assert_eq!(&refused[4..], br#"{"type":"refused","reason":"busy"}"#);
+    }
+}

@@ -1,0 +1,235 @@
+//! Nearby devices on a real LAN: daemons in network namespaces on one router's bridge find
+//! each other by mDNS (and not the one behind another NAT, nor one that opted out), send
+//! with compared strings and no rendezvous, and a second daemon announcing a paired
+//! device's name gets nothing meant for it. Skipped, with a line saying so, where
+//! namespaces cannot be built.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use p2pd::ipc::client::IpcClient;
+use p2pd::ipc::messages::{Direction, JobState, JobSummary, Recipient, Request, ServerFrame};
+
+use crate::cli::P2P;
+use crate::netns_harness::{Nat, Net, random_file};
+
+fn p2p(socket: &Path, args: &[&str]) -> Output {
+    Command::new(P2P)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn jobs(socket: &Path) -> Vec<JobSummary> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = IpcClient::connect(socket).await.unwrap();
+        match client.call(Request::List).await.unwrap() {
+            ServerFrame::Jobs(jobs) => jobs,
+            other => panic!("{other:?}"),
+        }
+    })
+}
+
+fn call(socket: &Path, request: Request) -> ServerFrame {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = IpcClient::connect(socket).await.unwrap();
+        client.call(request).await.unwrap()
+    })
+}
+
+/// Waits (up to 30 s) for a job on `socket` that `pred` picks.
+fn job_where(socket: &Path, net: &Net, pred: impl Fn(&JobSummary) -> bool) -> JobSummary {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(job) = jobs(socket).into_iter().find(&pred) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no such job within 30 s\n{}",
+            net.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The names `p2p nearby --json` lists on `socket`, once `want` is among them (or 20 s).
+fn nearby_names(socket: &Path, want: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = p2p(socket, &["nearby", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["name"].as_str().map(str::to_owned))
+            .collect();
+        if names.iter().any(|n| n == want) || Instant::now() > deadline {
+            return names;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn send_nearby(socket: &Path, to: &str, file: &Path) -> ServerFrame {
+    call(
+        socket,
+        Request::Send {
+            paths: vec![file.to_owned()],
+            follow: false,
+            path: Default::default(),
+            words: None,
+            text: None,
+            manual: false,
+            to: Some(Recipient::Nearby(to.to_owned())),
+        },
+    )
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
+fn nearby_daemons_find_each_other_on_the_lan_only_and_send_with_compared_strings() {
+    let Some(mut net) = Net::new() else { return };
+    net.internet();
+    net.router("r1", "203.0.113.11", "192.168.1", Nat::Ordinary);
+    net.router("r2", "203.0.113.12", "192.168.2", Nat::Ordinary);
+    net.host("h1", "r1", "192.168.1.2");
+    net.host("h2", "r1", "192.168.1.3");
+    net.host("h4", "r1", "192.168.1.4");
+    net.host("h3", "r2", "192.168.2.2");
+    // No rendezvous or TURN on the internet: a nearby send needs neither.
+    let a = net.daemon_with("h1", "h1", &["--device-name", "h1"]);
+    let b = net.daemon_with("h2", "h2", &["--device-name", "h2"]);
+    let quiet = net.daemon_with(
+        "h4",
+        "h4",
+        &["--device-name", "quiet", "--no-lan-discovery"],
+    );
+    let _far = net.daemon_with("h3", "h3", &["--device-name", "far"]);
+
+    let seen = nearby_names(&a, "h2");
+    assert_eq!(
+        seen,
+        ["h2"],
+        "only the other announcing daemon on this LAN\n{}",
+        net.logs()
+    );
+    assert_eq!(nearby_names(&b, "h1"), ["h1"]);
+    let off = p2p(&quiet, &["nearby"]);
+    assert!(!off.status.success());
+    assert!(
+        String::from_utf8_lossy(&off.stderr).contains("does not look for nearby devices"),
+        "{off:?}"
+    );
+
+    let file = random_file(net.dir.path(), "payload.bin", 1 << 20, 31);
+    let ServerFrame::Created(sending) = send_nearby(&a, "h2", &file) else {
+        panic!("the nearby send did not start\n{}", net.logs());
+    };
+    // Both screens show the same string before anything is offered.
+    let comparing = job_where(&a, &net, |j| {
+        j.id == sending.id && j.state == JobState::Comparing
+    });
+    let sas = comparing.sas.clone().expect("the sender's string");
+    let receiving = job_where(&b, &net, |j| {
+        j.direction == Direction::Receive && j.sas.is_some()
+    });
+    assert_eq!(receiving.sas.as_deref(), Some(sas.as_str()));
+    assert_eq!(receiving.device.as_deref(), Some("h1 (nearby)"));
+    let inbox = p2p(&b, &["inbox"]);
+    assert!(
+        String::from_utf8_lossy(&inbox.stdout).contains(&sas),
+        "{inbox:?}"
+    );
+    assert_eq!(
+        call(
+            &a,
+            Request::Decide {
+                job: sending.id,
+                accept: true
+            }
+        ),
+        ServerFrame::Done
+    );
+    // Then the offer waits for the receiver's person, who accepts with the real CLI.
+    job_where(&b, &net, |j| {
+        j.id == receiving.id && j.state == JobState::AwaitingApproval
+    });
+    let accepted = p2p(&b, &["accept", &receiving.id.to_string()]);
+    assert!(accepted.status.success(), "{accepted:?}");
+    let done = job_where(&a, &net, |j| j.id == sending.id && j.state.is_final());
+    assert_eq!(
+        done.state,
+        JobState::Completed,
+        "{:?}\n{}",
+        done.failure,
+        net.logs()
+    );
+    let route = done.route.expect("a route").description;
+    assert!(route.starts_with("direct (host"), "{route}");
+    let saved = net.downloads("h2").join("payload.bin");
+    assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(&file).unwrap());
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
+fn a_spoofed_announcement_gets_nothing_meant_for_a_paired_device() {
+    let Some(mut net) = Net::new() else { return };
+    net.internet();
+    net.router("r1", "203.0.113.11", "192.168.1", Nat::Ordinary);
+    net.host("h1", "r1", "192.168.1.2");
+    net.host("h2", "r1", "192.168.1.3");
+    net.host("h5", "r1", "192.168.1.5");
+    net.services();
+    let a = net.daemon_with("h1", "h1", &["--device-name", "h1"]);
+    let b = net.daemon_with("h2", "h2", &["--device-name", "h2"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(crate::devices::pair_sockets(&a, &b));
+    assert!(p2p(&b, &["rule", "h1", "auto"]).status.success());
+    // Another machine on the LAN announces itself under the paired device's name.
+    let spoof = net.daemon_with("h5", "h5", &["--device-name", "h2"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nearby_names(&a, "h2").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both announcements within 20 s\n{}",
+            net.logs()
+        );
+    }
+    // A send to the paired device goes to the key it paired with, whatever the LAN says.
+    let file = random_file(net.dir.path(), "payload.bin", 200_000, 32);
+    let sent = p2p(&a, &["send", "--to", "h2", file.to_str().unwrap()]);
+    assert!(sent.status.success(), "{sent:?}\n{}", net.logs());
+    let saved = net.downloads("h2").join("From h1").join("payload.bin");
+    assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(&file).unwrap());
+    assert!(
+        jobs(&spoof).is_empty(),
+        "the spoofing daemon heard of nothing"
+    );
+    assert_eq!(
+        std::fs::read_dir(net.downloads("h5")).unwrap().count(),
+        0,
+        "and saved nothing"
+    );
+    // A nearby send by that name is refused as ambiguous, in one line.
+    let refused = p2p(&a, &["send", "--nearby", "h2", file.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr).trim(),
+        "error: 2 nearby devices are called h2: pick one by its id, as p2p nearby lists it"
+    );
+}
