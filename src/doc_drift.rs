@@ -57,6 +57,7 @@ fn the_readme_sample_config_states_the_defaults() {
         ),
         ("max_files", config.limits.max_files.to_string()),
         ("force_relay", "false".to_owned()),
+        ("lan_discovery", config.lan_discovery.to_string()),
         ("require_direct", "false".to_owned()),
     ];
     for (key, value) in defaults {
@@ -129,6 +130,25 @@ fn the_protocol_states_the_limits_in_the_code() {
         format!(
             "waits for that offer ({} s)",
             secs(crate::rtc::peer::negotiate::OFFERS_AFTER_RETRY)
+        ),
+        format!(
+            "many bytes of JSON, at most {} KiB:",
+            crate::lan::signal::MAX_FRAME_BYTES / KIB
+        ),
+        format!(
+            "busy — {} nearby offers already wait for the person",
+            crate::daemon::nearby::MAX_WAITING
+        ),
+        format!(
+            "subnets, {} at a time, and closes one that sends no offer within {} s; the sender gives up {} s after",
+            crate::daemon::nearby::MAX_CONNECTIONS,
+            secs(crate::daemon::nearby::OFFER_READ_LIMIT),
+            secs(crate::daemon::nearby::ANSWER_WAIT)
+        ),
+        format!("at most {} are kept", crate::lan::announce::MAX_NEARBY),
+        format!(
+            "the instance name is a {}-hex-digit id",
+            crate::lan::announce::ID_CHARS
         ),
     ];
     for phrase in phrases {

@@ -8,7 +8,7 @@ pub mod history;
 pub mod jobs;
 pub mod mailbox;
 pub mod manual;
-mod nearby;
+pub(crate) mod nearby;
 pub mod notify;
 pub mod pairing;
 pub mod rate;

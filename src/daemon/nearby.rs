@@ -23,11 +23,11 @@ use crate::terminal::escape_controls;
 use crate::transfer::source::Sources;
 
 /// Time a nearby connection has to deliver its offer.
-const OFFER_READ_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const OFFER_READ_LIMIT: Duration = Duration::from_secs(10);
 /// Time from connecting to a nearby daemon to its answer.
 pub const ANSWER_WAIT: Duration = Duration::from_secs(30);
 /// Nearby connections handled at once; more are closed unanswered.
-const MAX_CONNECTIONS: usize = 8;
+pub(crate) const MAX_CONNECTIONS: usize = 8;
 /// Nearby offers waiting for this daemon's person at once; more are refused as busy, so
 /// the LAN cannot fill the inbox.
 pub const MAX_WAITING: usize = 4;
