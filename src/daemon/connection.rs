@@ -126,7 +126,10 @@ pub async fn serve(
                 };
                 write_frame(&mut stream, &frame).await?
             }
-            Request::Devices => write_frame(&mut stream, &super::devices::list(&jobs)).await?,
+            Request::Devices => {
+                let frame = super::devices::list(&jobs).await;
+                write_frame(&mut stream, &frame).await?
+            }
             Request::Nearby => {
                 let frame = match &jobs.context.lan {
                     Some(lan) => ServerFrame::Nearby {

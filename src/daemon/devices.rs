@@ -12,6 +12,7 @@ use crate::terminal::escape_controls;
 
 fn info(d: &Device) -> DeviceInfo {
     DeviceInfo {
+        online: None,
         name: escape_controls(&d.name),
         fingerprint: d.fingerprint(),
         paired_unix: d.paired_unix,
@@ -37,13 +38,50 @@ fn not_saved() -> ServerFrame {
     }
 }
 
-pub fn list(jobs: &Jobs) -> ServerFrame {
+/// The paired devices, each asked at its mailbox whether it is online (all at once,
+/// within [`mailbox::PROBE_LIMIT`]).
+pub async fn list(jobs: &Jobs) -> ServerFrame {
+    let devices: Vec<Device> = {
+        let registry = jobs
+            .context
+            .devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        registry.list().to_vec()
+    };
+    let probes = devices.iter().map(|device| async move {
+        let target = target(device, mailbox::PROBE_LIMIT)?;
+        Some(mailbox::probe(&jobs.context, &target).await)
+    });
+    let online = futures_util::future::join_all(probes).await;
+    // Read again: a probe that got through updated when each device was last seen.
     let registry = jobs
         .context
         .devices
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    ServerFrame::Devices(registry.list().iter().map(info).collect())
+    let list = devices
+        .iter()
+        .zip(online)
+        .map(|(device, online)| {
+            let current = registry.find_key(&device.key().unwrap_or_default());
+            DeviceInfo {
+                online,
+                ..info(current.unwrap_or(device))
+            }
+        })
+        .collect();
+    ServerFrame::Devices(list)
+}
+
+/// A device to reach within `limit`; `None` for a pairing without a secret.
+fn target(device: &Device, limit: std::time::Duration) -> Option<Target> {
+    Some(Target {
+        name: device.name.clone(),
+        key: device.key()?,
+        secret: device.secret.clone()?,
+        deadline_unix: unix_now().saturating_add(limit.as_secs()),
+    })
 }
 
 /// Sets a device's rule and caps; answers with that device alone.
@@ -82,14 +120,8 @@ pub async fn unpair(jobs: &Arc<Jobs>, name: String) -> ServerFrame {
         _ => return not_saved(),
     };
     mailbox::sync(jobs);
-    let target = match (device.key(), device.secret) {
-        (Some(key), Some(secret)) => Target {
-            name: device.name,
-            key,
-            secret,
-            deadline_unix: unix_now().saturating_add(UNPAIR_NOTICE_LIMIT.as_secs()),
-        },
-        _ => return ServerFrame::Unpaired { told: false },
+    let Some(target) = target(&device, UNPAIR_NOTICE_LIMIT) else {
+        return ServerFrame::Unpaired { told: false };
     };
     ServerFrame::Unpaired {
         told: mailbox::tell_unpaired(&jobs.context, &target).await,

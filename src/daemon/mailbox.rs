@@ -217,6 +217,7 @@ async fn answer(jobs: Arc<Jobs>, client: RendezvousClient, key: [u8; 32], secret
             session.close().await;
             sync(&jobs);
         }
+        // Proving it is here was all the sender wanted.
         _ => session.close().await,
     }
 }
@@ -299,6 +300,22 @@ async fn open(
     check_hello(&theirs, &binding, Role::Receiver, &target.key, &ours)?;
     session.send(&encode(purpose)).await?;
     Ok(session)
+}
+
+/// How long `p2p devices` waits to hear from each paired device.
+pub const PROBE_LIMIT: Duration = Duration::from_secs(3);
+
+/// Whether `target` answers at its mailbox and proves its identity within
+/// [`PROBE_LIMIT`].
+pub async fn probe(context: &Context, target: &Target) -> bool {
+    let met = tokio::time::timeout(PROBE_LIMIT, meet(context, target, DeviceMessage::Ping)).await;
+    match met {
+        Ok(Ok(session)) => {
+            session.close().await;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Tells `target` it was unpaired here, if it can be reached within

@@ -117,8 +117,8 @@ pub fn transcript(
 }
 
 /// Messages sealed in a session between paired devices, in order: the sender's `hello`,
-/// the receiver's `hello` (or `refused`), then the sender's purpose (`transfer` or
-/// `unpair`; an `unpair` is answered `forgotten`).
+/// the receiver's `hello` (or `refused`), then the sender's purpose (`transfer`, `ping`,
+/// or `unpair`, which is answered `forgotten`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DeviceMessage {
@@ -130,6 +130,9 @@ pub enum DeviceMessage {
     Transfer,
     /// The sender forgot this pairing and asks the receiver to forget it too.
     Unpair,
+    /// The sender only wanted to know the receiver is online (`p2p devices`): nothing
+    /// follows.
+    Ping,
     /// The receiver forgot the pairing.
     Forgotten,
 }

@@ -248,6 +248,8 @@ pub struct DeviceInfo {
     /// Whether `p2p send --to` can reach it (pairings made before that existed cannot:
     /// they pair again).
     pub reachable: bool,
+    /// Whether it answered at its mailbox just now; `None` when it cannot be asked.
+    pub online: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

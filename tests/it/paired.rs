@@ -27,6 +27,14 @@ async fn set_rule(daemon: &TestDaemon, name: &str, rule: Rule, max_files: Option
     );
 }
 
+/// What `p2p devices` says of each paired device being online.
+async fn online(daemon: &TestDaemon) -> Vec<Option<bool>> {
+    match daemon.client().await.call(Request::Devices).await.unwrap() {
+        ServerFrame::Devices(list) => list.into_iter().map(|d| d.online).collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 /// The offer from a paired device that waits for this daemon's person.
 async fn waiting_offer(daemon: &TestDaemon) -> JobSummary {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -131,7 +139,13 @@ async fn a_send_to_an_offline_device_waits_for_it_within_its_window() {
     let mut b = a.peer().await;
     pair(&a, &b).await;
     set_rule(&b, "test", Rule::Auto, None).await;
+    assert_eq!(online(&a).await, [Some(true)]);
     b.stop().await;
+    assert_eq!(
+        online(&a).await,
+        [Some(false)],
+        "a stopped device is offline"
+    );
     let src = tempfile::tempdir().unwrap();
     let file = random_file(src.path(), "later.bin", 500_000, 5);
     let job = a

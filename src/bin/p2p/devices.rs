@@ -44,6 +44,7 @@ pub async fn devices(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     "max_files": device.max_files,
                     "max_bytes": device.max_bytes,
                     "reachable": device.reachable,
+                    "online": device.online,
                 })
             );
         }
@@ -63,21 +64,26 @@ fn print_table(list: &[DeviceInfo]) {
         .unwrap_or(4)
         .max(4);
     println!(
-        "{:<width$}  {:<29}  {:<14}  {:<24}  RULE",
-        "NAME", "FINGERPRINT", "LAST SEEN", "CAPS"
+        "{:<width$}  {:<29}  {:<7}  {:<14}  {:<24}  RULE",
+        "NAME", "FINGERPRINT", "ONLINE", "LAST SEEN", "CAPS"
     );
     for device in list {
         let seen = device
             .last_seen_unix
             .map(ago)
             .unwrap_or_else(|| "never".into());
+        let online = match device.online {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        };
         let rule = if device.reachable {
             device.rule.as_str()
         } else {
             "pair again to send"
         };
         println!(
-            "{:<width$}  {:<29}  {seen:<14}  {:<24}  {rule}",
+            "{:<width$}  {:<29}  {online:<7}  {seen:<14}  {:<24}  {rule}",
             escape_controls(&device.name),
             device.fingerprint,
             caps(device)
