@@ -16,7 +16,10 @@ use super::record::unix_now;
 use crate::devices::mailbox::{
     DeviceError, DeviceMessage, PairSecret, check_hello, hello, mailbox,
 };
+use crate::lan::relay::LanRelay;
+use crate::lan::signal::{self as lan_signal, NearbyMessage};
 use crate::rendezvous::client::RendezvousClient;
+use crate::rendezvous::session::Relay;
 use crate::rendezvous::{Role, Session, SignalError};
 
 /// Time from meeting at a mailbox to an open, mutually proven session.
@@ -145,8 +148,9 @@ async fn listen(jobs: Arc<Jobs>, key: [u8; 32], secret: PairSecret, stop: Cancel
         match waited {
             Ok(client) => {
                 pause = FIRST_PAUSE;
-                jobs.tracker
-                    .spawn(answer(jobs.clone(), client, key, secret.clone()).in_current_span());
+                jobs.tracker.spawn(
+                    answer(jobs.clone(), Box::new(client), key, secret.clone()).in_current_span(),
+                );
             }
             // The rendezvous ends every wait after a while: wait again at once.
             Err(SignalError::Expired) => pause = FIRST_PAUSE,
@@ -172,7 +176,7 @@ fn decode(bytes: &[u8]) -> Result<DeviceMessage, DeviceError> {
 
 /// The receiving side of a meeting at our mailbox: the sender proves its identity first;
 /// only then does this side prove its own and hear what the sender wants.
-async fn answer(jobs: Arc<Jobs>, client: RendezvousClient, key: [u8; 32], secret: PairSecret) {
+async fn answer(jobs: Arc<Jobs>, client: Box<dyn Relay>, key: [u8; 32], secret: PairSecret) {
     let context = &jobs.context;
     let ours = context.identity.public_key();
     let met = tokio::time::timeout(HANDSHAKE_LIMIT, async {
@@ -222,8 +226,9 @@ async fn answer(jobs: Arc<Jobs>, client: RendezvousClient, key: [u8; 32], secret
     }
 }
 
-/// The sending side: waits at `target`'s mailbox until it comes (or its deadline), then
-/// opens and proves the session and says what it is for.
+/// The sending side: looks for `target` on the LAN and waits at its mailbox on the
+/// rendezvous at the same time, until it comes (or its deadline); then opens and proves
+/// the session and says what it is for.
 pub async fn meet(
     context: &Context,
     target: &Target,
@@ -245,28 +250,23 @@ pub async fn meet(
             return Err(offline());
         }
         let left = Duration::from_secs(left);
-        let waited = tokio::time::timeout(left, async {
-            let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
-            client.rejoin(&channel, true).await?;
-            Ok::<_, SignalError>(client)
+        let found = tokio::time::timeout(left, async {
+            tokio::select! {
+                client = at_the_rendezvous(context, &channel) => client,
+                relay = on_the_lan(context, &channel) => relay,
+            }
         })
         .await
         .map_err(|_| offline())?;
-        let error = match waited {
-            Ok(client) => {
-                match tokio::time::timeout(HANDSHAKE_LIMIT, open(context, client, target, &purpose))
-                    .await
-                    .unwrap_or(Err(MeetError::Stalled))
-                {
-                    Ok(session) => {
-                        seen(context, &target.key).await;
-                        return Ok(session);
-                    }
-                    Err(error) => error,
-                }
+        let opened = tokio::time::timeout(HANDSHAKE_LIMIT, open(context, found, target, &purpose))
+            .await
+            .unwrap_or(Err(MeetError::Stalled));
+        let error = match opened {
+            Ok(session) => {
+                seen(context, &target.key).await;
+                return Ok(session);
             }
-            Err(SignalError::Expired) => continue,
-            Err(error) => MeetError::Signal(error),
+            Err(error) => error,
         };
         if !error.transient() {
             return Err(error);
@@ -277,9 +277,93 @@ pub async fn meet(
     }
 }
 
+/// Waits at the mailbox on the rendezvous until the device is there, trying again (with
+/// pauses) while the rendezvous cannot be reached.
+async fn at_the_rendezvous(context: &Context, channel: &str) -> Box<dyn Relay> {
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let waited = async {
+            let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+            client.rejoin(channel, true).await?;
+            Ok::<_, SignalError>(client)
+        };
+        match waited.await {
+            Ok(client) => return Box::new(client),
+            // The rendezvous ends every wait after a while: wait again at once.
+            Err(SignalError::Expired) => pause = FIRST_PAUSE,
+            Err(error) => {
+                debug!(%error, "cannot wait at the device's mailbox");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+        }
+    }
+}
+
+/// How often a waiting send looks for its device among the daemons on the LAN.
+const LAN_LOOK_EVERY: Duration = Duration::from_secs(5);
+/// Time each nearby daemon gets to say whether it is the device.
+const LAN_ASK_LIMIT: Duration = Duration::from_secs(2);
+
+/// Asks each daemon announced on the LAN, every few seconds, whether it listens at this
+/// mailbox; returns the connection of the one that does. Never ends without LAN discovery.
+async fn on_the_lan(context: &Context, channel: &str) -> Box<dyn Relay> {
+    let Some(lan) = &context.lan else {
+        return std::future::pending().await;
+    };
+    loop {
+        for nearby in lan.nearby() {
+            for address in &nearby.addresses {
+                let addr = std::net::SocketAddr::new(*address, nearby.port);
+                let asked = tokio::time::timeout(LAN_ASK_LIMIT, ask_nearby(addr, channel)).await;
+                if let Ok(Some(relay)) = asked {
+                    debug!("met a paired device on the LAN");
+                    return Box::new(relay);
+                }
+            }
+        }
+        tokio::time::sleep(LAN_LOOK_EVERY).await;
+    }
+}
+
+async fn ask_nearby(addr: std::net::SocketAddr, channel: &str) -> Option<LanRelay> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let ask = NearbyMessage::Device {
+        mailbox: channel.to_owned(),
+    };
+    lan_signal::write(&mut stream, &ask).await.ok()?;
+    match lan_signal::read(&mut stream).await.ok()? {
+        NearbyMessage::Here => Some(LanRelay::new(stream)),
+        _ => None,
+    }
+}
+
+/// A paired device reached us on the LAN, asking for `channel`: if it is the mailbox of
+/// one of our pairings, say so and answer there as at the rendezvous; else close, saying
+/// nothing of what we listen at.
+pub async fn answer_on_the_lan(jobs: Arc<Jobs>, mut stream: tokio::net::TcpStream, channel: &str) {
+    let ours = jobs.context.identity.public_key();
+    let pairing = {
+        let registry = lock(&jobs.context.devices);
+        registry.list().iter().find_map(|d| {
+            let secret = d.secret.clone()?;
+            (mailbox(&secret, &ours) == channel).then_some((d.key()?, secret))
+        })
+    };
+    let Some((key, secret)) = pairing else {
+        return;
+    };
+    if lan_signal::write(&mut stream, &NearbyMessage::Here)
+        .await
+        .is_ok()
+    {
+        answer(jobs, Box::new(LanRelay::new(stream)), key, secret).await;
+    }
+}
+
 async fn open(
     context: &Context,
-    client: RendezvousClient,
+    client: Box<dyn Relay>,
     target: &Target,
     purpose: &DeviceMessage,
 ) -> Result<Session, MeetError> {

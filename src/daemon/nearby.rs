@@ -70,7 +70,7 @@ pub async fn offer(
             NearbyMessage::Refused { reason } => Err(NearbyError::Refused(
                 crate::transfer::names::peer_text(&reason),
             )),
-            NearbyMessage::Offer { .. } => Err(NearbyError::Signal(SignalError::Malformed)),
+            _ => Err(NearbyError::Signal(SignalError::Malformed)),
         }
     })
     .await
@@ -172,7 +172,7 @@ pub async fn accept_loop(listener: TcpListener, jobs: Arc<Jobs>) {
         };
         let jobs2 = jobs.clone();
         jobs.tracker.spawn(async move {
-            handle(stream, &jobs2).await;
+            handle(stream, jobs2).await;
             drop(permit);
         });
     }
@@ -204,10 +204,14 @@ async fn refuse(stream: &mut TcpStream, reason: &str) {
     .await;
 }
 
-async fn handle(mut stream: TcpStream, jobs: &Jobs) {
+async fn handle(mut stream: TcpStream, jobs: Arc<Jobs>) {
     let offered = tokio::time::timeout(OFFER_READ_LIMIT, signal::read(&mut stream)).await;
     let (name, description) = match offered {
         Ok(Ok(NearbyMessage::Offer { name, description })) => (name, description),
+        // A paired device looking for its mailbox here instead of at the rendezvous.
+        Ok(Ok(NearbyMessage::Device { mailbox })) => {
+            return super::mailbox::answer_on_the_lan(jobs, stream, &mailbox).await;
+        }
         Ok(Ok(_)) => return refuse(&mut stream, "expected an offer").await,
         Ok(Err(error)) => return debug!(%error, "a nearby offer failed"),
         Err(_) => return debug!("a nearby connection sent no offer in time"),

@@ -5,6 +5,7 @@
 
 pub mod announce;
 pub mod discovery;
+pub mod relay;
 pub mod signal;
 
 pub use announce::{Nearby, NearbyTable};

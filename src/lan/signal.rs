@@ -19,6 +19,12 @@ pub enum NearbyMessage {
     Answer { description: String },
     /// The receiver takes no offer now, and says why.
     Refused { reason: String },
+    /// A paired device's first frame instead of an offer: the mailbox it would wait at on
+    /// the rendezvous (PROTOCOL.md §4c), which names the pairing without naming anyone.
+    Device { mailbox: String },
+    /// The receiver listens at that mailbox: the session follows on this connection, as
+    /// raw frames ([`write_frame`], [`read_frame`]). Any other receiver closes.
+    Here,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,27 +57,41 @@ pub async fn write(
 }
 
 pub async fn read(stream: &mut (impl AsyncRead + Unpin)) -> Result<NearbyMessage, SignalError> {
+    let body = read_frame(stream).await?;
+    serde_json::from_slice(&body).map_err(|_| SignalError::Malformed)
+}
+
+/// One frame of bytes, as [`write`] frames a message.
+pub async fn write_frame(
+    stream: &mut (impl AsyncWrite + Unpin),
+    body: &[u8],
+) -> Result<(), SignalError> {
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(SignalError::TooLarge(body.len()));
+    }
+    stream.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+fn closed(error: std::io::Error) -> SignalError {
+    match error.kind() {
+        std::io::ErrorKind::UnexpectedEof => SignalError::Closed,
+        _ => SignalError::Io(error),
+    }
+}
+
+pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, SignalError> {
     let mut header = [0u8; 4];
-    stream
-        .read_exact(&mut header)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => SignalError::Closed,
-            _ => SignalError::Io(e),
-        })?;
+    stream.read_exact(&mut header).await.map_err(closed)?;
     let len = u32::from_be_bytes(header) as usize;
     if len > MAX_FRAME_BYTES {
         return Err(SignalError::TooLarge(len));
     }
     let mut body = vec![0u8; len];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => SignalError::Closed,
-            _ => SignalError::Io(e),
-        })?;
-    serde_json::from_slice(&body).map_err(|_| SignalError::Malformed)
+    stream.read_exact(&mut body).await.map_err(closed)?;
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -100,6 +120,16 @@ mod tests {
         assert!(matches!(
             read(&mut [0u8, 0].as_slice()).await,
             Err(SignalError::Closed)
+        ));
+        let mut raw = Vec::new();
+        write_frame(&mut raw, b"\x00sealed").await.unwrap();
+        assert_eq!(
+            read_frame(&mut raw.as_slice()).await.unwrap(),
+            b"\x00sealed"
+        );
+        assert!(matches!(
+            write_frame(&mut Vec::new(), &vec![0; MAX_FRAME_BYTES + 1]).await,
+            Err(SignalError::TooLarge(_))
         ));
         let refused = encode(&NearbyMessage::Refused {
             reason: "busy".into(),

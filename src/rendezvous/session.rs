@@ -1,4 +1,5 @@
-//! Pairing over the rendezvous: SPAKE2, key confirmation, then sealed messages only.
+//! Pairing over the rendezvous (or another [`Relay`]): SPAKE2, key confirmation, then
+//! sealed messages only.
 
 use super::SignalError;
 use super::client::RendezvousClient;
@@ -6,10 +7,45 @@ use super::code::Code;
 use super::crypto::{
     CryptoError, Pake, RESUME_NONCE_BYTES, Role, SealedChannel, Secret, SessionKeys,
 };
+use super::messages::IceServerInfo;
+
+/// An ordered pipe of opaque blobs to the peer daemon, which a [`Session`] seals: the
+/// rendezvous's relay, or a direct LAN connection (`lan::relay`).
+#[async_trait::async_trait]
+pub trait Relay: Send {
+    async fn relay(&mut self, body: &[u8]) -> Result<(), SignalError>;
+    async fn recv_relay(&mut self) -> Result<Vec<u8>, SignalError>;
+    /// STUN/TURN servers that came with the pairing (the rendezvous hands some out).
+    fn ice_servers(&self) -> &[IceServerInfo] {
+        &[]
+    }
+    /// Tells the other side the code was wrong, where that means anything, and closes.
+    async fn burn(&mut self) {}
+    async fn close(self: Box<Self>);
+}
+
+#[async_trait::async_trait]
+impl Relay for RendezvousClient {
+    async fn relay(&mut self, body: &[u8]) -> Result<(), SignalError> {
+        RendezvousClient::relay(self, body).await
+    }
+    async fn recv_relay(&mut self) -> Result<Vec<u8>, SignalError> {
+        RendezvousClient::recv_relay(self).await
+    }
+    fn ice_servers(&self) -> &[IceServerInfo] {
+        RendezvousClient::ice_servers(self)
+    }
+    async fn burn(&mut self) {
+        RendezvousClient::burn(self).await
+    }
+    async fn close(self: Box<Self>) {
+        RendezvousClient::close(*self).await
+    }
+}
 
 /// An authenticated, encrypted, ordered message pipe to the peer daemon.
 pub struct Session {
-    client: RendezvousClient,
+    client: Box<dyn Relay>,
     sealed: SealedChannel,
 }
 
@@ -26,11 +62,12 @@ impl Session {
 
     /// `establish` with other SPAKE2 identities (pairing's), or a transfer's when `None`.
     pub async fn establish_with(
-        mut client: RendezvousClient,
+        client: RendezvousClient,
         role: Role,
         code: &Code,
         identities: Option<(&[u8], &[u8])>,
     ) -> Result<Session, SignalError> {
+        let mut client: Box<dyn Relay> = Box::new(client);
         let (pake, message) = match identities {
             Some(ids) => Pake::start_with(role, code, ids),
             None => Pake::start(role, code),
@@ -63,7 +100,7 @@ impl Session {
         role: Role,
         secret: &[u8; 32],
     ) -> Result<Session, SignalError> {
-        Session::from_secret(client, role, |sender, receiver| {
+        Session::from_secret(Box::new(client), role, |sender, receiver| {
             SessionKeys::resumed(secret, role, sender, receiver)
         })
         .await
@@ -73,7 +110,7 @@ impl Session {
     /// like [`Session::resume`], keyed from the pair secret, with a resume secret of its
     /// own. A peer without the pair secret fails here with [`SignalError::WrongCode`].
     pub async fn between_devices(
-        client: RendezvousClient,
+        client: Box<dyn Relay>,
         role: Role,
         pair_secret: &[u8; 32],
     ) -> Result<Session, SignalError> {
@@ -86,7 +123,7 @@ impl Session {
     /// Both sides send a fresh nonce; `keys` makes the session's keys from them (the
     /// sender's first), and both confirm.
     async fn from_secret(
-        mut client: RendezvousClient,
+        mut client: Box<dyn Relay>,
         role: Role,
         keys: impl FnOnce(&[u8], &[u8]) -> SessionKeys,
     ) -> Result<Session, SignalError> {

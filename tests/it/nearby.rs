@@ -233,3 +233,41 @@ fn a_spoofed_announcement_gets_nothing_meant_for_a_paired_device() {
         "error: 2 nearby devices are called h2: pick one by its id, as p2p nearby lists it"
     );
 }
+
+#[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
+fn paired_devices_on_one_lan_reach_each_other_without_the_rendezvous() {
+    let Some(mut net) = Net::new() else { return };
+    net.internet();
+    net.router("r1", "203.0.113.11", "192.168.1", Nat::Ordinary);
+    net.host("h1", "r1", "192.168.1.2");
+    net.host("h2", "r1", "192.168.1.3");
+    net.services();
+    let a = net.daemon_with("h1", "h1", &["--device-name", "h1"]);
+    let b = net.daemon_with("h2", "h2", &["--device-name", "h2"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(crate::devices::pair_sockets(&a, &b));
+    assert!(p2p(&b, &["rule", "h1", "auto"]).status.success());
+    // The internet goes away: nothing leaves the LAN, the rendezvous included.
+    net.exec("r1", "iptables -I FORWARD -o wan -j DROP");
+    assert_eq!(nearby_names(&a, "h2"), ["h2"]);
+    let devices = p2p(&a, &["devices", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&devices.stdout).contains("\"online\":true"),
+        "{devices:?}\n{}",
+        net.logs()
+    );
+    let file = random_file(net.dir.path(), "payload.bin", 1 << 20, 33);
+    let sent = p2p(
+        &a,
+        &["send", "--json", "--to", "h2", file.to_str().unwrap()],
+    );
+    let events = String::from_utf8_lossy(&sent.stdout).into_owned();
+    assert!(sent.status.success(), "{events}\n{}", net.logs());
+    assert!(events.contains("direct (host"), "{events}");
+    let saved = net.downloads("h2").join("From h1").join("payload.bin");
+    assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(&file).unwrap());
+}
