@@ -2,6 +2,7 @@
 //! Only the daemon spawns tasks, and every task stops when `shutdown` fires.
 
 pub(crate) mod connection;
+mod desktop;
 mod device_jobs;
 mod devices;
 pub mod history;

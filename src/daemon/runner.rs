@@ -228,6 +228,17 @@ pub(super) async fn approval(job: Arc<Job>, accept: bool) -> bool {
     let accepted = accept || {
         let answer = job.ask();
         job.set_state(JobState::AwaitingApproval);
+        // An offer from a device (paired or nearby) has no person at a terminal waiting
+        // for it: tell the desktop, where there is one.
+        let waiting = {
+            let info = job.info.borrow();
+            info.device
+                .clone()
+                .map(|from| (info.id, from, info.files.len(), info.bytes_total))
+        };
+        if let Some((id, from, files, bytes)) = waiting {
+            super::desktop::offer_waiting(id, &from, files, bytes);
+        }
         answer.await.unwrap_or(false)
     };
     if accepted {
