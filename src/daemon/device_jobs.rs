@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use super::jobs::{Job, Jobs, failure, file_infos};
 use super::mailbox::Target;
+use super::outbox::{self, Waiting};
 use super::record::unix_now;
 use super::runner::{self, ReceiveMeeting, SendMeeting};
 use crate::devices::registry::{Device, Rule};
@@ -59,21 +60,50 @@ impl Jobs {
         })
     }
 
-    /// Starts a send to a paired device: it waits (`WaitingForPeer`, with its deadline)
-    /// until the device is met at its mailbox.
-    pub(super) fn start_send_to(
+    /// Starts a send to a paired device: it waits (`WaitingForPeer`, with its deadline,
+    /// kept in the state directory across restarts) until the device is met.
+    pub(super) async fn start_send_to(
         &self,
         target: Target,
         sources: Sources,
         text: Option<String>,
         path: PathPolicy,
-    ) -> JobInfo {
+    ) -> Result<JobInfo, Failure> {
         let job = self.register(
             Direction::Send,
             JobState::WaitingForPeer,
             None,
             file_infos(&sources.manifest),
         );
+        let id = job.info.borrow().id;
+        let waiting = Waiting::new(
+            id,
+            &target.key,
+            target.deadline_unix,
+            path,
+            (&sources, text.clone()),
+        );
+        let dir = self.context.config.state_dir.clone();
+        let saved = tokio::task::spawn_blocking(move || outbox::save(&dir, &waiting)).await;
+        if !matches!(saved, Ok(Ok(()))) {
+            let refused = failure(
+                ErrorKind::Io,
+                "cannot record the send in the state directory: check its space and permissions",
+            );
+            job.fail(refused.clone());
+            return Err(refused);
+        }
+        Ok(self.spawn_send_to(job, target, sources, text, path))
+    }
+
+    fn spawn_send_to(
+        &self,
+        job: Arc<Job>,
+        target: Target,
+        sources: Sources,
+        text: Option<String>,
+        path: PathPolicy,
+    ) -> JobInfo {
         job.set_device(&target.name, Some(target.deadline_unix));
         job.info
             .send_modify(|info| info.skipped = sources.manifest.skipped.clone());
@@ -89,6 +119,49 @@ impl Jobs {
             .instrument(tracing::info_span!("job", id = info.id, dir = "send")),
         );
         info
+    }
+
+    /// Starts again every send that was waiting for a paired device when the daemon
+    /// stopped; one whose device is no longer paired ends, saying so.
+    pub(super) async fn restore_outbox(&self) {
+        let dir = self.context.config.state_dir.clone();
+        let found = tokio::task::spawn_blocking(move || outbox::load_all(&dir))
+            .await
+            .unwrap_or_default();
+        for waiting in found {
+            let job = self.register_restored(
+                waiting.job_id,
+                Direction::Send,
+                JobState::WaitingForPeer,
+                file_infos(&waiting.manifest),
+            );
+            let device = waiting
+                .key()
+                .and_then(|key| self.paired(|r| r.find_key(&key).cloned()));
+            let target = device.and_then(|d| {
+                Some(Target {
+                    key: d.key()?,
+                    secret: d.secret.clone()?,
+                    name: d.name,
+                    deadline_unix: waiting.deadline_unix,
+                })
+            });
+            match target {
+                Some(target) => {
+                    let sources = waiting.sources();
+                    self.spawn_send_to(job, target, sources, waiting.text, waiting.path);
+                }
+                None => {
+                    job.fail(failure(
+                        ErrorKind::NotFound,
+                        "the device this send waited for is no longer paired: nothing was sent",
+                    ));
+                    let dir = self.context.config.state_dir.clone();
+                    let id = waiting.job_id;
+                    let _ = tokio::task::spawn_blocking(move || outbox::remove(&dir, id)).await;
+                }
+            }
+        }
     }
 
     /// Starts the receive job of a paired device met at our mailbox, its session proven.

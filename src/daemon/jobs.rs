@@ -518,7 +518,7 @@ impl Jobs {
         };
         let sources = collect(paths, text.as_deref()).await?;
         if let Some(target) = target {
-            return Ok(self.start_send_to(target, sources, text, path));
+            return self.start_send_to(target, sources, text, path).await;
         }
         if let Some(nearby) = nearby {
             return Ok(self.start_send_nearby(nearby, sources, text));
@@ -596,8 +596,20 @@ impl Jobs {
         Ok(info)
     }
 
+    /// A job of an earlier run, under the number it had.
+    pub(super) fn register_restored(
+        &self,
+        id: JobId,
+        direction: Direction,
+        state: JobState,
+        files: Vec<FileInfo>,
+    ) -> Arc<Job> {
+        self.register_as(id, direction, state, None, files)
+    }
+
     /// Starts every durable job left in the state directory by an earlier run.
     pub async fn restore(&self) {
+        self.restore_outbox().await;
         let records = self.context.records.clone();
         let found = tokio::task::spawn_blocking(move || records.load_all())
             .await

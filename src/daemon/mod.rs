@@ -11,6 +11,7 @@ pub mod mailbox;
 pub mod manual;
 pub(crate) mod nearby;
 pub mod notify;
+mod outbox;
 pub mod pairing;
 pub mod rate;
 pub mod record;

@@ -363,12 +363,19 @@ pub async fn run_send(
                 .await?
             }
             SendMeeting::Device(target) => {
+                // Waiting for the device is kept (`outbox`): a daemon stopping now leaves
+                // the send to its next start instead of cancelling it.
+                durable.store(true, Ordering::SeqCst);
                 let met = or_cancel(&cancel, async {
                     mailbox::meet(&context, &target, DeviceMessage::Transfer)
                         .await
                         .map_err(JobError::Meet)
                 })
-                .await?;
+                .await;
+                durable.store(false, Ordering::SeqCst);
+                let (dir, id) = (context.config.state_dir.clone(), job.info.borrow().id);
+                let _ = tokio::task::spawn_blocking(move || super::outbox::remove(&dir, id)).await;
+                let met = met?;
                 job.met_device();
                 job.set_state(JobState::Negotiating);
                 met

@@ -279,3 +279,54 @@ async fn a_send_between_paired_devices_resumes_after_the_receiver_restarts() {
     assert_eq!(sha256_file(&saved), sha256_file(&file));
     crate::support::assert_no_partials(&b.downloads.join("From test"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_waiting_for_a_device_outlives_a_restart_of_its_own_daemon() {
+    // A third daemon hosts the rendezvous, so both others can restart.
+    let hub = TestDaemon::start().await;
+    let mut a = hub
+        .peer_with(Options {
+            device_name: "sender",
+            ..Options::default()
+        })
+        .await;
+    let mut b = hub.peer().await;
+    pair(&a, &b).await;
+    set_rule(&b, "sender", Rule::Auto, None).await;
+    b.stop().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "kept.bin", 300_000, 8);
+    let job = a
+        .send_to("peer", std::slice::from_ref(&file))
+        .await
+        .unwrap();
+    let waiting = a
+        .wait_until(job, |i| i.state == JobState::WaitingForPeer)
+        .await;
+    a.restart().await;
+    let restored = a.jobs().await;
+    assert_eq!(restored.len(), 1);
+    assert_eq!(
+        (
+            restored[0].id,
+            restored[0].state,
+            restored[0].wait_deadline_unix
+        ),
+        (job, JobState::WaitingForPeer, waiting.wait_deadline_unix),
+        "the same job, still waiting, with the same deadline"
+    );
+    b.restart().await;
+    let info = a.wait(job).await;
+    assert_eq!(info.state, JobState::Completed, "{:?}", info.failure);
+    let saved = b.downloads.join("From sender").join("kept.bin");
+    assert_eq!(sha256_file(&saved), sha256_file(&file));
+    let left: Vec<_> = std::fs::read_dir(a.state_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("outbox-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the waiting send's record is gone once it was met"
+    );
+}
