@@ -130,7 +130,7 @@ mod tests {
         );
         std::fs::write(dir.path().join("outbox-8.json"), "damaged").unwrap();
         std::fs::write(dir.path().join("devices.json"), "[]").unwrap();
-        assert_eq!(load_all(dir.path()), [waiting.clone()]);
+        assert_eq!(load_all(dir.path()), std::slice::from_ref(&waiting));
         assert_eq!(waiting.key(), Some([3; 32]));
         assert_eq!(waiting.sources().paths, sources.paths);
         remove(dir.path(), 7);
