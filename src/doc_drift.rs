@@ -145,6 +145,24 @@ fn the_protocol_states_the_limits_in_the_code() {
             secs(crate::daemon::nearby::OFFER_READ_LIMIT),
             secs(crate::daemon::nearby::ANSWER_WAIT)
         ),
+        format!(
+            "one unanswered for {} min is declined",
+            secs(crate::daemon::nearby::DECISION_LIMIT) / 60
+        ),
+        format!(
+            "A listener answers at most {} arrivals at a mailbox at once",
+            crate::daemon::mailbox::ANSWERS_AT_ONCE
+        ),
+        format!(
+            "{} at a time ({} s each), every {} s",
+            crate::daemon::mailbox::LAN_ASKS_AT_ONCE,
+            secs(crate::daemon::mailbox::LAN_ASK_LIMIT),
+            secs(crate::daemon::mailbox::LAN_LOOK_EVERY)
+        ),
+        format!(
+            "\"nonce\":\"<{} bytes hex>\"",
+            crate::devices::mailbox::LAN_NONCE_BYTES
+        ),
         format!("at most {} are kept", crate::lan::announce::MAX_NEARBY),
         format!(
             "the instance name is a {}-hex-digit id",

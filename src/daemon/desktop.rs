@@ -42,12 +42,27 @@ fn notify_send() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// Fewest seconds between two notifications: offers arriving faster (a nearby device
+/// offering again and again) share the first one's.
+const NOTIFY_EVERY: Duration = Duration::from_secs(10);
+static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
 /// Shows the notification, if this machine can; never waits for it.
 pub fn offer_waiting(job: u64, from: &str, files: usize, bytes: u64) {
+    {
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < NOTIFY_EVERY) {
+            return;
+        }
+        *last = Some(now);
+    }
     let Some(program) = notify_send() else {
         return;
     };
     let (summary, body) = text(job, from, files, bytes);
+    // Not on the daemon's tracker: it ends by itself within NOTIFY_LIMIT (its process is
+    // killed then), and nothing waits on it.
     tokio::spawn(async move {
         let shown = tokio::time::timeout(
             NOTIFY_LIMIT,

@@ -57,6 +57,7 @@ impl Jobs {
             key,
             secret,
             deadline_unix: unix_now().saturating_add(self.context.config.device_wait.as_secs()),
+            window: self.context.config.device_wait,
         })
     }
 
@@ -79,7 +80,7 @@ impl Jobs {
         let waiting = Waiting::new(
             id,
             &target.key,
-            target.deadline_unix,
+            (target.deadline_unix, target.window),
             path,
             (&sources, text.clone()),
         );
@@ -144,6 +145,7 @@ impl Jobs {
                     secret: d.secret.clone()?,
                     name: d.name,
                     deadline_unix: waiting.deadline_unix,
+                    window: std::time::Duration::from_secs(waiting.window_secs),
                 })
             });
             match target {

@@ -81,6 +81,7 @@ fn target(device: &Device, limit: std::time::Duration) -> Option<Target> {
         key: device.key()?,
         secret: device.secret.clone()?,
         deadline_unix: unix_now().saturating_add(limit.as_secs()),
+        window: limit,
     })
 }
 

@@ -54,6 +54,8 @@ pub struct Job {
     /// A manual send job waiting for its pasted answer.
     answer: Mutex<Option<oneshot::Sender<String>>>,
     rate: Mutex<RateMeter>,
+    /// Its other side is a nearby device (`--nearby`): only a compared string backs it.
+    nearby: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -70,7 +72,16 @@ impl Job {
             decision: Mutex::new(None),
             answer: Mutex::new(None),
             rate: Mutex::new(RateMeter::default()),
+            nearby: Default::default(),
         }
+    }
+
+    pub fn mark_nearby(&self) {
+        self.nearby.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_nearby(&self) -> bool {
+        self.nearby.load(Ordering::Relaxed)
     }
 
     pub fn set_state(&self, state: JobState) {
@@ -635,6 +646,11 @@ impl Jobs {
                     .instrument(tracing::info_span!("job", id = info.id, dir)),
             );
         }
+    }
+
+    /// How many jobs of this run `pred` picks.
+    pub(super) fn count(&self, pred: impl Fn(&Job) -> bool) -> usize {
+        lock(&self.table).values().filter(|job| pred(job)).count()
     }
 
     pub fn get(&self, id: JobId) -> Option<Arc<Job>> {

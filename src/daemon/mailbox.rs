@@ -14,7 +14,8 @@ use tracing::{Instrument, debug, info, warn};
 use super::jobs::{Context, Jobs};
 use super::record::unix_now;
 use crate::devices::mailbox::{
-    DeviceError, DeviceMessage, PairSecret, check_hello, hello, mailbox,
+    DeviceError, DeviceMessage, LAN_NONCE_BYTES, PairSecret, check_hello, hello, lan_ask,
+    lan_ask_matches, mailbox,
 };
 use crate::lan::relay::LanRelay;
 use crate::lan::signal::{self as lan_signal, NearbyMessage};
@@ -28,6 +29,8 @@ const HANDSHAKE_LIMIT: Duration = Duration::from_secs(30);
 /// only space out quick failures).
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 const MAX_PAUSE: Duration = Duration::from_secs(30);
+/// Arrivals at one mailbox being answered at once (each for at most `HANDSHAKE_LIMIT`).
+pub(crate) const ANSWERS_AT_ONCE: usize = 4;
 /// How long `p2p unpair` tries to tell the other device.
 pub const UNPAIR_NOTICE_LIMIT: Duration = Duration::from_secs(10);
 
@@ -47,6 +50,8 @@ pub enum MeetError {
     Refused(String),
     #[error("{0} did not come online within {1}: send again when it is")]
     Offline(String, String),
+    #[error("{0} was unpaired, or paired again, while this send waited: nothing was sent")]
+    Unpaired(String),
     #[error("the other device stopped answering while the session opened")]
     Stalled,
 }
@@ -54,8 +59,14 @@ pub enum MeetError {
 impl MeetError {
     /// Worth another meeting: the rendezvous or the other side's connection went away.
     fn transient(&self) -> bool {
-        matches!(self, MeetError::Stalled)
-            || matches!(self, MeetError::Signal(e) if !matches!(e, SignalError::WrongCode { .. }))
+        // Whoever answers at a mailbox (the rendezvous's operator, anyone on the LAN) is
+        // unauthenticated until the session confirms: a failure before that is theirs to
+        // cause, so it must not end the send. Past it, only a holder of the pair secret
+        // speaks.
+        matches!(
+            self,
+            MeetError::Stalled | MeetError::NotPaired(_) | MeetError::Signal(_)
+        )
     }
 }
 
@@ -65,18 +76,32 @@ pub struct Target {
     pub name: String,
     pub key: [u8; 32],
     pub secret: PairSecret,
-    /// When a send stops waiting for it to come online (Unix seconds).
+    /// When a send stops waiting for it to come online (Unix seconds), and how long that
+    /// wait was meant to be (for saying so).
     pub deadline_unix: u64,
+    pub window: Duration,
 }
 
 /// The daemon's mailbox listeners, one per paired device, and the turns its senders take
 /// at each device's mailbox.
-#[derive(Default)]
 pub struct Mailboxes {
     listening: Mutex<HashMap<[u8; 32], (PairSecret, CancellationToken)>>,
     /// Two sends waiting at one mailbox would replace each other there (the rendezvous
     /// keeps the newer of a side): one meeting per device at a time.
     turns: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    /// Bumped whenever the paired devices change, so a waiting send looks again whether
+    /// its device is still paired (and lets an unpairing's notice through).
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Mailboxes {
+    fn default() -> Mailboxes {
+        Mailboxes {
+            listening: Default::default(),
+            turns: Default::default(),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -94,6 +119,9 @@ impl Mailboxes {
 /// Listens at the mailbox of every paired device that can be reached, and stops
 /// listening for any no longer paired. Called at start and after every change.
 pub fn sync(jobs: &Arc<Jobs>) {
+    // One lock across reading the devices and changing the listeners: two syncs at once
+    // cannot interleave into a listener for a device just removed.
+    let mut listening = lock(&jobs.context.mailboxes.listening);
     let wanted: Vec<([u8; 32], PairSecret)> = {
         let registry = lock(&jobs.context.devices);
         registry
@@ -102,7 +130,7 @@ pub fn sync(jobs: &Arc<Jobs>) {
             .filter_map(|d| Some((d.key()?, d.secret.clone()?)))
             .collect()
     };
-    let mut listening = lock(&jobs.context.mailboxes.listening);
+    jobs.context.mailboxes.changed.send_modify(|n| *n += 1);
     listening.retain(|key, (secret, stop)| {
         let keep = wanted.iter().any(|(k, s)| k == key && s == secret);
         if !keep {
@@ -134,8 +162,18 @@ fn short(key: &[u8; 32]) -> String {
 async fn listen(jobs: Arc<Jobs>, key: [u8; 32], secret: PairSecret, stop: CancellationToken) {
     let context = jobs.context.clone();
     let channel = mailbox(&secret, &context.identity.public_key());
+    let answering = Arc::new(tokio::sync::Semaphore::new(ANSWERS_AT_ONCE));
     let mut pause = FIRST_PAUSE;
     loop {
+        // Whoever learns the mailbox's name can arrive again and again: with this many
+        // arrivals still being answered, the listener waits before it listens again.
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            permit = answering.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
         let waited = async {
             let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
             client.rejoin(&channel, false).await?;
@@ -148,8 +186,13 @@ async fn listen(jobs: Arc<Jobs>, key: [u8; 32], secret: PairSecret, stop: Cancel
         match waited {
             Ok(client) => {
                 pause = FIRST_PAUSE;
+                let answered = answer(jobs.clone(), Box::new(client), key, secret.clone());
                 jobs.tracker.spawn(
-                    answer(jobs.clone(), Box::new(client), key, secret.clone()).in_current_span(),
+                    async move {
+                        answered.await;
+                        drop(permit);
+                    }
+                    .in_current_span(),
                 );
             }
             // The rendezvous ends every wait after a while: wait again at once.
@@ -180,7 +223,7 @@ async fn answer(jobs: Arc<Jobs>, client: Box<dyn Relay>, key: [u8; 32], secret: 
     let context = &jobs.context;
     let ours = context.identity.public_key();
     let met = tokio::time::timeout(HANDSHAKE_LIMIT, async {
-        let mut session = Session::between_devices(client, Role::Receiver, &secret).await?;
+        let mut session = Session::between_devices(client, Role::Receiver, &secret, &ours).await?;
         let binding = session.binding_key();
         let theirs = decode(&session.recv().await?)?;
         if let Err(error) = check_hello(&theirs, &binding, Role::Sender, &key, &ours) {
@@ -234,30 +277,36 @@ pub async fn meet(
     target: &Target,
     purpose: DeviceMessage,
 ) -> Result<Session, MeetError> {
+    let mut changes = context.mailboxes.changed.subscribe();
     let turn = context.mailboxes.turn(&target.key);
     let _turn = turn.lock().await;
     let channel = mailbox(&target.secret, &target.key);
     let mut pause = FIRST_PAUSE;
+    // An unpairing's notice goes to a device this side has just forgotten.
+    let must_be_paired = purpose != DeviceMessage::Unpair;
     loop {
+        if must_be_paired && !still_paired(context, target) {
+            return Err(MeetError::Unpaired(target.name.clone()));
+        }
         let left = target.deadline_unix.saturating_sub(unix_now());
-        let offline = || {
-            MeetError::Offline(
-                target.name.clone(),
-                window_words(context.config.device_wait),
-            )
-        };
+        let offline = || MeetError::Offline(target.name.clone(), window_words(target.window));
         if left == 0 {
             return Err(offline());
         }
         let left = Duration::from_secs(left);
         let found = tokio::time::timeout(left, async {
             tokio::select! {
-                client = at_the_rendezvous(context, &channel) => client,
-                relay = on_the_lan(context, &channel) => relay,
+                client = at_the_rendezvous(context, &channel) => Some(client),
+                relay = on_the_lan(context, target) => Some(relay),
+                _ = changes.changed() => None,
             }
         })
         .await
         .map_err(|_| offline())?;
+        let Some(found) = found else {
+            // The paired devices changed: look again whether this one still is.
+            continue;
+        };
         let opened = tokio::time::timeout(HANDSHAKE_LIMIT, open(context, found, target, &purpose))
             .await
             .unwrap_or(Err(MeetError::Stalled));
@@ -275,6 +324,13 @@ pub async fn meet(
         tokio::time::sleep(pause.min(left)).await;
         pause = (pause * 2).min(MAX_PAUSE);
     }
+}
+
+/// Whether `target` is still paired, with the same secret.
+fn still_paired(context: &Context, target: &Target) -> bool {
+    lock(&context.devices)
+        .find_key(&target.key)
+        .is_some_and(|d| d.secret.as_ref() == Some(&target.secret))
 }
 
 /// Waits at the mailbox on the rendezvous until the device is there, trying again (with
@@ -301,35 +357,59 @@ async fn at_the_rendezvous(context: &Context, channel: &str) -> Box<dyn Relay> {
 }
 
 /// How often a waiting send looks for its device among the daemons on the LAN.
-const LAN_LOOK_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const LAN_LOOK_EVERY: Duration = Duration::from_secs(5);
 /// Time each nearby daemon gets to say whether it is the device.
-const LAN_ASK_LIMIT: Duration = Duration::from_secs(2);
+pub(crate) const LAN_ASK_LIMIT: Duration = Duration::from_secs(2);
+/// Nearby daemons asked at once.
+pub(crate) const LAN_ASKS_AT_ONCE: usize = 8;
 
-/// Asks each daemon announced on the LAN, every few seconds, whether it listens at this
-/// mailbox; returns the connection of the one that does. Never ends without LAN discovery.
-async fn on_the_lan(context: &Context, channel: &str) -> Box<dyn Relay> {
+/// Asks the daemons announced on the LAN (on this machine's subnets, several at once),
+/// every few seconds, whether one is `target`; returns the connection of the one that
+/// is. Never ends without LAN discovery.
+async fn on_the_lan(context: &Context, target: &Target) -> Box<dyn Relay> {
+    use futures_util::StreamExt;
     let Some(lan) = &context.lan else {
         return std::future::pending().await;
     };
     loop {
-        for nearby in lan.nearby() {
-            for address in &nearby.addresses {
-                let addr = std::net::SocketAddr::new(*address, nearby.port);
-                let asked = tokio::time::timeout(LAN_ASK_LIMIT, ask_nearby(addr, channel)).await;
-                if let Ok(Some(relay)) = asked {
-                    debug!("met a paired device on the LAN");
-                    return Box::new(relay);
-                }
+        let interfaces = crate::daemon::nearby::local_subnets();
+        let candidates: Vec<std::net::SocketAddr> = lan
+            .nearby()
+            .iter()
+            .flat_map(|n| {
+                n.addresses
+                    .iter()
+                    .map(|a| std::net::SocketAddr::new(*a, n.port))
+            })
+            .filter(|addr| crate::lan::announce::on_local_subnet(addr.ip(), &interfaces))
+            .collect();
+        let mut asks = futures_util::stream::iter(candidates)
+            .map(|addr| async move {
+                tokio::time::timeout(LAN_ASK_LIMIT, ask_nearby(addr, target))
+                    .await
+                    .ok()
+                    .flatten()
+            })
+            .buffer_unordered(LAN_ASKS_AT_ONCE);
+        while let Some(answered) = asks.next().await {
+            if let Some(relay) = answered {
+                debug!("met a paired device on the LAN");
+                return Box::new(relay);
             }
         }
         tokio::time::sleep(LAN_LOOK_EVERY).await;
     }
 }
 
-async fn ask_nearby(addr: std::net::SocketAddr, channel: &str) -> Option<LanRelay> {
+async fn ask_nearby(addr: std::net::SocketAddr, target: &Target) -> Option<LanRelay> {
+    use rand::RngCore;
+    let mut nonce = [0u8; LAN_NONCE_BYTES];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let tag = lan_ask(&target.secret, &target.key, &nonce);
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let ask = NearbyMessage::Device {
-        mailbox: channel.to_owned(),
+        nonce: hex::encode(nonce),
+        tag: hex::encode(tag),
     };
     lan_signal::write(&mut stream, &ask).await.ok()?;
     match lan_signal::read(&mut stream).await.ok()? {
@@ -338,16 +418,23 @@ async fn ask_nearby(addr: std::net::SocketAddr, channel: &str) -> Option<LanRela
     }
 }
 
-/// A paired device reached us on the LAN, asking for `channel`: if it is the mailbox of
-/// one of our pairings, say so and answer there as at the rendezvous; else close, saying
-/// nothing of what we listen at.
-pub async fn answer_on_the_lan(jobs: Arc<Jobs>, mut stream: tokio::net::TcpStream, channel: &str) {
+/// A paired device reached us on the LAN with an ask: if it is meant for this daemon by
+/// one of its pairings, say so and answer there as at the rendezvous; else close, saying
+/// nothing.
+pub async fn answer_on_the_lan(
+    jobs: Arc<Jobs>,
+    mut stream: tokio::net::TcpStream,
+    (nonce, tag): (&str, &str),
+) {
+    let (Ok(nonce), Ok(tag)) = (hex::decode(nonce), hex::decode(tag)) else {
+        return;
+    };
     let ours = jobs.context.identity.public_key();
     let pairing = {
         let registry = lock(&jobs.context.devices);
         registry.list().iter().find_map(|d| {
             let secret = d.secret.clone()?;
-            (mailbox(&secret, &ours) == channel).then_some((d.key()?, secret))
+            lan_ask_matches(&secret, &ours, &nonce, &tag).then_some((d.key()?, secret))
         })
     };
     let Some((key, secret)) = pairing else {
@@ -368,7 +455,7 @@ async fn open(
     purpose: &DeviceMessage,
 ) -> Result<Session, MeetError> {
     let ours = context.identity.public_key();
-    let mut session = Session::between_devices(client, Role::Sender, &target.secret)
+    let mut session = Session::between_devices(client, Role::Sender, &target.secret, &target.key)
         .await
         .map_err(|e| match e {
             SignalError::WrongCode { .. } => MeetError::NotPaired(target.name.clone()),
@@ -463,11 +550,11 @@ mod tests {
     }
 
     #[test]
-    fn only_lost_connections_are_worth_another_meeting() {
+    fn only_what_an_unauthenticated_party_can_cause_is_worth_another_meeting() {
         assert!(MeetError::Stalled.transient());
         assert!(MeetError::Signal(SignalError::PeerGone).transient());
+        assert!(MeetError::NotPaired("laptop".into()).transient());
         assert!(!MeetError::Refused("laptop".into()).transient());
-        assert!(!MeetError::NotPaired("laptop".into()).transient());
         assert!(!MeetError::Device(DeviceError::BadSignature).transient());
     }
 }

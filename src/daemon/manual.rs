@@ -69,6 +69,9 @@ impl Jobs {
     ) -> Arc<Job> {
         let files = file_infos(&sources.manifest);
         let job = self.register(Direction::Send, JobState::Connecting, None, files);
+        if matches!(via, Via::Nearby(_)) {
+            job.mark_nearby();
+        }
         job.info
             .send_modify(|info| info.skipped = sources.manifest.skipped.clone());
         let id = job.info.borrow().id;
@@ -106,6 +109,9 @@ impl Jobs {
             .map_err(|e| failure(ErrorKind::BadRequest, e.to_string()))?;
         let dir = self.download_dir(dir)?;
         let job = self.register(Direction::Receive, JobState::Connecting, None, Vec::new());
+        if matches!(via, Via::Nearby(_)) {
+            job.mark_nearby();
+        }
         job.info
             .send_modify(|info| info.destination = Some(dir.clone()));
         let id = job.info.borrow().id;
@@ -250,6 +256,7 @@ async fn run_receive(
     let cancel = job.cancel.clone();
     let result = async {
         let settings = settings_for(&context, path, &via)?;
+        let nearby = matches!(via, Via::Nearby(_));
         job.set_state(JobState::Negotiating);
         let (pending, answer) = or_cancel(&cancel, async {
             Ok(manual::answer(&settings, &offer_sdp).await?)
@@ -272,11 +279,15 @@ async fn run_receive(
             connection.close().await;
             return Err(error);
         }
-        let transferring = approval(job.clone(), accept);
+        // Nobody waits at a terminal for a nearby offer: one unanswered for a while is
+        // declined, so it does not hold one of the few places nearby offers have.
+        let limit = nearby.then_some(super::nearby::DECISION_LIMIT);
+        let transferring = approval(job.clone(), accept, limit);
         // No journal: a manual job cannot resume, so nothing is kept for it.
         let plan = Arc::new(receiver::Plan {
             dir: dir.clone(),
             limits: context.config.limits,
+            messages: !nearby,
             tag: crate::daemon::record::random_hex(4),
             journal: None,
             disk: Default::default(),

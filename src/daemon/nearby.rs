@@ -31,6 +31,8 @@ pub(crate) const MAX_CONNECTIONS: usize = 8;
 /// Nearby offers waiting for this daemon's person at once; more are refused as busy, so
 /// the LAN cannot fill the inbox.
 pub const MAX_WAITING: usize = 4;
+/// How long a nearby offer waits for the person's answer before it is declined.
+pub const DECISION_LIMIT: Duration = Duration::from_secs(10 * 60);
 /// How a nearby sender's name is shown: it says who the sender claims to be, which only
 /// the compared string backs.
 const NEARBY_SUFFIX: &str = " (nearby)";
@@ -129,19 +131,15 @@ impl Jobs {
 
     /// Nearby offers not yet answered by this daemon's person.
     fn nearby_waiting(&self) -> usize {
-        self.list()
-            .iter()
-            .filter(|j| {
-                j.direction == Direction::Receive
-                    && j.device
-                        .as_deref()
-                        .is_some_and(|d| d.ends_with(NEARBY_SUFFIX))
-                    && matches!(
-                        j.state,
-                        JobState::Connecting | JobState::Negotiating | JobState::AwaitingApproval
-                    )
-            })
-            .count()
+        self.count(|job| {
+            let info = job.info.borrow();
+            job.is_nearby()
+                && info.direction == Direction::Receive
+                && matches!(
+                    info.state,
+                    JobState::Connecting | JobState::Negotiating | JobState::AwaitingApproval
+                )
+        })
     }
 }
 
@@ -149,6 +147,9 @@ impl Jobs {
 /// subnets, a few at a time.
 pub async fn accept_loop(listener: TcpListener, jobs: Arc<Jobs>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Counting the waiting offers and adding one is a single step, so connections that
+    // arrive together cannot all slip past the cap.
+    let admitting = Arc::new(tokio::sync::Mutex::new(()));
     loop {
         let accepted = tokio::select! {
             _ = jobs.shutdown.cancelled() => return,
@@ -170,17 +171,17 @@ pub async fn accept_loop(listener: TcpListener, jobs: Arc<Jobs>) {
             debug!("too many nearby connections: closed");
             continue;
         };
-        let jobs2 = jobs.clone();
+        let (jobs2, admitting) = (jobs.clone(), admitting.clone());
         jobs.tracker.spawn(async move {
-            handle(stream, jobs2).await;
+            handle(stream, jobs2, &admitting).await;
             drop(permit);
         });
     }
 }
 
-/// This machine's interface subnets, read now (addresses change).
-fn from_the_lan(peer: SocketAddr) -> bool {
-    let interfaces: Vec<_> = match if_addrs::get_if_addrs() {
+/// This machine's interface subnets (not loopback), read now: addresses change.
+pub(crate) fn local_subnets() -> Vec<(std::net::IpAddr, u8)> {
+    match if_addrs::get_if_addrs() {
         Ok(list) => list
             .into_iter()
             .filter(|i| !i.is_loopback())
@@ -189,9 +190,12 @@ fn from_the_lan(peer: SocketAddr) -> bool {
                 if_addrs::IfAddr::V6(v6) => (std::net::IpAddr::V6(v6.ip), v6.prefixlen),
             })
             .collect(),
-        Err(_) => return false,
-    };
-    on_local_subnet(peer.ip().to_canonical(), &interfaces)
+        Err(_) => Vec::new(),
+    }
+}
+
+fn from_the_lan(peer: SocketAddr) -> bool {
+    on_local_subnet(peer.ip().to_canonical(), &local_subnets())
 }
 
 async fn refuse(stream: &mut TcpStream, reason: &str) {
@@ -204,13 +208,13 @@ async fn refuse(stream: &mut TcpStream, reason: &str) {
     .await;
 }
 
-async fn handle(mut stream: TcpStream, jobs: Arc<Jobs>) {
+async fn handle(mut stream: TcpStream, jobs: Arc<Jobs>, admitting: &tokio::sync::Mutex<()>) {
     let offered = tokio::time::timeout(OFFER_READ_LIMIT, signal::read(&mut stream)).await;
     let (name, description) = match offered {
         Ok(Ok(NearbyMessage::Offer { name, description })) => (name, description),
         // A paired device looking for its mailbox here instead of at the rendezvous.
-        Ok(Ok(NearbyMessage::Device { mailbox })) => {
-            return super::mailbox::answer_on_the_lan(jobs, stream, &mailbox).await;
+        Ok(Ok(NearbyMessage::Device { nonce, tag })) => {
+            return super::mailbox::answer_on_the_lan(jobs, stream, (&nonce, &tag)).await;
         }
         Ok(Ok(_)) => return refuse(&mut stream, "expected an offer").await,
         Ok(Err(error)) => return debug!(%error, "a nearby offer failed"),
@@ -219,7 +223,9 @@ async fn handle(mut stream: TcpStream, jobs: Arc<Jobs>) {
     if !valid_device_name(&name) {
         return refuse(&mut stream, "the sender's name is not usable").await;
     }
+    let admitted = admitting.lock().await;
     if jobs.nearby_waiting() >= MAX_WAITING {
+        drop(admitted);
         return refuse(
             &mut stream,
             "busy: too many nearby offers wait for an answer there, try again later",
@@ -228,10 +234,11 @@ async fn handle(mut stream: TcpStream, jobs: Arc<Jobs>) {
     }
     let (reply, answered) = oneshot::channel();
     let via = Via::Nearby(NearbyLink::From(reply));
-    let job = match jobs
+    let started = jobs
         .start_receive_via(&description, None, false, PathPolicy::Default, via)
-        .await
-    {
+        .await;
+    drop(admitted);
+    let job = match started {
         Ok(job) => job,
         Err(failure) => return refuse(&mut stream, &failure.message).await,
     };

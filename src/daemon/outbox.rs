@@ -25,6 +25,8 @@ pub struct Waiting {
     /// The device's Ed25519 public key, hex: a renamed device is still found.
     pub device_key: String,
     pub deadline_unix: u64,
+    /// How long the send was to wait, as its person asked (for saying so at the end).
+    pub window_secs: u64,
     pub path: PathPolicy,
     pub manifest: Manifest,
     pub sources: Vec<PathBuf>,
@@ -36,7 +38,7 @@ impl Waiting {
     pub fn new(
         job_id: JobId,
         key: &[u8; 32],
-        deadline_unix: u64,
+        (deadline_unix, window): (u64, std::time::Duration),
         path: PathPolicy,
         (sources, text): (&Sources, Option<String>),
     ) -> Waiting {
@@ -45,6 +47,7 @@ impl Waiting {
             job_id,
             device_key: hex::encode(key),
             deadline_unix,
+            window_secs: window.as_secs(),
             path,
             manifest: sources.manifest.clone(),
             sources: sources.paths.clone(),
@@ -121,7 +124,13 @@ mod tests {
             paths: vec!["/tmp/a".into()],
             ids: Vec::new(),
         };
-        let waiting = Waiting::new(7, &[3; 32], 99, PathPolicy::Default, (&sources, None));
+        let waiting = Waiting::new(
+            7,
+            &[3; 32],
+            (99, std::time::Duration::from_secs(60)),
+            PathPolicy::Default,
+            (&sources, None),
+        );
         save(dir.path(), &waiting).unwrap();
         let path = dir.path().join("outbox-7.json");
         assert_eq!(

@@ -116,6 +116,7 @@ impl JobError {
             JobError::Meet(e) => (
                 match e {
                     MeetError::Offline(..) => ErrorKind::PeerGone,
+                    MeetError::Unpaired(_) => ErrorKind::NotFound,
                     MeetError::Refused(_) => ErrorKind::Declined,
                     _ => ErrorKind::Protocol,
                 },
@@ -223,8 +224,9 @@ pub(super) async fn check_route(
 }
 
 /// A receiver's answer to the offer: yes at once with `accept`, else the person's (the
-/// job waits in `AwaitingApproval`); a yes moves the job to `Transferring`.
-pub(super) async fn approval(job: Arc<Job>, accept: bool) -> bool {
+/// job waits in `AwaitingApproval`, for at most `limit` if given: then it is a no); a yes
+/// moves the job to `Transferring`.
+pub(super) async fn approval(job: Arc<Job>, accept: bool, limit: Option<Duration>) -> bool {
     let accepted = accept || {
         let answer = job.ask();
         job.set_state(JobState::AwaitingApproval);
@@ -239,7 +241,10 @@ pub(super) async fn approval(job: Arc<Job>, accept: bool) -> bool {
         if let Some((id, from, files, bytes)) = waiting {
             super::desktop::offer_waiting(id, &from, files, bytes);
         }
-        answer.await.unwrap_or(false)
+        match limit {
+            Some(limit) => matches!(tokio::time::timeout(limit, answer).await, Ok(Ok(true))),
+            None => answer.await.unwrap_or(false),
+        }
     };
     if accepted {
         job.set_state(JobState::Transferring);
@@ -487,7 +492,7 @@ pub async fn run_receive(
             connection.close().await;
             return Err(error);
         }
-        let transferring = approval(job.clone(), accept);
+        let transferring = approval(job.clone(), accept, None);
         let mut fresh = JobRecord::new(
             Direction::Receive,
             &secret,
@@ -506,6 +511,7 @@ pub async fn run_receive(
         let plan = Arc::new(receiver::Plan {
             dir: dir.clone(),
             limits,
+            messages: true,
             tag: fresh.tag.clone().unwrap_or_default(),
             journal: Some(journal.clone()),
             disk: Default::default(),
@@ -563,6 +569,7 @@ pub async fn run_restored(job: Arc<Job>, context: Arc<Context>, record: JobRecor
             Work::Receive(Arc::new(receiver::Plan {
                 dir: record.dir.clone().unwrap_or_default(),
                 limits: context.config.limits,
+                messages: true,
                 tag: record.tag.clone().unwrap_or_default(),
                 journal: Some(journal),
                 disk: Default::default(),

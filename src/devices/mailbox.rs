@@ -93,6 +93,28 @@ pub fn mailbox(secret: &PairSecret, to: &[u8; 32]) -> String {
     hex::encode(*name)
 }
 
+/// Bytes of the nonce in a LAN ask.
+pub const LAN_NONCE_BYTES: usize = 16;
+
+/// What a sender asks each daemon on its LAN instead of naming the mailbox (a name that
+/// never changes would let every network a device visits recognise the pair): a fresh
+/// nonce and `HMAC-SHA256(K_ask, nonce)`, with `K_ask = HKDF(salt "p2pd/1 lan ask", ikm
+/// S, info P_to)`. Only the device that shares `S` and owns `P_to` can tell it is meant.
+pub fn lan_ask(secret: &PairSecret, to: &[u8; 32], nonce: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let key = expand(b"p2pd/1 lan ask", &**secret, to);
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(&*key).expect("HMAC accepts keys of any length");
+    mac.update(nonce);
+    mac.finalize().into_bytes().into()
+}
+
+/// Whether a LAN ask is meant for `to` (constant time).
+pub fn lan_ask_matches(secret: &PairSecret, to: &[u8; 32], nonce: &[u8], tag: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    nonce.len() == LAN_NONCE_BYTES && lan_ask(secret, to, nonce).ct_eq(tag).into()
+}
+
 /// What a side signs once the session is open: `"p2pd/1 device session\0" ‖ role ‖
 /// binding key ‖ signer's public key ‖ the other's public key`. The binding key is this
 /// session's alone, so a signature cannot be replayed into another.
@@ -211,6 +233,41 @@ mod tests {
             "another pairing's mailbox for the same device differs"
         );
         assert_eq!(format!("{a:?}"), "PairSecret(redacted)");
+    }
+
+    #[test]
+    fn a_lan_ask_is_fresh_each_time_and_recognised_only_by_its_device() {
+        let secret = PairSecret::from_bytes(&[1; 32]);
+        let (laptop, phone) = ([5u8; 32], [6u8; 32]);
+        let tag = lan_ask(&secret, &laptop, &[9; LAN_NONCE_BYTES]);
+        assert!(lan_ask_matches(
+            &secret,
+            &laptop,
+            &[9; LAN_NONCE_BYTES],
+            &tag
+        ));
+        assert_ne!(
+            tag,
+            lan_ask(&secret, &laptop, &[8; LAN_NONCE_BYTES]),
+            "fresh each time"
+        );
+        assert!(!lan_ask_matches(
+            &secret,
+            &phone,
+            &[9; LAN_NONCE_BYTES],
+            &tag
+        ));
+        let other = PairSecret::from_bytes(&[2; 32]);
+        assert!(!lan_ask_matches(
+            &other,
+            &laptop,
+            &[9; LAN_NONCE_BYTES],
+            &tag
+        ));
+        assert!(
+            !lan_ask_matches(&secret, &laptop, &[9; 8], &tag),
+            "a short nonce"
+        );
     }
 
     #[test]

@@ -202,7 +202,9 @@ impl Registry {
     /// Saves `next`, and only then makes it the list: memory never says what the disk
     /// does not.
     fn commit(&mut self, next: Vec<Device>) -> io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(&next).map_err(io::Error::other)?;
+        // It holds the pair secrets: wiped once written.
+        let bytes =
+            zeroize::Zeroizing::new(serde_json::to_vec_pretty(&next).map_err(io::Error::other)?);
         write_private(&self.path, &bytes)?;
         self.devices = next;
         Ok(())

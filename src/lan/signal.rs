@@ -19,9 +19,9 @@ pub enum NearbyMessage {
     Answer { description: String },
     /// The receiver takes no offer now, and says why.
     Refused { reason: String },
-    /// A paired device's first frame instead of an offer: the mailbox it would wait at on
-    /// the rendezvous (PROTOCOL.md §4c), which names the pairing without naming anyone.
-    Device { mailbox: String },
+    /// A paired device's first frame instead of an offer: a fresh nonce and a tag only
+    /// the device it looks for recognises (hex; PROTOCOL.md §4c).
+    Device { nonce: String, tag: String },
     /// The receiver listens at that mailbox: the session follows on this connection, as
     /// raw frames ([`write_frame`], [`read_frame`]). Any other receiver closes.
     Here,

@@ -191,16 +191,20 @@ impl SessionKeys {
     /// sides' fresh nonces. Unlike [`SessionKeys::resumed`], the session's resume secret is
     /// its own (derived from the nonces), so each job started this way resumes on a
     /// channel of its own.
+    ///
+    /// The receiving device's public key is in the salt, so a session meant for one side
+    /// cannot be looped back into the sender's own listener (both hold the pair secret).
     pub fn between_devices(
         pair_secret: &[u8; 32],
         role: Role,
-        sender_nonce: &[u8],
-        receiver_nonce: &[u8],
+        (sender_nonce, receiver_nonce): (&[u8], &[u8]),
+        receiver_key: &[u8; 32],
     ) -> SessionKeys {
         let salt = [
             b"p2pd/1 device session".as_slice(),
             sender_nonce,
             receiver_nonce,
+            receiver_key,
         ]
         .concat();
         let mut keys = SessionKeys {
@@ -412,8 +416,9 @@ mod tests {
     fn device_sessions_confirm_only_with_the_pair_secret_and_each_has_its_own_resume_secret() {
         let pair = [3u8; 32];
         let open = |nonce_s: &[u8], secret_r: &[u8; 32]| {
-            let s = SessionKeys::between_devices(&pair, Role::Sender, nonce_s, b"r");
-            let r = SessionKeys::between_devices(secret_r, Role::Receiver, nonce_s, b"r");
+            let s = SessionKeys::between_devices(&pair, Role::Sender, (nonce_s, b"r"), &[5; 32]);
+            let r =
+                SessionKeys::between_devices(secret_r, Role::Receiver, (nonce_s, b"r"), &[5; 32]);
             let (tag_s, tag_r) = (s.our_confirmation(), r.our_confirmation());
             (s.confirm(&tag_r), r.confirm(&tag_s))
         };
@@ -442,6 +447,11 @@ mod tests {
             s.is_err() && r.is_err(),
             "a wrong pair secret never confirms"
         );
+        // A sender's session looped back into its own listener: another receiver key.
+        let s = SessionKeys::between_devices(&pair, Role::Sender, (b"s", b"r"), &[5; 32]);
+        let r = SessionKeys::between_devices(&pair, Role::Receiver, (b"s", b"r"), &[6; 32]);
+        let (tag_s, tag_r) = (s.our_confirmation(), r.our_confirmation());
+        assert!(s.confirm(&tag_r).is_err() && r.confirm(&tag_s).is_err());
     }
 
     #[test]

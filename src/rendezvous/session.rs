@@ -113,9 +113,10 @@ impl Session {
         client: Box<dyn Relay>,
         role: Role,
         pair_secret: &[u8; 32],
+        receiver_key: &[u8; 32],
     ) -> Result<Session, SignalError> {
         Session::from_secret(client, role, |sender, receiver| {
-            SessionKeys::between_devices(pair_secret, role, sender, receiver)
+            SessionKeys::between_devices(pair_secret, role, (sender, receiver), receiver_key)
         })
         .await
     }

@@ -27,6 +27,8 @@ use std::sync::mpsc::TrySendError;
 
 /// The reject reason for a person saying no, so the sender can say so plainly.
 pub const DECLINED: &str = "declined";
+/// The reject reason for a message from a sender who may not send one.
+const NO_MESSAGES: &str = "this receiver takes no messages from nearby devices: send a file";
 /// Chunks queued for the disk writer: 4 MiB at 64 KiB per chunk.
 const WRITE_QUEUE_CHUNKS: usize = 64;
 
@@ -46,6 +48,10 @@ enum WriteOutcome {
 pub struct Plan {
     pub dir: PathBuf,
     pub limits: Limits,
+    /// Whether a message instead of files is taken. A message is shown without asking
+    /// anyone, so it is refused from a sender nobody has vouched for (a nearby device,
+    /// whose string only the sender's person compared).
+    pub messages: bool,
     /// Random per job; part of every partial name so a resumed job finds its own.
     pub tag: String,
     /// Present for a durable job: partial files then outlive an interruption.
@@ -76,6 +82,10 @@ pub async fn receive(
 ) -> Result<Manifest, TransferError> {
     let manifest = match read_offer(link, &plan.limits, cancel).await? {
         Offered::Files(manifest) => manifest,
+        Offered::Text(_) if !plan.messages => {
+            let error = TransferError::Rejected(NO_MESSAGES.to_owned());
+            return Err(reject(link, NO_MESSAGES, error).await);
+        }
         Offered::Text(text) => {
             receive_text(link, &text, observer, cancel).await?;
             return Ok(Manifest::default());

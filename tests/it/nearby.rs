@@ -180,6 +180,48 @@ fn nearby_daemons_find_each_other_on_the_lan_only_and_send_with_compared_strings
     assert!(route.starts_with("direct (host"), "{route}");
     let saved = net.downloads("h2").join("payload.bin");
     assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(&file).unwrap());
+
+    // A message would be shown without the receiver's person comparing anything: refused.
+    let message = call(
+        &a,
+        Request::Send {
+            paths: Vec::new(),
+            follow: false,
+            path: Default::default(),
+            words: None,
+            text: Some("click this".into()),
+            manual: false,
+            to: Some(Recipient::Nearby("h2".into())),
+        },
+    );
+    let ServerFrame::Created(texting) = message else {
+        panic!("{message:?}");
+    };
+    job_where(&a, &net, |j| {
+        j.id == texting.id && j.state == JobState::Comparing
+    });
+    assert_eq!(
+        call(
+            &a,
+            Request::Decide {
+                job: texting.id,
+                accept: true
+            }
+        ),
+        ServerFrame::Done
+    );
+    let refused = job_where(&a, &net, |j| j.id == texting.id && j.state.is_final());
+    let failure = refused.failure.expect("refused");
+    assert!(
+        failure
+            .message
+            .contains("takes no messages from nearby devices"),
+        "{failure:?}"
+    );
+    assert!(
+        jobs(&b).iter().all(|j| j.text.is_none()),
+        "nothing shown on h2"
+    );
 }
 
 #[test]
@@ -209,6 +251,7 @@ fn a_spoofed_announcement_gets_nothing_meant_for_a_paired_device() {
             "both announcements within 20 s\n{}",
             net.logs()
         );
+        std::thread::sleep(Duration::from_millis(300));
     }
     // A send to the paired device goes to the key it paired with, whatever the LAN says.
     let file = random_file(net.dir.path(), "payload.bin", 200_000, 32);

@@ -330,3 +330,44 @@ async fn a_send_waiting_for_a_device_outlives_a_restart_of_its_own_daemon() {
         "the waiting send's record is gone once it was met"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpairing_a_device_ends_the_sends_waiting_for_it() {
+    let a = TestDaemon::start().await;
+    let mut b = a.peer().await;
+    pair(&a, &b).await;
+    b.stop().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "never.bin", 1000, 9);
+    let job = a
+        .send_to("peer", std::slice::from_ref(&file))
+        .await
+        .unwrap();
+    a.wait_until(job, |i| i.state == JobState::WaitingForPeer)
+        .await;
+    let reply = a
+        .client()
+        .await
+        .call(Request::Unpair {
+            name: "peer".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reply,
+        ServerFrame::Unpaired { told: false },
+        "the device is offline"
+    );
+    let failure = a.wait(job).await.failure.expect("ended");
+    assert_eq!(failure.kind, ErrorKind::NotFound, "{failure:?}");
+    assert_eq!(
+        failure.message,
+        "peer was unpaired, or paired again, while this send waited: nothing was sent"
+    );
+    let left = std::fs::read_dir(a.state_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("outbox-"))
+        .count();
+    assert_eq!(left, 0);
+}

@@ -165,8 +165,9 @@ enum Command {
         name: String,
     },
     /// Set what happens to files a paired device sends: ask (they wait in p2p inbox) or
-    /// auto (saved to "From NAME" in the download directory). Offers past a cap are
-    /// refused either way, and the sender is told why.
+    /// auto (accepted without asking). Either way they are saved to "From NAME" in the
+    /// download directory; offers past a cap are refused, and the sender is told why. A cap
+    /// left out is removed.
     Rule {
         /// The device's name, as p2p devices lists it.
         name: String,
