@@ -3,10 +3,11 @@
 mod devices;
 mod follow;
 mod manual;
+mod receive;
 mod render;
 mod spool;
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -352,68 +353,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             json,
             manual,
             path,
-        } => {
-            let interactive = std::io::stdin().is_terminal();
-            if !yes && !interactive {
-                bail!(
-                    "not accepting files without asking: run p2p receive on a terminal, or pass --yes"
-                );
-            }
-            if manual {
-                eprintln!("Paste the sender's offer (one line), then press Enter:");
-                let offer = manual::read_description(p2pd::rtc::peer::manual::Kind::Offer)?;
-                let download_dir = output.map(|o| absolute(&o)).transpose()?;
-                let mut client = IpcClient::connect(&socket).await?;
-                let interrupt = Interrupt::catch()?;
-                let first = client
-                    .call(Request::ReceiveManual {
-                        offer,
-                        download_dir,
-                        accept: yes,
-                        follow: true,
-                        path: path.policy(),
-                    })
-                    .await?;
-                return follow(
-                    &socket,
-                    client,
-                    (first, interrupt),
-                    Renderer::new(json),
-                    !yes,
-                    Role::Owner,
-                )
-                .await;
-            }
-            let code = match code {
-                Some(code) => code,
-                // Asking keeps the code out of the process list and shell history.
-                None if interactive => prompt("Code: ")?,
-                None => {
-                    bail!("no code given: pass the sender's code, like p2p receive 7-orbit-lantern")
-                }
-            };
-            let code: Code = code.parse()?;
-            let download_dir = output.map(|o| absolute(&o)).transpose()?;
-            let mut client = IpcClient::connect(&socket).await?;
-            let request = Request::Receive {
-                code: code.to_string(),
-                download_dir,
-                accept: yes,
-                follow: true,
-                path: path.policy(),
-            };
-            let interrupt = Interrupt::catch()?;
-            let first = client.call(request).await?;
-            follow(
-                &socket,
-                client,
-                (first, interrupt),
-                Renderer::new(json),
-                !yes,
-                Role::Owner,
-            )
-            .await
-        }
+        } => receive::receive(&socket, code, output, (yes, json, manual), path.policy()).await,
         Command::Status { json } => {
             let mut client = IpcClient::connect(&socket).await?;
             match client.call(Request::List).await? {
