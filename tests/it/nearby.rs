@@ -4,7 +4,7 @@
 //! device's name gets nothing meant for it. Skipped, with a line saying so, where
 //! namespaces cannot be built.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -14,13 +14,29 @@ use p2pd::ipc::messages::{Direction, JobState, JobSummary, Recipient, Request, S
 use crate::cli::P2P;
 use crate::netns_harness::{Nat, Net, random_file};
 
-fn p2p(socket: &Path, args: &[&str]) -> Output {
+pub(crate) fn p2p(socket: &Path, args: &[&str]) -> Output {
     Command::new(P2P)
         .arg("--socket")
         .arg(socket)
         .args(args)
         .output()
         .unwrap()
+}
+
+/// Daemons on hosts `h1` and `h2` (so named), paired through the rendezvous, `h2` taking
+/// `h1`'s files without asking: their sockets.
+pub(crate) fn paired_daemons(net: &mut Net) -> (PathBuf, PathBuf) {
+    let a = net.daemon_with("h1", "h1", &["--device-name", "h1"]);
+    let b = net.daemon_with("h2", "h2", &["--device-name", "h2"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(crate::devices::pair_sockets(&a, &b));
+    let rule = p2p(&b, &["rule", "h1", "auto", "--max-size", "10M"]);
+    assert!(rule.status.success(), "{rule:?}");
+    assert!(String::from_utf8_lossy(&rule.stdout).contains("auto"));
+    (a, b)
 }
 
 fn jobs(socket: &Path) -> Vec<JobSummary> {
@@ -234,14 +250,7 @@ fn a_spoofed_announcement_gets_nothing_meant_for_a_paired_device() {
     net.host("h2", "r1", "192.168.1.3");
     net.host("h5", "r1", "192.168.1.5");
     net.services();
-    let a = net.daemon_with("h1", "h1", &["--device-name", "h1"]);
-    let b = net.daemon_with("h2", "h2", &["--device-name", "h2"]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(crate::devices::pair_sockets(&a, &b));
-    assert!(p2p(&b, &["rule", "h1", "auto"]).status.success());
+    let (a, _b) = paired_daemons(&mut net);
     // Another machine on the LAN announces itself under the paired device's name.
     let spoof = net.daemon_with("h5", "h5", &["--device-name", "h2"]);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -286,14 +295,7 @@ fn paired_devices_on_one_lan_reach_each_other_without_the_rendezvous() {
     net.host("h1", "r1", "192.168.1.2");
     net.host("h2", "r1", "192.168.1.3");
     net.services();
-    let a = net.daemon_with("h1", "h1", &["--device-name", "h1"]);
-    let b = net.daemon_with("h2", "h2", &["--device-name", "h2"]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(crate::devices::pair_sockets(&a, &b));
-    assert!(p2p(&b, &["rule", "h1", "auto"]).status.success());
+    let (a, _b) = paired_daemons(&mut net);
     // The internet goes away: nothing leaves the LAN, the rendezvous included.
     net.exec("r1", "iptables -I FORWARD -o wan -j DROP");
     assert_eq!(nearby_names(&a, "h2"), ["h2"]);

@@ -289,7 +289,7 @@ fn path_flags_force_the_relay_or_refuse_it() {
 #[test]
 #[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
 fn paired_devices_send_by_name_across_two_nats() {
-    use crate::cli::P2P;
+    use crate::nearby::{p2p, paired_daemons};
     let Some(mut net) = Net::new() else { return };
     net.internet();
     net.router("r1", "203.0.113.11", "192.168.1", Nat::Ordinary);
@@ -297,24 +297,7 @@ fn paired_devices_send_by_name_across_two_nats() {
     net.host("h1", "r1", "192.168.1.2");
     net.host("h2", "r2", "192.168.2.2");
     net.services();
-    let a = net.daemon_with("h1", "h1", &["--device-name", "h1"]);
-    let b = net.daemon_with("h2", "h2", &["--device-name", "h2"]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(crate::devices::pair_sockets(&a, &b));
-    let p2p = |socket: &Path, args: &[&str]| {
-        std::process::Command::new(P2P)
-            .arg("--socket")
-            .arg(socket)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let rule = p2p(&b, &["rule", "h1", "auto", "--max-size", "10M"]);
-    assert!(rule.status.success(), "{rule:?}");
-    assert!(String::from_utf8_lossy(&rule.stdout).contains("auto"));
+    let (a, _b) = paired_daemons(&mut net);
     let file = payload(&net);
     let sent = p2p(
         &a,

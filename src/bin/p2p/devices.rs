@@ -57,12 +57,7 @@ pub async fn devices(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn print_table(list: &[DeviceInfo]) {
-    let width = list
-        .iter()
-        .map(|d| d.name.chars().count())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let width = name_width(list.iter().map(|d| d.name.as_str()));
     println!(
         "{:<width$}  {:<29}  {:<7}  {:<14}  {:<24}  RULE",
         "NAME", "FINGERPRINT", "ONLINE", "LAST SEEN", "CAPS"
@@ -89,6 +84,11 @@ fn print_table(list: &[DeviceInfo]) {
             caps(device)
         );
     }
+}
+
+/// The NAME column's width: the longest name, and at least the heading's.
+fn name_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(|n| n.chars().count()).max().unwrap_or(0).max(4)
 }
 
 /// "≤ 100 files, ≤ 2.00 GiB", or "-".
@@ -233,12 +233,7 @@ pub async fn nearby(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
     } else if list.is_empty() {
         eprintln!("No p2pd seen on this network yet (announcements take a few seconds)");
     } else {
-        let width = list
-            .iter()
-            .map(|d| d.name.chars().count())
-            .max()
-            .unwrap_or(4)
-            .max(4);
+        let width = name_width(list.iter().map(|d| d.name.as_str()));
         println!("{:<width$}  {:<12}  ADDRESS", "NAME", "ID");
         for device in &list {
             println!(
