@@ -749,6 +749,18 @@ impl Jobs {
                 let _ = tx.send(accept);
                 Ok(())
             }
+            // A nearby offer shows in the inbox while its sender's person still compares.
+            None if job.is_nearby()
+                && job.info.borrow().direction == Direction::Receive
+                && !job.info.borrow().state.is_final() =>
+            {
+                Err(failure(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "job {id}'s sender is still comparing the string: answer once p2p inbox shows its files"
+                    ),
+                ))
+            }
             None => Err(failure(
                 ErrorKind::BadRequest,
                 format!("job {id} is not waiting for a decision"),
