@@ -750,9 +750,10 @@ impl Jobs {
                 Ok(())
             }
             // A nearby offer shows in the inbox while its sender's person still compares.
-            None if job.is_nearby()
-                && job.info.borrow().direction == Direction::Receive
-                && !job.info.borrow().state.is_final() =>
+            None if job.is_nearby() && {
+                let info = job.info.borrow();
+                info.direction == Direction::Receive && !info.state.is_final()
+            } =>
             {
                 Err(failure(
                     ErrorKind::BadRequest,
