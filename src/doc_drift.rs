@@ -155,9 +155,9 @@ fn the_protocol_states_the_limits_in_the_code() {
         ),
         format!(
             "{} at a time ({} s each), every {} s",
-            crate::daemon::mailbox::LAN_ASKS_AT_ONCE,
-            secs(crate::daemon::mailbox::LAN_ASK_LIMIT),
-            secs(crate::daemon::mailbox::LAN_LOOK_EVERY)
+            crate::daemon::nearby::LAN_ASKS_AT_ONCE,
+            secs(crate::daemon::nearby::LAN_ASK_LIMIT),
+            secs(crate::daemon::nearby::LAN_LOOK_EVERY)
         ),
         format!(
             "\"nonce\":\"<{} bytes hex>\"",

@@ -179,6 +179,61 @@ pub async fn accept_loop(listener: TcpListener, jobs: Arc<Jobs>) {
     }
 }
 
+/// How often a search looks again among the daemons on the LAN.
+pub(crate) const LAN_LOOK_EVERY: Duration = Duration::from_secs(5);
+/// Time each nearby daemon gets to say whether it is the one sought.
+pub(crate) const LAN_ASK_LIMIT: Duration = Duration::from_secs(2);
+/// Nearby daemons asked at once.
+pub(crate) const LAN_ASKS_AT_ONCE: usize = 8;
+
+/// Asks the daemons announced on the LAN (at addresses on this machine's subnets, several
+/// at once, every few seconds) with `ask`'s message until one answers `here`; returns that
+/// connection. Never ends without LAN discovery.
+pub(crate) async fn search(
+    context: &super::jobs::Context,
+    ask: impl Fn() -> NearbyMessage,
+) -> crate::lan::relay::LanRelay {
+    use futures_util::StreamExt;
+    let Some(lan) = &context.lan else {
+        return std::future::pending().await;
+    };
+    loop {
+        let interfaces = local_subnets();
+        let candidates: Vec<SocketAddr> = lan
+            .nearby()
+            .iter()
+            .flat_map(|n| n.addresses.iter().map(|a| SocketAddr::new(*a, n.port)))
+            .filter(|addr| on_local_subnet(addr.ip(), &interfaces))
+            .collect();
+        let mut asks = futures_util::stream::iter(candidates)
+            .map(|addr| {
+                let message = ask();
+                async move {
+                    tokio::time::timeout(LAN_ASK_LIMIT, ask_one(addr, message))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+            })
+            .buffer_unordered(LAN_ASKS_AT_ONCE);
+        while let Some(answered) = asks.next().await {
+            if let Some(relay) = answered {
+                return relay;
+            }
+        }
+        tokio::time::sleep(LAN_LOOK_EVERY).await;
+    }
+}
+
+async fn ask_one(addr: SocketAddr, message: NearbyMessage) -> Option<crate::lan::relay::LanRelay> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    signal::write(&mut stream, &message).await.ok()?;
+    match signal::read(&mut stream).await.ok()? {
+        NearbyMessage::Here => Some(crate::lan::relay::LanRelay::new(stream)),
+        _ => None,
+    }
+}
+
 /// This machine's interface subnets (not loopback), read now: addresses change.
 pub(crate) fn local_subnets() -> Vec<(std::net::IpAddr, u8)> {
     match if_addrs::get_if_addrs() {

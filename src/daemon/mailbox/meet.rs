@@ -15,8 +15,7 @@ use crate::daemon::record::unix_now;
 use crate::devices::mailbox::{
     DeviceMessage, LAN_NONCE_BYTES, check_hello, hello, lan_ask, mailbox,
 };
-use crate::lan::relay::LanRelay;
-use crate::lan::signal::{self as lan_signal, NearbyMessage};
+use crate::lan::signal::NearbyMessage;
 use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::session::Relay;
 use crate::rendezvous::{Role, Session, SignalError};
@@ -101,66 +100,22 @@ async fn at_the_rendezvous(context: &Context, channel: &str) -> Box<dyn Relay> {
     }
 }
 
-/// How often a waiting send looks for its device among the daemons on the LAN.
-pub(crate) const LAN_LOOK_EVERY: Duration = Duration::from_secs(5);
-/// Time each nearby daemon gets to say whether it is the device.
-pub(crate) const LAN_ASK_LIMIT: Duration = Duration::from_secs(2);
-/// Nearby daemons asked at once.
-pub(crate) const LAN_ASKS_AT_ONCE: usize = 8;
-
-/// Asks the daemons announced on the LAN (on this machine's subnets, several at once),
-/// every few seconds, whether one is `target`; returns the connection of the one that
-/// is. Never ends without LAN discovery.
+/// Asks the daemons announced on the LAN whether one is `target`; returns the connection
+/// of the one that is. Never ends without LAN discovery.
 async fn on_the_lan(context: &Context, target: &Target) -> Box<dyn Relay> {
-    use futures_util::StreamExt;
-    let Some(lan) = &context.lan else {
-        return std::future::pending().await;
-    };
-    loop {
-        let interfaces = crate::daemon::nearby::local_subnets();
-        let candidates: Vec<std::net::SocketAddr> = lan
-            .nearby()
-            .iter()
-            .flat_map(|n| {
-                n.addresses
-                    .iter()
-                    .map(|a| std::net::SocketAddr::new(*a, n.port))
-            })
-            .filter(|addr| crate::lan::announce::on_local_subnet(addr.ip(), &interfaces))
-            .collect();
-        let mut asks = futures_util::stream::iter(candidates)
-            .map(|addr| async move {
-                tokio::time::timeout(LAN_ASK_LIMIT, ask_nearby(addr, target))
-                    .await
-                    .ok()
-                    .flatten()
-            })
-            .buffer_unordered(LAN_ASKS_AT_ONCE);
-        while let Some(answered) = asks.next().await {
-            if let Some(relay) = answered {
-                debug!("met a paired device on the LAN");
-                return Box::new(relay);
-            }
+    let ask = || {
+        use rand::RngCore;
+        let mut nonce = [0u8; LAN_NONCE_BYTES];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let tag = lan_ask(&target.secret, &target.key, &nonce);
+        NearbyMessage::Device {
+            nonce: hex::encode(nonce),
+            tag: hex::encode(tag),
         }
-        tokio::time::sleep(LAN_LOOK_EVERY).await;
-    }
-}
-
-async fn ask_nearby(addr: std::net::SocketAddr, target: &Target) -> Option<LanRelay> {
-    use rand::RngCore;
-    let mut nonce = [0u8; LAN_NONCE_BYTES];
-    rand::thread_rng().fill_bytes(&mut nonce);
-    let tag = lan_ask(&target.secret, &target.key, &nonce);
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let ask = NearbyMessage::Device {
-        nonce: hex::encode(nonce),
-        tag: hex::encode(tag),
     };
-    lan_signal::write(&mut stream, &ask).await.ok()?;
-    match lan_signal::read(&mut stream).await.ok()? {
-        NearbyMessage::Here => Some(LanRelay::new(stream)),
-        _ => None,
-    }
+    let relay = crate::daemon::nearby::search(context, ask).await;
+    debug!("met a paired device on the LAN");
+    Box::new(relay)
 }
 
 async fn open(

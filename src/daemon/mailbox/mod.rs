@@ -8,8 +8,6 @@ mod listen;
 mod meet;
 
 pub use listen::answer_on_the_lan;
-#[cfg(test)]
-pub(crate) use meet::{LAN_ASK_LIMIT, LAN_ASKS_AT_ONCE, LAN_LOOK_EVERY};
 pub use meet::{PROBE_LIMIT, meet, probe, tell_unpaired};
 
 use std::collections::HashMap;
