@@ -77,11 +77,14 @@ pub fn block_log_path(dir: &Path, index: u32) -> PathBuf {
     dir.join(format!("blocks-{index}"))
 }
 
-/// Hashes a file's blocks as they are written and tells when a checkpoint is due.
+/// Records, as a file is written, the SHA-256 of its prefix at each block boundary (the
+/// digest of bytes `0..k * BLOCK_BYTES`), and tells when a checkpoint is due. It drives the
+/// whole-file hasher the receiver keeps anyway, so every byte is hashed once: a prefix
+/// digest is a clone of that state finalized (one compression), where a separate digest
+/// per block would hash every byte twice.
 pub struct BlockHasher {
-    current: Sha256,
     in_block: u64,
-    /// Hashes of finished blocks not yet in the log.
+    /// Prefix digests of finished blocks not yet in the log.
     pending: Vec<[u8; HASH_BYTES]>,
     /// Bytes covered by finished blocks (logged or pending).
     finished: u64,
@@ -90,27 +93,28 @@ pub struct BlockHasher {
 }
 
 impl BlockHasher {
-    /// Continues after `offset` bytes already covered by the log.
+    /// Continues after `offset` bytes already covered by the log (a whole number of
+    /// blocks, as [`verified_prefix`] returns).
     pub fn starting_at(offset: u64) -> BlockHasher {
         BlockHasher {
-            current: Sha256::new(),
-            in_block: 0,
+            in_block: offset % BLOCK_BYTES,
             pending: Vec::new(),
-            finished: offset,
-            checkpointed: offset,
+            finished: offset - offset % BLOCK_BYTES,
+            checkpointed: offset - offset % BLOCK_BYTES,
         }
     }
 
-    pub fn update(&mut self, mut data: &[u8]) {
+    /// Feeds `data` into `whole`, the hasher over the file from its first byte, noting the
+    /// prefix digest at every block boundary crossed.
+    pub fn update(&mut self, whole: &mut Sha256, mut data: &[u8]) {
         while !data.is_empty() {
             let room = (BLOCK_BYTES - self.in_block) as usize;
             let (head, rest) = data.split_at(room.min(data.len()));
-            self.current.update(head);
+            whole.update(head);
             self.in_block += head.len() as u64;
             data = rest;
             if self.in_block == BLOCK_BYTES {
-                self.pending
-                    .push(std::mem::take(&mut self.current).finalize().into());
+                self.pending.push(whole.clone().finalize().into());
                 self.finished += BLOCK_BYTES;
                 self.in_block = 0;
             }
@@ -134,7 +138,7 @@ impl BlockHasher {
     }
 }
 
-/// Appends block hashes after making the data they describe durable. Runs off the writer.
+/// Appends prefix digests after making the data they describe durable. Runs off the writer.
 pub fn checkpoint(data: &File, log: &Path, hashes: &[[u8; HASH_BYTES]]) -> io::Result<()> {
     data.sync_data()?;
     let mut file = OpenOptions::new().create(true).append(true).open(log)?;
@@ -142,8 +146,8 @@ pub fn checkpoint(data: &File, log: &Path, hashes: &[[u8; HASH_BYTES]]) -> io::R
 }
 
 /// Reads the partial `data` (as opened for reading and writing, or why it could not be)
-/// once against its block log and returns how many leading bytes are proven, with the
-/// SHA-256 state over exactly those bytes. Truncates the partial and the log to that
+/// once against its block log (the prefix digest at each block boundary) and returns how
+/// many leading bytes are proven, with the SHA-256 state over exactly those bytes. Truncates the partial and the log to that
 /// prefix, so whatever follows is written afresh. A missing partial proves nothing.
 pub fn verified_prefix(data: io::Result<File>, log: &Path) -> io::Result<(u64, Sha256)> {
     let hashes = match std::fs::read(log) {
@@ -161,10 +165,15 @@ pub fn verified_prefix(data: io::Result<File>, log: &Path) -> io::Result<(u64, S
     let mut buf = vec![0u8; BLOCK_BYTES as usize];
     for expected in hashes.chunks_exact(HASH_BYTES) {
         let n = read_full(&mut file, &mut buf)?;
-        if n as u64 != BLOCK_BYTES || Sha256::digest(&buf[..n]).as_slice() != expected {
+        if n as u64 != BLOCK_BYTES {
             break;
         }
-        whole.update(&buf[..n]);
+        let mut longer = whole.clone();
+        longer.update(&buf[..n]);
+        if longer.clone().finalize().as_slice() != expected {
+            break;
+        }
+        whole = longer;
         good += 1;
     }
     let offset = good * BLOCK_BYTES;
@@ -229,9 +238,19 @@ mod tests {
         let bytes: Vec<u8> = (0..block * 4 + 100).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&data_path, &bytes).unwrap();
         let mut hasher = BlockHasher::starting_at(0);
-        hasher.update(&bytes);
+        let mut whole = Sha256::new();
+        hasher.update(&mut whole, &bytes);
+        assert_eq!(whole.finalize(), Sha256::digest(&bytes), "every byte once");
         let hashes = std::mem::take(&mut hasher.pending);
         assert_eq!(hashes.len(), 4, "the short tail is not a block");
+        for (k, hash) in hashes.iter().enumerate() {
+            let prefix = Sha256::digest(&bytes[..(k + 1) * block]);
+            assert_eq!(
+                hash.as_slice(),
+                prefix.as_slice(),
+                "block {k}: the prefix digest"
+            );
+        }
         checkpoint(&File::open(&data_path).unwrap(), &log, &hashes[..3]).unwrap();
 
         // Flip one byte in the second block: only the first block stays proven.
@@ -255,10 +274,11 @@ mod tests {
     #[test]
     fn checkpoints_come_every_few_blocks_and_survive_a_full_queue() {
         let mut hasher = BlockHasher::starting_at(0);
+        let mut whole = Sha256::new();
         let chunk = vec![1u8; 64 * 1024];
         let mut logged = 0;
         for _ in 0..(3 * CHECKPOINT_BYTES as usize / chunk.len()) {
-            hasher.update(&chunk);
+            hasher.update(&mut whole, &chunk);
             if let Some(hashes) = hasher.checkpoint_due() {
                 if logged == 0 {
                     hasher.put_back(hashes);
@@ -273,5 +293,28 @@ mod tests {
             (3 * CHECKPOINT_BYTES / BLOCK_BYTES) as i64,
             "every block is logged exactly once"
         );
+    }
+    #[test]
+    fn a_resumed_file_logs_the_same_digests_as_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_path = dir.path().join("part");
+        let log = dir.path().join("blocks");
+        let block = BLOCK_BYTES as usize;
+        let bytes: Vec<u8> = (0..block * 3).map(|i| (i * 13 % 241) as u8).collect();
+        let mut one_pass = BlockHasher::starting_at(0);
+        one_pass.update(&mut Sha256::new(), &bytes);
+
+        // Two blocks written and logged, then a stop; resume proves them and goes on.
+        let mut first = BlockHasher::starting_at(0);
+        first.update(&mut Sha256::new(), &bytes[..2 * block + 5]);
+        std::fs::write(&data_path, &bytes[..2 * block + 5]).unwrap();
+        checkpoint(&File::open(&data_path).unwrap(), &log, &first.pending).unwrap();
+        let open = OpenOptions::new().read(true).write(true).open(&data_path);
+        let (offset, mut whole) = verified_prefix(open, &log).unwrap();
+        assert_eq!(offset, 2 * BLOCK_BYTES, "the torn tail is not proven");
+        let mut resumed = BlockHasher::starting_at(offset);
+        resumed.update(&mut whole, &bytes[offset as usize..]);
+        assert_eq!(resumed.pending, one_pass.pending[2..]);
+        assert_eq!(whole.finalize(), Sha256::digest(&bytes));
     }
 }

@@ -650,7 +650,7 @@ struct Disk {
 struct Partial {
     file: File,
     hasher: Sha256,
-    /// Present in a durable job: block hashes for the resume log.
+    /// Present in a durable job: the prefix digests for the resume log.
     blocks: Option<BlockHasher>,
 }
 
@@ -760,25 +760,26 @@ fn write_files(
                 if let Err(e) = current.file.write_all(&data) {
                     return fail(TransferError::io("cannot write the received file", e));
                 }
-                current.hasher.update(&data);
                 written.fetch_add(data.len() as u64, Ordering::Relaxed);
-                if let (Some(blocks), Some(journal)) = (current.blocks.as_mut(), &disk.journal) {
-                    blocks.update(&data);
-                    if let Some(hashes) = blocks.checkpoint_due() {
-                        let request = current.file.try_clone().map(|file| Checkpoint {
-                            file,
-                            log: journal::block_log_path(journal, *index),
-                            hashes,
-                        });
-                        match request {
-                            Ok(request) => {
-                                if let Err(TrySendError::Full(back)) = checkpoints.try_send(request)
-                                {
-                                    blocks.put_back(back.hashes);
-                                }
+                let Some((blocks, journal)) = current.blocks.as_mut().zip(disk.journal.as_ref())
+                else {
+                    current.hasher.update(&data);
+                    continue;
+                };
+                blocks.update(&mut current.hasher, &data);
+                if let Some(hashes) = blocks.checkpoint_due() {
+                    let request = current.file.try_clone().map(|file| Checkpoint {
+                        file,
+                        log: journal::block_log_path(journal, *index),
+                        hashes,
+                    });
+                    match request {
+                        Ok(request) => {
+                            if let Err(TrySendError::Full(back)) = checkpoints.try_send(request) {
+                                blocks.put_back(back.hashes);
                             }
-                            Err(error) => warn!(%error, "cannot checkpoint the partial file"),
                         }
+                        Err(error) => warn!(%error, "cannot checkpoint the partial file"),
                     }
                 }
             }
