@@ -102,6 +102,8 @@ fn udp_rate(total_bytes: u64) -> f64 {
 struct Daemon {
     child: Child,
     socket: PathBuf,
+    /// The `p2p` that speaks this daemon's IPC: the one built beside it.
+    cli: PathBuf,
 }
 
 impl Daemon {
@@ -166,7 +168,10 @@ impl Daemon {
         }
         // Keep draining the log so the daemon never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        (Daemon { child, socket }, url)
+        // Another commit's daemon may speak another IPC version: drive it with its own CLI.
+        let cli = Path::new(binary).with_file_name("p2p");
+        let cli = if cli.exists() { cli } else { PathBuf::from(P2P) };
+        (Daemon { child, socket, cli }, url)
     }
 
     /// CPU seconds (user and system) the daemon has used so far.
@@ -221,7 +226,7 @@ fn p2pd_transfer_into(
     output: Option<&Path>,
 ) -> Duration {
     let start = Instant::now();
-    let mut sender = Command::new(P2P)
+    let mut sender = Command::new(&a.cli)
         .args(["--socket", a.socket.to_str().unwrap(), "send", "--json"])
         .args(sources)
         .stdout(Stdio::piped())
@@ -234,7 +239,7 @@ fn p2pd_transfer_into(
         .expect("code line");
     let created: serde_json::Value = serde_json::from_str(&first).expect("json");
     let code = created["code"].as_str().expect("code").to_owned();
-    let mut receive = Command::new(P2P);
+    let mut receive = Command::new(&b.cli);
     receive.args([
         "--socket",
         b.socket.to_str().unwrap(),
@@ -341,7 +346,7 @@ fn throughput(dir: &Path) {
 /// throughput and CPU seconds per GiB of both daemons, same run. P2PD_BENCH_TRANSPORT
 /// names the `--sctp-recovery` steps to compare (default `upstream,bbr`); ratios are to
 /// the first. A step spelled `NAME=PATH` runs the `p2pd` at PATH instead, with its own
-/// defaults (another commit's build, as a baseline).
+/// defaults (another commit's build, as a baseline), driven by the `p2p` beside it.
 fn transport(dir: &Path) {
     let mib = env_or("P2PD_BENCH_MIB", 1024);
     let runs = env_or("P2PD_BENCH_RUNS", 3);
