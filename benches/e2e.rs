@@ -170,7 +170,11 @@ impl Daemon {
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         // Another commit's daemon may speak another IPC version: drive it with its own CLI.
         let cli = Path::new(binary).with_file_name("p2p");
-        let cli = if cli.exists() { cli } else { PathBuf::from(P2P) };
+        let cli = if cli.exists() {
+            cli
+        } else {
+            PathBuf::from(P2P)
+        };
         (Daemon { child, socket, cli }, url)
     }
 
