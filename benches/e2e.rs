@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 
-const P2P: &str = env!("CARGO_BIN_EXE_p2p");
+/// The `p2p` used with a daemon is the one built beside it (see `Daemon::start_binary`).
 const P2PD: &str = env!("CARGO_BIN_EXE_p2pd");
 const COPY_CHUNK: usize = 64 * 1024;
 
@@ -170,11 +170,10 @@ impl Daemon {
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         // Another commit's daemon may speak another IPC version: drive it with its own CLI.
         let cli = Path::new(binary).with_file_name("p2p");
-        let cli = if cli.exists() {
-            cli
-        } else {
-            PathBuf::from(P2P)
-        };
+        assert!(
+            cli.exists(),
+            "no p2p beside {binary}: build that commit's whole package (cargo build --release)"
+        );
         (Daemon { child, socket, cli }, url)
     }
 

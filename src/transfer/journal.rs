@@ -147,8 +147,10 @@ pub fn checkpoint(data: &File, log: &Path, hashes: &[[u8; HASH_BYTES]]) -> io::R
 
 /// Reads the partial `data` (as opened for reading and writing, or why it could not be)
 /// once against its block log (the prefix digest at each block boundary) and returns how
-/// many leading bytes are proven, with the SHA-256 state over exactly those bytes. Truncates the partial and the log to that
-/// prefix, so whatever follows is written afresh. A missing partial proves nothing.
+/// many leading bytes are proven, with the SHA-256 state over exactly those bytes.
+/// Truncates the partial and the log to that prefix, so whatever follows is written afresh.
+/// A missing partial proves nothing. A log from a build that stored one digest per block
+/// proves the first block only (its first entry is also a prefix digest).
 pub fn verified_prefix(data: io::Result<File>, log: &Path) -> io::Result<(u64, Sha256)> {
     let hashes = match std::fs::read(log) {
         Ok(bytes) => bytes,
@@ -294,6 +296,7 @@ mod tests {
             "every block is logged exactly once"
         );
     }
+
     #[test]
     fn a_resumed_file_logs_the_same_digests_as_one_pass() {
         let dir = tempfile::tempdir().unwrap();
@@ -316,5 +319,26 @@ mod tests {
         resumed.update(&mut whole, &bytes[offset as usize..]);
         assert_eq!(resumed.pending, one_pass.pending[2..]);
         assert_eq!(whole.finalize(), Sha256::digest(&bytes));
+    }
+
+    #[test]
+    fn a_log_of_per_block_digests_proves_only_the_first_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_path = dir.path().join("part");
+        let log = dir.path().join("blocks");
+        let block = BLOCK_BYTES as usize;
+        let bytes: Vec<u8> = (0..block * 3).map(|i| (i * 5 % 239) as u8).collect();
+        std::fs::write(&data_path, &bytes).unwrap();
+        // What builds before prefix digests logged: each block's own digest.
+        let old: Vec<[u8; HASH_BYTES]> = bytes
+            .chunks(block)
+            .map(|b| Sha256::digest(b).into())
+            .collect();
+        checkpoint(&File::open(&data_path).unwrap(), &log, &old).unwrap();
+        let open = OpenOptions::new().read(true).write(true).open(&data_path);
+        let (offset, state) = verified_prefix(open, &log).unwrap();
+        assert_eq!(offset, BLOCK_BYTES, "no byte past what a digest proves");
+        assert_eq!(state.finalize(), Sha256::digest(&bytes[..block]));
+        assert_eq!(std::fs::metadata(&data_path).unwrap().len(), BLOCK_BYTES);
     }
 }
