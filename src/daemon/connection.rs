@@ -19,27 +19,37 @@ const UPDATE_INTERVAL: Duration = Duration::from_millis(100);
 /// Any frame, once started, must arrive whole within this.
 pub(crate) const FRAME_LIMIT: Duration = Duration::from_secs(10);
 use crate::ipc::messages::{
-    ClientFrame, ErrorKind, Failure, JobId, PROTOCOL_VERSION, Request, ServerFrame,
+    ClientFrame, ErrorKind, Failure, JobId, PROTOCOL_VERSION, Request, ServerFrame, Speaker,
 };
+
+/// Tells a client of another version ours, so it can say which side to upgrade.
+async fn write_version(stream: &mut UnixStream) -> Result<(), CodecError> {
+    let ours = ServerFrame::Hello {
+        version: PROTOCOL_VERSION,
+        from: Speaker::Daemon,
+    };
+    write_frame(stream, &ours).await
+}
 
 pub async fn serve(
     mut stream: UnixStream,
     jobs: Arc<Jobs>,
     shutdown: CancellationToken,
 ) -> Result<(), CodecError> {
-    match read_frame_within::<ClientFrame, _>(&mut stream, Some(HELLO_LIMIT), FRAME_LIMIT).await? {
-        Some(ClientFrame::Hello { version }) if version == PROTOCOL_VERSION => {}
-        Some(ClientFrame::Hello { .. }) => {
-            // Tell the client our version so it can say which side to upgrade.
-            return write_frame(
-                &mut stream,
-                &ServerFrame::Hello {
-                    version: PROTOCOL_VERSION,
-                },
-            )
-            .await;
+    let hello = read_frame_within::<ClientFrame, _>(&mut stream, Some(HELLO_LIMIT), FRAME_LIMIT);
+    match hello.await {
+        Ok(Some(ClientFrame::Hello {
+            version,
+            from: Speaker::Client,
+        })) if version == PROTOCOL_VERSION => {}
+        // Another version's hello may not even decode as ours (version 8's had no
+        // `from`); either way its first field is its version, and it reads ours the same.
+        Ok(Some(ClientFrame::Hello { version, .. })) if version != PROTOCOL_VERSION => {
+            return write_version(&mut stream).await;
         }
-        _ => {
+        Err(CodecError::Malformed(_)) => return write_version(&mut stream).await,
+        Err(error) => return Err(error),
+        Ok(_) => {
             let error = ServerFrame::Error {
                 kind: ErrorKind::Version,
                 message: "expected a hello".into(),
@@ -47,13 +57,7 @@ pub async fn serve(
             return write_frame(&mut stream, &error).await;
         }
     }
-    write_frame(
-        &mut stream,
-        &ServerFrame::Hello {
-            version: PROTOCOL_VERSION,
-        },
-    )
-    .await?;
+    write_version(&mut stream).await?;
 
     loop {
         let request = tokio::select! {

@@ -5,7 +5,7 @@ use std::path::Path;
 use tokio::net::UnixStream;
 
 use super::codec::{CodecError, read_frame, write_frame};
-use super::messages::{ClientFrame, PROTOCOL_VERSION, Request, ServerFrame};
+use super::messages::{ClientFrame, PROTOCOL_VERSION, Request, ServerFrame, Speaker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpcError {
@@ -23,12 +23,27 @@ pub enum IpcError {
         "p2pd speaks protocol version {0}, this p2p speaks {PROTOCOL_VERSION}: use matching versions"
     )]
     Version(u32),
+    #[error(
+        "the socket {path} is held by another user's process (uid {uid}), not by your p2pd: nothing was sent to it; remove it, or pass --socket PATH"
+    )]
+    Impostor { path: String, uid: u32 },
+    #[error(
+        "{path} did not answer as a p2pd (it sent a client's hello back): stop whatever listens there, or pass --socket PATH"
+    )]
+    NotDaemon { path: String },
     #[error("{0}")]
     Refused(String),
     #[error("p2pd closed the connection")]
     Closed,
     #[error("talking to p2pd failed")]
     Codec(#[from] CodecError),
+}
+
+/// The daemon runs as the user who drives it; root may run it for them. Anyone else is not
+/// our daemon.
+fn trusted_peer(uid: u32) -> bool {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    uid == unsafe { libc::getuid() } || uid == 0
 }
 
 pub struct IpcClient {
@@ -51,9 +66,22 @@ impl IpcClient {
                     source,
                 },
             })?;
+        // Before a byte leaves: whoever can swap the socket file could be listening in the
+        // daemon's place, and the next request may carry a code (issue #23).
+        let uid = stream.peer_cred().map_err(|source| IpcError::Connect {
+            path: shown.clone(),
+            source,
+        })?;
+        if !trusted_peer(uid.uid()) {
+            return Err(IpcError::Impostor {
+                path: shown,
+                uid: uid.uid(),
+            });
+        }
         let mut client = IpcClient { stream };
         let hello = ClientFrame::Hello {
             version: PROTOCOL_VERSION,
+            from: Speaker::Client,
         };
         // A refusing daemon writes its reason and hangs up, possibly before our hello
         // lands: read the reason even when the write failed.
@@ -65,8 +93,17 @@ impl IpcClient {
             (Ok(()), Err(error)) => return Err(error),
         };
         match reply {
-            ServerFrame::Hello { version } if version == PROTOCOL_VERSION => Ok(client),
-            ServerFrame::Hello { version } => Err(IpcError::Version(version)),
+            ServerFrame::Hello { version, .. } if version != PROTOCOL_VERSION => {
+                Err(IpcError::Version(version))
+            }
+            ServerFrame::Hello {
+                from: Speaker::Daemon,
+                ..
+            } => Ok(client),
+            ServerFrame::Hello {
+                from: Speaker::Client,
+                ..
+            } => Err(IpcError::NotDaemon { path: shown }),
             ServerFrame::Error { message, .. } => Err(IpcError::Refused(message)),
             _ => Err(IpcError::Closed),
         }

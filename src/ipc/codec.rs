@@ -118,7 +118,42 @@ pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipc::messages::{ClientFrame, Request};
+    use crate::ipc::messages::{ClientFrame, PROTOCOL_VERSION, Request, ServerFrame, Speaker};
+
+    #[test]
+    fn an_echoed_client_hello_does_not_read_as_the_daemons() {
+        let client = ClientFrame::Hello {
+            version: PROTOCOL_VERSION,
+            from: Speaker::Client,
+        };
+        let daemon = ServerFrame::Hello {
+            version: PROTOCOL_VERSION,
+            from: Speaker::Daemon,
+        };
+        let (client, daemon) = (encode(&client).unwrap(), encode(&daemon).unwrap());
+        assert_ne!(client, daemon);
+        // What a socket that echoes the client's bytes makes the client read.
+        assert_eq!(
+            decode::<ServerFrame>(&client[4..]).unwrap(),
+            ServerFrame::Hello {
+                version: PROTOCOL_VERSION,
+                from: Speaker::Client,
+            }
+        );
+    }
+
+    #[test]
+    fn version_8s_hello_is_still_read_for_its_version() {
+        // Version 8's hello was `[variant 0, version]`; a daemon answers it with its own.
+        assert!(decode::<ClientFrame>(&[0, 8]).is_err());
+        let ours = encode(&ServerFrame::Hello {
+            version: PROTOCOL_VERSION,
+            from: Speaker::Daemon,
+        })
+        .unwrap();
+        // Version 8's client reads the leading version and ignores the rest.
+        assert_eq!(ours[4..6], [0, PROTOCOL_VERSION as u8]);
+    }
 
     #[test]
     fn frames_round_trip() {
@@ -152,11 +187,18 @@ mod tests {
 
     #[tokio::test]
     async fn stream_helpers_handle_eof() {
-        let mut bytes = encode(&ClientFrame::Hello { version: 1 }).unwrap();
+        let mut bytes = encode(&ClientFrame::Hello {
+            version: 1,
+            from: Speaker::Client,
+        })
+        .unwrap();
         let mut reader = bytes.as_slice();
         assert_eq!(
             read_frame::<ClientFrame, _>(&mut reader).await.unwrap(),
-            Some(ClientFrame::Hello { version: 1 })
+            Some(ClientFrame::Hello {
+                version: 1,
+                from: Speaker::Client,
+            })
         );
         assert_eq!(
             read_frame::<ClientFrame, _>(&mut reader).await.unwrap(),

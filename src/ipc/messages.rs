@@ -5,13 +5,22 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
+
+/// Which end wrote a hello. The two hellos differ by it, so a socket that echoes what it
+/// reads cannot pass for the daemon (issue #23). `version` stays the first field of both,
+/// so an older or newer peer can still read it and say which side to upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Speaker {
+    Client,
+    Daemon,
+}
 
 pub type JobId = u64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientFrame {
-    Hello { version: u32 },
+    Hello { version: u32, from: Speaker },
     Request(Request),
 }
 
@@ -156,6 +165,7 @@ pub enum PathPolicy {
 pub enum ServerFrame {
     Hello {
         version: u32,
+        from: Speaker,
     },
     Created(JobSummary),
     /// The job's state now; the per-file frames before it are part of the same change.

@@ -21,6 +21,7 @@ mod pion;
 mod races;
 mod resume;
 mod support;
+mod takeover;
 mod terminal;
 mod tls;
 mod transfer;

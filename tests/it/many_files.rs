@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use p2pd::ipc::codec::{MAX_FRAME_BYTES, body_len, decode, encode};
-use p2pd::ipc::messages::{ClientFrame, JobState, PROTOCOL_VERSION, Request, ServerFrame};
+use p2pd::ipc::messages::{ClientFrame, JobState, PROTOCOL_VERSION, Request, ServerFrame, Speaker};
 use p2pd::transfer::names::MAX_FILES;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -19,6 +19,7 @@ async fn raw_frames(socket: &Path, request: Request) -> Vec<(usize, ServerFrame)
     let mut stream = UnixStream::connect(socket).await.expect("connect");
     let hello = ClientFrame::Hello {
         version: PROTOCOL_VERSION,
+        from: Speaker::Client,
     };
     stream.write_all(&encode(&hello).unwrap()).await.unwrap();
     stream
