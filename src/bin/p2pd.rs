@@ -117,7 +117,7 @@ enum Command {
         /// File holding the TURN server's shared secret (coturn's static-auth-secret).
         #[arg(long)]
         turn_secret_file: Option<PathBuf>,
-        /// Seconds a handed-out TURN credential stays valid [default: 43200].
+        /// Seconds a handed-out TURN credential stays valid [default: 600].
         #[arg(long)]
         turn_credential_ttl: Option<u64>,
         /// Serve wss:// with this PEM certificate chain (needs --tls-key); SIGHUP rereads

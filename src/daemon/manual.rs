@@ -20,6 +20,7 @@ use crate::ipc::messages::{Direction, ErrorKind, Failure, JobInfo, JobState, Pat
 use crate::rendezvous::Role;
 use crate::rtc::peer::manual::{self, Kind};
 use crate::rtc::{self, RtcSettings};
+use crate::transfer::receiver::Question;
 use crate::transfer::source::Sources;
 use crate::transfer::{self, receiver, sas, sender};
 
@@ -138,6 +139,14 @@ async fn compare_strings(
     check_route(connection, path, job).await
 }
 
+/// This side's person's answer to "does the other screen show the same string?", while
+/// the job waits in `Comparing`; no answer is no.
+async fn compared(job: &Job) -> bool {
+    let same = job.ask();
+    job.set_state(JobState::Comparing);
+    same.await.unwrap_or(false)
+}
+
 async fn run_send(
     job: Arc<Job>,
     context: Arc<Context>,
@@ -202,11 +211,9 @@ async fn run_send(
         // Nothing — not a name, not a byte — goes out before this side's person has seen
         // the same string as the receiver's: whoever carried the descriptions may be the
         // one at the other end.
-        let same = job.ask();
-        job.set_state(JobState::Comparing);
         let same = tokio::select! {
             _ = cancel.cancelled() => Err(JobError::Cancelled),
-            same = same => Ok(same.unwrap_or(false)),
+            same = compared(&job) => Ok(same),
         };
         if !matches!(same, Ok(true)) {
             transfer::abandon(
@@ -282,7 +289,19 @@ async fn run_receive(
         // Nobody waits at a terminal for a nearby offer: one unanswered for a while is
         // declined, so it does not hold one of the few places nearby offers have.
         let limit = nearby.then_some(super::nearby::DECISION_LIMIT);
-        let transferring = approval(job.clone(), accept, limit);
+        let asked = job.clone();
+        let approve = move |question| async move {
+            match question {
+                Question::Offer => approval(asked, accept, limit).await,
+                // A message is shown as the sender's words, and whoever carried the
+                // pasted descriptions may be the one sending it: it waits until this
+                // side's person says the strings are the same, even with --yes (which
+                // takes files unasked; they are kept under their names, not shown as
+                // what the sender says). Refusing messages, as nearby receivers do,
+                // would take them from the person who is at the terminal to compare.
+                Question::Message => compared(&asked).await,
+            }
+        };
         // No journal: a manual job cannot resume, so nothing is kept for it.
         let plan = Arc::new(receiver::Plan {
             dir: dir.clone(),
@@ -295,7 +314,7 @@ async fn run_receive(
         });
         let result = until_lost(
             &connection,
-            receiver::receive(&connection.link, &plan, job.as_ref(), transferring, &cancel),
+            receiver::receive(&connection.link, &plan, job.as_ref(), approve, &cancel),
         )
         .await;
         connection.close().await;

@@ -20,6 +20,7 @@ use crate::rtc::{self, RtcError, RtcSettings};
 use crate::terminal::error_line;
 use crate::transfer::journal::Journal;
 use crate::transfer::names::Limits;
+use crate::transfer::receiver::Question;
 use crate::transfer::source::Sources;
 use crate::transfer::wire::Manifest;
 use crate::transfer::{self, Observer, TransferError, receiver, sender};
@@ -492,7 +493,14 @@ pub async fn run_receive(
             connection.close().await;
             return Err(error);
         }
-        let transferring = approval(job.clone(), accept, None);
+        let asked = job.clone();
+        let approve = move |question| async move {
+            match question {
+                Question::Offer => approval(asked, accept, None).await,
+                // The channel proof showed that the code's holder sends it.
+                Question::Message => true,
+            }
+        };
         let mut fresh = JobRecord::new(
             Direction::Receive,
             &secret,
@@ -519,7 +527,7 @@ pub async fn run_receive(
         });
         let result = until_lost(
             &connection,
-            receiver::receive(&connection.link, &plan, job.as_ref(), transferring, &cancel),
+            receiver::receive(&connection.link, &plan, job.as_ref(), approve, &cancel),
         )
         .await;
         if durable.load(Ordering::SeqCst) {

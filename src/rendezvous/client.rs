@@ -16,8 +16,10 @@ use super::{Role, SignalError};
 
 pub struct RendezvousClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    /// What the rendezvous handed out with "paired".
+    /// What the rendezvous handed out with "paired" (STUN), then with "ice" (TURN too).
     ice_servers: Vec<IceServerInfo>,
+    /// Messages from the peer that arrived while waiting for the answer to "ice".
+    early: std::collections::VecDeque<ServerMessage>,
     /// Which side of a transfer this connection serves (known once it allocates, claims or
     /// rejoins), so errors can say what that side should do next.
     role: Role,
@@ -56,6 +58,7 @@ impl RendezvousClient {
         Ok(RendezvousClient {
             ws,
             ice_servers: Vec::new(),
+            early: std::collections::VecDeque::new(),
             role: Role::Receiver,
         })
     }
@@ -119,6 +122,23 @@ impl RendezvousClient {
         &self.ice_servers
     }
 
+    /// Asks for the pair's TURN credentials, which the rendezvous gives only once both
+    /// sides relayed their key exchange: call after confirming. The peer may already
+    /// be sending; what it sends meanwhile is kept for `recv_relay`.
+    pub async fn fetch_ice(&mut self) -> Result<(), SignalError> {
+        self.send(&ClientMessage::Ice).await?;
+        loop {
+            match self.read().await? {
+                ServerMessage::Ice { ice_servers } => {
+                    self.ice_servers = ice_servers;
+                    return Ok(());
+                }
+                relayed @ ServerMessage::Relay { .. } => self.early.push_back(relayed),
+                other => return Err(self.unexpected(&other)),
+            }
+        }
+    }
+
     pub async fn relay(&mut self, body: &[u8]) -> Result<(), SignalError> {
         self.send(&ClientMessage::Relay {
             body: BASE64.encode(body),
@@ -154,6 +174,13 @@ impl RendezvousClient {
     }
 
     async fn recv(&mut self) -> Result<ServerMessage, SignalError> {
+        match self.early.pop_front() {
+            Some(message) => Ok(message),
+            None => self.read().await,
+        }
+    }
+
+    async fn read(&mut self) -> Result<ServerMessage, SignalError> {
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Text(text))) => {

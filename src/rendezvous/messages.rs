@@ -18,6 +18,9 @@ pub enum ClientMessage {
     Relay { body: String },
     /// Key confirmation failed: end the pairing and never reuse this slot.
     Burn,
+    /// Asks for the pair's TURN credentials, once this side has done its key exchange
+    /// (answered with `ice`).
+    Ice,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +38,12 @@ pub enum ServerMessage {
     },
     Relay {
         body: String,
+    },
+    /// STUN and TURN for this pair, answering `ice`: TURN only once both sides relayed
+    /// their key exchange (`paired` carries STUN only).
+    Ice {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServerInfo>,
     },
     PeerGone,
     Error {

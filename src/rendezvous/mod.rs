@@ -9,6 +9,7 @@ pub mod ice;
 pub mod limits;
 pub mod messages;
 pub mod page;
+pub mod pair;
 pub mod server;
 pub mod session;
 pub mod tls;

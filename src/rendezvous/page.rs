@@ -60,14 +60,29 @@ pub fn parse_head(head: &[u8]) -> Head {
     if !version.starts_with("HTTP/1.") {
         return Head::Bad(400);
     }
-    let upgrade = lines.any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("upgrade")
-                && value.trim().eq_ignore_ascii_case("websocket")
-        })
-    });
+    let (mut upgrade, mut origin, mut host) = (false, None, None);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("upgrade") {
+            upgrade |= value.eq_ignore_ascii_case("websocket");
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = Some(value);
+        } else if name.eq_ignore_ascii_case("host") {
+            host = Some(value);
+        }
+    }
     if upgrade {
-        return Head::WebSocket;
+        // Daemons send no Origin; a browser always does. Only the page this server serves
+        // may open the rendezvous from a browser: any other site could otherwise enlist
+        // its visitors to fill the server (issue #23).
+        return match origin {
+            None => Head::WebSocket,
+            Some(origin) if same_origin(origin, host) => Head::WebSocket,
+            Some(_) => Head::Bad(403),
+        };
     }
     let head_only = match method {
         "GET" => false,
@@ -77,6 +92,18 @@ pub fn parse_head(head: &[u8]) -> Head {
     // The query never matters; a fragment never arrives.
     let path = target.split('?').next().unwrap_or_default().to_owned();
     Head::Get { path, head_only }
+}
+
+/// Whether a browser's `Origin` names the host the request was sent to (`Host`), whatever
+/// the scheme (a proxy in front may terminate TLS).
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let authority = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    match (authority, host) {
+        (Some(authority), Some(host)) => !host.is_empty() && authority.eq_ignore_ascii_case(host),
+        _ => false,
+    }
 }
 
 /// The whole HTTP response for `head` (not a WebSocket upgrade).
@@ -109,6 +136,11 @@ pub fn respond(head: &Head) -> Vec<u8> {
                 "not found\n".into(),
             ),
         },
+        Head::Bad(403) => (
+            "403 Forbidden",
+            "text/plain; charset=utf-8",
+            "the rendezvous accepts browsers only from its own page\n".into(),
+        ),
         Head::Bad(405) => (
             "405 Method Not Allowed",
             "text/plain; charset=utf-8",
@@ -226,6 +258,16 @@ mod tests {
     fn an_upgrade_goes_to_the_websocket_and_a_get_to_the_page() {
         let upgrade = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Key: k\r\n\r\n";
         assert_eq!(parse_head(upgrade), Head::WebSocket);
+        let own = b"GET / HTTP/1.1\r\nHost: rv.example:8443\r\nOrigin: https://RV.example:8443\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(parse_head(own), Head::WebSocket);
+        for foreign in [
+            &b"GET / HTTP/1.1\r\nHost: rv.example\r\nOrigin: https://evil.example\r\nUpgrade: websocket\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: rv.example\r\nOrigin: https://rv.example:444\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: rv.example\r\nOrigin: null\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nOrigin: https://rv.example\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            assert_eq!(parse_head(foreign), Head::Bad(403), "{}", String::from_utf8_lossy(foreign));
+        }
         assert_eq!(
             parse_head(b"GET /app.js?v=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
             Head::Get {

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
@@ -28,7 +27,8 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::admission::{Admission, Admit, Standing};
 use super::ice::IceHandout;
-use super::limits::{Action, AddressTable, PerAddressLimits};
+use super::limits::{Action, AddressTable, MissBudget, PerAddressLimits};
+use super::pair::{PAIR_LIFETIME, PairState, RelayBudget, misses_per_minute, nameplate_space};
 use super::messages::{ClientMessage, ServerErrorKind, ServerMessage};
 use super::tls::ServerTls;
 
@@ -53,9 +53,6 @@ const BUSY_ANSWERS: usize = 64;
 const BUSY_ANSWER_TIME: Duration = Duration::from_secs(3);
 /// What both sides hear when a claimer did not complete the key exchange.
 const ABANDONED: &str = "the code was claimed but the key exchange was not completed";
-/// Relays each side sends before its key is confirmed: its SPAKE2 message and its
-/// confirmation tag (`Session::establish`).
-const PAKE_RELAYS: u8 = 2;
 
 #[derive(Debug, Clone)]
 pub struct RendezvousConfig {
@@ -70,8 +67,14 @@ pub struct RendezvousConfig {
     /// Time from a claim until both sides must have relayed their SPAKE2 message and
     /// confirmation tag; a claimer that has not is dropped and the nameplate burned.
     pub pake_deadline: Duration,
-    /// STUN/TURN handed to every paired client.
+    /// STUN handed to every paired client; TURN once its pair did the key exchange.
     pub ice: IceHandout,
+    /// How long a pair may stay paired, and what each side may relay in that time.
+    pub pair_lifetime: Duration,
+    pub relay_budget: RelayBudget,
+    /// Claims of missing nameplates a minute, server-wide, while few codes are open
+    /// (`pair::misses_per_minute` grows it with load).
+    pub misses_per_minute: u32,
     /// Serve `wss://` with these certificate files; `None` serves `ws://`.
     pub tls: Option<Arc<ServerTls>>,
 }
@@ -86,39 +89,20 @@ impl Default for RendezvousConfig {
             fresh_deadline: Duration::from_secs(10),
             pake_deadline: Duration::from_secs(5),
             ice: IceHandout::default(),
+            pair_lifetime: PAIR_LIFETIME,
+            relay_budget: RelayBudget::default(),
+            misses_per_minute: 6,
             tls: None,
         }
-    }
-}
-
-/// How many pre-confirmation relays each side of a nameplate pair has sent (index 0 the
-/// allocator, 1 the claimer). Counting is all the server can and needs to do: the blobs
-/// are SPAKE2 messages and HMAC tags it cannot read, and an honest pair sends both of its
-/// own within a round trip of the other's.
-#[derive(Default)]
-struct PakeProgress {
-    relays: [AtomicU8; 2],
-}
-
-impl PakeProgress {
-    fn count(&self, side: usize) {
-        // Only this side's connection writes its counter; stop at the number that matters.
-        let n = self.relays[side].load(Ordering::Relaxed);
-        if n < PAKE_RELAYS {
-            self.relays[side].store(n + 1, Ordering::Relaxed);
-        }
-    }
-
-    fn done(&self, side: usize) -> bool {
-        self.relays[side].load(Ordering::Relaxed) >= PAKE_RELAYS
     }
 }
 
 /// What a claimer hands the connection it pairs with.
 struct Handoff {
     peer: mpsc::Sender<ServerMessage>,
-    /// Shared PAKE progress; `None` for a pair met on a rejoin channel.
-    progress: Option<Arc<PakeProgress>>,
+    pair: Arc<PairState>,
+    /// A nameplate pair, whose claimer answers for the key exchange (not a rejoin).
+    watched: bool,
 }
 
 enum Slot {
@@ -127,6 +111,8 @@ enum Slot {
         allocator: mpsc::Sender<ServerMessage>,
         /// The allocator's admission id, so the claimer can mark it paired.
         id: u64,
+        /// Its address, whose paired connections the claimer counts.
+        ip: IpAddr,
         handoff: oneshot::Sender<Handoff>,
     },
     /// Two parties are talking; a third claim is "crowded".
@@ -141,6 +127,7 @@ struct Rejoiner {
     sender: bool,
     /// Its admission id, so the other side can mark it paired.
     id: u64,
+    ip: IpAddr,
     waiting: mpsc::Sender<ServerMessage>,
     handoff: oneshot::Sender<Handoff>,
 }
@@ -166,6 +153,10 @@ pub async fn serve(listener: TcpListener, config: RendezvousConfig, shutdown: Ca
     let admission = Arc::new(Mutex::new(Admission::new(config.max_connections)));
     let busy_answers = Arc::new(Semaphore::new(BUSY_ANSWERS));
     let addresses = Arc::new(Mutex::new(AddressTable::new(config.per_address)));
+    let misses = Arc::new(Mutex::new(MissBudget::new(
+        config.misses_per_minute,
+        Instant::now(),
+    )));
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, tls = config.tls.is_some(), "rendezvous listening");
@@ -225,6 +216,7 @@ pub async fn serve(listener: TcpListener, config: RendezvousConfig, shutdown: Ca
             config: config.clone(),
             shutdown: shutdown.clone(),
             addresses: addresses.clone(),
+            misses: misses.clone(),
             admission: admission.clone(),
             id,
             evict,
@@ -315,6 +307,7 @@ struct Connection {
     config: RendezvousConfig,
     shutdown: CancellationToken,
     addresses: Arc<Mutex<AddressTable>>,
+    misses: Arc<Mutex<MissBudget>>,
     admission: Arc<Mutex<Admission<CancellationToken>>>,
     id: u64,
     /// Cancelled when a newcomer needs this connection's place.
@@ -322,13 +315,21 @@ struct Connection {
     ip: IpAddr,
 }
 
-/// The claimer's watch over a fresh pair's key exchange.
+/// The claimer's watch over a fresh nameplate pair's key exchange.
 struct PakeWatch {
-    progress: Arc<PakeProgress>,
-    /// 0 for the allocator, 1 for the claimer.
-    side: usize,
     /// Only the claimer's connection acts on the deadline (it claimed; it answers for it).
     deadline: Option<tokio::time::Instant>,
+}
+
+/// This connection's side of a pair.
+struct Side {
+    pair: Arc<PairState>,
+    /// 0 for the side that waited (allocator, first rejoiner), 1 for the one that came.
+    index: usize,
+    /// Ends the pair however busy it is.
+    until: tokio::time::Instant,
+    /// What this side may still relay.
+    budget: RelayBudget,
 }
 
 /// What this connection is doing in the pairing dance.
@@ -348,6 +349,7 @@ enum Phase {
         /// None for a pair met on a rejoin channel.
         nameplate: Option<u32>,
         peer: mpsc::Sender<ServerMessage>,
+        side: Side,
         /// Until the key exchange is complete, for a nameplate pair.
         pake: Option<PakeWatch>,
     },
@@ -378,7 +380,7 @@ impl Connection {
             let until = match &phase {
                 Phase::Fresh => fresh_until,
                 Phase::Waiting { deadline, .. } | Phase::Rejoining { deadline, .. } => *deadline,
-                Phase::Paired { .. } => idle_until,
+                Phase::Paired { side, .. } => idle_until.min(side.until),
             };
             let pake_at = phase.pake_deadline();
             let reply: Option<ServerMessage> = tokio::select! {
@@ -394,6 +396,9 @@ impl Connection {
                         }
                         Phase::Waiting { .. } | Phase::Rejoining { .. } => {
                             let _ = send(&mut sink, &error(ServerErrorKind::Expired, "nobody used the code in time")).await;
+                        }
+                        Phase::Paired { ref side, .. } if tokio::time::Instant::now() >= side.until => {
+                            let _ = send(&mut sink, &error(ServerErrorKind::Protocol, "this pair outlived the rendezvous's time for signaling")).await;
                         }
                         Phase::Paired { .. } => {}
                     }
@@ -414,11 +419,12 @@ impl Connection {
                             phase = Phase::Paired {
                                 nameplate: Some(*nameplate),
                                 peer: handoff.peer,
-                                pake: handoff.progress.map(|progress| PakeWatch { progress, side: 0, deadline: None }),
+                                side: self.side(handoff.pair, 0),
+                                pake: handoff.watched.then_some(PakeWatch { deadline: None }),
                             };
                         }
                         (Phase::Rejoining { .. }, Some(handoff)) => {
-                            phase = Phase::Paired { nameplate: None, peer: handoff.peer, pake: None };
+                            phase = Phase::Paired { nameplate: None, peer: handoff.peer, side: self.side(handoff.pair, 0), pake: None };
                         }
                         _ => break,
                     }
@@ -483,16 +489,17 @@ impl Connection {
         let Phase::Paired {
             nameplate,
             peer,
+            side,
             pake,
         } = phase
         else {
             return None;
         };
-        let progress = pake.take()?.progress;
-        if progress.done(1) && progress.done(0) {
+        pake.take()?;
+        if side.pair.exchanged() {
             return None;
         }
-        if progress.done(1) {
+        if side.pair.done(1) {
             return Some(ServerMessage::PeerGone);
         }
         self.abandon(nameplate.take(), peer);
@@ -556,6 +563,7 @@ impl Connection {
                         Slot::Waiting {
                             allocator: out_tx.clone(),
                             id: self.id,
+                            ip: self.ip,
                             handoff: handoff_tx,
                         },
                     );
@@ -576,14 +584,39 @@ impl Connection {
             (ClientMessage::Claim { nameplate }, Phase::Fresh) => {
                 let taken = {
                     let mut slots = lock(&self.slots);
+                    let open = slots.by_nameplate.len();
+                    let misses = misses_per_minute(self.config.misses_per_minute, open);
+                    // Spent: a sweep is on. The addresses sweeping wait, so it cannot go
+                    // on finding codes; another address still gets its look.
+                    let now = Instant::now();
+                    let missed_lately = lock(&self.addresses).missed_lately(self.ip, now);
+                    if !lock(&self.misses).open(misses, missed_lately, now) {
+                        return Step::End(Some(error(
+                            ServerErrorKind::Busy,
+                            "too many claims of codes that do not exist, try again in a minute",
+                        )));
+                    }
                     match slots.by_nameplate.remove(&nameplate) {
                         Some(Slot::Waiting {
                             allocator,
                             id,
+                            ip,
                             handoff,
                         }) => {
-                            slots.by_nameplate.insert(nameplate, Slot::Paired);
-                            Ok((allocator, id, handoff))
+                            if lock(&self.addresses).pair(&[self.ip, ip]) {
+                                slots.by_nameplate.insert(nameplate, Slot::Paired);
+                                Ok((allocator, id, ip, handoff))
+                            } else {
+                                // The code stays for a later claim.
+                                let waiting = Slot::Waiting {
+                                    allocator,
+                                    id,
+                                    ip,
+                                    handoff,
+                                };
+                                slots.by_nameplate.insert(nameplate, waiting);
+                                Err(error(ServerErrorKind::Busy, TOO_MANY_PAIRS))
+                            }
                         }
                         Some(Slot::Paired) => {
                             slots.by_nameplate.insert(nameplate, Slot::Paired);
@@ -601,25 +634,36 @@ impl Connection {
                                 "someone claimed that code without completing the key exchange",
                             ))
                         }
-                        Some(Slot::Abandoned { .. }) | None => Err(error(
-                            ServerErrorKind::UnknownNameplate,
-                            "no transfer is waiting with that code",
-                        )),
+                        Some(Slot::Abandoned { .. }) | None => {
+                            lock(&self.misses).missed(misses, now);
+                            lock(&self.addresses).note_miss(self.ip, now);
+                            Err(error(
+                                ServerErrorKind::UnknownNameplate,
+                                "no transfer is waiting with that code",
+                            ))
+                        }
                     }
                 };
                 match taken {
-                    Ok((allocator, allocator_id, handoff)) => {
+                    Ok((allocator, allocator_id, allocator_ip, handoff)) => {
                         // Before either side hears "paired", so a newcomer arriving then
                         // cannot evict half of a pair.
                         self.stand(&[self.id, allocator_id], Standing::Paired);
-                        let progress = Arc::new(PakeProgress::default());
+                        let pair = new_pair();
                         let handed = Handoff {
                             peer: out_tx.clone(),
-                            progress: Some(progress.clone()),
+                            pair: pair.clone(),
+                            watched: true,
                         };
-                        if handoff.send(handed).is_err()
-                            || allocator.send(self.paired()).await.is_err()
-                        {
+                        if handoff.send(handed).is_err() {
+                            // The allocator left before it could count itself paired.
+                            self.unpair(&[self.ip, allocator_ip]);
+                            lock(&self.slots).by_nameplate.remove(&nameplate);
+                            return Step::End(Some(ServerMessage::PeerGone));
+                        }
+                        if allocator.send(self.paired()).await.is_err() {
+                            // It holds the handoff: its own leaving uncounts it.
+                            self.unpair(&[self.ip]);
                             lock(&self.slots).by_nameplate.remove(&nameplate);
                             return Step::End(Some(ServerMessage::PeerGone));
                         }
@@ -627,9 +671,8 @@ impl Connection {
                         *phase = Phase::Paired {
                             nameplate: Some(nameplate),
                             peer: allocator,
+                            side: self.side(pair, 1),
                             pake: Some(PakeWatch {
-                                progress,
-                                side: 1,
                                 deadline: Some(
                                     tokio::time::Instant::now() + self.config.pake_deadline,
                                 ),
@@ -650,7 +693,16 @@ impl Connection {
                 let other = {
                     let mut slots = lock(&self.slots);
                     let other = match slots.rejoin.remove(&channel) {
-                        Some(other) if other.sender != sender => Some(other),
+                        Some(other) if other.sender != sender => {
+                            if !lock(&self.addresses).pair(&[self.ip, other.ip]) {
+                                slots.rejoin.insert(channel, other);
+                                return Step::End(Some(error(
+                                    ServerErrorKind::Busy,
+                                    TOO_MANY_PAIRS,
+                                )));
+                            }
+                            Some(other)
+                        }
                         Some(stale) => {
                             // Our own side again (it lost its connection): the newer wins.
                             let _ = stale.waiting.try_send(error(
@@ -673,6 +725,7 @@ impl Connection {
                             Rejoiner {
                                 sender,
                                 id: self.id,
+                                ip: self.ip,
                                 waiting: out_tx.clone(),
                                 handoff: handoff_tx,
                             },
@@ -683,19 +736,25 @@ impl Connection {
                 match other {
                     Some(other) => {
                         self.stand(&[self.id, other.id], Standing::Paired);
+                        let pair = new_pair();
                         let handed = Handoff {
                             peer: out_tx.clone(),
-                            progress: None,
+                            pair: pair.clone(),
+                            watched: false,
                         };
-                        if other.handoff.send(handed).is_err()
-                            || other.waiting.send(self.paired()).await.is_err()
-                        {
+                        if other.handoff.send(handed).is_err() {
+                            self.unpair(&[self.ip, other.ip]);
+                            return Step::End(Some(ServerMessage::PeerGone));
+                        }
+                        if other.waiting.send(self.paired()).await.is_err() {
+                            self.unpair(&[self.ip]);
                             return Step::End(Some(ServerMessage::PeerGone));
                         }
                         debug!("rejoined");
                         *phase = Phase::Paired {
                             nameplate: None,
                             peer: other.waiting,
+                            side: self.side(pair, 1),
                             pake: None,
                         };
                         Step::Reply(self.paired())
@@ -711,7 +770,7 @@ impl Connection {
                     }
                 }
             }
-            (ClientMessage::Relay { body }, Phase::Paired { peer, pake, .. }) => {
+            (ClientMessage::Relay { body }, Phase::Paired { peer, side, .. }) => {
                 // Refused here, to its sender, so one bad message costs the pair nothing;
                 // forwarded, it would fail the peer's decoder and end the pairing.
                 if BASE64.decode(&body).is_err() {
@@ -720,9 +779,14 @@ impl Connection {
                         "relay body is not base64; it was not forwarded",
                     ));
                 }
-                if let Some(watch) = pake {
-                    watch.progress.count(watch.side);
+                if !side.budget.spend(body.len()) {
+                    debug!("a pair passed its relay budget");
+                    return Step::End(Some(error(
+                        ServerErrorKind::Protocol,
+                        "this pair passed the rendezvous's signaling budget: it carries signaling, not data",
+                    )));
                 }
+                side.pair.count(side.index);
                 if peer.send(ServerMessage::Relay { body }).await.is_err() {
                     return Step::End(Some(ServerMessage::PeerGone));
                 }
@@ -740,6 +804,19 @@ impl Connection {
             (ClientMessage::Burn, Phase::Waiting { .. } | Phase::Rejoining { .. }) => {
                 Step::End(None)
             }
+            // TURN only for a pair whose both sides relayed their key exchange: not a
+            // bare claim of one's own nameplate or two rejoins on a made-up channel.
+            // The server cannot read the exchange, so a self-made pair that relays four
+            // blobs still gets credentials: they are per pair, minutes long, and each
+            // costs an allocation or a claim from the address's budget.
+            (ClientMessage::Ice, Phase::Paired { side, .. }) => {
+                let ice_servers = if side.pair.exchanged() {
+                    self.config.ice.for_pair(unix_now(), &side.pair.turn_user)
+                } else {
+                    self.config.ice.stun_only()
+                };
+                Step::Reply(ServerMessage::Ice { ice_servers })
+            }
             _ => Step::End(Some(error(
                 ServerErrorKind::Protocol,
                 "message not allowed now",
@@ -755,14 +832,27 @@ impl Connection {
         }
     }
 
-    /// "Paired", with this client's ICE servers and fresh TURN credentials.
+    /// "Paired", with STUN: TURN comes on asking, after the key exchange.
     fn paired(&self) -> ServerMessage {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         ServerMessage::Paired {
-            ice_servers: self.config.ice.for_client(now),
+            ice_servers: self.config.ice.stun_only(),
+        }
+    }
+
+    /// This connection's side of a new pair.
+    fn side(&self, pair: Arc<PairState>, index: usize) -> Side {
+        Side {
+            pair,
+            index,
+            until: tokio::time::Instant::now() + self.config.pair_lifetime,
+            budget: self.config.relay_budget,
+        }
+    }
+
+    fn unpair(&self, ips: &[IpAddr]) {
+        let mut addresses = lock(&self.addresses);
+        for ip in ips {
+            addresses.unpair(*ip);
         }
     }
 
@@ -776,12 +866,26 @@ impl Connection {
 
     /// Frees this connection's slot and tells a paired peer we left.
     fn leave(&self, phase: Phase, out_tx: &mpsc::Sender<ServerMessage>) {
+        // Paired as it left, before it saw the handoff: it counts, and its peer hears.
+        let handed = |handoff: oneshot::Receiver<Handoff>| {
+            let mut handoff = handoff;
+            if let Ok(handed) = handoff.try_recv() {
+                self.unpair(&[self.ip]);
+                let _ = handed.peer.try_send(ServerMessage::PeerGone);
+            }
+        };
         match phase {
             Phase::Fresh => {}
-            Phase::Waiting { nameplate, .. } => {
+            Phase::Waiting {
+                nameplate, handoff, ..
+            } => {
                 lock(&self.slots).by_nameplate.remove(&nameplate);
+                handed(handoff);
             }
-            Phase::Rejoining { channel, .. } => {
+            Phase::Rejoining {
+                channel, handoff, ..
+            } => {
+                handed(handoff);
                 let mut slots = lock(&self.slots);
                 // Only our own entry: a newer connection of our side may have replaced it.
                 if slots
@@ -797,13 +901,16 @@ impl Connection {
             Phase::Paired {
                 nameplate,
                 peer,
-                pake: Some(watch),
-            } if watch.side == 1 && !watch.progress.done(1) => {
+                side,
+                pake: Some(_),
+            } if side.index == 1 && !side.pair.done(1) => {
+                self.unpair(&[self.ip]);
                 self.abandon(nameplate, &peer);
             }
             Phase::Paired {
                 nameplate, peer, ..
             } => {
+                self.unpair(&[self.ip]);
                 if let Some(nameplate) = nameplate {
                     // A burned nameplate's tombstone stays until it expires.
                     let mut slots = lock(&self.slots);
@@ -837,6 +944,23 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// What a pair at its address's cap hears.
+const TOO_MANY_PAIRS: &str =
+    "too many transfers in progress from one address, try again in a minute";
+
+fn new_pair() -> Arc<PairState> {
+    let mut name = [0u8; 8];
+    rand::thread_rng().fill(&mut name);
+    Arc::new(PairState::new(hex::encode(name)))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 fn forget_expired_tombstones(slots: &mut Slots) {
     let now = Instant::now();
     slots
@@ -851,12 +975,14 @@ fn error(kind: ServerErrorKind, message: &str) -> ServerMessage {
     }
 }
 
-/// Small numbers are easier to read aloud; widen the range only as it fills. Random within
-/// the range so a stale code rarely lands on someone else's new slot.
+/// Random within a space a thousand times larger than the open nameplates
+/// (`pair::nameplate_space`), never the lowest free: a sweep of small numbers finds
+/// nothing, and a stale code rarely lands on someone else's new slot.
 fn free_nameplate(slots: &Slots) -> u32 {
     let mut rng = rand::thread_rng();
-    let mut upper = 100u32;
+    let mut upper = nameplate_space(slots.by_nameplate.len());
     loop {
+        // At most one in a thousand is taken: a free one comes at the first draw or so.
         for _ in 0..32 {
             let candidate = rng.gen_range(1..upper);
             if !slots.by_nameplate.contains_key(&candidate) {

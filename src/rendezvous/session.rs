@@ -19,6 +19,11 @@ pub trait Relay: Send {
     fn ice_servers(&self) -> &[IceServerInfo] {
         &[]
     }
+    /// Once keys are confirmed: fetches what the pairing's `ice_servers` lack until then
+    /// (the rendezvous's TURN credentials).
+    async fn fetch_ice(&mut self) -> Result<(), SignalError> {
+        Ok(())
+    }
     /// Tells the other side the code was wrong, where that means anything, and closes.
     async fn burn(&mut self) {}
     async fn close(self: Box<Self>);
@@ -34,6 +39,9 @@ impl Relay for RendezvousClient {
     }
     fn ice_servers(&self) -> &[IceServerInfo] {
         RendezvousClient::ice_servers(self)
+    }
+    async fn fetch_ice(&mut self) -> Result<(), SignalError> {
+        RendezvousClient::fetch_ice(self).await
     }
     async fn burn(&mut self) {
         RendezvousClient::burn(self).await
@@ -84,7 +92,10 @@ impl Session {
         client.relay(&keys.our_confirmation()).await?;
         let peer_tag = client.recv_relay().await?;
         match keys.confirm(&peer_tag) {
-            Ok(sealed) => Ok(Session { client, sealed }),
+            Ok(sealed) => {
+                client.fetch_ice().await?;
+                Ok(Session { client, sealed })
+            }
             Err(CryptoError::WrongCode | CryptoError::BadPakeMessage | CryptoError::BadSeal) => {
                 client.burn().await;
                 Err(SignalError::WrongCode { role })
@@ -144,7 +155,10 @@ impl Session {
         client.relay(&keys.our_confirmation()).await?;
         let peer_tag = client.recv_relay().await?;
         match keys.confirm(&peer_tag) {
-            Ok(sealed) => Ok(Session { client, sealed }),
+            Ok(sealed) => {
+                client.fetch_ice().await?;
+                Ok(Session { client, sealed })
+            }
             Err(_) => Err(SignalError::WrongCode { role }),
         }
     }

@@ -29,6 +29,9 @@ use std::sync::mpsc::TrySendError;
 pub const DECLINED: &str = "declined";
 /// The reject reason for a message from a sender who may not send one.
 const NO_MESSAGES: &str = "this receiver takes no messages from nearby devices: send a file";
+/// The reject reason for a message whose receiver did not say to show it.
+const MESSAGE_NOT_SHOWN: &str =
+    "the receiver did not confirm the authentication string, so the message was not shown";
 /// Chunks queued for the disk writer: 4 MiB at 64 KiB per chunk.
 const WRITE_QUEUE_CHUNKS: usize = 64;
 
@@ -71,15 +74,29 @@ struct StartPoint {
     state: Sha256,
 }
 
-/// Runs the receiving side of a new transfer. `approve` is asked once, after the offer
-/// passed every check. Returns the offer once every file is saved.
-pub async fn receive(
+/// What `receive` asks its `approve` about, once per transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Question {
+    /// Whether to take the offer that passed every check (`Observer::offered` listed it).
+    Offer,
+    /// Whether to show the message the sender sent instead of files: the caller decides
+    /// whom to ask, if anyone (a message is shown as the sender's words).
+    Message,
+}
+
+/// Runs the receiving side of a new transfer. `approve` is asked once: about the offer,
+/// after it passed every check, or about a message, before it is shown. Returns the offer
+/// once every file is saved.
+pub async fn receive<F>(
     link: &dyn Link,
     plan: &Plan,
     observer: &dyn Observer,
-    approve: impl Future<Output = bool> + Send,
+    approve: impl FnOnce(Question) -> F + Send,
     cancel: &CancellationToken,
-) -> Result<Manifest, TransferError> {
+) -> Result<Manifest, TransferError>
+where
+    F: Future<Output = bool> + Send,
+{
     let manifest = match read_offer(link, &plan.limits, cancel).await? {
         Offered::Files(manifest) => manifest,
         Offered::Text(_) if !plan.messages => {
@@ -87,6 +104,16 @@ pub async fn receive(
             return Err(reject(link, NO_MESSAGES, error).await);
         }
         Offered::Text(text) => {
+            if text.len() > super::wire::MAX_TEXT_BYTES {
+                let error = TransferError::Protocol(format!(
+                    "a text message longer than {} bytes",
+                    super::wire::MAX_TEXT_BYTES
+                ));
+                return Err(reject(link, "the message is too long", error).await);
+            }
+            if !decided(link, approve(Question::Message), cancel).await? {
+                return Err(reject(link, MESSAGE_NOT_SHOWN, TransferError::Declined).await);
+            }
             receive_text(link, &text, observer, cancel).await?;
             return Ok(Manifest::default());
         }
@@ -114,14 +141,7 @@ pub async fn receive(
         Err(error) => return Err(reject(link, &error.peer_reason(), error).await),
     };
     observer.offered(&manifest);
-    let accepted = tokio::select! {
-        _ = cancel.cancelled() => return Err(cancel_peer(link, "the receiver cancelled").await),
-        accepted = approve => accepted,
-        incoming = link.recv() => match control(incoming)? {
-            Control::Cancel { reason } => return Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
-            other => return Err(unexpected(&other)),
-        },
-    };
+    let accepted = decided(link, approve(Question::Offer), cancel).await?;
     if !accepted {
         return Err(reject(link, DECLINED, TransferError::Declined).await);
     }
@@ -228,7 +248,24 @@ enum Offered {
     Text(String),
 }
 
-/// A message instead of files: nothing is written and nothing asked. Shown (escaped, by
+/// The person's answer (`answer`), unless this side or the sender cancels first; anything
+/// else the sender says meanwhile breaks the protocol.
+async fn decided(
+    link: &dyn Link,
+    answer: impl Future<Output = bool>,
+    cancel: &CancellationToken,
+) -> Result<bool, TransferError> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(cancel_peer(link, "the receiver cancelled").await),
+        accepted = answer => Ok(accepted),
+        incoming = link.recv() => match control(incoming)? {
+            Control::Cancel { reason } => Err(TransferError::PeerCancelled(super::names::peer_text(&reason))),
+            other => Err(unexpected(&other)),
+        },
+    }
+}
+
+/// A message instead of files, checked and allowed: nothing is written. Shown (escaped, by
 /// whoever displays it), answered with `complete`, then the sender's `done` is awaited.
 async fn receive_text(
     link: &dyn Link,
@@ -236,13 +273,6 @@ async fn receive_text(
     observer: &dyn Observer,
     cancel: &CancellationToken,
 ) -> Result<(), TransferError> {
-    if text.len() > super::wire::MAX_TEXT_BYTES {
-        let error = TransferError::Protocol(format!(
-            "a text message longer than {} bytes",
-            super::wire::MAX_TEXT_BYTES
-        ));
-        return Err(reject(link, "the message is too long", error).await);
-    }
     observer.text_received(text);
     send_control(link, &Control::Complete).await?;
     tokio::select! {

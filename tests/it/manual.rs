@@ -269,3 +269,161 @@ fn a_sender_that_does_not_confirm_the_string_sends_nothing() {
         "not a name arrived"
     );
 }
+
+#[test]
+fn a_message_over_pasted_descriptions_is_shown_only_once_the_receiver_confirmed_the_string() {
+    let (a, b) = (DaemonProcess::start(), DaemonProcess::start());
+    let socket_a = a.socket.to_str().unwrap().to_owned();
+    let socket_b = b.socket.to_str().unwrap().to_owned();
+    let mut sender = Terminal::spawn(
+        P2P,
+        &[
+            "--socket",
+            &socket_a,
+            "send",
+            "--manual",
+            "--text",
+            "meet at 8",
+        ],
+    );
+    let offer = sender.line();
+    // --yes takes files unasked; a message still waits for the comparison.
+    let mut receiver = Terminal::spawn(
+        P2P,
+        &["--socket", &socket_b, "receive", "--manual", "--yes"],
+    );
+    receiver.type_line(&offer);
+    let answer = receiver.line();
+    sender.type_line(&answer);
+    sender.type_line("y");
+    receiver.type_line("y");
+    assert_eq!(receiver.line(), "meet at 8");
+    let (sent, sender_err) = sender.finish();
+    let (received, receiver_err) = receiver.finish();
+    assert!(sent, "sender failed: {sender_err}");
+    assert!(received, "receiver failed: {receiver_err}");
+    let asked = receiver_err
+        .find("The sender sent a message. Does the sender's screen show")
+        .unwrap_or_else(|| panic!("the receiver was not asked: {receiver_err}"));
+    let shown = receiver_err
+        .find("Authentication string: ")
+        .expect("the string shown");
+    assert!(shown < asked, "{receiver_err}");
+    assert_eq!(sas_of(&sender_err), sas_of(&receiver_err));
+}
+
+/// A man in the middle of a manual transfer: it carries the descriptions, so it is the
+/// one the receiver connects to; it runs the string exchange like any sender (its string
+/// differs from the real sender's, which only the people comparing notice) and sends a
+/// message as the sender's.
+mod in_the_middle {
+    use std::time::Duration;
+
+    use p2pd::ipc::messages::{ErrorKind, JobId, JobState, Request, ServerFrame};
+    use p2pd::rendezvous::Role;
+    use p2pd::rtc::RtcSettings;
+    use p2pd::rtc::peer::manual::{self, Kind};
+    use p2pd::transfer::link::{Incoming, Link};
+    use p2pd::transfer::wire::Control;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::support::{TEST_LIMIT, TestDaemon};
+
+    fn settings() -> RtcSettings {
+        RtcSettings {
+            ice_servers: vec![],
+            bind: vec!["127.0.0.1:0".into()],
+            relay_only: false,
+            udp_buffer_bytes: 0,
+            sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
+            sctp_window_max_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_MAX_BYTES,
+            sctp_recovery: Default::default(),
+        }
+    }
+
+    /// Pastes an offer into `daemon` (`p2p receive --manual --yes`), connects, passes the
+    /// string exchange and sends `text`; returns the job and the channel.
+    async fn send_text(daemon: &TestDaemon, text: &str) -> (JobId, p2pd::rtc::Connection) {
+        let (mut pending, offer) = manual::offer(&settings()).await.unwrap();
+        let created = daemon
+            .client()
+            .await
+            .call(Request::ReceiveManual {
+                offer,
+                download_dir: None,
+                accept: true,
+                follow: false,
+                path: Default::default(),
+            })
+            .await
+            .unwrap();
+        let ServerFrame::Created(job) = created else {
+            panic!("unexpected reply {created:?}")
+        };
+        let answered = daemon.wait_until(job.id, |i| i.signal.is_some()).await;
+        let answer = manual::decode(answered.signal.as_deref().unwrap(), Kind::Answer).unwrap();
+        pending.apply_answer(&answer).await.unwrap();
+        let connection = pending
+            .connected(Duration::from_secs(30), &CancellationToken::new())
+            .await
+            .unwrap();
+        p2pd::transfer::sas::exchange(&connection, &connection.link, Role::Sender)
+            .await
+            .unwrap();
+        let message = Control::Text { text: text.into() }.encode();
+        connection.link.send_text(message).await.unwrap();
+        (job.id, connection)
+    }
+
+    async fn heard(link: &dyn Link) -> Option<Control> {
+        match tokio::time::timeout(Duration::from_secs(10), link.recv()).await {
+            Ok(Some(Incoming::Text(text))) => Control::decode(&text).ok(),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_from_whoever_carried_the_paste_waits_for_the_comparison() {
+        tokio::time::timeout(TEST_LIMIT, async {
+            let daemon = TestDaemon::start().await;
+            let (id, connection) = send_text(&daemon, "this is your bank: call 555-0100").await;
+            let waiting = daemon
+                .wait_until(id, |i| i.state == JobState::Comparing)
+                .await;
+            assert_eq!(waiting.state, JobState::Comparing, "{waiting:?}");
+            assert_eq!(waiting.text, None, "shown before the person compared");
+            // The person sees another string than the real sender's and says no.
+            daemon.decide(id, false).await;
+            let info = daemon.wait(id).await;
+            assert_eq!(info.state, JobState::Failed, "{info:?}");
+            assert_eq!(info.failure.map(|f| f.kind), Some(ErrorKind::Declined));
+            assert_eq!(info.text, None, "never shown");
+            match heard(&connection.link).await {
+                Some(Control::Reject { reason }) => assert!(
+                    reason.contains("did not confirm the authentication string"),
+                    "{reason}"
+                ),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+            connection.close().await;
+
+            // Said yes: then it is shown.
+            let (id, connection) = send_text(&daemon, "see you at 8").await;
+            daemon
+                .wait_until(id, |i| i.state == JobState::Comparing)
+                .await;
+            daemon.decide(id, true).await;
+            assert!(matches!(
+                heard(&connection.link).await,
+                Some(Control::Complete)
+            ));
+            let _ = connection.link.send_text(Control::Done.encode()).await;
+            let info = daemon.wait(id).await;
+            assert_eq!(info.state, JobState::Completed, "{info:?}");
+            assert_eq!(info.text.as_deref(), Some("see you at 8"));
+            connection.close().await;
+        })
+        .await
+        .expect("test finished in time");
+    }
+}

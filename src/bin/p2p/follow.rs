@@ -120,9 +120,11 @@ pub async fn follow(
                         sas_shown = true;
                         renderer.show_sas(info)?;
                     }
-                    // A question for this side's person: the manual sender's comparison
-                    // of the authentication strings (read from stdin like the pasted
-                    // lines before it, terminal or script), or the receiver's offer.
+                    // A question for this side's person: the comparison of the
+                    // authentication strings, by a manual sender before anything is sent
+                    // or a manual receiver before a message is shown (read from stdin like
+                    // the pasted lines before it, terminal or script, even with --yes), or
+                    // the receiver's offer.
                     let question: Option<fn() -> anyhow::Result<bool>> =
                         if !compared && role == Role::Owner && info.state == JobState::Comparing {
                             compared = true;

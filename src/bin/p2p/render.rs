@@ -381,14 +381,21 @@ impl Renderer {
         Ok(())
     }
 
-    /// Manual sender: the question before anything is offered.
+    /// Manual signaling: the sender's question before anything is offered, the receiver's
+    /// before a message is shown.
     pub fn ask_same_sas(&mut self, info: &JobInfo) -> anyhow::Result<()> {
         let sas = info.sas.as_deref().map(escape_controls).unwrap_or_default();
         let mut err = std::io::stderr().lock();
-        write!(
-            err,
-            "Does the receiver's screen show {sas}? Nothing is sent before you say yes. [y/N] "
-        )?;
+        match info.direction {
+            Direction::Send => write!(
+                err,
+                "Does the receiver's screen show {sas}? Nothing is sent before you say yes. [y/N] "
+            )?,
+            Direction::Receive => write!(
+                err,
+                "The sender sent a message. Does the sender's screen show {sas}? The message is shown only after you say yes. [y/N] "
+            )?,
+        }
         err.flush()?;
         Ok(())
     }

@@ -19,10 +19,10 @@ export async function startReceive(code) {
     const { nameplate, canonical } = parseCode(code, words);
     await rv.open();
     rv.send({ type: 'claim', nameplate });
-    const paired = await rv.expect('paired');
+    await rv.expect('paired');
     status('Connecting…');
     const session = await establish(rv, 'receiver', canonical);
-    link = await connect(session, 'receiver', paired.ice_servers || []);
+    link = await connect(session, 'receiver', session.iceServers);
     rv.close();
     await prove(link, session.keys, 'receiver');
     await receive(link);

@@ -78,6 +78,24 @@ export class Rendezvous extends Inbox {
     this.send({ type: 'relay', body: base64(bytes) });
   }
 
+  // The pair's STUN and TURN, which the rendezvous gives only once both sides relayed
+  // their key exchange (\`paired\` carries STUN only). The peer may already be sending:
+  // what it sends meanwhile stays queued, in order, for recvRelay.
+  async iceServers() {
+    this.send({ type: 'ice' });
+    const early = [];
+    for (;;) {
+      const message = await this.next();
+      if (message.type === 'relay') {
+        early.push(message);
+        continue;
+      }
+      this.queue.unshift(...early);
+      if (message.type !== 'ice') throw this.failure(message);
+      return message.ice_servers || [];
+    }
+  }
+
   async recvRelay() {
     return unbase64((await this.expect('relay')).body);
   }
@@ -106,10 +124,12 @@ export async function establish(rv, role, code) {
     rv.send({ type: 'burn' });
     throw wrong;
   }
+  const iceServers = await rv.iceServers();
   let sent = 0;
   let received = 0;
   return {
     keys,
+    iceServers,
     send: (value) => rv.relay(lib.seal(keys.sealKey, sent++, encoder.encode(JSON.stringify(value)))),
     recv: async () => {
       const blob = await rv.recvRelay();

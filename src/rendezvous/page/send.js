@@ -27,10 +27,10 @@ export async function startSend(entries) {
     const code = `${nameplate}-${pick()}-${pick()}`;
     showCode(code);
     status('Waiting for the receiver…');
-    const paired = await rv.expect('paired');
+    await rv.expect('paired');
     status('Connecting…');
     const session = await establish(rv, 'sender', code);
-    link = await connect(session, 'sender', paired.ice_servers || []);
+    link = await connect(session, 'sender', session.iceServers);
     rv.close();
     await prove(link, session.keys, 'sender');
     await send(link, entries);
