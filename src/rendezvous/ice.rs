@@ -98,6 +98,9 @@ mod tests {
         assert_eq!(servers[1].credential, turn_rest_password(b"s", "1060:ab12"));
         assert_eq!(handout.stun_only(), servers[..1], "before the key exchange");
         assert!(IceHandout::default().for_pair(0, "x").is_empty());
-        assert!(DEFAULT_CREDENTIAL_TTL <= Duration::from_secs(15 * 60), "minutes, not hours");
+        assert!(
+            DEFAULT_CREDENTIAL_TTL <= Duration::from_secs(15 * 60),
+            "minutes, not hours"
+        );
     }
 }

@@ -223,9 +223,10 @@ pub const MISS_MEMORY: Duration = Duration::from_secs(600);
 /// their code, so the whole world shares a budget of misses a minute (`general`). Once it
 /// is spent, an address that missed within [`MISS_MEMORY`] is refused ("busy") until it
 /// refills; any other address draws on a second budget of the same size (`fresh`), so a
-/// flood from a few addresses never stops an honest receiver, and a sweep from many gets
-/// one look per address per [`MISS_MEMORY`] beyond both. Cost of a sweep:
-/// docs/SECURITY.md.
+/// flood from a few addresses never stops an honest receiver. A sweep from many addresses
+/// spends both, and then every claim hears "busy" until they refill: its receiver tries
+/// again a minute later and finds the code, which the sweep would otherwise have burned.
+/// Cost of a sweep: docs/SECURITY.md.
 #[derive(Debug)]
 pub struct MissBudget {
     general: Bucket,
@@ -343,7 +344,10 @@ mod tests {
         assert!(table.connect(ip(1), now));
         assert!(table.connect(mapped, now));
         assert!(table.pair(&[ip(1), mapped]), "a pair within one address");
-        assert!(!table.pair(&[ip(1), host(1)]), "its cap reached, nothing counted");
+        assert!(
+            !table.pair(&[ip(1), host(1)]),
+            "its cap reached, nothing counted"
+        );
         assert!(table.pair(&[host(1), host(2)]));
         table.unpair(ip(1));
         assert!(table.pair(&[ip(1)]));
@@ -358,12 +362,21 @@ mod tests {
             assert!(budget.open(3, true, start));
             budget.missed(3, start);
         }
-        assert!(!budget.open(3, true, start), "spent: a sweeping address waits");
-        assert!(budget.open(3, false, start), "another address draws on the fresh budget");
+        assert!(
+            !budget.open(3, true, start),
+            "spent: a sweeping address waits"
+        );
+        assert!(
+            budget.open(3, false, start),
+            "another address draws on the fresh budget"
+        );
         for _ in 0..3 {
             budget.missed(3, start);
         }
-        assert!(!budget.open(3, false, start), "both spent: every claim waits");
+        assert!(
+            !budget.open(3, false, start),
+            "both spent: every claim waits"
+        );
         assert!(!budget.open(3, true, start + Duration::from_secs(19)));
         let later = start + Duration::from_secs(21);
         assert!(budget.open(3, true, later), "one per 20 s");

@@ -148,7 +148,10 @@ mod tests {
         assert!(budget.spend(60));
         assert!(!budget.spend(41), "past the bytes: refused, nothing spent");
         assert!(budget.spend(40));
-        assert!(budget.spend(0), "no bytes left, but a message: an empty one fits");
+        assert!(
+            budget.spend(0),
+            "no bytes left, but a message: an empty one fits"
+        );
         assert!(!budget.spend(0), "messages gone");
         let mut budget = RelayBudget {
             messages: 1,

@@ -28,8 +28,8 @@ use tracing::{Instrument, debug, info, warn};
 use super::admission::{Admission, Admit, Standing};
 use super::ice::IceHandout;
 use super::limits::{Action, AddressTable, MissBudget, PerAddressLimits};
-use super::pair::{PAIR_LIFETIME, PairState, RelayBudget, misses_per_minute, nameplate_space};
 use super::messages::{ClientMessage, ServerErrorKind, ServerMessage};
+use super::pair::{PAIR_LIFETIME, PairState, RelayBudget, misses_per_minute, nameplate_space};
 use super::tls::ServerTls;
 
 /// Largest WebSocket message accepted; SDPs and candidates are far smaller.

@@ -206,7 +206,7 @@ async fn a_third_party_claiming_a_paired_nameplate_is_told_crowded() {
 }
 
 /// A rendezvous of our own on loopback, with short deadlines or small limits for a test.
-async fn rendezvous_with(
+pub(crate) async fn rendezvous_with(
     config: p2pd::rendezvous::server::RendezvousConfig,
 ) -> (SocketAddr, tokio_util::sync::DropGuard) {
     use p2pd::rendezvous::server;
@@ -217,10 +217,10 @@ async fn rendezvous_with(
     (addr, stop.drop_guard())
 }
 
-type RawWs = tokio_tungstenite::WebSocketStream<TcpStream>;
+pub(crate) type RawWs = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 /// A WebSocket from `ip` (any 127.x.y.z) that says nothing yet.
-async fn raw_ws(ip: [u8; 4], server: SocketAddr) -> RawWs {
+pub(crate) async fn raw_ws(ip: [u8; 4], server: SocketAddr) -> RawWs {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::from((ip, 0))).unwrap();
     let stream = socket.connect(server).await.unwrap();
@@ -231,7 +231,7 @@ async fn raw_ws(ip: [u8; 4], server: SocketAddr) -> RawWs {
 }
 
 /// The next text message, or `None` once the connection is closed.
-async fn next_text(ws: &mut RawWs) -> Option<String> {
+pub(crate) async fn next_text(ws: &mut RawWs) -> Option<String> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => return Some(text.to_string()),

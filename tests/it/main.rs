@@ -9,6 +9,7 @@ mod errors;
 mod escaping;
 mod flood;
 mod hostile;
+mod lockout;
 mod manual;
 mod many_files;
 mod nearby;
