@@ -248,4 +248,14 @@ mod tests {
     fn a_comparing_side_speaks_well_within_the_rendezvous_silence_limit() {
         assert!(super::KEEPALIVE * 2 <= crate::rendezvous::server::PAIRED_IDLE_TIMEOUT);
     }
+
+    #[test]
+    fn a_pairing_fits_the_rendezvous_lifetime_and_budget_of_a_pair() {
+        use crate::rendezvous::pair::{PAIR_LIFETIME, RelayBudget};
+        // Both people take the whole decision time, then the decisions cross.
+        assert!(super::DECISION_LIMIT + std::time::Duration::from_secs(30) <= PAIR_LIFETIME);
+        // Keepalives for that long, plus the key exchange, introductions and decisions.
+        let keepalives = super::DECISION_LIMIT.as_secs() / super::KEEPALIVE.as_secs() + 1;
+        assert!(keepalives + 16 <= u64::from(RelayBudget::default().messages));
+    }
 }
