@@ -140,7 +140,7 @@ pub enum ConfigError {
     )]
     Retired(&'static str),
     #[error(
-        "device_name {0:?} is not usable: give 1 to 64 characters without control characters or '/'"
+        "device_name {0:?} is not usable: give 1 to 64 characters (at most 200 bytes) without control, invisible or filler characters or '/'"
     )]
     DeviceName(String),
     #[error(

@@ -9,14 +9,24 @@ use std::io;
 
 /// Control characters (C0, DEL, C1), the marks that reorder or hide text (bidi embeddings,
 /// overrides and isolates, zero-width and invisible characters), line and paragraph
-/// separators, and tag characters.
+/// separators, tag characters, and the blank fillers that show as nothing or as a space
+/// (Hangul fillers, the Braille blank, the combining grapheme joiner, Khmer inherent
+/// vowels, Mongolian variation selectors): "lap\u{3164}top" must not pass for "laptop".
 pub fn is_dangerous_char(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
             '\u{00AD}'
                 | '\u{061C}'
-                | '\u{180E}'
+                | '\u{034F}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FFA0}'
                 | '\u{200B}'..='\u{200F}'
                 | '\u{2028}'..='\u{202E}'
                 | '\u{2060}'..='\u{206F}'
@@ -126,7 +136,7 @@ mod tests {
     use super::*;
 
     const HOSTILE: &str =
-        "a\u{1b}]0;PWNED\u{7}\u{1b}[2J\nb\r\u{7f}\u{9b}c\u{202E}d\u{2066}e\u{200B}f\u{E0041}";
+        "a\u{1b}]0;PWNED\u{7}\u{1b}[2J\nb\r\u{7f}\u{9b}c\u{202E}d\u{2066}e\u{200B}f\u{E0041}g\u{3164}h\u{2800}i\u{115F}";
 
     fn harmless(text: &str) -> bool {
         !text.chars().any(is_dangerous_char)

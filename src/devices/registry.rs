@@ -14,6 +14,9 @@ use crate::daemon::record::write_private;
 pub const DEVICES_FILE: &str = "devices.json";
 /// Longest device name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
+/// A name's bytes at most: the receiver saves into `From NAME/`, and a file name has at
+/// most 255 bytes (64 emoji are 256; issue #23).
+pub const MAX_NAME_BYTES: usize = 200;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,11 +74,13 @@ impl Device {
     }
 }
 
-/// A name a device may give itself: 1 to 64 characters, none that `terminal` counts as
-/// dangerous (controls, bidi and invisible characters), no `/`, not `.` or `..` (it may name a folder one day: `From NAME/`).
+/// A name a device may give itself: 1 to 64 characters in at most 200 bytes, none that
+/// `terminal` counts as dangerous (controls, bidi, invisible characters and blank
+/// fillers), no `/`, not `.` or `..` (it names a folder: `From NAME/`).
 pub fn valid_device_name(name: &str) -> bool {
     let count = name.chars().count();
     (1..=MAX_NAME_CHARS).contains(&count)
+        && name.len() <= MAX_NAME_BYTES
         && name.trim() == name
         && name != "."
         && name != ".."
@@ -221,6 +226,9 @@ mod tests {
             assert!(valid_device_name(good), "{good}");
         }
         let long = "x".repeat(MAX_NAME_CHARS + 1);
+        let wide = "\u{1F600}".repeat(MAX_NAME_CHARS);
+        assert!(valid_device_name(&"\u{4E2D}".repeat(MAX_NAME_CHARS)), "64 CJK: 192 bytes");
+        assert!(format!("From {}", "\u{4E2D}".repeat(MAX_NAME_CHARS)).len() <= 255);
         for bad in [
             "",
             " lead",
@@ -230,6 +238,9 @@ mod tests {
             "a/b",
             "bell\u{7}",
             "rtl\u{202e}",
+            &wide,
+            "lap\u{3164}top",
+            "\u{2800}",
             long.as_str(),
         ] {
             assert!(!valid_device_name(bad), "{bad:?}");

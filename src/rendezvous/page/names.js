@@ -10,9 +10,9 @@ const MAX_PATH_BYTES = 2048;
 const PARTIAL_SUFFIX = '.p2pd-part';
 const CODE_WORDS = 2;
 // Controls (C0, DEL, C1) and the invisible, bidi and tag characters that make a name
-// read as something it is not (src/terminal.rs is_dangerous_char).
+// read as something it is not, and blank fillers (src/terminal.rs is_dangerous_char).
 const DANGEROUS =
-  /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\u{e0000}-\u{e007f}]/u;
+  /[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u206f\u2800\u3164\ufeff\uffa0\ufff9-\ufffb\u{e0000}-\u{e007f}]/u;
 
 const byteLength = (s) => new TextEncoder().encode(s).length;
 
