@@ -11,7 +11,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::messages::{ClientMessage, IceServerInfo, ServerErrorKind, ServerMessage};
 use super::server::MAX_MESSAGE_BYTES;
-use super::tls::{Endpoint, is_untrusted_certificate};
+use super::tls::{CertificateProblem, Endpoint, certificate_problem};
 use super::{Role, SignalError};
 
 pub struct RendezvousClient {
@@ -42,18 +42,19 @@ impl RendezvousClient {
             Some(connector),
         )
         .await
-        .map_err(|source| {
-            if is_untrusted_certificate(&source) {
-                SignalError::Untrusted {
-                    url: url.clone(),
-                    source: Box::new(source),
-                }
-            } else {
-                SignalError::Connect {
-                    url: url.clone(),
-                    source: Box::new(source),
-                }
-            }
+        .map_err(|source| match certificate_problem(&source) {
+            Some(CertificateProblem::WrongName) => SignalError::WrongName {
+                url: url.clone(),
+                source: Box::new(source),
+            },
+            Some(CertificateProblem::Untrusted) => SignalError::Untrusted {
+                url: url.clone(),
+                source: Box::new(source),
+            },
+            None => SignalError::Connect {
+                url: url.clone(),
+                source: Box::new(source),
+            },
         })?;
         Ok(RendezvousClient {
             ws,

@@ -47,6 +47,14 @@ pub enum SignalError {
         #[source]
         source: Box<tokio_tungstenite::tungstenite::Error>,
     },
+    #[error(
+        "the rendezvous at {url} presented a certificate for another name: use the host name its certificate was issued for in the address"
+    )]
+    WrongName {
+        url: String,
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
     #[error("the rendezvous closed the connection")]
     RendezvousClosed,
     #[error("no transfer is waiting for that code: check it, or ask the sender for a new one")]

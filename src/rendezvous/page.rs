@@ -106,8 +106,17 @@ fn same_origin(origin: &str, host: Option<&str>) -> bool {
     }
 }
 
+/// How the page is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    /// Also tells the browser to come back only over HTTPS (HSTS): a page fetched once
+    /// over plain HTTP on a hostile network could be any code at all.
+    Https,
+}
+
 /// The whole HTTP response for `head` (not a WebSocket upgrade).
-pub fn respond(head: &Head) -> Vec<u8> {
+pub fn respond(head: &Head, scheme: Scheme) -> Vec<u8> {
     let (status, kind, body): (&str, &str, std::borrow::Cow<'static, str>) = match head {
         Head::Get { path, .. } => match path.as_str() {
             "/" | "/index.html" => ("200 OK", "text/html; charset=utf-8", INDEX.into()),
@@ -164,8 +173,12 @@ pub fn respond(head: &Head) -> Vec<u8> {
          Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n\
          Referrer-Policy: no-referrer\r\nX-Frame-Options: DENY\r\n\
          Content-Security-Policy: default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
+         {hsts}Connection: close\r\n\r\n",
+        body.len(),
+        hsts = match scheme {
+            Scheme::Https => "Strict-Transport-Security: max-age=31536000\r\n",
+            Scheme::Http => "",
+        }
     )
     .into_bytes();
     if !head_only {
@@ -195,8 +208,8 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<(Vec<u8>,
 }
 
 /// Answers a page request and closes.
-pub async fn serve<S: AsyncWrite + Unpin>(stream: &mut S, head: &Head) {
-    let _ = stream.write_all(&respond(head)).await;
+pub async fn serve<S: AsyncWrite + Unpin>(stream: &mut S, head: &Head, scheme: Scheme) {
+    let _ = stream.write_all(&respond(head, scheme)).await;
     let _ = stream.shutdown().await;
 }
 
@@ -285,10 +298,13 @@ mod tests {
     #[test]
     fn the_page_its_scripts_and_the_word_list_are_served_and_nothing_else() {
         let get = |path: &str| {
-            String::from_utf8(respond(&Head::Get {
-                path: path.into(),
-                head_only: false,
-            }))
+            String::from_utf8(respond(
+                &Head::Get {
+                    path: path.into(),
+                    head_only: false,
+                },
+                Scheme::Http,
+            ))
             .unwrap()
         };
         assert!(get("/").starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/html"));
@@ -304,12 +320,20 @@ mod tests {
         assert_eq!(list[0], WORDS[0]);
         assert!(get("/../etc/passwd").starts_with("HTTP/1.1 404"));
         assert!(get("/").contains("Content-Security-Policy: default-src 'self'"));
-        let head = String::from_utf8(respond(&Head::Get {
-            path: "/".into(),
-            head_only: true,
-        }))
+        let head = String::from_utf8(respond(
+            &Head::Get {
+                path: "/".into(),
+                head_only: true,
+            },
+            Scheme::Https,
+        ))
         .unwrap();
         assert!(head.ends_with("\r\n\r\n"));
+        assert!(head.contains("Strict-Transport-Security: max-age="));
+        assert!(
+            !get("/").contains("Strict-Transport-Security"),
+            "not over HTTP"
+        );
     }
 
     #[tokio::test]

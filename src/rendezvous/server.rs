@@ -268,7 +268,11 @@ async fn websocket(stream: TcpStream, tls: Option<&ServerTls>) -> Option<Ws> {
         match super::page::parse_head(&read[..end]) {
             super::page::Head::WebSocket => {}
             other => {
-                super::page::serve(&mut transport, &other).await;
+                let scheme = match tls {
+                    Some(_) => super::page::Scheme::Https,
+                    None => super::page::Scheme::Http,
+                };
+                super::page::serve(&mut transport, &other, scheme).await;
                 return None;
             }
         }

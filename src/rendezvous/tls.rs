@@ -192,10 +192,19 @@ impl From<&Endpoint> for Endpoint {
     }
 }
 
+/// Why the server's certificate did not verify, as far as the user can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CertificateProblem {
+    /// Not issued for the host in the address: the address is wrong, not the trust.
+    WrongName,
+    /// Any other verification failure: an unknown issuer, expired, revoked…
+    Untrusted,
+}
+
 /// Whether a failed connection was refused because the server's certificate did not
-/// verify (rather than the server being unreachable): by type, at either layer the
-/// rustls error may arrive through.
-pub(crate) fn is_untrusted_certificate(error: &tungstenite::Error) -> bool {
+/// verify (rather than the server being unreachable), and why: by type, at either layer
+/// the rustls error may arrive through.
+pub(crate) fn certificate_problem(error: &tungstenite::Error) -> Option<CertificateProblem> {
     let rustls_error = match error {
         tungstenite::Error::Tls(tungstenite::error::TlsError::Rustls(inner)) => Some(inner),
         tungstenite::Error::Io(io) => io
@@ -203,7 +212,14 @@ pub(crate) fn is_untrusted_certificate(error: &tungstenite::Error) -> bool {
             .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
         _ => None,
     };
-    matches!(rustls_error, Some(rustls::Error::InvalidCertificate(_)))
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidForName
+            | rustls::CertificateError::NotValidForNameContext { .. },
+        )) => Some(CertificateProblem::WrongName),
+        Some(rustls::Error::InvalidCertificate(_)) => Some(CertificateProblem::Untrusted),
+        _ => None,
+    }
 }
 
 /// The server's certificate and key, read from files. [`ServerTls::reload`] swaps them

@@ -92,6 +92,24 @@ async fn a_transfer_completes_through_a_tls_rendezvous_trusted_by_a_private_ca()
         let page = https_get(listener_addr(&url), &ca_file, "/").await;
         assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
         assert!(page.contains("<title>p2pd"), "{page}");
+        assert!(
+            page.contains("Strict-Transport-Security: max-age="),
+            "{page}"
+        );
+
+        // An address the certificate does not name is told as such, not as distrust.
+        let port = listener_addr(&url).port();
+        let misnamed =
+            connect_trusting(&format!("wss://localhost:{port}"), &ca_file, Duration::ZERO).await;
+        assert!(
+            matches!(misnamed, Err(SignalError::WrongName { .. })),
+            "{misnamed:?}"
+        );
+        let message = misnamed.unwrap_err().to_string();
+        assert!(
+            message.contains("another name") && !message.contains("--rendezvous-ca"),
+            "{message}"
+        );
 
         // A daemon that trusts another CA is refused, and told what to do in one line.
         let other = TestCa::new("someone else").write_ca(dir.path(), "other");
