@@ -61,6 +61,9 @@ fn fail(kind: ErrorKind, message: impl Into<String>) -> Outcome {
     Outcome::Frame(Box::new(error(kind, message)))
 }
 
+/// What a joiner hears when someone else claimed its pairing code first.
+const CROWDED: &str = "someone else joined this pairing first: if the other device now lists a device that is not this one, run p2p unpair NAME there, then p2p pair again";
+
 /// A rendezvous failure in pairing's words: the transfer's would send people to `p2p send`.
 fn signal(e: crate::rendezvous::SignalError) -> Outcome {
     use crate::rendezvous::SignalError;
@@ -79,6 +82,9 @@ fn signal(e: crate::rendezvous::SignalError) -> Outcome {
             "someone took the code without completing the key exchange (a guess, or an attempt to block the pairing): run p2p pair again for a new code"
         }
         SignalError::PeerGone => "the other device went away before the pairing completed",
+        // A third party with the code got there first; if the other device's person
+        // skipped the fingerprint, it is now paired with them (issue #23).
+        SignalError::Crowded => CROWDED,
         _ => return fail(failure.kind, failure.message),
     };
     fail(failure.kind, message)
@@ -247,6 +253,23 @@ mod tests {
     #[test]
     fn a_comparing_side_speaks_well_within_the_rendezvous_silence_limit() {
         assert!(super::KEEPALIVE * 2 <= crate::rendezvous::server::PAIRED_IDLE_TIMEOUT);
+    }
+
+    #[test]
+    fn a_joiner_beaten_to_the_code_is_told_to_check_and_unpair() {
+        let super::Outcome::Frame(frame) = super::signal(crate::rendezvous::SignalError::Crowded)
+        else {
+            panic!("a frame expected");
+        };
+        let crate::ipc::messages::ServerFrame::Error { message, .. } = *frame else {
+            panic!("an error expected");
+        };
+        assert!(
+            message.starts_with("someone else joined this pairing first"),
+            "{message}"
+        );
+        assert!(message.contains("p2p unpair"), "{message}");
+        assert!(!message.contains("two other parties"), "{message}");
     }
 
     #[test]
