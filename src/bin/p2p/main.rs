@@ -168,16 +168,17 @@ enum Command {
     /// Set what happens to files a paired device sends: ask (they wait in p2p inbox) or
     /// auto (accepted without asking). Either way they are saved to "From NAME" in the
     /// download directory; offers past a cap are refused, and the sender is told why. A cap
-    /// left out is removed.
+    /// bounds each offer, not a total over time (a device may send again). A cap left out
+    /// is removed.
     Rule {
         /// The device's name, as p2p devices lists it.
         name: String,
         /// ask or auto.
         rule: devices::RuleArg,
-        /// Refuse offers of more files than this.
+        /// Refuse each offer of more files than this.
         #[arg(long, value_name = "N")]
         max_files: Option<u64>,
-        /// Refuse offers larger than this in total, like 500M or 2G (powers of 1024).
+        /// Refuse each offer larger than this in total, like 500M or 2G (powers of 1024).
         #[arg(long, value_name = "SIZE", value_parser = devices::parse_size)]
         max_size: Option<u64>,
     },
