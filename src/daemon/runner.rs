@@ -356,7 +356,10 @@ pub async fn run_send(
     path: PathPolicy,
 ) {
     let cancel = job.cancel.clone();
-    let durable = AtomicBool::new(false);
+    // A send waiting for a device is kept (`outbox`) from the moment it was recorded, not
+    // from when this task first runs: a daemon stopping before then must leave it to the
+    // next start, not cancel it (the restart test lost it under load, issue #29).
+    let durable = AtomicBool::new(matches!(meeting, SendMeeting::Device(_)));
     let mut record = None;
     let work = async {
         let session = match meeting {
@@ -371,7 +374,6 @@ pub async fn run_send(
             SendMeeting::Device(target) => {
                 // Waiting for the device is kept (`outbox`): a daemon stopping now leaves
                 // the send to its next start instead of cancelling it.
-                durable.store(true, Ordering::SeqCst);
                 let met = or_cancel(&cancel, async {
                     mailbox::meet(&context, &target, DeviceMessage::Transfer)
                         .await
