@@ -440,6 +440,7 @@ impl DaemonConfig {
                     .sctp_recovery
                     .or(file.sctp_recovery)
                     .unwrap_or_default(),
+                remote_candidates: Default::default(),
             },
             path_policy,
         })

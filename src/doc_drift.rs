@@ -232,6 +232,14 @@ fn the_manual_signaling_bounds_are_the_codes() {
         "PROTOCOL.md",
         &format!("most {} KiB) and gives three tries", MAX_BLOB_BYTES / KIB),
     );
+    let candidates = crate::rtc::peer::candidates::MAX_REMOTE_CANDIDATES;
+    states(
+        PROTOCOL,
+        "PROTOCOL.md",
+        &format!(
+            "more than {candidates} endpoints (address and port) is refused, and an attempt takes at most {candidates} trickled"
+        ),
+    );
     let answer = secs(crate::daemon::manual::ANSWER_WAIT) / 60;
     let connect = secs(crate::daemon::manual::CONNECT_WAIT) / 60;
     states(

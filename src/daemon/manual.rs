@@ -17,7 +17,9 @@ use tracing::Instrument;
 use super::jobs::{Context, Job, Jobs, failure, file_infos};
 use super::runner::{JobError, approval, check_route, finish, or_cancel, until_lost};
 use crate::ipc::messages::{Direction, ErrorKind, Failure, JobInfo, JobState, PathPolicy};
+use crate::lan::announce::on_local_subnet;
 use crate::rendezvous::Role;
+use crate::rtc::peer::candidates::CandidatePolicy;
 use crate::rtc::peer::manual::{self, Kind};
 use crate::rtc::{self, RtcSettings};
 use crate::transfer::receiver::Question;
@@ -51,8 +53,12 @@ fn settings_for(context: &Context, path: PathPolicy, via: &Via) -> Result<RtcSet
         ..context.config.rtc.clone()
     };
     if matches!(via, Via::Nearby(_)) {
-        // The LAN only: no STUN, no TURN, nothing that leaves it.
+        // The LAN only: no STUN, no TURN, nothing that leaves it; and anyone on the LAN
+        // can offer, unauthenticated, so its candidates aim this daemon's checks only at
+        // this machine's subnets.
         settings.ice_servers.clear();
+        let subnets = super::nearby::local_subnets();
+        settings.remote_candidates = CandidatePolicy::only(move |ip| on_local_subnet(ip, &subnets));
     }
     if settings.relay_only && !settings.has_relay() {
         return Err(JobError::NoRelay);
@@ -194,9 +200,12 @@ async fn run_send(
         // checks again.
         let sdp = match manual::decode(&answer, Kind::Answer) {
             Ok(sdp) => sdp,
-            Err(_) => {
+            Err(error) => {
                 pending.close().await;
-                return Err(JobError::Rtc(rtc::RtcError::BadSignal));
+                return Err(JobError::Rtc(match error {
+                    manual::BlobError::TooManyCandidates(many) => many.into(),
+                    _ => rtc::RtcError::BadSignal,
+                }));
             }
         };
         if let Err(error) = pending.apply_answer(&sdp).await {

@@ -75,6 +75,7 @@ impl JobError {
                     RtcError::NoRoute => ErrorKind::NoRoute,
                     RtcError::Handshake => ErrorKind::Protocol,
                     RtcError::HandshakeStalled => ErrorKind::Protocol,
+                    RtcError::TooManyCandidates(_) => ErrorKind::Protocol,
                     RtcError::Signaling(s) => return signal_failure(s),
                     _ => ErrorKind::PeerGone,
                 },

@@ -28,6 +28,8 @@ pub enum RtcError {
     ChannelClosed,
     #[error("the peer sent a malformed signaling message")]
     BadSignal,
+    #[error(transparent)]
+    TooManyCandidates(#[from] peer::candidates::TooManyCandidates),
     #[error("signaling failed")]
     Signaling(#[source] crate::rendezvous::SignalError),
     #[error(

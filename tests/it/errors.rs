@@ -178,6 +178,7 @@ fn config_for(socket: std::path::PathBuf, downloads: std::path::PathBuf) -> Daem
             sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
             sctp_window_max_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_MAX_BYTES,
             sctp_recovery: Default::default(),
+            remote_candidates: Default::default(),
         },
         limits: Default::default(),
         path_policy: Default::default(),

@@ -2,6 +2,7 @@
 
 mod abuse;
 mod browser;
+mod candidates;
 mod cli;
 mod ctrl_c;
 mod devices;

@@ -338,6 +338,7 @@ mod in_the_middle {
             sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
             sctp_window_max_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_MAX_BYTES,
             sctp_recovery: Default::default(),
+            remote_candidates: Default::default(),
         }
     }
 

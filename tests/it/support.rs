@@ -88,6 +88,7 @@ impl TestDaemon {
                 sctp_window_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_BYTES,
                 sctp_window_max_bytes: p2pd::rtc::peer::SCTP_RECEIVE_WINDOW_MAX_BYTES,
                 sctp_recovery: Default::default(),
+                remote_candidates: Default::default(),
             },
             limits: options.limits,
             path_policy: Default::default(),

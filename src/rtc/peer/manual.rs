@@ -14,6 +14,7 @@ use webrtc::peer_connection::{
     RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
 };
 
+use super::candidates::{TooManyCandidates, check_count};
 use super::negotiate::{Attempt, accept_channel};
 use super::{Connection, HANDSHAKE_TIMEOUT, RtcSettings};
 use crate::rendezvous::Role;
@@ -67,6 +68,8 @@ pub enum BlobError {
         "the session description in it is damaged (not SDP with a DTLS fingerprint and ICE credentials): copy the whole line again"
     )]
     NotSdp,
+    #[error(transparent)]
+    TooManyCandidates(#[from] TooManyCandidates),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -114,6 +117,7 @@ pub fn decode(blob: &str, expected: Kind) -> Result<String, BlobError> {
         return Err(BlobError::NotSdp);
     }
     RTCSessionDescription::offer(sdp.clone()).map_err(|_| BlobError::NotSdp)?;
+    check_count(&sdp)?;
     Ok(sdp)
 }
 
@@ -142,10 +146,10 @@ pub async fn answer(
 ) -> Result<(Pending, String), RtcError> {
     let mut attempt = Attempt::new(Role::Receiver, settings, 0);
     let described = async {
+        let offer_sdp = attempt.remote_sdp(offer_sdp)?;
         let (pc, channels) = attempt.build().await?;
         attempt.opening = Some(accept_channel(channels));
-        let offer =
-            RTCSessionDescription::offer(offer_sdp.to_owned()).map_err(|_| RtcError::BadSignal)?;
+        let offer = RTCSessionDescription::offer(offer_sdp).map_err(|_| RtcError::BadSignal)?;
         pc.set_remote_description(offer)
             .await
             .map_err(|_| RtcError::BadSignal)?;
@@ -214,8 +218,8 @@ impl Pending {
         let (Role::Sender, Some(pc)) = (self.attempt.role, &self.attempt.pc) else {
             return Err(RtcError::BadSignal);
         };
-        let answer =
-            RTCSessionDescription::answer(sdp.to_owned()).map_err(|_| RtcError::BadSignal)?;
+        let sdp = self.attempt.remote_sdp(sdp)?;
+        let answer = RTCSessionDescription::answer(sdp).map_err(|_| RtcError::BadSignal)?;
         pc.set_remote_description(answer)
             .await
             .map_err(|_| RtcError::BadSignal)
@@ -280,6 +284,7 @@ impl Pending {
 
 #[cfg(test)]
 mod tests {
+    use super::super::candidates::MAX_REMOTE_CANDIDATES;
     use super::*;
 
     const SDP: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=fingerprint:sha-256 AB:CD\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n";
@@ -337,6 +342,27 @@ mod tests {
     }
 
     #[test]
+    fn a_paste_listing_more_candidates_than_a_device_has_is_refused() {
+        let listing = |n: u16| -> String {
+            (0..n)
+                .map(|i| {
+                    format!(
+                        "a=candidate:{i} 1 udp 1 127.0.0.1 {} typ host\r\n",
+                        40000 + i
+                    )
+                })
+                .collect()
+        };
+        let most = format!("{SDP}{}", listing(MAX_REMOTE_CANDIDATES as u16));
+        assert!(decode(&encode(Kind::Offer, &most), Kind::Offer).is_ok());
+        let hostile = format!("{SDP}{}", listing(700));
+        assert_eq!(
+            decode(&encode(Kind::Offer, &hostile), Kind::Offer),
+            Err(BlobError::TooManyCandidates(TooManyCandidates(700)))
+        );
+    }
+
+    #[test]
     fn the_messages_say_what_to_do_in_one_line() {
         for error in [
             BlobError::Empty,
@@ -348,6 +374,7 @@ mod tests {
                 found: Kind::Offer,
             },
             BlobError::NotSdp,
+            BlobError::TooManyCandidates(TooManyCandidates(700)),
         ] {
             let text = error.to_string();
             assert!(!text.contains('\n'), "{text}");

@@ -2,9 +2,11 @@
 //! peer connection, one data channel), loss watching, and the limits the peers agree on.
 //! Building a peer connection is in `build.rs`, the signaling messages in `signal.rs`,
 //! negotiating over the sealed session in `negotiate.rs`, reading the selected path and
-//! certificates from the stack's statistics in `route.rs`.
+//! certificates from the stack's statistics in `route.rs`, which of the other side's
+//! candidates are checked in `candidates.rs`.
 
 mod build;
+pub mod candidates;
 pub mod manual;
 pub(crate) mod negotiate;
 mod route;
@@ -68,6 +70,9 @@ pub struct RtcSettings {
     pub sctp_window_max_bytes: u32,
     /// Loss recovery and congestion control of every association (process-wide).
     pub sctp_recovery: super::sctp::SctpRecovery,
+    /// Which of the other side's candidates are checked, beyond the fixed rules of
+    /// `candidates.rs`.
+    pub remote_candidates: candidates::CandidatePolicy,
 }
 
 impl RtcSettings {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState,
@@ -17,6 +17,7 @@ use webrtc::peer_connection::{
 };
 
 use super::build::{Watches, build};
+use super::candidates::{Filter, MAX_REMOTE_CANDIDATES};
 use super::signal::{ATTEMPTS, Fit, Signal, fit, send_signal};
 use super::{
     CHANNEL_LABEL, CONNECT_TIMEOUT, Connection, HANDSHAKE_TIMEOUT, PEER_LEFT_GRACE, RtcSettings,
@@ -53,6 +54,10 @@ pub(super) struct Attempt {
     candidates: mpsc::Sender<RTCIceCandidateInit>,
     /// Local candidates, to trickle to the peer.
     gathered: mpsc::Receiver<RTCIceCandidateInit>,
+    /// What of the other side's candidates is checked.
+    filter: Filter,
+    /// Candidates the other side trickled in this attempt, kept or not.
+    trickled: usize,
 }
 
 impl Attempt {
@@ -71,7 +76,32 @@ impl Attempt {
             gathering: states.gathering,
             candidates,
             gathered,
+            filter: Filter::new(&settings.bind, &settings.remote_candidates),
+            trickled: 0,
         }
+    }
+
+    /// The other side's description without the candidates this side does not check;
+    /// refused when it lists more than any device has.
+    pub(super) fn remote_sdp(&self, sdp: &str) -> Result<String, RtcError> {
+        let (kept, dropped) = self.filter.sdp(sdp)?;
+        if dropped > 0 {
+            info!(
+                dropped,
+                "the other side's description named addresses this side does not check (loopback, link-local, multicast, outside the allowed networks, or not UDP): left out"
+            );
+        }
+        Ok(kept)
+    }
+
+    /// Whether a trickled candidate is checked: one this side may check, within the
+    /// attempt's count. An empty one (the end of candidates) names nothing and passes.
+    fn takes(&mut self, candidate: &RTCIceCandidateInit) -> bool {
+        if candidate.candidate.trim().is_empty() {
+            return true;
+        }
+        self.trickled += 1;
+        self.trickled <= MAX_REMOTE_CANDIDATES && self.filter.keeps(&candidate.candidate)
     }
 
     pub(super) async fn build(
@@ -386,6 +416,7 @@ async fn handle_signal(
             if attempt.role != Role::Receiver || attempt.pc.is_some() {
                 return Err(RtcError::BadSignal);
             }
+            let sdp = attempt.remote_sdp(&sdp)?;
             let (pc, channels) = attempt.build().await?;
             attempt.opening = Some(accept_channel(channels));
             let offer = RTCSessionDescription::offer(sdp).map_err(|_| RtcError::BadSignal)?;
@@ -407,6 +438,7 @@ async fn handle_signal(
             .await?;
         }
         Signal::Answer { sdp, .. } => {
+            let sdp = attempt.remote_sdp(&sdp)?;
             let (Role::Sender, Some(pc)) = (attempt.role, &attempt.pc) else {
                 return Err(RtcError::BadSignal);
             };
@@ -416,8 +448,11 @@ async fn handle_signal(
                 .map_err(|_| RtcError::BadSignal)?;
         }
         Signal::Candidate { candidate, .. } => {
-            // A candidate we cannot use is not fatal: others may still connect.
-            if let Some(pc) = &attempt.pc
+            // A candidate we cannot use, or may not check, is not fatal: others may still
+            // connect.
+            if !attempt.takes(&candidate) {
+                debug!("ignoring a remote candidate this side does not check");
+            } else if let Some(pc) = &attempt.pc
                 && let Err(error) = pc.add_ice_candidate(candidate).await
             {
                 debug!(%error, "ignoring remote candidate");
