@@ -135,8 +135,7 @@ pub fn json_line(value: &serde_json::Value) -> String {
 mod tests {
     use super::*;
 
-    const HOSTILE: &str =
-        "a\u{1b}]0;PWNED\u{7}\u{1b}[2J\nb\r\u{7f}\u{9b}c\u{202E}d\u{2066}e\u{200B}f\u{E0041}g\u{3164}h\u{2800}i\u{115F}";
+    const HOSTILE: &str = "a\u{1b}]0;PWNED\u{7}\u{1b}[2J\nb\r\u{7f}\u{9b}c\u{202E}d\u{2066}e\u{200B}f\u{E0041}g\u{3164}h\u{2800}i\u{115F}";
 
     fn harmless(text: &str) -> bool {
         !text.chars().any(is_dangerous_char)

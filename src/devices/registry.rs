@@ -227,7 +227,10 @@ mod tests {
         }
         let long = "x".repeat(MAX_NAME_CHARS + 1);
         let wide = "\u{1F600}".repeat(MAX_NAME_CHARS);
-        assert!(valid_device_name(&"\u{4E2D}".repeat(MAX_NAME_CHARS)), "64 CJK: 192 bytes");
+        assert!(
+            valid_device_name(&"\u{4E2D}".repeat(MAX_NAME_CHARS)),
+            "64 CJK: 192 bytes"
+        );
         assert!(format!("From {}", "\u{4E2D}".repeat(MAX_NAME_CHARS)).len() <= 255);
         for bad in [
             "",

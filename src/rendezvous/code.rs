@@ -6,8 +6,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rand::Rng;
-
 use super::words::WORDS;
 
 /// How many words a code carries. Two words of 8 bits give a 1-in-65 536 chance to a
@@ -31,15 +29,47 @@ pub enum CodeError {
         "the code has {0} word(s) after the number but needs {CODE_WORDS}: check it, like 7-orbit-lantern"
     )]
     WrongWordCount(usize),
-    #[error("'{0}' is not one of p2pd's code words: check the spelling of the code")]
-    UnknownWord(String),
+    #[error("'{word}' is not one of p2pd's code words: {}", word_hint(*.nearest))]
+    UnknownWord {
+        word: String,
+        /// The list's closest word, when a typo explains the difference.
+        nearest: Option<&'static str>,
+    },
+}
+
+fn word_hint(nearest: Option<&str>) -> String {
+    match nearest {
+        Some(word) => format!("did you mean '{word}'? (p2p words lists them all)"),
+        None => "check the spelling of the code (p2p words lists them all)".to_owned(),
+    }
+}
+
+/// The words codes are made of, in the list's order.
+pub fn code_words() -> &'static [&'static str] {
+    &WORDS
+}
+
+/// The list's word closest to `typed` (lowercase), if at most two edits away; the first
+/// in list order on a tie. Two edits cover a dropped, doubled or swapped letter.
+pub fn nearest_word(typed: &str) -> Option<&'static str> {
+    WORDS
+        .iter()
+        .map(|w| (strsim::levenshtein(typed, w), *w))
+        .filter(|(distance, _)| *distance <= 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, w)| w)
 }
 
 impl Code {
-    /// A fresh code for `nameplate` with words from the OS's secure RNG.
+    /// A fresh code for `nameplate` with distinct words from the OS's secure RNG (a
+    /// repeated word reads like a typo, and costs under half a bit).
     pub fn generate(nameplate: u32) -> Code {
         let mut rng = rand::rngs::OsRng;
-        let words = std::array::from_fn(|_| WORDS[rng.gen_range(0..WORDS.len())]);
+        let picked = rand::seq::index::sample(&mut rng, WORDS.len(), CODE_WORDS);
+        let mut words = [""; CODE_WORDS];
+        for (slot, index) in words.iter_mut().zip(picked.iter()) {
+            *slot = WORDS[index];
+        }
         Code { nameplate, words }
     }
 
@@ -83,7 +113,10 @@ impl FromStr for Code {
                 .iter()
                 .find(|w| **w == lower)
                 .copied()
-                .ok_or_else(|| CodeError::UnknownWord(printable(word)))?;
+                .ok_or_else(|| CodeError::UnknownWord {
+                    word: printable(word),
+                    nearest: nearest_word(&lower),
+                })?;
         }
         Ok(Code { nameplate, words })
     }
@@ -121,12 +154,49 @@ mod tests {
         assert_eq!(code, "42-orbit-lantern".parse().unwrap());
         assert!(matches!(
             Code::with_words(42, "orbit-zzzz"),
-            Err(CodeError::UnknownWord(_))
+            Err(CodeError::UnknownWord { .. })
         ));
         assert!(matches!(
             Code::with_words(42, "orbit"),
             Err(CodeError::WrongWordCount(1))
         ));
+    }
+
+    #[test]
+    fn a_typo_gets_the_nearest_word_and_the_way_to_see_them_all() {
+        let typo = "7-fosil-lantern".parse::<Code>().unwrap_err();
+        assert_eq!(
+            typo,
+            CodeError::UnknownWord {
+                word: "fosil".into(),
+                nearest: nearest_word("fosil"),
+            }
+        );
+        let message = typo.to_string();
+        assert!(
+            message.contains("did you mean '") && message.contains("p2p words"),
+            "{message}"
+        );
+        assert_eq!(
+            nearest_word("lantren"),
+            Some("lantern"),
+            "two swapped letters"
+        );
+        assert_eq!(nearest_word("orbitt"), Some("orbit"));
+        assert_eq!(nearest_word("xyzzyq"), None);
+        let far = "7-notaword-orbit".parse::<Code>().unwrap_err().to_string();
+        assert!(
+            far.ends_with("check the spelling of the code (p2p words lists them all)"),
+            "{far}"
+        );
+    }
+
+    #[test]
+    fn generated_codes_never_repeat_a_word() {
+        for _ in 0..2000 {
+            let code = Code::generate(1);
+            assert_ne!(code.words[0], code.words[1]);
+        }
     }
 
     #[test]
@@ -159,7 +229,7 @@ mod tests {
         );
         assert!(matches!(
             "7-orbit-notaword".parse::<Code>(),
-            Err(CodeError::UnknownWord(_))
+            Err(CodeError::UnknownWord { .. })
         ));
     }
 

@@ -283,7 +283,10 @@ async fn a_mistyped_code_spends_nothing_and_an_offer_of_folders_only_completes()
         typo_result["error"],
         format!(
             "error: {}",
-            p2pd::rendezvous::CodeError::UnknownWord("notaword".into())
+            p2pd::rendezvous::CodeError::UnknownWord {
+                word: "notaword".into(),
+                nearest: p2pd::rendezvous::code::nearest_word("notaword"),
+            }
         )
     );
     // The code was not spent: the right one still works, and folders alone complete.

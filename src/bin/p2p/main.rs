@@ -204,6 +204,8 @@ enum Command {
         /// The offer's job number, as p2p inbox lists it.
         id: u64,
     },
+    /// List the 256 words codes are made of (for p2p send --code, or to check a code).
+    Words,
     /// Print a shell completion script, e.g. `p2p completions bash > /etc/bash_completion.d/p2p`.
     Completions {
         /// The shell to complete for.
@@ -274,6 +276,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Man { dir } => {
             write_man_pages(command(), &dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Words => {
+            let mut out = std::io::stdout().lock();
+            for row in p2pd::rendezvous::code::code_words().chunks(8) {
+                writeln!(out, "{}", row.join(" "))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Send {

@@ -61,6 +61,34 @@ export function offerProblem(files, folders) {
   return null;
 }
 
+// Edits (insertions, deletions, substitutions) from a to b.
+function editDistance(a, b) {
+  let row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i += 1) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j += 1) {
+      next.push(Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1)));
+    }
+    row = next;
+  }
+  return row[b.length];
+}
+
+// The list's word closest to a typo, at most two edits away; the first on a tie
+// (src/rendezvous/code.rs nearest_word).
+function nearestWord(typed, words) {
+  let best = null;
+  let bestDistance = 3;
+  for (const word of words) {
+    const distance = editDistance(typed, word);
+    if (distance < bestDistance) {
+      best = word;
+      bestDistance = distance;
+    }
+  }
+  return best;
+}
+
 // The nameplate and the canonical code (the SPAKE2 password), or a Failure in the CLI's
 // words, before anything is sent: a typo must not spend the code.
 export function parseCode(text, words) {
@@ -79,7 +107,11 @@ export function parseCode(text, words) {
   const chosen = parts.map((word) => {
     const lower = word.toLowerCase();
     if (!words.includes(lower)) {
-      throw new Failure(`'${word.slice(0, 40)}' is not one of p2pd's code words: check the spelling of the code`);
+      const nearest = nearestWord(lower, words);
+      const hint = nearest
+        ? `did you mean '${nearest}'? (p2p words lists them all)`
+        : 'check the spelling of the code (p2p words lists them all)';
+      throw new Failure(`'${word.slice(0, 40)}' is not one of p2pd's code words: ${hint}`);
     }
     return lower;
   });
