@@ -105,6 +105,7 @@ mod tests {
             sas: None,
             device: None,
             wait_deadline_unix: None,
+            message_offered: false,
         }
     }
 

@@ -218,6 +218,10 @@ impl Observer for Job {
             .send_modify(|info| info.saved_folders.push(path.to_owned()));
     }
 
+    fn message_offered(&self) {
+        self.info.send_modify(|info| info.message_offered = true);
+    }
+
     fn text_received(&self, text: &str) {
         let text = text.to_owned();
         self.info.send_modify(|info| info.text = Some(text));
@@ -385,6 +389,7 @@ impl Jobs {
             sas: None,
             device: None,
             wait_deadline_unix: None,
+            message_offered: false,
         };
         // Not a child of the daemon's shutdown: stopping the daemon interrupts a durable
         // job (to resume later) rather than cancelling it; the runner decides.

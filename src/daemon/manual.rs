@@ -22,7 +22,7 @@ use crate::rendezvous::Role;
 use crate::rtc::peer::candidates::CandidatePolicy;
 use crate::rtc::peer::manual::{self, Kind};
 use crate::rtc::{self, RtcSettings};
-use crate::transfer::receiver::Question;
+use crate::transfer::receiver::{Answer, Question};
 use crate::transfer::source::Sources;
 use crate::transfer::{self, receiver, sas, sender};
 
@@ -301,14 +301,17 @@ async fn run_receive(
         let asked = job.clone();
         let approve = move |question| async move {
             match question {
-                Question::Offer => approval(asked, accept, limit).await,
+                Question::Offer => Answer::from_yes(approval(asked, accept, limit).await),
                 // A message is shown as the sender's words, and whoever carried the
                 // pasted descriptions may be the one sending it: it waits until this
                 // side's person says the strings are the same, even with --yes (which
                 // takes files unasked; they are kept under their names, not shown as
                 // what the sender says). Refusing messages, as nearby receivers do,
                 // would take them from the person who is at the terminal to compare.
-                Question::Message => compared(&asked).await,
+                Question::Message => match compared(&asked).await {
+                    true => Answer::Yes,
+                    false => Answer::NotCompared,
+                },
             }
         };
         // No journal: a manual job cannot resume, so nothing is kept for it.

@@ -20,7 +20,7 @@ use crate::rtc::{self, RtcError, RtcSettings};
 use crate::terminal::error_line;
 use crate::transfer::journal::Journal;
 use crate::transfer::names::Limits;
-use crate::transfer::receiver::Question;
+use crate::transfer::receiver::{Answer, Question};
 use crate::transfer::source::Sources;
 use crate::transfer::wire::Manifest;
 use crate::transfer::{self, Observer, TransferError, receiver, sender};
@@ -499,9 +499,14 @@ pub async fn run_receive(
         let asked = job.clone();
         let approve = move |question| async move {
             match question {
-                Question::Offer => approval(asked, accept, None).await,
-                // The channel proof showed that the code's holder sends it.
-                Question::Message => true,
+                Question::Offer => Answer::from_yes(approval(asked, accept, None).await),
+                // A paired device whose rule is ask: its message waits in the inbox like
+                // an offer, and is shown once accepted (issue #23). Otherwise the channel
+                // proof showed that the code's holder, or the paired device, sends it.
+                Question::Message => {
+                    let from_device = asked.info.borrow().device.is_some();
+                    Answer::from_yes(!from_device || approval(asked, accept, None).await)
+                }
             }
         };
         let mut fresh = JobRecord::new(

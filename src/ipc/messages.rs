@@ -304,6 +304,11 @@ pub struct JobSummary {
     pub device: Option<String>,
     /// A send to a paired device that is offline: when it stops waiting (Unix seconds).
     pub wait_deadline_unix: Option<u64>,
+    /// Receiving side: a message (not files) was offered and waits for an answer; its
+    /// words arrive in `text` once it is accepted. (Absent from finished jobs kept by an
+    /// older version: `history.json`.)
+    #[serde(default)]
+    pub message_offered: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -421,6 +426,9 @@ pub struct JobInfo {
     pub device: Option<String>,
     /// A send to a paired device that is offline: when it stops waiting (Unix seconds).
     pub wait_deadline_unix: Option<u64>,
+    /// Receiving side: a message (not files) was offered and waits for an answer; its
+    /// words arrive in `text` once it is accepted.
+    pub message_offered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -461,6 +469,7 @@ impl JobInfo {
             sas: self.sas.clone(),
             device: self.device.clone(),
             wait_deadline_unix: self.wait_deadline_unix,
+            message_offered: self.message_offered,
         }
     }
 
@@ -490,6 +499,7 @@ impl JobInfo {
         self.sas = s.sas.clone();
         self.device = s.device.clone();
         self.wait_deadline_unix = s.wait_deadline_unix;
+        self.message_offered = s.message_offered;
     }
 
     /// Folds one frame about this job into the view. Returns true on `Created`/`Update`:

@@ -31,6 +31,9 @@ pub const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 /// implementations quick and non-blocking.
 pub trait Observer: Send + Sync {
     fn offered(&self, _offer: &Manifest) {}
+    /// Receiving side: a message was offered instead of files (its words come with
+    /// `text_received`, once it may be shown).
+    fn message_offered(&self) {}
     /// Bytes the receiver has written, over all files.
     fn progress(&self, _bytes_done: u64) {}
     /// File `index` verified; on the receiving side, `saved` is where it now lives (files

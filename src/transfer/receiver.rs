@@ -84,6 +84,24 @@ pub enum Question {
     Message,
 }
 
+/// The answer to a [`Question`]: a "no" says why, since the sender is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Yes,
+    /// The person said no (or did not answer in time).
+    Declined,
+    /// Manual signaling: the person did not confirm the authentication string, so what
+    /// was offered may come from whoever carried the pasted descriptions.
+    NotCompared,
+}
+
+impl Answer {
+    /// A plain yes or no, as `approval` gives it.
+    pub fn from_yes(yes: bool) -> Answer {
+        if yes { Answer::Yes } else { Answer::Declined }
+    }
+}
+
 /// Runs the receiving side of a new transfer. `approve` is asked once: about the offer,
 /// after it passed every check, or about a message, before it is shown. Returns the offer
 /// once every file is saved.
@@ -95,7 +113,7 @@ pub async fn receive<F>(
     cancel: &CancellationToken,
 ) -> Result<Manifest, TransferError>
 where
-    F: Future<Output = bool> + Send,
+    F: Future<Output = Answer> + Send,
 {
     let manifest = match read_offer(link, &plan.limits, cancel).await? {
         Offered::Files(manifest) => manifest,
@@ -111,8 +129,15 @@ where
                 ));
                 return Err(reject(link, "the message is too long", error).await);
             }
-            if !decided(link, approve(Question::Message), cancel).await? {
-                return Err(reject(link, MESSAGE_NOT_SHOWN, TransferError::Declined).await);
+            observer.message_offered();
+            match decided(link, approve(Question::Message), cancel).await? {
+                Answer::Yes => {}
+                Answer::Declined => {
+                    return Err(reject(link, DECLINED, TransferError::Declined).await);
+                }
+                Answer::NotCompared => {
+                    return Err(reject(link, MESSAGE_NOT_SHOWN, TransferError::Declined).await);
+                }
             }
             receive_text(link, &text, observer, cancel).await?;
             return Ok(Manifest::default());
@@ -141,9 +166,12 @@ where
         Err(error) => return Err(reject(link, &error.peer_reason(), error).await),
     };
     observer.offered(&manifest);
-    let accepted = decided(link, approve(Question::Offer), cancel).await?;
-    if !accepted {
-        return Err(reject(link, DECLINED, TransferError::Declined).await);
+    match decided(link, approve(Question::Offer), cancel).await? {
+        Answer::Yes => {}
+        Answer::Declined => return Err(reject(link, DECLINED, TransferError::Declined).await),
+        Answer::NotCompared => {
+            return Err(reject(link, MESSAGE_NOT_SHOWN, TransferError::Declined).await);
+        }
     }
     if let Some(journal) = &plan.journal {
         let (journal, copy) = (journal.clone(), manifest.clone());
@@ -252,9 +280,9 @@ enum Offered {
 /// else the sender says meanwhile breaks the protocol.
 async fn decided(
     link: &dyn Link,
-    answer: impl Future<Output = bool>,
+    answer: impl Future<Output = Answer>,
     cancel: &CancellationToken,
-) -> Result<bool, TransferError> {
+) -> Result<Answer, TransferError> {
     tokio::select! {
         _ = cancel.cancelled() => Err(cancel_peer(link, "the receiver cancelled").await),
         accepted = answer => Ok(accepted),

@@ -371,3 +371,54 @@ async fn unpairing_a_device_ends_the_sends_waiting_for_it() {
         .count();
     assert_eq!(left, 0);
 }
+
+/// Sends `text` to the paired device `to`, as `p2p send --text … --to` does.
+async fn text_to(daemon: &TestDaemon, to: &str, text: &str) -> u64 {
+    let reply = daemon
+        .client()
+        .await
+        .call(Request::Send {
+            paths: Vec::new(),
+            follow: false,
+            path: Default::default(),
+            words: None,
+            text: Some(text.to_owned()),
+            manual: false,
+            to: Some(p2pd::ipc::messages::Recipient::Paired(to.to_owned())),
+        })
+        .await
+        .unwrap();
+    match reply {
+        ServerFrame::Created(info) => info.id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_from_a_device_whose_rule_is_ask_waits_in_the_inbox_unread() {
+    // Issue #23: a paired device's text used to be shown at once, whatever its rule.
+    let a = TestDaemon::start().await;
+    let b = a.peer().await;
+    pair(&a, &b).await;
+    let declined = text_to(&a, "peer", "first words").await;
+    let waiting = waiting_offer(&b).await;
+    assert!(waiting.message_offered, "{waiting:?}");
+    assert_eq!(waiting.text, None, "nothing shown before a yes");
+    b.decide(waiting.id, false).await;
+    assert_eq!(b.wait(waiting.id).await.text, None, "a declined message is never shown");
+    let sent = a.wait(declined).await;
+    assert_eq!(sent.state, JobState::Failed);
+    assert!(
+        sent.failure.as_ref().unwrap().message.contains("declined"),
+        "{:?}",
+        sent.failure
+    );
+
+    let accepted = text_to(&a, "peer", "second words").await;
+    let waiting = waiting_offer(&b).await;
+    b.decide(waiting.id, true).await;
+    assert_eq!(a.wait(accepted).await.state, JobState::Completed);
+    let shown = b.wait(waiting.id).await;
+    assert_eq!(shown.state, JobState::Completed, "{:?}", shown.failure);
+    assert_eq!(shown.text.as_deref(), Some("second words"));
+}

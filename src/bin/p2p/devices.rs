@@ -277,6 +277,7 @@ pub async fn inbox(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     "files": job.files,
                     "bytes": job.bytes_total,
                     "text": job.text,
+                    "message": job.message_offered,
                     "sas": job.sas,
                 })
             );
@@ -291,7 +292,9 @@ pub async fn inbox(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
             "ID", "FROM", "FILES", "SIZE"
         );
         for job in &waiting {
-            let (files, size) = if job.state == JobState::AwaitingApproval {
+            let (files, size) = if job.message_offered {
+                ("-".to_owned(), "a message".to_owned())
+            } else if job.state == JobState::AwaitingApproval {
                 (
                     job.files.to_string(),
                     HumanBytes(job.bytes_total).to_string(),
