@@ -163,6 +163,14 @@ fn the_protocol_states_the_limits_in_the_code() {
             "\"nonce\":\"<{} bytes hex>\"",
             crate::devices::mailbox::LAN_NONCE_BYTES
         ),
+        format!(
+            "\"challenge\":\"<{} bytes hex>\"",
+            crate::devices::mailbox::LAN_CHALLENGE_BYTES
+        ),
+        format!(
+            "(the proof within {} s of its challenge)",
+            secs(crate::daemon::nearby::LAN_ASK_LIMIT)
+        ),
         format!("at most {} are kept", crate::lan::announce::MAX_NEARBY),
         format!(
             "the instance name is a {}-hex-digit id",

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::jobs::{Jobs, failure};
 use super::manual::{NearbyLink, Via};
+use crate::devices::mailbox::LAN_CHALLENGE_BYTES;
 use crate::devices::registry::valid_device_name;
 use crate::ipc::messages::{Direction, ErrorKind, Failure, JobInfo, JobState, PathPolicy};
 use crate::lan::announce::on_local_subnet;
@@ -186,12 +187,22 @@ pub(crate) const LAN_ASK_LIMIT: Duration = Duration::from_secs(2);
 /// Nearby daemons asked at once.
 pub(crate) const LAN_ASKS_AT_ONCE: usize = 8;
 
+/// The proof an ask gives for a challenge's bytes ([`LAN_CHALLENGE_BYTES`] of them).
+pub(crate) type Prove = Box<dyn FnOnce(&[u8]) -> NearbyMessage + Send>;
+
+/// One ask of a LAN search: its first frame, and its answer to the challenge the daemon
+/// asked replies with.
+pub(crate) struct LanAsk {
+    pub first: NearbyMessage,
+    pub prove: Prove,
+}
+
 /// Asks the daemons announced on the LAN (at addresses on this machine's subnets, several
-/// at once, every few seconds) with `ask`'s message until one answers `here`; returns that
-/// connection. Never ends without LAN discovery.
+/// at once, every few seconds) with `ask`'s messages until one answers `here`; returns
+/// that connection. Never ends without LAN discovery.
 pub(crate) async fn search(
     context: &super::jobs::Context,
-    ask: impl Fn() -> NearbyMessage,
+    ask: impl Fn() -> LanAsk,
 ) -> crate::lan::relay::LanRelay {
     use futures_util::StreamExt;
     let Some(lan) = &context.lan else {
@@ -207,9 +218,9 @@ pub(crate) async fn search(
             .collect();
         let mut asks = futures_util::stream::iter(candidates)
             .map(|addr| {
-                let message = ask();
+                let ask = ask();
                 async move {
-                    tokio::time::timeout(LAN_ASK_LIMIT, ask_one(addr, message))
+                    tokio::time::timeout(LAN_ASK_LIMIT, ask_one(addr, ask))
                         .await
                         .ok()
                         .flatten()
@@ -225,10 +236,27 @@ pub(crate) async fn search(
     }
 }
 
-async fn ask_one(addr: SocketAddr, message: NearbyMessage) -> Option<crate::lan::relay::LanRelay> {
+/// One ask, within [`LAN_ASK_LIMIT`] in all: the first frame, the daemon's challenge and
+/// this side's proof, its `here`.
+async fn ask_one(addr: SocketAddr, ask: LanAsk) -> Option<crate::lan::relay::LanRelay> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
-    signal::write(&mut stream, &message).await.ok()?;
+    signal::write(&mut stream, &ask.first).await.ok()?;
     match signal::read(&mut stream).await.ok()? {
+        NearbyMessage::Challenge { challenge } => {
+            let challenge = hex::decode(challenge)
+                .ok()
+                .filter(|c| c.len() == LAN_CHALLENGE_BYTES)?;
+            signal::write(&mut stream, &(ask.prove)(&challenge))
+                .await
+                .ok()?;
+            match signal::read(&mut stream).await.ok()? {
+                NearbyMessage::Here => Some(crate::lan::relay::LanRelay::new(stream)),
+                _ => None,
+            }
+        }
+        // A daemon from before challenges, recognising the ask alone. Taking it costs
+        // the device nothing (the session still proves the pair secret) and keeps
+        // meeting older versions on the LAN.
         NearbyMessage::Here => Some(crate::lan::relay::LanRelay::new(stream)),
         _ => None,
     }
@@ -269,7 +297,11 @@ async fn handle(mut stream: TcpStream, jobs: Arc<Jobs>, admitting: &tokio::sync:
         Ok(Ok(NearbyMessage::Offer { name, description })) => (name, description),
         // A paired device looking for its mailbox here instead of at the rendezvous.
         Ok(Ok(NearbyMessage::Device { nonce, tag })) => {
-            return super::mailbox::answer_on_the_lan(jobs, stream, (&nonce, &tag)).await;
+            let asked = super::mailbox::lan_challenge(&jobs, &mut stream, (&nonce, &tag)).await;
+            if let Some(pairing) = asked {
+                super::mailbox::answer_on_the_lan(jobs, stream, pairing).await;
+            }
+            return;
         }
         Ok(Ok(_)) => return refuse(&mut stream, "expected an offer").await,
         Ok(Err(error)) => return debug!(%error, "a nearby offer failed"),
@@ -342,5 +374,51 @@ mod tests {
         assert!(matches!(refused, NearbyError::Refused(_)));
         assert!(!refused.to_string().contains('\u{1b}'), "{refused}");
         server.await.unwrap();
+    }
+
+    /// The asking side: it answers a challenge with the proof made for it, and also takes
+    /// an older daemon's `here`, which comes without one.
+    #[tokio::test]
+    async fn an_ask_proves_itself_against_the_challenge_or_takes_an_older_here() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut proofs = Vec::new();
+            for challenging in [true, false, true] {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let first = signal::read(&mut stream).await.unwrap();
+                assert!(matches!(first, NearbyMessage::Device { .. }), "{first:?}");
+                if challenging {
+                    let challenge = NearbyMessage::Challenge {
+                        challenge: hex::encode([proofs.len() as u8; LAN_CHALLENGE_BYTES]),
+                    };
+                    signal::write(&mut stream, &challenge).await.unwrap();
+                    proofs.push(signal::read(&mut stream).await.unwrap());
+                }
+                signal::write(&mut stream, &NearbyMessage::Here)
+                    .await
+                    .unwrap();
+            }
+            proofs
+        });
+        let ask = || LanAsk {
+            first: NearbyMessage::Device {
+                nonce: "00".into(),
+                tag: "00".into(),
+            },
+            prove: Box::new(|challenge| NearbyMessage::Proof {
+                proof: hex::encode(challenge),
+            }),
+        };
+        for _ in 0..3 {
+            assert!(ask_one(addr, ask()).await.is_some());
+        }
+        let proofs = server.await.unwrap();
+        assert_eq!(
+            proofs,
+            [0u8, 1].map(|n| NearbyMessage::Proof {
+                proof: hex::encode([n; LAN_CHALLENGE_BYTES])
+            })
+        );
     }
 }

@@ -96,23 +96,62 @@ pub fn mailbox(secret: &PairSecret, to: &[u8; 32]) -> String {
 /// Bytes of the nonce in a LAN ask.
 pub const LAN_NONCE_BYTES: usize = 16;
 
-/// What a sender asks each daemon on its LAN instead of naming the mailbox (a name that
-/// never changes would let every network a device visits recognise the pair): a fresh
-/// nonce and `HMAC-SHA256(K_ask, nonce)`, with `K_ask = HKDF(salt "p2pd/1 lan ask", ikm
-/// S, info P_to)`. Only the device that shares `S` and owns `P_to` can tell it is meant.
-pub fn lan_ask(secret: &PairSecret, to: &[u8; 32], nonce: &[u8]) -> [u8; 32] {
+/// Bytes of the challenge every daemon answers a LAN ask with.
+pub const LAN_CHALLENGE_BYTES: usize = 16;
+
+/// `HMAC-SHA256(K_ask, parts…)`, with `K_ask = HKDF(salt "p2pd/1 lan ask", ikm S, info
+/// P_to)`: only the two devices of the pairing can compute it, for the device `to`.
+fn lan_mac(secret: &PairSecret, to: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
     use hmac::{Hmac, Mac};
     let key = expand(b"p2pd/1 lan ask", &**secret, to);
     let mut mac =
         <Hmac<Sha256> as Mac>::new_from_slice(&*key).expect("HMAC accepts keys of any length");
-    mac.update(nonce);
+    for part in parts {
+        mac.update(part);
+    }
     mac.finalize().into_bytes().into()
+}
+
+/// What a sender asks each daemon on its LAN instead of naming the mailbox (a name that
+/// never changes would let every network a device visits recognise the pair): a fresh
+/// nonce and `HMAC-SHA256(K_ask, nonce)`. Only the device that shares `S` and owns `P_to`
+/// can tell it is meant — but anyone can record it and play it again elsewhere, so it
+/// never makes the device answer by itself: see [`lan_proof`].
+pub fn lan_ask(secret: &PairSecret, to: &[u8; 32], nonce: &[u8]) -> [u8; 32] {
+    lan_mac(secret, to, &[nonce])
 }
 
 /// Whether a LAN ask is meant for `to` (constant time).
 pub fn lan_ask_matches(secret: &PairSecret, to: &[u8; 32], nonce: &[u8], tag: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     nonce.len() == LAN_NONCE_BYTES && lan_ask(secret, to, nonce).ct_eq(tag).into()
+}
+
+/// The asker's answer to the challenge a daemon sent back: `HMAC-SHA256(K_ask, "p2pd/1 lan
+/// proof\0" ‖ nonce ‖ challenge)`. The challenge is fresh from the daemon asked, so a
+/// recorded ask (and any proof recorded with it) proves nothing to a device met later, on
+/// this network or another: only a holder of `K_ask` answers a new challenge. The label,
+/// and a length no ask's tag covers (a tag covers the 16-byte nonce alone), keep a proof
+/// and a tag apart, so neither can stand for the other.
+pub fn lan_proof(secret: &PairSecret, to: &[u8; 32], nonce: &[u8], challenge: &[u8]) -> [u8; 32] {
+    lan_mac(secret, to, &[b"p2pd/1 lan proof\0", nonce, challenge])
+}
+
+/// The answering daemon's decision (constant time): the ask is meant for `to` and its
+/// proof answers this connection's `challenge`. Only then does it say `here`.
+pub fn lan_ask_proven(
+    secret: &PairSecret,
+    to: &[u8; 32],
+    (nonce, tag): (&[u8], &[u8]),
+    challenge: &[u8],
+    proof: &[u8],
+) -> bool {
+    use subtle::ConstantTimeEq;
+    let meant = lan_ask_matches(secret, to, nonce, tag);
+    let fresh = challenge.len() == LAN_CHALLENGE_BYTES
+        && bool::from(lan_proof(secret, to, nonce, challenge).ct_eq(proof));
+    // Both computed, whichever fails: the time taken says nothing of which.
+    meant & fresh
 }
 
 /// What a side signs once the session is open: `"p2pd/1 device session\0" ‖ role ‖
@@ -268,6 +307,51 @@ mod tests {
             !lan_ask_matches(&secret, &laptop, &[9; 8], &tag),
             "a short nonce"
         );
+    }
+
+    #[test]
+    fn a_lan_proof_answers_only_the_challenge_it_was_made_for() {
+        let secret = PairSecret::from_bytes(&[1; 32]);
+        let (laptop, phone) = ([5u8; 32], [6u8; 32]);
+        let nonce = [9u8; LAN_NONCE_BYTES];
+        let tag = lan_ask(&secret, &laptop, &nonce);
+        let asked = (nonce.as_slice(), tag.as_slice());
+        let first = [3u8; LAN_CHALLENGE_BYTES];
+        let proof = lan_proof(&secret, &laptop, &nonce, &first);
+        assert!(lan_ask_proven(&secret, &laptop, asked, &first, &proof));
+        // The attack: an ask and its proof recorded, then played to the device, which
+        // draws a new challenge.
+        let later = [4u8; LAN_CHALLENGE_BYTES];
+        assert!(
+            !lan_ask_proven(&secret, &laptop, asked, &later, &proof),
+            "a recorded proof answers no new challenge"
+        );
+        assert!(
+            !lan_ask_proven(&secret, &laptop, asked, &later, &tag),
+            "nor does the ask's own tag"
+        );
+        // Another device, another pairing, another ask, a short challenge.
+        let other = PairSecret::from_bytes(&[2; 32]);
+        assert!(!lan_ask_proven(&secret, &phone, asked, &first, &proof));
+        assert!(!lan_ask_proven(&other, &laptop, asked, &first, &proof));
+        let second = [8u8; LAN_NONCE_BYTES];
+        let other_ask = (second.as_slice(), tag.as_slice());
+        assert!(!lan_ask_proven(&secret, &laptop, other_ask, &first, &proof));
+        let short = lan_proof(&secret, &laptop, &nonce, &first[..8]);
+        assert!(!lan_ask_proven(
+            &secret,
+            &laptop,
+            asked,
+            &first[..8],
+            &short
+        ));
+        // A proof is never a tag: the label and the length keep them apart.
+        assert_ne!(proof, tag);
+        assert_ne!(
+            lan_proof(&secret, &laptop, &nonce, &[]),
+            lan_ask(&secret, &laptop, &nonce)
+        );
+        assert!(!lan_ask_matches(&secret, &laptop, &nonce, &proof));
     }
 
     #[test]

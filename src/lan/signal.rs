@@ -22,8 +22,15 @@ pub enum NearbyMessage {
     /// A paired device's first frame instead of an offer: a fresh nonce and a tag only
     /// the device it looks for recognises (hex; PROTOCOL.md §4c).
     Device { nonce: String, tag: String },
-    /// The receiver listens at that mailbox: the session follows on this connection, as
-    /// raw frames ([`write_frame`], [`read_frame`]). Any other receiver closes.
+    /// Every daemon's reply to a `Device` ask, whoever it is meant for: fresh random
+    /// bytes (hex) that only the pairing's holder can answer, so a recorded ask played
+    /// again gets nothing. (A daemon from before challenges answers `Here` at once.)
+    Challenge { challenge: String },
+    /// The asker's answer to the challenge (hex).
+    Proof { proof: String },
+    /// The receiver listens at that mailbox and the proof checked out: the session
+    /// follows on this connection, as raw frames ([`write_frame`], [`read_frame`]). Any
+    /// other receiver closes.
     Here,
 }
 

@@ -251,21 +251,8 @@ mod nearby {
     use p2pd::lan::signal::{self, NearbyMessage};
 
     use super::{candidate, count, hostile_offer};
+    use crate::nearby::nearby_port;
     use crate::netns_harness::{INTERNET, Nat, Net};
-
-    /// The TCP port `host`'s daemon takes nearby offers on.
-    fn nearby_port(net: &Net, host: &str) -> u16 {
-        let listening = net.output(host, "ss -Hltnp");
-        listening
-            .lines()
-            .filter(|l| l.contains("p2pd"))
-            .find_map(|l| {
-                l.split_whitespace()
-                    .find_map(|field| field.strip_prefix("0.0.0.0:"))
-                    .and_then(|port| port.parse().ok())
-            })
-            .unwrap_or_else(|| panic!("no nearby listener on {host}: {listening}"))
-    }
 
     /// Anyone on the LAN can offer to a nearby daemon, unauthenticated: its candidates
     /// name an address on the internet (reachable through the router) and one on the

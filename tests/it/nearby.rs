@@ -4,6 +4,8 @@
 //! device's name gets nothing meant for it. Skipped, with a line saying so, where
 //! namespaces cannot be built.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -315,4 +317,157 @@ fn paired_devices_on_one_lan_reach_each_other_without_the_rendezvous() {
     assert!(events.contains("direct (host"), "{events}");
     let saved = net.downloads("h2").join("From h1").join("payload.bin");
     assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(&file).unwrap());
+}
+
+/// The TCP port `host`'s daemon takes nearby offers on (waiting up to 20 s for it).
+pub(crate) fn nearby_port(net: &Net, host: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listening = net.output(host, "ss -Hltnp");
+        let port = listening
+            .lines()
+            .filter(|l| l.contains("p2pd"))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find_map(|field| field.strip_prefix("0.0.0.0:"))
+                    .and_then(|port| port.parse().ok())
+            });
+        match port {
+            Some(port) => return port,
+            None if Instant::now() > deadline => {
+                panic!("no nearby listener on {host}: {listening}")
+            }
+            None => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// One LAN frame's JSON, as raw as it travels (a big-endian `u32` length, then JSON): the
+/// attacker's scripts below neither need nor trust the daemon's types.
+fn write_raw(stream: &mut TcpStream, value: &serde_json::Value) {
+    let body = serde_json::to_vec(value).unwrap();
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).unwrap();
+}
+
+/// The next frame's JSON within `limit`; None if the connection closed, or nothing (or
+/// no JSON) came.
+fn read_raw(stream: &mut TcpStream, limit: Duration) -> Option<serde_json::Value> {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// The LAN-ask attack of issue #23: a machine on one network announces a daemon of its
+/// own, records the ask a paired sender sends it (every announced daemon is asked), and
+/// plays it to the paired device (here on the same LAN; on another network it would be
+/// the same bytes). Before, the device answered `here` to the recording — which
+/// recognises it wherever it goes. Now every ask gets a fresh challenge, and neither the
+/// recording nor a proof recorded with it answers a new one.
+#[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
+fn a_recorded_lan_ask_played_again_gets_no_here() {
+    let Some(mut net) = Net::new() else { return };
+    net.internet();
+    net.router("r1", "203.0.113.11", "192.168.1", Nat::Ordinary);
+    net.host("h1", "r1", "192.168.1.2");
+    net.host("h2", "r1", "192.168.1.3");
+    net.host("h5", "r1", "192.168.1.5");
+    net.services();
+    let (a, _b) = paired_daemons(&mut net);
+    let port = nearby_port(&net, "h2");
+    // Only the LAN is left between h1 and h2, and while the ask is recorded h1 cannot
+    // reach h2 there either, so its search is sure to come to the recorder.
+    net.exec("r1", "iptables -I FORWARD -o wan -j DROP");
+    let to_h2 = "OUTPUT -d 192.168.1.3 -p tcp -j REJECT";
+    net.exec("h1", &format!("iptables -I {to_h2}"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let halt = stop.clone();
+    let recorder = net.inside("h5", move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let discovery = std::sync::Arc::new(p2pd::lan::Discovery::start("recorder", port).unwrap());
+        let browsing = runtime.spawn(discovery.run(halt));
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(error) => panic!("h1 never asked the recorder: {error}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        let ask = read_raw(&mut stream, Duration::from_secs(5)).expect("h1's ask");
+        // Playing a daemon that challenges (a made-up challenge) records a proof as well.
+        let challenge = serde_json::json!({"type": "challenge", "challenge": "ab".repeat(16)});
+        write_raw(&mut stream, &challenge);
+        let proof = read_raw(&mut stream, Duration::from_secs(3));
+        drop(runtime.block_on(browsing));
+        (ask, proof)
+    });
+    assert!(
+        nearby_names(&a, "recorder").contains(&"recorder".to_owned()),
+        "h1 never saw the recorder's announcement\n{}",
+        net.logs()
+    );
+    // `p2p devices` looks for h2: at the rendezvous (cut off) and on the LAN.
+    let probed = p2p(&a, &["devices", "--json"]);
+    assert!(probed.status.success(), "{probed:?}");
+    stop.cancel();
+    let (ask, proof) = recorder.join().unwrap();
+    assert_eq!(ask["type"], "device", "{ask}");
+    net.exec("h1", &format!("iptables -D {to_h2}"));
+
+    let made_up =
+        serde_json::json!({"type": "device", "nonce": "01".repeat(16), "tag": "02".repeat(32)});
+    let replies = net
+        .inside("h5", move || {
+            let mut replies = Vec::new();
+            for (ask, proof) in [(ask.clone(), None), (ask, proof), (made_up, None)] {
+                let mut stream = TcpStream::connect(("192.168.1.3", port)).unwrap();
+                write_raw(&mut stream, &ask);
+                let first = read_raw(&mut stream, Duration::from_secs(5));
+                let then = proof.and_then(|proof| {
+                    write_raw(&mut stream, &proof);
+                    read_raw(&mut stream, Duration::from_secs(5))
+                });
+                replies.push((first, then));
+            }
+            replies
+        })
+        .join()
+        .unwrap();
+    for (first, then) in &replies {
+        assert!(
+            [first, then]
+                .iter()
+                .all(|reply| reply.as_ref().is_none_or(|r| r["type"] != "here")),
+            "h2 answered a played-back ask: {replies:?}\n{}",
+            net.logs()
+        );
+    }
+    // Every ask got a challenge of its own, the made-up one as the recorded one: it says
+    // nothing of whom an ask is meant for.
+    let challenges: Vec<&str> = replies
+        .iter()
+        .filter_map(|(first, _)| first.as_ref()?["challenge"].as_str())
+        .collect();
+    assert_eq!(challenges.len(), 3, "{replies:?}");
+    assert!(challenges.iter().all(|c| c.len() == 32), "{challenges:?}");
+    assert!(challenges[0] != challenges[1] && challenges[1] != challenges[2]);
+    // And the real sender still meets h2 on the LAN, the internet still cut off.
+    let devices = p2p(&a, &["devices", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&devices.stdout).contains("\"online\":true"),
+        "{devices:?}\n{}",
+        net.logs()
+    );
 }

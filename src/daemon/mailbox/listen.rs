@@ -11,8 +11,9 @@ use super::{
     lock, seen, sync,
 };
 use crate::daemon::jobs::Jobs;
+use crate::daemon::nearby::LAN_ASK_LIMIT;
 use crate::devices::mailbox::{
-    DeviceMessage, PairSecret, check_hello, hello, lan_ask_matches, mailbox,
+    DeviceMessage, LAN_CHALLENGE_BYTES, PairSecret, check_hello, hello, lan_ask_proven, mailbox,
 };
 use crate::lan::relay::LanRelay;
 use crate::lan::signal::{self as lan_signal, NearbyMessage};
@@ -129,28 +130,62 @@ async fn answer(jobs: Arc<Jobs>, client: Box<dyn Relay>, key: [u8; 32], secret: 
     }
 }
 
-/// A paired device reached us on the LAN with an ask: if it is meant for this daemon by
-/// one of its pairings, say so and answer there as at the rendezvous; else close, saying
-/// nothing.
+/// A paired device's ask on the LAN, and which of this daemon's pairings it proved.
+pub struct LanPairing {
+    key: [u8; 32],
+    secret: PairSecret,
+}
+
+/// Answers a LAN ask (`nonce`, `tag`) with a fresh challenge — every ask, whether or not
+/// one of this daemon's pairings recognises it, so the reply says nothing of them — and
+/// waits (at most [`LAN_ASK_LIMIT`]) for the asker's proof. The pairing it proves, if
+/// any: a recorded ask played again, here or on another network, cannot answer a new
+/// challenge, so it no longer tells anyone this device is here.
+///
+/// An older asker does not understand the challenge: its LAN meeting fails and it meets
+/// this device at the rendezvous, where it was waiting at the same time.
+pub async fn lan_challenge(
+    jobs: &Jobs,
+    stream: &mut tokio::net::TcpStream,
+    (nonce, tag): (&str, &str),
+) -> Option<LanPairing> {
+    let challenge = {
+        use rand::RngCore;
+        let mut challenge = [0u8; LAN_CHALLENGE_BYTES];
+        rand::thread_rng().fill_bytes(&mut challenge);
+        challenge
+    };
+    let sent = NearbyMessage::Challenge {
+        challenge: hex::encode(challenge),
+    };
+    lan_signal::write(stream, &sent).await.ok()?;
+    let answered = tokio::time::timeout(LAN_ASK_LIMIT, lan_signal::read(stream)).await;
+    let Ok(Ok(NearbyMessage::Proof { proof })) = answered else {
+        return None;
+    };
+    let (nonce, tag, proof) = (
+        hex::decode(nonce).ok()?,
+        hex::decode(tag).ok()?,
+        hex::decode(proof).ok()?,
+    );
+    let ours = jobs.context.identity.public_key();
+    let registry = lock(&jobs.context.devices);
+    registry.list().iter().find_map(|d| {
+        let secret = d.secret.clone()?;
+        lan_ask_proven(&secret, &ours, (&nonce, &tag), &challenge, &proof).then_some(LanPairing {
+            key: d.key()?,
+            secret,
+        })
+    })
+}
+
+/// A paired device proved its ask on the LAN ([`lan_challenge`]): say so, and answer
+/// there as at the rendezvous.
 pub async fn answer_on_the_lan(
     jobs: Arc<Jobs>,
     mut stream: tokio::net::TcpStream,
-    (nonce, tag): (&str, &str),
+    LanPairing { key, secret }: LanPairing,
 ) {
-    let (Ok(nonce), Ok(tag)) = (hex::decode(nonce), hex::decode(tag)) else {
-        return;
-    };
-    let ours = jobs.context.identity.public_key();
-    let pairing = {
-        let registry = lock(&jobs.context.devices);
-        registry.list().iter().find_map(|d| {
-            let secret = d.secret.clone()?;
-            lan_ask_matches(&secret, &ours, &nonce, &tag).then_some((d.key()?, secret))
-        })
-    };
-    let Some((key, secret)) = pairing else {
-        return;
-    };
     if lan_signal::write(&mut stream, &NearbyMessage::Here)
         .await
         .is_ok()

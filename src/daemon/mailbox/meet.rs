@@ -11,9 +11,10 @@ use super::{
     encode, seen, still_paired, window_words,
 };
 use crate::daemon::jobs::Context;
+use crate::daemon::nearby::LanAsk;
 use crate::daemon::record::unix_now;
 use crate::devices::mailbox::{
-    DeviceMessage, LAN_NONCE_BYTES, check_hello, hello, lan_ask, mailbox,
+    DeviceMessage, LAN_NONCE_BYTES, check_hello, hello, lan_ask, lan_proof, mailbox,
 };
 use crate::lan::signal::NearbyMessage;
 use crate::rendezvous::client::RendezvousClient;
@@ -108,9 +109,15 @@ async fn on_the_lan(context: &Context, target: &Target) -> Box<dyn Relay> {
         let mut nonce = [0u8; LAN_NONCE_BYTES];
         rand::thread_rng().fill_bytes(&mut nonce);
         let tag = lan_ask(&target.secret, &target.key, &nonce);
-        NearbyMessage::Device {
-            nonce: hex::encode(nonce),
-            tag: hex::encode(tag),
+        let (secret, key) = (target.secret.clone(), target.key);
+        LanAsk {
+            first: NearbyMessage::Device {
+                nonce: hex::encode(nonce),
+                tag: hex::encode(tag),
+            },
+            prove: Box::new(move |challenge| NearbyMessage::Proof {
+                proof: hex::encode(lan_proof(&secret, &key, &nonce, challenge)),
+            }),
         }
     };
     let relay = crate::daemon::nearby::search(context, ask).await;

@@ -7,7 +7,7 @@
 mod listen;
 mod meet;
 
-pub use listen::answer_on_the_lan;
+pub use listen::{LanPairing, answer_on_the_lan, lan_challenge};
 pub use meet::{PROBE_LIMIT, meet, probe, tell_unpaired};
 
 use std::collections::HashMap;
