@@ -202,8 +202,11 @@ pub struct DaemonConfig {
     pub download_dir: PathBuf,
     pub rendezvous: RendezvousMode,
     pub code_ttl: Duration,
-    /// Durable job records live here.
+    /// The identity key, pairings and durable job records live here.
     pub state_dir: PathBuf,
+    /// Where an older version may have kept that state, moved into `state_dir` on the
+    /// first start (`daemon::migrate`); empty when the user chose `state_dir`.
+    pub earlier_state_dirs: Vec<PathBuf>,
     pub resume_window: Duration,
     /// How long a send to a paired device waits for it to come online.
     pub device_wait: Duration,
@@ -267,11 +270,36 @@ pub fn default_download_dir() -> Result<PathBuf, ConfigError> {
         .unwrap_or_else(|| user.home_dir().join("Downloads")))
 }
 
-/// The default home of durable jobs: the user's data directory, `p2pd/jobs`.
+/// The one default home of the identity key, pairings and durable jobs, run by hand or as
+/// the unit: `$STATE_DIRECTORY` under systemd (`StateDirectory=p2pd`), else
+/// `$XDG_STATE_HOME/p2pd` (`~/.local/state/p2pd`).
 pub fn default_state_dir() -> Result<PathBuf, ConfigError> {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may list several directories separated by ':'; ours is the first.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        return Ok(PathBuf::from(first));
+    }
     project_dirs()
-        .map(|d| d.data_dir().join("jobs"))
+        .map(|d| d.state_dir().unwrap_or(d.data_dir()).to_owned())
         .ok_or(ConfigError::NoStateDir)
+}
+
+/// Where versions before the one default kept the same state: `~/.local/share/p2pd/jobs`
+/// run by hand, `~/.local/state/p2pd/jobs` under the unit (`daemon::migrate` moves it).
+pub fn earlier_state_dirs() -> Vec<PathBuf> {
+    let Some(dirs) = project_dirs() else {
+        return Vec::new();
+    };
+    let mut earlier = vec![dirs.data_dir().join("jobs")];
+    if let Some(state) = dirs.state_dir() {
+        earlier.push(state.join("jobs"));
+    }
+    earlier
 }
 
 /// Values given on the command line (or through the environment, via clap).
@@ -309,9 +337,9 @@ impl DaemonConfig {
             Some(dir) => dir,
             None => default_download_dir()?,
         };
-        let state_dir = match flags.state_dir.or(file.state_dir) {
-            Some(dir) => dir,
-            None => default_state_dir()?,
+        let (state_dir, earlier_state_dirs) = match flags.state_dir.or(file.state_dir) {
+            Some(dir) => (dir, Vec::new()),
+            None => (default_state_dir()?, earlier_state_dirs()),
         };
         let resume_window = Duration::from_secs(
             flags
@@ -424,6 +452,7 @@ impl DaemonConfig {
             rendezvous,
             code_ttl,
             state_dir,
+            earlier_state_dirs,
             resume_window,
             device_wait,
             rtc: RtcSettings {

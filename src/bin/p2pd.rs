@@ -42,7 +42,9 @@ struct Args {
     /// Seconds an unused code stays valid (default 600).
     #[arg(long)]
     code_ttl: Option<u64>,
-    /// Where unfinished jobs are kept across restarts. Default: the user's data dir, p2pd/jobs.
+    /// Where the identity key, paired devices and unfinished jobs live. Default:
+    /// $STATE_DIRECTORY under systemd, else $XDG_STATE_HOME/p2pd (~/.local/state/p2pd),
+    /// the same run by hand or as the unit; an older version's is moved in on first start.
     #[arg(long, env = "P2PD_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Seconds an interrupted job keeps trying to resume before it fails (default 24 h).

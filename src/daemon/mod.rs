@@ -9,6 +9,7 @@ pub mod history;
 pub mod jobs;
 pub mod mailbox;
 pub mod manual;
+pub mod migrate;
 pub(crate) mod nearby;
 pub mod notify;
 mod outbox;
@@ -44,6 +45,8 @@ pub enum DaemonError {
     Socket(#[from] socket::SocketError),
     #[error(transparent)]
     Identity(#[from] crate::devices::identity::IdentityError),
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
     #[error("cannot read the paired devices: {0}")]
     Devices(#[source] std::io::Error),
     #[error(transparent)]
@@ -99,6 +102,13 @@ impl Daemon {
             .install(config.rtc.sctp_window_max_bytes);
         // Bind the control socket first: a second daemon must fail before touching anything.
         let listener = socket::bind(&config.socket).await?;
+        // An older version's state, in a directory it alone used, comes first: otherwise
+        // the identity below would be a new one.
+        if let migrate::Adopted::From(earlier) =
+            migrate::adopt(&config.state_dir, &config.earlier_state_dirs)?
+        {
+            info!(from = %earlier.display(), to = %config.state_dir.display(), "moved the state of an earlier version into the state directory");
+        }
         // The identity is made on first start; a broken one stops the start cleanly.
         let loaded = crate::devices::identity::Identity::load_or_create(&config.state_dir)
             .map_err(DaemonError::from)

@@ -162,6 +162,7 @@ async fn malformed_codes_and_missing_directories_are_refused() {
 fn config_for(socket: std::path::PathBuf, downloads: std::path::PathBuf) -> DaemonConfig {
     DaemonConfig {
         state_dir: socket.with_extension("state"),
+        earlier_state_dirs: Vec::new(),
         socket,
         download_dir: downloads,
         rendezvous: RendezvousMode::Embedded {

@@ -22,6 +22,7 @@ mod paired;
 mod pion;
 mod races;
 mod resume;
+mod state_dir;
 mod support;
 mod takeover;
 mod terminal;

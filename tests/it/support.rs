@@ -78,6 +78,7 @@ impl TestDaemon {
             },
             code_ttl: options.code_ttl,
             state_dir: dir.path().join("state"),
+            earlier_state_dirs: Vec::new(),
             resume_window: options.resume_window,
             device_wait: options.device_wait,
             rtc: RtcSettings {
