@@ -140,10 +140,23 @@ fn the_protocol_states_the_limits_in_the_code() {
             crate::daemon::nearby::MAX_WAITING
         ),
         format!(
-            "subnets, {} at a time, and closes one that sends no offer within {} s; the sender gives up {} s after",
+            "subnets, {} at a time, and closes one that sends no first frame within {} s; the sender gives up {} s after",
             crate::daemon::nearby::MAX_CONNECTIONS,
-            secs(crate::daemon::nearby::OFFER_READ_LIMIT),
+            secs(crate::daemon::nearby::FIRST_FRAME_LIMIT),
             secs(crate::daemon::nearby::ANSWER_WAIT)
+        ),
+        format!(
+            "When all {} are held, the oldest connection",
+            crate::daemon::nearby::MAX_CONNECTIONS
+        ),
+        format!(
+            "of the {} places waiting for the person",
+            crate::daemon::nearby::MAX_WAITING
+        ),
+        format!(
+            "within {} s of taking its place (and, once there, reach the receiver's person within {} min)",
+            secs(crate::daemon::nearby::CONNECT_LIMIT),
+            secs(crate::daemon::nearby::DECISION_LIMIT) / 60
         ),
         format!(
             "one unanswered for {} min is declined",

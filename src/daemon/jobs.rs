@@ -653,11 +653,6 @@ impl Jobs {
         }
     }
 
-    /// How many jobs of this run `pred` picks.
-    pub(super) fn count(&self, pred: impl Fn(&Job) -> bool) -> usize {
-        lock(&self.table).values().filter(|job| pred(job)).count()
-    }
-
     pub fn get(&self, id: JobId) -> Option<Arc<Job>> {
         lock(&self.table).get(&id).cloned()
     }

@@ -5,33 +5,47 @@
 //! the short authentication string: the sender before anything is offered, the receiver
 //! before accepting in `p2p inbox` (a nearby offer is never accepted without a person).
 
+mod places;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
-use tracing::{debug, info, warn};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
 
-use super::jobs::{Jobs, failure};
+use self::places::{Places, Taken};
+use super::jobs::{Job, Jobs, failure};
 use super::manual::{NearbyLink, Via};
 use crate::devices::mailbox::LAN_CHALLENGE_BYTES;
 use crate::devices::registry::valid_device_name;
-use crate::ipc::messages::{Direction, ErrorKind, Failure, JobInfo, JobState, PathPolicy};
+use crate::ipc::messages::{ErrorKind, Failure, JobInfo, JobState, PathPolicy};
 use crate::lan::announce::on_local_subnet;
 use crate::lan::signal::{self, NearbyMessage, SignalError};
 use crate::terminal::escape_controls;
 use crate::transfer::source::Sources;
 
-/// Time a nearby connection has to deliver its offer.
-pub(crate) const OFFER_READ_LIMIT: Duration = Duration::from_secs(10);
+/// Time a nearby connection has for its first frame. An offer and a paired device's ask
+/// are both ready before their sender connects, so one that has not come by then is not
+/// coming, and the connection only holds a place.
+pub(crate) const FIRST_FRAME_LIMIT: Duration = Duration::from_secs(3);
 /// Time from connecting to a nearby daemon to its answer.
 pub const ANSWER_WAIT: Duration = Duration::from_secs(30);
-/// Nearby connections handled at once; more are closed unanswered.
+/// Nearby connections handled at once. When all are held, the oldest one that has not
+/// yet sent a well-formed first frame gives way to a newcomer (`places`); only when none
+/// can is the newcomer closed unanswered.
 pub(crate) const MAX_CONNECTIONS: usize = 8;
-/// Nearby offers waiting for this daemon's person at once; more are refused as busy, so
-/// the LAN cannot fill the inbox.
+/// Nearby offers waiting for this daemon's person at once, so the LAN cannot fill the
+/// inbox. An offer whose sender has not yet opened the channel gives way to a newer one
+/// (the oldest first); only when every place holds an open channel is an offer refused
+/// as busy.
 pub const MAX_WAITING: usize = 4;
+/// Time an offer has, from taking a waiting place, to open its channel and show the
+/// strings: a sender on the LAN does it in about a second, and one that does not (a
+/// fake offer, a sender gone) would otherwise hold the place until its ICE fails, ~30 s.
+pub const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// How long a nearby offer waits for the person's answer before it is declined.
 pub const DECISION_LIMIT: Duration = Duration::from_secs(10 * 60);
 /// How a nearby sender's name is shown: it says who the sender claims to be, which only
@@ -129,28 +143,60 @@ impl Jobs {
         job.set_device(&format!("{}{NEARBY_SUFFIX}", target.name), None);
         job.info.borrow().clone()
     }
+}
 
-    /// Nearby offers not yet answered by this daemon's person.
-    fn nearby_waiting(&self) -> usize {
-        self.count(|job| {
-            let info = job.info.borrow();
-            job.is_nearby()
-                && info.direction == Direction::Receive
-                && matches!(
-                    info.state,
-                    JobState::Connecting | JobState::Negotiating | JobState::AwaitingApproval
-                )
-        })
+type Table = Arc<Mutex<Places<CancellationToken>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A place held in a table, given up when dropped.
+struct Place {
+    table: Table,
+    id: u64,
+}
+
+impl Place {
+    /// Takes a place in `table`, ending (cancelling the token of) whichever gave way;
+    /// with it, the token that ends this one should it give way in turn.
+    fn take(table: &Table) -> Option<(Place, CancellationToken)> {
+        let gives_way = CancellationToken::new();
+        let taken = lock(table).take(gives_way.clone());
+        match taken {
+            Taken::In { id, evicted } => {
+                if let Some(evicted) = evicted {
+                    evicted.cancel();
+                }
+                let place = Place {
+                    table: table.clone(),
+                    id,
+                };
+                Some((place, gives_way))
+            }
+            Taken::Full => None,
+        }
+    }
+
+    /// False if it already gave way.
+    fn prove(&self) -> bool {
+        lock(&self.table).prove(self.id)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        lock(&self.table).leave(self.id);
     }
 }
 
 /// Takes nearby offers on `listener` until the daemon stops: only from this machine's
 /// subnets, a few at a time.
 pub async fn accept_loop(listener: TcpListener, jobs: Arc<Jobs>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    // Counting the waiting offers and adding one is a single step, so connections that
-    // arrive together cannot all slip past the cap.
-    let admitting = Arc::new(tokio::sync::Mutex::new(()));
+    let connections: Table = Arc::new(Mutex::new(Places::new(MAX_CONNECTIONS)));
+    let waiting: Table = Arc::new(Mutex::new(Places::new(MAX_WAITING)));
     loop {
         let accepted = tokio::select! {
             _ = jobs.shutdown.cancelled() => return,
@@ -168,14 +214,18 @@ pub async fn accept_loop(listener: TcpListener, jobs: Arc<Jobs>) {
             debug!(%peer, "a nearby offer from outside this machine's subnets: closed");
             continue;
         }
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            debug!("too many nearby connections: closed");
+        let Some((place, gives_way)) = Place::take(&connections) else {
+            debug!("too many nearby connections past their first frame: closed");
             continue;
         };
-        let (jobs2, admitting) = (jobs.clone(), admitting.clone());
+        let (jobs2, waiting) = (jobs.clone(), waiting.clone());
         jobs.tracker.spawn(async move {
-            handle(stream, jobs2, &admitting).await;
-            drop(permit);
+            tokio::select! {
+                _ = gives_way.cancelled() => {
+                    debug!("a nearby connection with no first frame gave way to a newer one");
+                }
+                _ = handle(stream, jobs2, &place, &waiting) => {}
+            }
         });
     }
 }
@@ -291,14 +341,17 @@ async fn refuse(stream: &mut TcpStream, reason: &str) {
     .await;
 }
 
-async fn handle(mut stream: TcpStream, jobs: Arc<Jobs>, admitting: &tokio::sync::Mutex<()>) {
-    let offered = tokio::time::timeout(OFFER_READ_LIMIT, signal::read(&mut stream)).await;
-    let (name, description) = match offered {
+async fn handle(mut stream: TcpStream, jobs: Arc<Jobs>, connection: &Place, waiting: &Table) {
+    let first = tokio::time::timeout(FIRST_FRAME_LIMIT, signal::read(&mut stream)).await;
+    let (name, description) = match first {
         Ok(Ok(NearbyMessage::Offer { name, description })) => (name, description),
-        // A paired device looking for its mailbox here instead of at the rendezvous.
+        // A paired device looking for its mailbox here instead of at the rendezvous: its
+        // connection is proven once its proof is.
         Ok(Ok(NearbyMessage::Device { nonce, tag })) => {
             let asked = super::mailbox::lan_challenge(&jobs, &mut stream, (&nonce, &tag)).await;
-            if let Some(pairing) = asked {
+            if let Some(pairing) = asked
+                && connection.prove()
+            {
                 super::mailbox::answer_on_the_lan(jobs, stream, pairing).await;
             }
             return;
@@ -307,36 +360,94 @@ async fn handle(mut stream: TcpStream, jobs: Arc<Jobs>, admitting: &tokio::sync:
         Ok(Err(error)) => return debug!(%error, "a nearby offer failed"),
         Err(_) => return debug!("a nearby connection sent no offer in time"),
     };
+    // From here the connection lasts only until the job answers (seconds), and what an
+    // offer costs is bounded by the waiting places: it no longer gives way.
+    if !connection.prove() {
+        return;
+    }
     if !valid_device_name(&name) {
         return refuse(&mut stream, "the sender's name is not usable").await;
     }
-    let admitted = admitting.lock().await;
-    if jobs.nearby_waiting() >= MAX_WAITING {
-        drop(admitted);
+    let Some((place, gives_way)) = Place::take(waiting) else {
         return refuse(
             &mut stream,
             "busy: too many nearby offers wait for an answer there, try again later",
         )
         .await;
-    }
+    };
     let (reply, answered) = oneshot::channel();
     let via = Via::Nearby(NearbyLink::From(reply));
     let started = jobs
         .start_receive_via(&description, None, false, PathPolicy::Default, via)
         .await;
-    drop(admitted);
     let job = match started {
         Ok(job) => job,
         Err(failure) => return refuse(&mut stream, &failure.message).await,
     };
     job.set_device(&format!("{}{NEARBY_SUFFIX}", escape_controls(&name)), None);
     info!(job = job.info.borrow().id, "an offer from a nearby device");
+    let shutdown = jobs.shutdown.clone();
+    jobs.tracker
+        .spawn(hold_place(job, place, gives_way, shutdown).in_current_span());
     match tokio::time::timeout(ANSWER_WAIT, answered).await {
         Ok(Ok(description)) => {
             let _ = signal::write(&mut stream, &NearbyMessage::Answer { description }).await;
         }
         _ => refuse(&mut stream, "the receiver could not answer").await,
     }
+}
+
+/// Keeps a nearby offer's waiting place for as long as its job needs it: proven once the
+/// channel is open and the strings are shown, given up once the person has decided (or
+/// the job ended). Ends the job if the place gives way to a newer offer before that, if
+/// its sender does not open the channel within [`CONNECT_LIMIT`], or if, open, the offer
+/// does not reach the person within [`DECISION_LIMIT`] (the sender's person compares
+/// first); once the person is asked, the job's own [`DECISION_LIMIT`] applies.
+async fn hold_place(
+    job: Arc<Job>,
+    place: Place,
+    gives_way: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let mut info = job.info.subscribe();
+    let mut deadline = tokio::time::Instant::now() + CONNECT_LIMIT;
+    let mut proven = false;
+    loop {
+        let asked = {
+            let now = info.borrow_and_update();
+            if now.state.is_final() || now.state == JobState::Transferring {
+                return;
+            }
+            let asked = now.state == JobState::AwaitingApproval;
+            if !proven && (now.sas.is_some() || asked) {
+                proven = place.prove();
+                deadline = tokio::time::Instant::now() + DECISION_LIMIT;
+            }
+            asked
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = gives_way.cancelled() => {
+                return end(&job, "a newer nearby offer took its place before this sender connected");
+            }
+            _ = tokio::time::sleep_until(deadline), if !asked => {
+                return end(&job, if proven {
+                    "the nearby sender did not offer anything in time"
+                } else {
+                    "the nearby sender did not connect in time"
+                });
+            }
+            changed = info.changed() => if changed.is_err() {
+                return;
+            },
+        }
+    }
+}
+
+fn end(job: &Job, why: &str) {
+    debug!(why, "a nearby offer gave up its place");
+    job.fail(failure(ErrorKind::NoRoute, why));
+    job.cancel.cancel();
 }
 
 #[cfg(test)]

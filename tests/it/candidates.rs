@@ -62,7 +62,7 @@ fn listener(ip: &str) -> (UdpSocket, SocketAddr) {
     (socket, addr)
 }
 
-fn candidate(n: usize, addr: SocketAddr) -> String {
+pub(crate) fn candidate(n: usize, addr: SocketAddr) -> String {
     format!(
         "candidate:{n} 1 udp 2130706431 {} {} typ host",
         addr.ip(),
@@ -84,7 +84,7 @@ fn with_candidates(sdp: &str, candidates: &[String]) -> String {
 
 /// A real offer (its fingerprint and credentials), listing `candidates` instead of its
 /// own: the paste a hostile carrier hands over.
-async fn hostile_offer(candidates: &[String]) -> (Pending, String) {
+pub(crate) async fn hostile_offer(candidates: &[String]) -> (Pending, String) {
     let (pending, blob) = manual::offer(&settings()).await.unwrap();
     let sdp = manual::decode(&blob, Kind::Offer).unwrap();
     let forged = manual::encode(Kind::Offer, &with_candidates(&sdp, candidates));

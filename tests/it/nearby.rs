@@ -471,3 +471,122 @@ fn a_recorded_lan_ask_played_again_gets_no_here() {
         net.logs()
     );
 }
+
+/// Issue #23's "four fake TCP offers hold the four nearby waiting places for ~30 s": an
+/// attacker on the LAN sends offers (real descriptions, whose sender never connects) into
+/// every waiting place, then opens connections that never send a word into every
+/// connection place. Before, a real nearby send was closed unanswered, and then refused
+/// as busy, for as long as they lasted (10 s and ~30 s); now the oldest of them gives way
+/// and the real offer reaches the receiver's person within seconds.
+#[test]
+#[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
+fn fake_offers_and_silent_connections_do_not_keep_a_real_offer_from_the_person() {
+    // daemon::nearby's MAX_WAITING and MAX_CONNECTIONS, as PROTOCOL.md §4d states them.
+    const MAX_WAITING: usize = 4;
+    const MAX_CONNECTIONS: usize = 8;
+    let Some(mut net) = Net::new() else { return };
+    net.internet();
+    net.router("r1", "203.0.113.11", "192.168.1", Nat::Ordinary);
+    net.host("h1", "r1", "192.168.1.2");
+    net.host("h2", "r1", "192.168.1.3");
+    net.host("h5", "r1", "192.168.1.5");
+    let a = net.daemon_with("h1", "h1", &["--device-name", "h1"]);
+    let b = net.daemon_with("h2", "h2", &["--device-name", "h2"]);
+    assert_eq!(nearby_names(&a, "h2"), ["h2"]);
+    let port = nearby_port(&net, "h2");
+    // A real offer's fingerprint and credentials, a candidate on the LAN where nothing
+    // answers, and its own peer connection closed: a sender that never connects.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let nowhere = "192.168.1.5:9".parse().unwrap();
+    let (pending, fake) = runtime.block_on(crate::candidates::hostile_offer(&[
+        crate::candidates::candidate(0, nowhere),
+    ]));
+    runtime.block_on(pending.close());
+    let (held, answers) = net
+        .inside("h5", move || {
+            let (mut held, mut answers) = (Vec::new(), Vec::new());
+            let offer = serde_json::json!({"type": "offer", "name": "h5", "description": fake});
+            for _ in 0..MAX_WAITING {
+                let mut stream = TcpStream::connect(("192.168.1.3", port)).unwrap();
+                write_raw(&mut stream, &offer);
+                answers.push(read_raw(&mut stream, Duration::from_secs(10)));
+                held.push(stream);
+            }
+            for _ in 0..MAX_CONNECTIONS {
+                held.push(TcpStream::connect(("192.168.1.3", port)).unwrap());
+            }
+            (held, answers)
+        })
+        .join()
+        .unwrap();
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_some_and(|a| a["type"] == "answer")),
+        "every fake offer took a waiting place: {answers:?}\n{}",
+        net.logs()
+    );
+
+    let sent_at = Instant::now();
+    let file = random_file(net.dir.path(), "payload.bin", 1 << 20, 34);
+    let ServerFrame::Created(sending) = send_nearby(&a, "h2", &file) else {
+        panic!("the nearby send did not start\n{}", net.logs());
+    };
+    // The person on h2 can see the offer's string in the inbox within a few seconds.
+    let deadline = sent_at + Duration::from_secs(10);
+    let receiving = loop {
+        let shown = jobs(&b)
+            .into_iter()
+            .find(|j| j.device.as_deref() == Some("h1 (nearby)") && j.sas.is_some());
+        if let Some(job) = shown {
+            break job;
+        }
+        let sender = jobs(&a).into_iter().find(|j| j.id == sending.id);
+        assert!(
+            Instant::now() < deadline && sender.as_ref().is_some_and(|j| !j.state.is_final()),
+            "the real offer did not reach h2's person within 10 s: {sender:?}\n{}",
+            net.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "the real offer's string was shown on h2 {} ms after the send",
+        sent_at.elapsed().as_millis()
+    );
+    let comparing = job_where(&a, &net, |j| {
+        j.id == sending.id && j.state == JobState::Comparing
+    });
+    assert_eq!(comparing.sas, receiving.sas);
+    let decided = call(
+        &a,
+        Request::Decide {
+            job: sending.id,
+            accept: true,
+        },
+    );
+    assert_eq!(decided, ServerFrame::Done);
+    job_where(&b, &net, |j| {
+        j.id == receiving.id && j.state == JobState::AwaitingApproval
+    });
+    let accepted = p2p(&b, &["accept", &receiving.id.to_string()]);
+    assert!(accepted.status.success(), "{accepted:?}");
+    let done = job_where(&a, &net, |j| j.id == sending.id && j.state.is_final());
+    assert_eq!(done.state, JobState::Completed, "{:?}", done.failure);
+    let saved = net.downloads("h2").join("payload.bin");
+    assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(&file).unwrap());
+    // The fake offers ended well before the ~30 s their ICE would take to fail: the
+    // oldest gave way to the real one, the others ran out of time to connect.
+    let fakes = job_where(&b, &net, |j| {
+        j.device.as_deref() == Some("h5 (nearby)") && j.state.is_final()
+    });
+    assert_eq!(fakes.state, JobState::Failed, "{fakes:?}");
+    let ended = Instant::now() + Duration::from_secs(15);
+    while jobs(&b)
+        .iter()
+        .any(|j| j.device.as_deref() == Some("h5 (nearby)") && !j.state.is_final())
+    {
+        assert!(Instant::now() < ended, "{:?}", jobs(&b));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(held);
+}
