@@ -58,6 +58,7 @@ pub async fn serve(
         }
     }
     write_version(&mut stream).await?;
+    let mut spools = super::spool::Pending::new(&jobs.context.config.state_dir);
 
     loop {
         let request = tokio::select! {
@@ -81,9 +82,17 @@ pub async fn serve(
                 manual,
                 to,
             } => {
+                let spooled = spools.take(&paths);
                 let created = jobs
                     .start_send(paths, path, words, text, (manual, to))
                     .await;
+                if let Some(dir) = spooled {
+                    match created.as_ref().ok().and_then(|info| jobs.get(info.id)) {
+                        Some(job) => super::spool::own(job, dir),
+                        // Refused: nothing will read it, so it goes with the connection.
+                        None => spools.adopt(dir),
+                    }
+                }
                 reply_created(&mut stream, &jobs, created, follow, &shutdown).await?;
             }
             Request::Receive {
@@ -121,6 +130,19 @@ pub async fn serve(
             }
             Request::Decide { job, accept } => {
                 write_frame(&mut stream, &done_or_error(jobs.decide(job, accept))).await?
+            }
+            Request::Spool => {
+                let frame = match spools.make() {
+                    Ok(dir) => ServerFrame::Spool { dir },
+                    Err(error) => error_frame(Failure {
+                        kind: ErrorKind::Io,
+                        message: format!(
+                            "cannot make room for stdin in the state directory {}: {error}",
+                            crate::terminal::escape_path(&jobs.context.config.state_dir)
+                        ),
+                    }),
+                };
+                write_frame(&mut stream, &frame).await?
             }
             Request::Identity => {
                 let context = &jobs.context;

@@ -18,6 +18,7 @@ pub mod rate;
 pub mod record;
 mod runner;
 pub mod socket;
+mod spool;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -182,6 +183,7 @@ impl Daemon {
             tracker.clone(),
         ));
         jobs.restore().await;
+        spool::sweep(&jobs, &jobs.context.config.state_dir);
         mailbox::sync(&jobs);
         if let Some((listener, discovery)) = lan {
             tracker.spawn(discovery.run(shutdown.clone()));

@@ -182,11 +182,10 @@ impl RecordStore {
             }
         };
         let mut records = Vec::new();
-        // Job directories only (the history file lives beside them).
-        for entry in entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        {
+        // Job directories only (the history file and the stdin spools live beside them).
+        for entry in entries.flatten().filter(|e| {
+            e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != super::spool::SPOOL_DIR
+        }) {
             let path = entry.path().join(RECORD_FILE);
             match std::fs::read(&path) {
                 Ok(bytes) => match serde_json::from_slice::<JobRecord>(&bytes) {

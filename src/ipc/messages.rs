@@ -107,6 +107,10 @@ pub enum Request {
         max_files: Option<u64>,
         max_bytes: Option<u64>,
     },
+    /// A private folder in the daemon's state directory for what stdin carries →
+    /// `Spool`. It is removed when this connection ends, unless a `Send` on it names the
+    /// one file written there: then it goes when that send is over.
+    Spool,
 }
 
 pub use crate::devices::registry::Rule;
@@ -141,6 +145,7 @@ impl Request {
             Request::Confirm { .. } => "confirm",
             Request::Rule { .. } => "rule",
             Request::Nearby => "nearby",
+            Request::Spool => "spool",
         }
     }
 }
@@ -232,6 +237,10 @@ pub enum ServerFrame {
     Error {
         kind: ErrorKind,
         message: String,
+    },
+    /// Answers `Spool`: the folder to write stdin into.
+    Spool {
+        dir: PathBuf,
     },
 }
 

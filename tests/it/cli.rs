@@ -29,7 +29,16 @@ impl DaemonProcess {
 
     /// The daemon's log (at `log_level`) goes to `log_path()`.
     fn start_with(prefix: &[&str], log_level: &str) -> DaemonProcess {
-        let dir = tempfile::tempdir().unwrap();
+        DaemonProcess::start_in(tempfile::tempdir().unwrap(), prefix, log_level)
+    }
+
+    /// A daemon whose home is `dir`: socket in `run/` (which may already exist, as a
+    /// mount point), downloads in `dl/`, state in the default `.local/state/p2pd`.
+    pub(crate) fn start_in(
+        dir: tempfile::TempDir,
+        prefix: &[&str],
+        log_level: &str,
+    ) -> DaemonProcess {
         let socket = dir.path().join("run").join("p2pd.sock");
         let downloads = dir.path().join("dl");
         std::fs::create_dir(&downloads).unwrap();
@@ -40,6 +49,11 @@ impl DaemonProcess {
             downloads,
             dir,
         }
+    }
+
+    /// Where the daemon keeps its state: the default under its `HOME`.
+    pub(crate) fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(".local/state/p2pd")
     }
 
     /// Stops the daemon (SIGTERM) and starts it again on the same socket, directories and
@@ -86,6 +100,11 @@ impl DaemonProcess {
             .env("HOME", dir)
             .env("RUST_LOG", log_level)
             .env_remove("P2PD_SOCKET")
+            // Its state under its own HOME, whatever the environment running the tests says.
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("P2PD_STATE_DIR")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("p2pd.log")).unwrap())
             .spawn()
@@ -996,44 +1015,4 @@ fn a_text_message_is_printed_not_saved() {
     assert_one_line_error(&daemon.p2p(&["send", "--text", " "]), "the text is empty");
     let long = "x".repeat(p2pd::transfer::wire::MAX_TEXT_BYTES + 1);
     assert_one_line_error(&daemon.p2p(&["send", "--text", &long]), "as a file");
-}
-
-/// `p2p send -`: stdin arrives as one file under `--name`, and nothing is left behind.
-#[test]
-fn stdin_is_sent_as_one_named_file() {
-    use std::io::Write as _;
-    let daemon = DaemonProcess::start();
-    let data: Vec<u8> = (0..300_000u32).flat_map(|n| n.to_le_bytes()).collect();
-    let mut sender = Command::new(P2P)
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(["send", "-", "--name", "numbers.bin", "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    sender.stdin.take().unwrap().write_all(&data).unwrap();
-    let mut stdout = BufReader::new(sender.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let created: serde_json::Value = serde_json::from_str(&first).unwrap();
-    let code = created["code"].as_str().unwrap().to_owned();
-    assert!(daemon.p2p(&["receive", &code, "--yes"]).status.success());
-    assert!(sender.wait().unwrap().success());
-    assert_eq!(
-        std::fs::read(daemon.downloads.join("numbers.bin")).unwrap(),
-        data
-    );
-    let left: Vec<_> = std::fs::read_dir(daemon.socket.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("p2p-stdin"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
-    assert_one_line_error(&daemon.p2p(&["send", "-", "/etc/hostname"]), "on its own");
-    assert_one_line_error(
-        &daemon.p2p(&["send", "--name", "x", "/etc/hostname"]),
-        "use it with p2p send -",
-    );
 }

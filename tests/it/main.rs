@@ -23,6 +23,7 @@ mod pion;
 mod races;
 mod resume;
 mod state_dir;
+mod stdin;
 mod support;
 mod takeover;
 mod terminal;

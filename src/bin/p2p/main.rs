@@ -313,23 +313,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "with --manual, stdin carries the pasted answer: save the data to a file and send that"
                 );
             }
-            if from_stdin && detach {
-                bail!(
-                    "stdin cannot be detached: p2p keeps the data until it is sent, so run it without --detach"
-                );
-            }
-            // Kept until this command ends, whatever the outcome.
-            let spool = from_stdin
-                .then(|| spool::Spool::from_stdin(&socket, name.as_deref()))
-                .transpose()?;
-            let paths = match &spool {
-                Some(spool) => vec![spool.path().to_owned()],
-                None => files
+            let mut client = IpcClient::connect(&socket).await?;
+            // The daemon keeps stdin's data until the send is over (--detach too).
+            let paths = match from_stdin {
+                true => vec![spool::from_stdin(&mut client, name.as_deref()).await?],
+                false => files
                     .iter()
                     .map(|f| absolute(f))
                     .collect::<anyhow::Result<Vec<_>>>()?,
             };
-            let mut client = IpcClient::connect(&socket).await?;
             let interrupt = Interrupt::catch()?;
             let first = client
                 .call(Request::Send {
