@@ -61,8 +61,9 @@ impl Jobs {
         })
     }
 
-    /// Starts a send to a paired device: it waits (`WaitingForPeer`, with its deadline,
-    /// kept in the state directory across restarts) until the device is met.
+    /// Starts a send to a paired device: it looks for it (`Connecting`), then, if it is not
+    /// met within a probe's time, waits (`WaitingForPeer`, with its deadline, kept in the
+    /// state directory across restarts) until the device is met.
     pub(super) async fn start_send_to(
         &self,
         target: Target,
@@ -72,7 +73,7 @@ impl Jobs {
     ) -> Result<JobInfo, Failure> {
         let job = self.register(
             Direction::Send,
-            JobState::WaitingForPeer,
+            JobState::Connecting,
             None,
             file_infos(&sources.manifest),
         );

@@ -376,9 +376,19 @@ pub async fn run_send(
                 // Waiting for the device is kept (`outbox`): a daemon stopping now leaves
                 // the send to its next start instead of cancelling it.
                 let met = or_cancel(&cancel, async {
-                    mailbox::meet(&context, &target, DeviceMessage::Transfer)
-                        .await
-                        .map_err(JobError::Meet)
+                    let meeting = mailbox::meet(&context, &target, DeviceMessage::Transfer);
+                    tokio::pin!(meeting);
+                    // An online device is met within a probe's time: only a device not met
+                    // by then is "waiting to come online" (issue #29: it was said at once).
+                    let first = tokio::time::timeout(mailbox::PROBE_LIMIT, &mut meeting).await;
+                    let met = match first {
+                        Ok(met) => met,
+                        Err(_) => {
+                            job.set_state(JobState::WaitingForPeer);
+                            meeting.await
+                        }
+                    };
+                    met.map_err(JobError::Meet)
                 })
                 .await;
                 durable.store(false, Ordering::SeqCst);

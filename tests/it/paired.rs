@@ -405,7 +405,11 @@ async fn a_message_from_a_device_whose_rule_is_ask_waits_in_the_inbox_unread() {
     assert!(waiting.message_offered, "{waiting:?}");
     assert_eq!(waiting.text, None, "nothing shown before a yes");
     b.decide(waiting.id, false).await;
-    assert_eq!(b.wait(waiting.id).await.text, None, "a declined message is never shown");
+    assert_eq!(
+        b.wait(waiting.id).await.text,
+        None,
+        "a declined message is never shown"
+    );
     let sent = a.wait(declined).await;
     assert_eq!(sent.state, JobState::Failed);
     assert!(
@@ -421,4 +425,31 @@ async fn a_message_from_a_device_whose_rule_is_ask_waits_in_the_inbox_unread() {
     let shown = b.wait(waiting.id).await;
     assert_eq!(shown.state, JobState::Completed, "{:?}", shown.failure);
     assert_eq!(shown.text.as_deref(), Some("second words"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_device_that_is_offline_is_said_to_be_waited_for() {
+    // Issue #29: `send --to` said "Waiting for NAME to come online" even when it was.
+    let a = TestDaemon::start().await;
+    let b = a.peer().await;
+    pair(&a, &b).await;
+    set_rule(&b, "test", Rule::Auto, None).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "now.bin", 100_000, 6);
+    let socket = a.socket.clone();
+    let sent = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::cli::P2P)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["send", "--to", "peer"])
+            .arg(&file)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert!(sent.status.success(), "{stderr}");
+    assert!(!stderr.contains("come online"), "{stderr}");
 }
