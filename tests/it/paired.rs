@@ -453,3 +453,36 @@ async fn only_a_device_that_is_offline_is_said_to_be_waited_for() {
     assert!(sent.status.success(), "{stderr}");
     assert!(!stderr.contains("come online"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_names_what_is_offered() {
+    // Issue #29: p2p inbox showed counts and sizes, never a name.
+    let a = TestDaemon::start().await;
+    let b = a.peer().await;
+    pair(&a, &b).await;
+    let src = tempfile::tempdir().unwrap();
+    let files: Vec<_> = (0..5)
+        .map(|i| random_file(src.path(), &format!("part-{i}.bin"), 1000, i))
+        .collect();
+    let job = a.send_to("peer", &files).await.unwrap();
+    let waiting = waiting_offer(&b).await;
+    let socket = b.socket.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::cli::P2P)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["inbox"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("part-0.bin, part-1.bin, part-2.bin and 2 more"),
+        "{stdout}"
+    );
+    b.decide(waiting.id, false).await;
+    assert_eq!(a.wait(job).await.state, JobState::Failed);
+}
