@@ -475,9 +475,10 @@ fn a_recorded_lan_ask_played_again_gets_no_here() {
 /// Issue #23's "four fake TCP offers hold the four nearby waiting places for ~30 s": an
 /// attacker on the LAN sends offers (real descriptions, whose sender never connects) into
 /// every waiting place, then opens connections that never send a word into every
-/// connection place. Before, a real nearby send was closed unanswered, and then refused
-/// as busy, for as long as they lasted (10 s and ~30 s); now the oldest of them gives way
-/// and the real offer reaches the receiver's person within seconds.
+/// connection place. Before, a real nearby send was closed unanswered while the silent
+/// connections lasted (10 s), and refused as busy while the fake offers did (about 30
+/// s); now the oldest of them gives way and the real offer reaches the receiver's person
+/// within seconds.
 #[test]
 #[ignore = "privileged: needs root; run with `cargo test -- --include-ignored` as root, as CI does"]
 fn fake_offers_and_silent_connections_do_not_keep_a_real_offer_from_the_person() {
@@ -512,6 +513,9 @@ fn fake_offers_and_silent_connections_do_not_keep_a_real_offer_from_the_person()
                 answers.push(read_raw(&mut stream, Duration::from_secs(10)));
                 held.push(stream);
             }
+            // The daemon lets go of each offer's connection once it answered: by now
+            // all of them, so the silent ones below fill every connection place.
+            std::thread::sleep(Duration::from_millis(300));
             for _ in 0..MAX_CONNECTIONS {
                 held.push(TcpStream::connect(("192.168.1.3", port)).unwrap());
             }
