@@ -164,3 +164,55 @@ fn ctrl_c_typed_on_the_terminal_cancels_the_send() {
     let status = crate::cli::json_lines(&daemon.p2p(&["status", "--json"]).stdout);
     assert_eq!(status[0]["state"], "cancelled", "{status:?}");
 }
+
+/// Issue #29: a long name wrapped the bar over three lines at 70 columns, and the `Saved`
+/// line landed above the final bar.
+#[test]
+fn a_long_name_keeps_its_bar_on_one_line_and_saved_comes_after_it() {
+    let name = format!("{}.bin", "a-very-long-file-name-".repeat(5));
+    for columns in [70usize, 200] {
+        let daemon = DaemonProcess::start();
+        let src = tempfile::tempdir().unwrap();
+        let path = random_file(src.path(), &name, 4 * 1024 * 1024, 44);
+        let (mut sender, _stdout, created) =
+            spawn_json_send(&daemon.socket, &["--json", path.to_str().unwrap()]);
+        let code = created["code"].as_str().unwrap().to_owned();
+        let command = format!(
+            "stty cols {columns}; '{P2P}' --socket '{}' receive '{code}' --yes",
+            daemon.socket.display()
+        );
+        let out = Command::new("script")
+            .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+            .env("HOME", "/nonexistent-home")
+            .env_remove("P2PD_SOCKET")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+        assert!(out.status.success(), "{shown}");
+        assert!(sender.wait().unwrap().success());
+        let width = columns.saturating_sub(50).clamp(12, 60);
+        let bars: Vec<&str> = shown.lines().filter(|l| l.contains("] ")).collect();
+        assert!(!bars.is_empty(), "{shown}");
+        for bar in &bars {
+            assert!(
+                !bar.contains(&name[..width + 1]),
+                "the whole name drawn:\n{shown}"
+            );
+            assert!(bar.contains('…'), "the name is cut in the middle:\n{shown}");
+        }
+        // Each line the person is left with starts a line of its own, bars gone first.
+        let saved = shown
+            .lines()
+            .find(|l| l.contains("Saved \""))
+            .expect("a Saved line");
+        assert!(
+            saved
+                .trim_start_matches(|c: char| c.is_control() || "[2K".contains(c))
+                .starts_with("Saved \""),
+            "{shown}"
+        );
+        let summary = shown.rfind("Received 1 file").expect("the summary");
+        assert!(shown.rfind("Saved \"").unwrap() < summary, "{shown}");
+    }
+}

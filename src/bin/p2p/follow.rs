@@ -207,7 +207,7 @@ async fn stop(
     (job, had_code): (u64, bool),
     role: Role,
 ) -> anyhow::Result<ExitCode> {
-    renderer.finish();
+    renderer.interrupted();
     if role == Role::Watcher {
         eprintln!(
             "Stopped watching job {job}; it goes on in p2pd (p2p watch {job} to follow it, p2p cancel {job} to stop it)"

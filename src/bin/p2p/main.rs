@@ -1,5 +1,6 @@
 //! `p2p`: the command-line client. Talks only to the local daemon.
 
+mod bars;
 mod devices;
 mod follow;
 mod manual;

@@ -2,7 +2,9 @@
 
 use std::io::Write;
 
-use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::bars::Bars;
 use p2pd::ipc::messages::{Direction, JobInfo, JobState, JobSummary};
 use p2pd::terminal::{escape_controls, escape_for_terminal, json_line};
 use serde_json::json;
@@ -18,29 +20,10 @@ pub struct Renderer {
     json: bool,
     bars: Option<Bars>,
     last: Option<JobInfo>,
-}
-
-struct Bars {
-    multi: MultiProgress,
-    files: Vec<ProgressBar>,
-    total: Option<ProgressBar>,
-}
-
-/// Above this many files, one bar for the total names the current file instead of one
-/// bar per file.
-const MAX_FILE_BARS: usize = 8;
-
-/// The first file not yet verified, as "name (n/N)".
-fn current_file(info: &JobInfo) -> String {
-    match info.files.iter().position(|f| !f.verified) {
-        Some(index) => format!(
-            "{} ({}/{})",
-            escape_for_terminal(&info.files[index].name),
-            index + 1,
-            info.files.len()
-        ),
-        None => format!("{} files", info.files.len()),
-    }
+    /// "Waiting for the receiver to accept…", shown only while it is true.
+    waiting: Option<ProgressBar>,
+    /// `Saved` lines while bars are drawn, printed below them when they are done.
+    saved_at_end: Vec<String>,
 }
 
 /// "left out 2 paths (symlinks and special files are not sent): a, b" for the sender's
@@ -113,20 +96,14 @@ fn state_name(state: JobState) -> &'static str {
     }
 }
 
-/// Bytes of file `index` done, given that files go one after another.
-fn file_done(info: &JobInfo, index: usize) -> u64 {
-    let before: u64 = info.files[..index].iter().map(|f| f.size).sum();
-    info.bytes_done
-        .saturating_sub(before)
-        .min(info.files[index].size)
-}
-
 impl Renderer {
     pub fn new(json: bool) -> Renderer {
         Renderer {
             json,
             bars: None,
             last: None,
+            waiting: None,
+            saved_at_end: Vec::new(),
         }
     }
 
@@ -206,7 +183,34 @@ impl Renderer {
             && info.state == JobState::AwaitingApproval
             && info.direction == Direction::Send
         {
-            say!(err, "Waiting for the receiver to accept…");
+            // A line that goes once the receiver answers (it used to stay, also with -y).
+            let waiting = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+                .with_style(
+                    ProgressStyle::with_template("{msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+            waiting.set_message("Waiting for the receiver to accept…");
+            waiting.tick();
+            self.waiting = Some(waiting);
+        }
+        if info.state != JobState::AwaitingApproval
+            && let Some(waiting) = self.waiting.take()
+        {
+            waiting.finish_and_clear();
+        }
+        if state_changed
+            && previous.as_ref().map(|p| p.state) == Some(JobState::WaitingToResume)
+            && matches!(info.state, JobState::Negotiating | JobState::Transferring)
+        {
+            let line = format!(
+                "Resumed: continuing from {} of {}",
+                HumanBytes(info.bytes_done),
+                HumanBytes(info.bytes_total)
+            );
+            match &self.bars {
+                Some(bars) => bars.multi.suspend(|| say!(err, "{line}")),
+                None => say!(err, "{line}"),
+            }
         }
         if !info.files.is_empty()
             && self.bars.is_none()
@@ -223,10 +227,7 @@ impl Renderer {
                 "Saved {}",
                 escape_for_terminal(&folder.display().to_string())
             );
-            match &self.bars {
-                Some(bars) => bars.multi.suspend(|| say!(out, "{line}")),
-                None => say!(out, "{line}"),
-            }
+            self.saved(line);
         }
         for (index, file) in info.files.iter().enumerate() {
             let was_saved = previous
@@ -236,11 +237,17 @@ impl Renderer {
                 .is_some();
             if let (Some(path), false) = (&file.saved_as, was_saved) {
                 let line = format!("Saved {}", escape_for_terminal(&path.display().to_string()));
-                match &self.bars {
-                    Some(bars) => bars.multi.suspend(|| say!(out, "{line}")),
-                    None => say!(out, "{line}"),
-                }
+                self.saved(line);
             }
+        }
+    }
+
+    /// A `Saved` line: at once without bars; below the bars, once they are done, with
+    /// them (printed above moving bars, the last one landed above the final bar).
+    fn saved(&mut self, line: String) {
+        match &self.bars {
+            Some(_) => self.saved_at_end.push(line),
+            None => say!(out, "{line}"),
         }
     }
 
@@ -442,9 +449,32 @@ impl Renderer {
         Ok(())
     }
 
-    pub fn finish(&mut self) {
+    /// Ctrl-C: the bars and the waiting line go without being drawn again; what was
+    /// saved before is still said.
+    pub fn interrupted(&mut self) {
+        if let Some(waiting) = self.waiting.take() {
+            waiting.finish_and_clear();
+        }
         if let Some(bars) = self.bars.take() {
-            bars.finish();
+            bars.clear();
+        }
+        for line in self.saved_at_end.drain(..) {
+            say!(out, "{line}");
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(waiting) = self.waiting.take() {
+            waiting.finish_and_clear();
+        }
+        // The bars go; what they showed is said by the lines that follow (each file saved,
+        // then the summary), in that order: a bar left drawn had the terminal's cursor at
+        // its end, where the next line landed.
+        if let Some(bars) = self.bars.take() {
+            bars.clear();
+        }
+        for line in self.saved_at_end.drain(..) {
+            say!(out, "{line}");
         }
         if let Some(info) = self
             .last
@@ -494,96 +524,6 @@ fn human_time(took: std::time::Duration) -> String {
         0..1000 => format!("{ms} ms"),
         1000..60_000 => format!("{:.1} s", took.as_secs_f64()),
         _ => format!("{}m {:02}s", ms / 60_000, ms / 1000 % 60),
-    }
-}
-
-/// "63.5 MiB/s, ETA 7s" from the daemon's rate (bytes the receiver acknowledged over the
-/// last seconds, the same figure on both sides); nothing before data moves.
-fn rate_and_eta(info: &JobInfo) -> String {
-    if info.rate == 0 {
-        return String::new();
-    }
-    let left = info.bytes_total.saturating_sub(info.bytes_done) / info.rate;
-    format!(
-        "{}/s, ETA {}",
-        HumanBytes(info.rate),
-        indicatif::HumanDuration(std::time::Duration::from_secs(left))
-    )
-}
-
-impl Bars {
-    fn new(info: &JobInfo) -> Bars {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        // Rate and ETA come from the daemon ({msg}), not indicatif's own estimate, which
-        // would count a watch's first position as bytes moved at once.
-        let style =
-            ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
-        let per_file = info.files.len() <= MAX_FILE_BARS;
-        let files = if per_file {
-            info.files
-                .iter()
-                .map(|f| {
-                    let bar = multi.add(ProgressBar::new(f.size).with_style(style.clone()));
-                    bar.set_prefix(escape_for_terminal(&f.name));
-                    bar
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let total = (info.files.len() > 1).then(|| {
-            let style = if per_file {
-                style
-            } else {
-                ProgressStyle::with_template(
-                    "{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ")
-            };
-            let bar = multi.add(ProgressBar::new(info.bytes_total).with_style(style));
-            bar.set_prefix("total");
-            bar
-        });
-        Bars {
-            multi,
-            files,
-            total,
-        }
-    }
-
-    fn show(&self, info: &JobInfo) {
-        let rate = rate_and_eta(info);
-        let current = info.files.iter().position(|f| !f.verified);
-        for (index, bar) in self.files.iter().enumerate() {
-            if index < info.files.len() {
-                bar.set_position(file_done(info, index));
-                // With no total bar, the file in progress carries the job's rate.
-                if self.total.is_none() {
-                    bar.set_message(if Some(index) == current {
-                        rate.clone()
-                    } else {
-                        String::new()
-                    });
-                }
-            }
-        }
-        if let Some(total) = &self.total {
-            total.set_position(info.bytes_done);
-            if self.files.is_empty() {
-                total.set_message(format!("{rate} {}", current_file(info)));
-            } else {
-                total.set_message(rate);
-            }
-        }
-    }
-
-    fn finish(self) {
-        for bar in self.files.iter().chain(self.total.iter()) {
-            bar.abandon();
-        }
     }
 }
 
