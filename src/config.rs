@@ -238,19 +238,20 @@ fn project_dirs() -> Option<directories::ProjectDirs> {
     directories::ProjectDirs::from("", "", "p2pd")
 }
 
+/// The directory systemd made for the unit and names in `var` (`RuntimeDirectory=`,
+/// `StateDirectory=`): it may list several, separated by ':'; ours is the first.
+fn systemd_dir(var: &str) -> Option<PathBuf> {
+    let dirs = std::env::var_os(var).filter(|d| !d.is_empty())?;
+    let first = dirs.to_string_lossy().split(':').next()?.to_owned();
+    Some(PathBuf::from(first))
+}
+
 /// The control socket's default path, shared by the daemon and the CLI:
 /// `$RUNTIME_DIRECTORY` under systemd, else `$XDG_RUNTIME_DIR/p2pd`, else a per-user
 /// directory in `/tmp`.
 pub fn default_socket_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
-        // systemd may list several directories separated by ':'; ours is the first.
-        let first = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        return PathBuf::from(first).join("p2pd.sock");
+    if let Some(dir) = systemd_dir("RUNTIME_DIRECTORY") {
+        return dir.join("p2pd.sock");
     }
     if let Some(dir) = project_dirs().and_then(|d| d.runtime_dir().map(Path::to_owned)) {
         return dir.join("p2pd.sock");
@@ -274,15 +275,8 @@ pub fn default_download_dir() -> Result<PathBuf, ConfigError> {
 /// the unit: `$STATE_DIRECTORY` under systemd (`StateDirectory=p2pd`), else
 /// `$XDG_STATE_HOME/p2pd` (`~/.local/state/p2pd`).
 pub fn default_state_dir() -> Result<PathBuf, ConfigError> {
-    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
-        // systemd may list several directories separated by ':'; ours is the first.
-        let first = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        return Ok(PathBuf::from(first));
+    if let Some(dir) = systemd_dir("STATE_DIRECTORY") {
+        return Ok(dir);
     }
     project_dirs()
         .map(|d| d.state_dir().unwrap_or(d.data_dir()).to_owned())

@@ -23,6 +23,17 @@ fn send_stdin(daemon: &DaemonProcess, stdin: Stdio, name: &str) -> Child {
         .unwrap()
 }
 
+/// `p2p ARGS` on this daemon, with nothing on stdin.
+fn p2p(daemon: &DaemonProcess, args: &[&str]) -> std::process::Output {
+    Command::new(P2P)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// The code from a `--json` send's first line.
 fn code_of(sender: &mut Child) -> String {
     let mut stdout = BufReader::new(sender.stdout.take().unwrap());
@@ -61,13 +72,7 @@ fn stdin_is_sent_as_one_named_file_and_its_spool_goes_with_the_send() {
     sender.stdin.take().unwrap().write_all(&data).unwrap();
     let code = code_of(&mut sender);
     assert_eq!(spools(&daemon).len(), 1, "kept while the send waits");
-    let received = Command::new(P2P)
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(["receive", &code, "--yes"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let received = p2p(&daemon, &["receive", &code, "--yes"]);
     assert!(received.status.success());
     assert!(sender.wait().unwrap().success());
     assert_eq!(
@@ -77,18 +82,9 @@ fn stdin_is_sent_as_one_named_file_and_its_spool_goes_with_the_send() {
     until("the spool is removed", Duration::from_secs(5), || {
         spools(&daemon).is_empty()
     });
-    let only = |args: &[&str]| {
-        Command::new(P2P)
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    assert_one_line_error(&only(&["send", "-", "/etc/hostname"]), "on its own");
+    assert_one_line_error(&p2p(&daemon, &["send", "-", "/etc/hostname"]), "on its own");
     assert_one_line_error(
-        &only(&["send", "--name", "x", "/etc/hostname"]),
+        &p2p(&daemon, &["send", "--name", "x", "/etc/hostname"]),
         "use it with p2p send -",
     );
 }
@@ -149,13 +145,7 @@ fn a_200_mib_pipe_through_a_50_mib_runtime_directory_arrives_verified() {
     let pipe = Stdio::from(cat.stdout.take().unwrap());
     let mut sender = send_stdin(&daemon, pipe, "big.bin");
     let code = code_of(&mut sender);
-    let received = Command::new(P2P)
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(["receive", &code, "--yes"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let received = p2p(&daemon, &["receive", &code, "--yes"]);
     assert!(
         received.status.success(),
         "{}",

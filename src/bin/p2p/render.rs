@@ -452,6 +452,13 @@ impl Renderer {
     /// Ctrl-C: the bars and the waiting line go without being drawn again; what was
     /// saved before is still said.
     pub fn interrupted(&mut self) {
+        self.clear_and_say_saved();
+    }
+
+    /// The waiting line and the bars go; what the bars showed is said by the lines that
+    /// follow (each file saved, then the summary), in that order: a bar left drawn had the
+    /// terminal's cursor at its end, where the next line landed.
+    fn clear_and_say_saved(&mut self) {
         if let Some(waiting) = self.waiting.take() {
             waiting.finish_and_clear();
         }
@@ -464,18 +471,7 @@ impl Renderer {
     }
 
     pub fn finish(&mut self) {
-        if let Some(waiting) = self.waiting.take() {
-            waiting.finish_and_clear();
-        }
-        // The bars go; what they showed is said by the lines that follow (each file saved,
-        // then the summary), in that order: a bar left drawn had the terminal's cursor at
-        // its end, where the next line landed.
-        if let Some(bars) = self.bars.take() {
-            bars.clear();
-        }
-        for line in self.saved_at_end.drain(..) {
-            say!(out, "{line}");
-        }
+        self.clear_and_say_saved();
         if let Some(info) = self
             .last
             .as_ref()
