@@ -7,6 +7,7 @@ mod manual;
 mod receive;
 mod render;
 mod spool;
+mod status;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -361,7 +362,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let mut client = IpcClient::connect(&socket).await?;
             match client.call(Request::List).await? {
                 ServerFrame::Jobs(jobs) => {
-                    render::print_status(&jobs, json);
+                    status::print_status(&jobs, json);
                     Ok(ExitCode::SUCCESS)
                 }
                 other => Err(unexpected(other)),

@@ -5,7 +5,7 @@ use std::io::Write;
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::bars::Bars;
-use p2pd::ipc::messages::{Direction, JobInfo, JobState, JobSummary};
+use p2pd::ipc::messages::{Direction, JobInfo, JobState};
 use p2pd::terminal::{escape_controls, escape_for_terminal, json_line};
 use serde_json::json;
 
@@ -66,7 +66,7 @@ fn home_relative(dir: &std::path::Path) -> String {
     }
 }
 
-fn time_left(deadline_unix: u64) -> String {
+pub(crate) fn time_left(deadline_unix: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -75,13 +75,18 @@ fn time_left(deadline_unix: u64) -> String {
     format!("{}h{:02}m left", left / 3600, left % 3600 / 60)
 }
 
-fn emit(value: serde_json::Value) {
+/// One line on stdout, escaped.
+pub(crate) fn say_out(line: &str) {
+    say!(out, "{line}");
+}
+
+pub(crate) fn emit(value: serde_json::Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", json_line(&value));
     let _ = out.flush();
 }
 
-fn state_name(state: JobState) -> &'static str {
+pub(crate) fn state_name(state: JobState) -> &'static str {
     match state {
         JobState::Connecting => "connecting",
         JobState::WaitingForPeer => "waiting_for_peer",
@@ -520,96 +525,6 @@ fn human_time(took: std::time::Duration) -> String {
         0..1000 => format!("{ms} ms"),
         1000..60_000 => format!("{:.1} s", took.as_secs_f64()),
         _ => format!("{}m {:02}s", ms / 60_000, ms / 1000 % 60),
-    }
-}
-
-pub fn print_status(jobs: &[JobSummary], json: bool) {
-    if json {
-        for job in jobs {
-            emit(json!({
-                "job": job.id,
-                "direction": match job.direction { Direction::Send => "send", Direction::Receive => "receive" },
-                "state": state_name(job.state),
-                "files": job.files,
-                "bytes_done": job.bytes_done,
-                "bytes_total": job.bytes_total,
-                "rate": job.rate,
-                "code": job.code,
-                "error": job.failure.as_ref().map(|f| f.message.clone()),
-                "route": job.route.as_ref().map(|r| r.description.clone()),
-                "relayed": job.route.as_ref().map(|r| r.relayed),
-                "resume_reason": job.resume.as_ref().map(|r| r.reason.clone()),
-                "resume_deadline": job.resume.as_ref().map(|r| r.deadline_unix),
-                "device": job.device,
-                "wait_deadline": job.wait_deadline_unix,
-            }));
-        }
-        return;
-    }
-    if jobs.is_empty() {
-        say!(out, "no jobs");
-        return;
-    }
-    say!(
-        out,
-        "{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  {:<24}  CODE / ERROR",
-        "ID",
-        "DIR",
-        "STATE",
-        "FILES",
-        "DONE/TOTAL",
-        "RATE",
-        "ROUTE"
-    );
-    for job in jobs {
-        let detail = job
-            .failure
-            .as_ref()
-            .map(|f| f.message.clone())
-            .or_else(|| {
-                job.resume.as_ref().map(|r| {
-                    format!(
-                        "resumes by itself ({}), {}",
-                        r.reason,
-                        time_left(r.deadline_unix)
-                    )
-                })
-            })
-            .or_else(|| job.code.clone().filter(|_| !job.state.is_final()))
-            .or_else(|| {
-                job.device.as_ref().map(|device| match job.direction {
-                    Direction::Send => match job.wait_deadline_unix {
-                        Some(deadline) => {
-                            format!("to {device}, waiting for it ({})", time_left(deadline))
-                        }
-                        None => format!("to {device}"),
-                    },
-                    Direction::Receive => format!("from {device}"),
-                })
-            })
-            .unwrap_or_default();
-        say!(
-            out,
-            "{:>4}  {:<7}  {:<17}  {:>5}  {:>21}  {:>10}  {:<24}  {}",
-            job.id,
-            match job.direction {
-                Direction::Send => "send",
-                Direction::Receive => "receive",
-            },
-            state_name(job.state),
-            job.files,
-            format!(
-                "{}/{}",
-                HumanBytes(job.bytes_done),
-                HumanBytes(job.bytes_total)
-            ),
-            format!("{}/s", HumanBytes(job.rate)),
-            job.route
-                .as_ref()
-                .map(|r| r.description.as_str())
-                .unwrap_or("-"),
-            detail
-        );
     }
 }
 
