@@ -131,6 +131,14 @@ pub async fn serve(
             Request::Decide { job, accept } => {
                 write_frame(&mut stream, &done_or_error(jobs.decide(job, accept))).await?
             }
+            Request::Page => {
+                let (url, this_machine_only) = page_of(jobs.context.rendezvous_url.url());
+                let frame = ServerFrame::Page {
+                    url,
+                    this_machine_only,
+                };
+                write_frame(&mut stream, &frame).await?
+            }
             Request::Spool => {
                 let frame = match spools.make() {
                     Ok(dir) => ServerFrame::Spool { dir },
@@ -277,6 +285,27 @@ async fn follow_job(
     }
 }
 
+/// The browser page of the rendezvous at `rendezvous` (`ws://` or `wss://`), served on
+/// the same address, and whether that address is a loopback one.
+fn page_of(rendezvous: &str) -> (String, bool) {
+    let (scheme, rest) = match rendezvous.split_once("://") {
+        Some(("wss", rest)) => ("https", rest),
+        Some((_, rest)) => ("http", rest),
+        None => ("http", rendezvous),
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (format!("{scheme}://{authority}/"), loopback)
+}
+
 fn error_frame(failure: Failure) -> ServerFrame {
     ServerFrame::Error {
         kind: failure.kind,
@@ -288,5 +317,22 @@ fn done_or_error(result: Result<(), Failure>) -> ServerFrame {
     match result {
         Ok(()) => ServerFrame::Done,
         Err(failure) => error_frame(failure),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_page_is_served_where_the_rendezvous_is() {
+        assert_eq!(
+            super::page_of("wss://rv.example.org:9009"),
+            ("https://rv.example.org:9009/".to_owned(), false)
+        );
+        assert_eq!(
+            super::page_of("ws://127.0.0.1:41234"),
+            ("http://127.0.0.1:41234/".to_owned(), true)
+        );
+        assert_eq!(super::page_of("ws://[::1]:80/").1, true);
+        assert_eq!(super::page_of("ws://192.168.1.5:9009").1, false);
     }
 }

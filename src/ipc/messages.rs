@@ -111,6 +111,8 @@ pub enum Request {
     /// `Spool`. It is removed when this connection ends, unless a `Send` on it names the
     /// one file written there: then it goes when that send is over.
     Spool,
+    /// The address of the browser page of this daemon's rendezvous → `Page`.
+    Page,
 }
 
 pub use crate::devices::registry::Rule;
@@ -146,6 +148,7 @@ impl Request {
             Request::Rule { .. } => "rule",
             Request::Nearby => "nearby",
             Request::Spool => "spool",
+            Request::Page => "page",
         }
     }
 }
@@ -241,6 +244,12 @@ pub enum ServerFrame {
     /// Answers `Spool`: the folder to write stdin into.
     Spool {
         dir: PathBuf,
+    },
+    /// Answers `Page`: `http(s)://HOST:PORT/` of the rendezvous this daemon uses, and
+    /// whether only this machine can reach it (a rendezvous on a loopback address).
+    Page {
+        url: String,
+        this_machine_only: bool,
     },
 }
 

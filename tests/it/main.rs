@@ -20,6 +20,7 @@ mod netns_harness;
 mod page;
 mod paired;
 mod pion;
+mod qr;
 mod races;
 mod resume;
 mod state_dir;

@@ -102,6 +102,10 @@ enum Command {
             conflicts_with_all = ["code", "manual", "to", "detach", "force_relay", "require_direct"]
         )]
         nearby: Option<String>,
+        /// Also show a QR code of the link to the rendezvous's page with the code in it, for
+        /// a phone to open and receive in its browser.
+        #[arg(long, conflicts_with_all = ["manual", "to", "nearby"])]
+        qr: bool,
         #[command(flatten)]
         path: PathFlags,
     },
@@ -297,6 +301,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             manual,
             to,
             nearby,
+            qr,
             path,
         } => {
             // A bad word is found before anything is sent to the daemon.
@@ -336,6 +341,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     to: to.map(Recipient::Paired).or(nearby.map(Recipient::Nearby)),
                 })
                 .await?;
+            if qr && let ServerFrame::Created(summary) = &first {
+                show_qr(&socket, summary.code.as_deref()).await?;
+            }
             if detach {
                 return detached(first, json);
             }
@@ -420,6 +428,34 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// The page link with `code` in it, as a QR code on stderr (stdout may carry JSON).
+async fn show_qr(socket: &Path, code: Option<&str>) -> anyhow::Result<()> {
+    let Some(code) = code else { return Ok(()) };
+    let mut client = IpcClient::connect(socket).await?;
+    let (url, this_machine_only) = match client.call(Request::Page).await? {
+        ServerFrame::Page {
+            url,
+            this_machine_only,
+        } => (url, this_machine_only),
+        other => return Err(unexpected(other)),
+    };
+    let link = format!("{url}#receive={code}");
+    let qr = qrcode::QrCode::new(link.as_bytes()).context("the link does not fit a QR code")?;
+    let drawn = qr
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .quiet_zone(true)
+        .build();
+    let mut err = std::io::stderr().lock();
+    writeln!(err, "{drawn}\n{}", escape_controls(&link))?;
+    if this_machine_only {
+        writeln!(
+            err,
+            "(p2pd's rendezvous listens on this machine only: another device reaches the page once both use a shared rendezvous, rendezvous = \"wss://…\" in the config)"
+        )?;
+    }
+    Ok(())
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
