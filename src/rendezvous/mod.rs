@@ -2,8 +2,10 @@
 //! and the PAKE that turns a code into keys. Knows nothing of WebRTC or files.
 
 pub mod admission;
+pub mod bus;
 pub mod client;
 pub mod code;
+mod conn;
 pub mod crypto;
 pub mod ice;
 pub mod limits;
@@ -12,6 +14,8 @@ pub mod page;
 pub mod pair;
 pub mod server;
 pub mod session;
+pub mod slots;
+pub mod store;
 pub mod tls;
 #[cfg(test)]
 mod vectors;

@@ -1,4 +1,4 @@
-//! What the rendezvous keeps about one pair of connections, and the size of the
+//! What the rendezvous allows one pair of connections, and the size of the
 //! nameplate space. Pure: the server passes the time and the counts in.
 //!
 //! A pair exists for signalling: seconds and kilobytes for a transfer, up to ten minutes
@@ -6,7 +6,6 @@
 //! is someone using the server as a relay or holding its places (issue #23), so every
 //! pair has an absolute lifetime and a budget per side.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 /// Relays each side sends before its key is confirmed: a SPAKE2 message (or a session
@@ -44,45 +43,6 @@ impl RelayBudget {
         self.messages -= 1;
         self.bytes -= bytes;
         true
-    }
-}
-
-/// Shared by both connections of a pair: how many relays each side has sent before its
-/// key is confirmed (index 0 the side that waited, 1 the side that arrived), and the
-/// pair's own name for TURN. Counting is all the server can do: the blobs are SPAKE2
-/// messages and HMAC tags it cannot read, and an honest pair sends both of its own
-/// within a round trip of the other's.
-#[derive(Debug)]
-pub struct PairState {
-    relays: [AtomicU8; 2],
-    /// Random per pair: the user part of its TURN credentials, so coturn's quotas and
-    /// logs tell pairs apart.
-    pub turn_user: String,
-}
-
-impl PairState {
-    pub fn new(turn_user: String) -> PairState {
-        PairState {
-            relays: Default::default(),
-            turn_user,
-        }
-    }
-
-    pub fn count(&self, side: usize) {
-        // Only this side's connection writes its counter; stop at the number that matters.
-        let n = self.relays[side].load(Ordering::Relaxed);
-        if n < EXCHANGE_RELAYS {
-            self.relays[side].store(n + 1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn done(&self, side: usize) -> bool {
-        self.relays[side].load(Ordering::Relaxed) >= EXCHANGE_RELAYS
-    }
-
-    /// Both sides relayed their part of the key exchange.
-    pub fn exchanged(&self) -> bool {
-        self.done(0) && self.done(1)
     }
 }
 
@@ -159,17 +119,5 @@ mod tests {
         };
         assert!(budget.spend(0));
         assert!(!budget.spend(0), "messages gone");
-    }
-
-    #[test]
-    fn the_exchange_is_done_when_both_sides_relayed_twice() {
-        let pair = PairState::new("x".into());
-        pair.count(0);
-        pair.count(1);
-        pair.count(1);
-        pair.count(1);
-        assert!(pair.done(1) && !pair.done(0) && !pair.exchanged());
-        pair.count(0);
-        assert!(pair.exchanged());
     }
 }
