@@ -332,7 +332,7 @@ mod tests {
             super::page_of("ws://127.0.0.1:41234"),
             ("http://127.0.0.1:41234/".to_owned(), true)
         );
-        assert_eq!(super::page_of("ws://[::1]:80/").1, true);
-        assert_eq!(super::page_of("ws://192.168.1.5:9009").1, false);
+        assert!(super::page_of("ws://[::1]:80/").1);
+        assert!(!super::page_of("ws://192.168.1.5:9009").1);
     }
 }

@@ -5,6 +5,7 @@
 //! the short authentication string: the sender before anything is offered, the receiver
 //! before accepting in `p2p inbox` (a nearby offer is never accepted without a person).
 
+pub(crate) mod code;
 mod places;
 
 use std::net::SocketAddr;
@@ -259,14 +260,7 @@ pub(crate) async fn search(
         return std::future::pending().await;
     };
     loop {
-        let interfaces = local_subnets();
-        let candidates: Vec<SocketAddr> = lan
-            .nearby()
-            .iter()
-            .flat_map(|n| n.addresses.iter().map(|a| SocketAddr::new(*a, n.port)))
-            .filter(|addr| on_local_subnet(addr.ip(), &interfaces))
-            .collect();
-        let mut asks = futures_util::stream::iter(candidates)
+        let mut asks = futures_util::stream::iter(lan_candidates(lan))
             .map(|addr| {
                 let ask = ask();
                 async move {
@@ -284,6 +278,16 @@ pub(crate) async fn search(
         }
         tokio::time::sleep(LAN_LOOK_EVERY).await;
     }
+}
+
+/// Where the daemons announced on the LAN listen, on this machine's subnets only.
+fn lan_candidates(lan: &crate::lan::Discovery) -> Vec<SocketAddr> {
+    let interfaces = local_subnets();
+    lan.nearby()
+        .iter()
+        .flat_map(|n| n.addresses.iter().map(|a| SocketAddr::new(*a, n.port)))
+        .filter(|addr| on_local_subnet(addr.ip(), &interfaces))
+        .collect()
 }
 
 /// One ask, within [`LAN_ASK_LIMIT`] in all: the first frame, the daemon's challenge and
@@ -353,6 +357,13 @@ async fn handle(mut stream: TcpStream, jobs: Arc<Jobs>, connection: &Place, wait
                 && connection.prove()
             {
                 super::mailbox::answer_on_the_lan(jobs, stream, pairing).await;
+            }
+            return;
+        }
+        // A receiver asking for a code its rendezvous does not know.
+        Ok(Ok(NearbyMessage::Code { nameplate })) => {
+            if connection.prove() {
+                code::answer(stream, &jobs.context, nameplate).await;
             }
             return;
         }

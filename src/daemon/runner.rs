@@ -17,7 +17,7 @@ use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::crypto::rejoin_channel;
 use crate::rendezvous::{Code, Role, Session, SignalError};
 use crate::rtc::{self, RtcError, RtcSettings};
-use crate::terminal::error_line;
+use crate::terminal::{error_line, escape_controls};
 use crate::transfer::journal::Journal;
 use crate::transfer::names::Limits;
 use crate::transfer::receiver::{Answer, Question};
@@ -41,6 +41,10 @@ pub(super) enum JobError {
     Meet(MeetError),
     /// `--nearby NAME`: the nearby daemon did not answer the offer.
     Nearby(super::nearby::NearbyError),
+    /// A code neither this daemon's rendezvous nor any daemon on the LAN knows.
+    CodeNowhere {
+        rendezvous: String,
+    },
     Cancelled,
 }
 
@@ -98,6 +102,13 @@ impl JobError {
                     _ => ErrorKind::Io,
                 },
                 error_line(e),
+            ),
+            JobError::CodeNowhere { rendezvous } => (
+                ErrorKind::UnknownCode,
+                format!(
+                    "no transfer is waiting for that code at the rendezvous {} nor on this LAN: check the code; if it is right, the sender uses another rendezvous, and both sides must use one (rendezvous = \"wss://…\" in both daemons' config, or p2pd rendezvous on a host both reach)",
+                    escape_controls(rendezvous)
+                ),
             ),
             JobError::Cancelled => (
                 ErrorKind::Cancelled,
@@ -292,6 +303,7 @@ impl JobError {
             | JobError::NotConfirmed
             | JobError::Meet(_)
             | JobError::Nearby(_)
+            | JobError::CodeNowhere { .. }
             | JobError::Cancelled => false,
         }
     }
@@ -489,9 +501,28 @@ pub async fn run_receive(
             ReceiveMeeting::Code(code) => {
                 or_cancel(&cancel, async {
                     let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
-                    client.claim(code.nameplate).await?;
-                    job.set_state(JobState::Negotiating);
-                    Ok(Session::establish(client, Role::Receiver, &code).await?)
+                    match client.claim(code.nameplate).await {
+                        Ok(()) => {
+                            job.set_state(JobState::Negotiating);
+                            Ok(Session::establish(client, Role::Receiver, &code).await?)
+                        }
+                        // Two daemons with default settings each have a rendezvous of their
+                        // own: the sender's may be on the LAN (issue #29).
+                        Err(SignalError::UnknownCode) => {
+                            client.close().await;
+                            let relay = super::nearby::code::ask_the_lan(&context, code.nameplate)
+                                .await
+                                .ok_or_else(|| JobError::CodeNowhere {
+                                    rendezvous: context.rendezvous_url.url().to_owned(),
+                                })?;
+                            job.set_state(JobState::Negotiating);
+                            Ok(
+                                Session::establish_over(Box::new(relay), Role::Receiver, &code)
+                                    .await?,
+                            )
+                        }
+                        Err(other) => Err(other.into()),
+                    }
                 })
                 .await?
             }

@@ -32,6 +32,12 @@ pub enum NearbyMessage {
     /// follows on this connection, as raw frames ([`write_frame`], [`read_frame`]). Any
     /// other receiver closes.
     Here,
+    /// A receiver whose rendezvous does not know a code asks whether this daemon's
+    /// rendezvous holds its nameplate (PROTOCOL.md §4e).
+    Code { nameplate: u32 },
+    /// It did, and this daemon claimed it there for the asker: the rendezvous's relays
+    /// follow on this connection as raw frames. Otherwise `Refused`.
+    Claimed,
 }
 
 #[derive(Debug, thiserror::Error)]

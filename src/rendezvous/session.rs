@@ -68,6 +68,15 @@ impl Session {
         Session::establish_with(client, role, code, None).await
     }
 
+    /// `establish` over another relay: a daemon on the LAN carrying its rendezvous's.
+    pub async fn establish_over(
+        relay: Box<dyn Relay>,
+        role: Role,
+        code: &Code,
+    ) -> Result<Session, SignalError> {
+        Session::establish_relayed(relay, role, code, None).await
+    }
+
     /// `establish` with other SPAKE2 identities (pairing's), or a transfer's when `None`.
     pub async fn establish_with(
         client: RendezvousClient,
@@ -75,7 +84,15 @@ impl Session {
         code: &Code,
         identities: Option<(&[u8], &[u8])>,
     ) -> Result<Session, SignalError> {
-        let mut client: Box<dyn Relay> = Box::new(client);
+        Session::establish_relayed(Box::new(client), role, code, identities).await
+    }
+
+    async fn establish_relayed(
+        mut client: Box<dyn Relay>,
+        role: Role,
+        code: &Code,
+        identities: Option<(&[u8], &[u8])>,
+    ) -> Result<Session, SignalError> {
         let (pake, message) = match identities {
             Some(ids) => Pake::start_with(role, code, ids),
             None => Pake::start(role, code),

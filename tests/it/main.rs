@@ -10,6 +10,7 @@ mod errors;
 mod escaping;
 mod flood;
 mod hostile;
+mod lan_code;
 mod lockout;
 mod manual;
 mod many_files;

@@ -329,6 +329,21 @@ impl Net {
 
     /// Another daemon on `host`, with its own home `name` and `extra` flags.
     pub fn daemon_with(&mut self, host: &str, name: &str, extra: &[&str]) -> PathBuf {
+        let rendezvous = format!("ws://{INTERNET}:9009");
+        let extra: Vec<&str> = ["--rendezvous", rendezvous.as_str()]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        self.daemon_in_home(host, name, &extra)
+    }
+
+    /// A daemon on `host` as a person starts it with no settings: its own embedded
+    /// rendezvous (on loopback), LAN discovery on.
+    pub fn daemon_with_defaults(&mut self, host: &str) -> PathBuf {
+        self.daemon_in_home(host, host, &[])
+    }
+
+    fn daemon_in_home(&mut self, host: &str, name: &str, extra: &[&str]) -> PathBuf {
         let home = self.dir.path().join(name);
         std::fs::create_dir_all(home.join("dl")).expect("download dir");
         let socket = home.join("p2pd.sock");
@@ -340,8 +355,6 @@ impl Net {
             home.join("dl").display().to_string(),
             "--state-dir".to_owned(),
             home.join("state").display().to_string(),
-            "--rendezvous".to_owned(),
-            format!("ws://{INTERNET}:9009"),
         ];
         let args: Vec<&str> = args
             .iter()
