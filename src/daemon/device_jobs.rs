@@ -168,16 +168,27 @@ impl Jobs {
     }
 
     /// Starts the receive job of a paired device met at our mailbox, its session proven.
-    pub async fn start_inbound(&self, session: Session, key: [u8; 32]) -> Result<(), Failure> {
+    pub async fn start_inbound(&self, mut session: Session, key: [u8; 32]) -> Result<(), Failure> {
         self.refuse_if_stopping()?;
         let device = self
             .paired(|r| r.find_key(&key).cloned())
             .ok_or_else(|| failure(ErrorKind::NotFound, "the device is no longer paired"))?;
         let base = self.download_dir(None)?;
         let name = device.name.clone();
-        let dir = tokio::task::spawn_blocking(move || from_folder(&base, &name))
+        let made = tokio::task::spawn_blocking(move || from_folder(&base, &name))
             .await
-            .map_err(|_| failure(ErrorKind::Io, "making the device's folder stopped"))??;
+            .map_err(|_| failure(ErrorKind::Io, "making the device's folder stopped"))
+            .and_then(|made| made);
+        let dir = match made {
+            Ok(dir) => dir,
+            Err(local) => {
+                // The sender hears that this side cannot take it (it used to hear "the
+                // other side went away"), without this machine's paths (issue #23).
+                let _ = crate::rtc::refuse(&mut session, REFUSED_LOCALLY).await;
+                session.close().await;
+                return Err(local);
+            }
+        };
         let path = self.resolve_path(PathPolicy::Default)?;
         let limits = capped(self.context.config.limits, &device);
         let job: Arc<Job> =
@@ -200,6 +211,10 @@ impl Jobs {
         Ok(())
     }
 }
+
+/// What a sending device hears when this side cannot make its `From NAME` folder; this
+/// side's person sees the cause (with its path) in the log.
+const REFUSED_LOCALLY: &str = "the receiving device cannot save into its folder for files from this device (a problem on that machine: its log says which)";
 
 /// The daemon's limits, lowered by the device's caps.
 fn capped(limits: Limits, device: &Device) -> Limits {

@@ -80,6 +80,7 @@ impl JobError {
                     RtcError::Handshake => ErrorKind::Protocol,
                     RtcError::HandshakeStalled => ErrorKind::Protocol,
                     RtcError::TooManyCandidates(_) => ErrorKind::Protocol,
+                    RtcError::Refused(_) => ErrorKind::Declined,
                     RtcError::Signaling(s) => return signal_failure(s),
                     _ => ErrorKind::PeerGone,
                 },

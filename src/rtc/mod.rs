@@ -6,6 +6,7 @@ pub mod peer;
 pub mod runtime;
 pub mod sctp;
 
+pub use peer::signal::refuse;
 pub use peer::{Connection, IceServer, Route, RtcSettings, connect_answerer, connect_offerer};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,4 +39,7 @@ pub enum RtcError {
     Gathering(String),
     #[error("cancelled")]
     Cancelled,
+    /// The other side will not connect; its words, escaped.
+    #[error("the other side refused: {0}")]
+    Refused(String),
 }

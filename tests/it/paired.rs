@@ -486,3 +486,32 @@ async fn the_inbox_names_what_is_offered() {
     b.decide(waiting.id, false).await;
     assert_eq!(a.wait(job).await.state, JobState::Failed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_cannot_save_says_so_instead_of_going_away() {
+    // Issue #23: a receiver failing to make `From NAME` left its sender with "the other
+    // side went away".
+    let a = TestDaemon::start().await;
+    let b = a.peer().await;
+    pair(&a, &b).await;
+    set_rule(&b, "test", Rule::Auto, None).await;
+    std::fs::write(
+        b.downloads.join("From test"),
+        b"a file in the folder's place",
+    )
+    .unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "blocked.bin", 1000, 7);
+    let job = a.send_to("peer", &[file]).await.unwrap();
+    let failure = a.wait(job).await.failure.expect("the send fails");
+    assert_eq!(failure.kind, ErrorKind::Declined, "{failure:?}");
+    assert!(
+        failure.message.contains("cannot save into its folder"),
+        "{failure:?}"
+    );
+    let shown = b.downloads.display().to_string();
+    assert!(
+        !failure.message.contains(&shown),
+        "a local path: {failure:?}"
+    );
+}

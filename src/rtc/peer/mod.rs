@@ -10,7 +10,7 @@ pub mod candidates;
 pub mod manual;
 pub(crate) mod negotiate;
 mod route;
-mod signal;
+pub(crate) mod signal;
 
 pub use negotiate::{connect_answerer, connect_offerer};
 pub use route::Route;

@@ -411,6 +411,7 @@ async fn handle_signal(
 ) -> Result<(), RtcError> {
     let number = attempt.number;
     match signal {
+        Signal::Refused { reason } => return Err(super::signal::refusal(&reason)),
         Signal::Offer { sdp, .. } => {
             // An offer comes from the offering side only, once per attempt.
             if attempt.role != Role::Receiver || attempt.pc.is_some() {

@@ -32,6 +32,8 @@ pub(super) enum Signal {
         #[serde(default)]
         attempt: u8,
     },
+    /// The answering side will not connect, and says why (in place of an answer).
+    Refused { reason: String },
 }
 
 impl Signal {
@@ -40,6 +42,7 @@ impl Signal {
             Signal::Offer { attempt, .. }
             | Signal::Answer { attempt, .. }
             | Signal::Candidate { attempt, .. } => *attempt,
+            Signal::Refused { .. } => 0,
         }
     }
 
@@ -75,6 +78,22 @@ pub(super) fn fit(signal: &Signal, current: u8) -> Fit {
         std::cmp::Ordering::Greater if matches!(signal, Signal::Offer { .. }) => Fit::NewAttempt,
         _ => Fit::Stale,
     }
+}
+
+/// Longest refusal reason shown: a sentence.
+const REASON_CHARS: usize = 300;
+
+/// Tells the offering side that this side will not connect, and why, in place of an
+/// answer; it fails with [`RtcError::Refused`] instead of waiting for a peer gone.
+pub async fn refuse(session: &mut Session, reason: &str) -> Result<(), RtcError> {
+    let reason: String = reason.chars().take(REASON_CHARS).collect();
+    send_signal(session, &Signal::Refused { reason }).await
+}
+
+/// A refusal's reason as this side may show it: the peer's words, escaped and cut short.
+pub(super) fn refusal(reason: &str) -> RtcError {
+    let reason: String = reason.chars().take(REASON_CHARS).collect();
+    RtcError::Refused(crate::terminal::escape_controls(&reason))
 }
 
 pub(super) async fn send_signal(session: &mut Session, signal: &Signal) -> Result<(), RtcError> {
