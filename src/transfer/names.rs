@@ -42,15 +42,17 @@ pub enum NameError {
     #[error("the offer lists no files")]
     Empty,
     #[error(
-        "the offer lists {count} files, more than this receiver's limit of {limit} (max_files)"
+        "the offer lists {count} files, more than this receiver's limit of {limit} (its max_files, or p2p rule --max-files for a paired device)"
     )]
     TooMany { count: usize, limit: usize },
     #[error(
-        "file {name} is {size} bytes, more than this receiver's limit of {limit} (max_file_bytes)"
+        "file {name} is {}, more than this receiver's limit of {} per file (its max_file_bytes)",
+        indicatif::HumanBytes(*.size), indicatif::HumanBytes(*.limit)
     )]
     FileTooLarge { name: String, size: u64, limit: u64 },
     #[error(
-        "the offer totals {total} bytes, more than this receiver's limit of {limit} (max_total_bytes)"
+        "the offer totals {}, more than the {} this receiver accepts (its max_total_bytes, or p2p rule --max-size for a paired device)",
+        indicatif::HumanBytes(*.total), indicatif::HumanBytes(*.limit)
     )]
     TotalTooLarge { total: u64, limit: u64 },
     #[error("file name {0} is not allowed")]

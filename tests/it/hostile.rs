@@ -159,7 +159,7 @@ async fn bad_offers_are_refused_before_anything_is_written() {
                 vec![("1", 1), ("2", 1), ("3", 1), ("4", 1), ("5", 1), ("6", 1)],
                 "limit of 5",
             ),
-            (vec![("big.bin", 2 << 20)], "limit of 1048576"),
+            (vec![("big.bin", 2 << 20)], "limit of 1.00 MiB"),
             (vec![], "no files"),
         ];
         for (files, needle) in cases {
