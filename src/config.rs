@@ -43,10 +43,6 @@ pub struct FileConfig {
     pub ice_bind: Option<Vec<String>>,
     /// Send and receive buffer of each WebRTC UDP socket (default 4 MiB; 0 = kernel default).
     pub udp_buffer_bytes: Option<usize>,
-    /// Retired with striping (one connection per transfer): refused with a line saying so.
-    pub lanes: Option<toml::Value>,
-    /// Retired with striping, like `lanes`.
-    pub stripe_from_rtt_ms: Option<toml::Value>,
     /// SCTP receive window the peer connection starts with (default 2 MiB).
     pub sctp_window_bytes: Option<u32>,
     /// How far that window may grow while the reader keeps up (default 16 MiB).
@@ -161,9 +157,23 @@ fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result
     })
 }
 
+/// Keys retired with striping (one connection per transfer): refused with a line saying
+/// so. Checked before the keys are matched, so an unknown key's error lists only the keys
+/// there are (issue #29: it listed these as expected).
+const RETIRED_KEYS: [&str; 2] = ["lanes", "stripe_from_rtt_ms"];
+
 impl FileConfig {
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
-        parse_toml(text, path)
+        let table: toml::Table = parse_toml(text, path)?;
+        if let Some(retired) = RETIRED_KEYS.into_iter().find(|k| table.contains_key(*k)) {
+            return Err(ConfigError::Retired(retired));
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.message().to_owned(),
+            })
     }
 
     /// Loads `explicit` (which must exist), else the default file if there is one.
@@ -402,12 +412,6 @@ impl DaemonConfig {
                 .or(file.max_file_bytes)
                 .unwrap_or(defaults.max_file_bytes),
         };
-        if file.lanes.is_some() {
-            return Err(ConfigError::Retired("lanes"));
-        }
-        if file.stripe_from_rtt_ms.is_some() {
-            return Err(ConfigError::Retired("stripe_from_rtt_ms"));
-        }
         let sctp_window_bytes = flags
             .sctp_window_bytes
             .or(file.sctp_window_bytes)
@@ -504,7 +508,7 @@ mod tests {
     #[test]
     fn retired_and_out_of_range_values_are_refused() {
         let resolve = |text: &str| {
-            let file = FileConfig::parse(text, Path::new("c.toml")).unwrap();
+            let file = FileConfig::parse(text, Path::new("c.toml"))?;
             let flags = Overrides {
                 download_dir: Some("/d".into()),
                 state_dir: Some("/s".into()),
@@ -528,6 +532,14 @@ mod tests {
             let error = resolve(retired).unwrap_err().to_string();
             assert!(error.contains("no longer a setting"), "{retired}: {error}");
         }
+        let unknown = resolve("lane = 2").unwrap_err().to_string();
+        assert!(unknown.contains("unknown field `lane`"), "{unknown}");
+        assert!(
+            !RETIRED_KEYS
+                .iter()
+                .any(|k| unknown.contains(&format!("`{k}`"))),
+            "retired keys are not expected ones: {unknown}"
+        );
         assert_eq!(
             anywhere.rtc.sctp_recovery,
             crate::rtc::sctp::SctpRecovery::Bbr
