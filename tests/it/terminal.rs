@@ -216,3 +216,44 @@ fn a_long_name_keeps_its_bar_on_one_line_and_saved_comes_after_it() {
         assert!(shown.rfind("Saved \"").unwrap() < summary, "{shown}");
     }
 }
+
+/// Issue #29: `p2p receive` with no code offers what waits in the inbox first.
+#[test]
+fn receive_without_a_code_offers_the_inbox_first() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = runtime.block_on(async {
+        let a = crate::support::TestDaemon::start().await;
+        let b = a.peer().await;
+        crate::devices::pair(&a, &b).await;
+        (a, b)
+    });
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "from-the-inbox.bin", 20_000, 45);
+    let job = runtime
+        .block_on(a.send_to("peer", std::slice::from_ref(&path)))
+        .unwrap();
+    let offer = runtime.block_on(async {
+        loop {
+            let waiting = b
+                .jobs()
+                .await
+                .into_iter()
+                .find(|j| j.state == p2pd::ipc::messages::JobState::AwaitingApproval);
+            if let Some(job) = waiting {
+                break job;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let (ok, shown) = on_terminal(&b.socket, &["receive"], &format!("{}\ny\n", offer.id));
+    assert!(ok, "{shown}");
+    assert!(shown.contains("Offers waiting for an answer:"), "{shown}");
+    assert!(shown.contains("from test, 1 file(s)"), "{shown}");
+    assert!(shown.contains("Accept? [y/N]"), "{shown}");
+    let sent = runtime.block_on(a.wait(job));
+    assert_eq!(sent.state, p2pd::ipc::messages::JobState::Completed);
+    assert_eq!(
+        std::fs::read(b.downloads.join("From test").join("from-the-inbox.bin")).unwrap(),
+        std::fs::read(&path).unwrap()
+    );
+}

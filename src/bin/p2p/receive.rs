@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use p2pd::ipc::client::IpcClient;
-use p2pd::ipc::messages::{PathPolicy, Request};
+use p2pd::ipc::messages::{Direction, JobState, JobSummary, PathPolicy, Request, ServerFrame};
 use p2pd::rendezvous::Code;
 
 use crate::follow::{Interrupt, Role, follow};
@@ -52,8 +52,42 @@ pub async fn receive(
     }
     let code = match code {
         Some(code) => code,
-        // Asking keeps the code out of the process list and shell history.
-        None if interactive => prompt("Code: ")?,
+        // Asking keeps the code out of the process list and shell history; offers waiting
+        // in the inbox are offered first (issue #29: they were invisible here).
+        None if interactive => {
+            let waiting = inbox_offers(socket).await?;
+            if waiting.is_empty() {
+                prompt("Code: ")?
+            } else {
+                eprintln!("Offers waiting for an answer:");
+                for job in &waiting {
+                    eprintln!(
+                        "  {:>4}  from {}, {}",
+                        job.id,
+                        p2pd::terminal::escape_controls(job.device.as_deref().unwrap_or("")),
+                        if job.message_offered {
+                            "a message".to_owned()
+                        } else {
+                            format!(
+                                "{} file(s), {}",
+                                job.files,
+                                indicatif::HumanBytes(job.bytes_total)
+                            )
+                        }
+                    );
+                }
+                let typed = prompt("The number of an offer above, or the sender's code: ")?;
+                let picked = typed
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|id| waiting.iter().any(|j| j.id == *id));
+                if let Some(id) = picked {
+                    return answer_offer(socket, id, json).await;
+                }
+                typed
+            }
+        }
         None => {
             bail!("no code given: pass the sender's code, like p2p receive 7-orbit-lantern")
         }
@@ -77,6 +111,39 @@ pub async fn receive(
         Renderer::new(json),
         !yes,
         Role::Owner,
+    )
+    .await
+}
+
+/// Offers from paired and nearby devices waiting for this person's answer.
+async fn inbox_offers(socket: &Path) -> anyhow::Result<Vec<JobSummary>> {
+    let mut client = IpcClient::connect(socket).await?;
+    match client.call(Request::List).await? {
+        ServerFrame::Jobs(jobs) => Ok(jobs
+            .into_iter()
+            .filter(|j| {
+                j.direction == Direction::Receive
+                    && j.device.is_some()
+                    && j.state == JobState::AwaitingApproval
+            })
+            .collect()),
+        other => Err(crate::follow::unexpected(other)),
+    }
+}
+
+/// Shows offer `id` and asks, as `p2p watch` does; the offer stays in the inbox if this
+/// command is stopped.
+async fn answer_offer(socket: &Path, id: u64, json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = IpcClient::connect(socket).await?;
+    let interrupt = Interrupt::catch()?;
+    let first = client.call(Request::Watch { job: id }).await?;
+    follow(
+        socket,
+        client,
+        (first, interrupt),
+        Renderer::new(json),
+        true,
+        Role::Watcher,
     )
     .await
 }
