@@ -65,6 +65,8 @@ pub enum DaemonError {
 /// A daemon whose sockets are bound and which is serving.
 pub struct Daemon {
     socket: PathBuf,
+    /// Who removes the socket when the daemon stops.
+    listening: socket::Listening,
     rendezvous_url: String,
     rendezvous_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
@@ -102,7 +104,10 @@ impl Daemon {
             .sctp_recovery
             .install(config.rtc.sctp_window_max_bytes);
         // Bind the control socket first: a second daemon must fail before touching anything.
-        let listener = socket::bind(&config.socket).await?;
+        let (listener, listening) = socket::listen(&config.socket).await?;
+        if matches!(listening, socket::Listening::Activated) {
+            info!("listening on the control socket systemd passed");
+        }
         // An older version's state, in a directory it alone used, comes first: otherwise
         // the identity below would be a new one.
         if let migrate::Adopted::From(earlier) =
@@ -121,7 +126,7 @@ impl Daemon {
         let (identity, devices) = match loaded {
             Ok(loaded) => loaded,
             Err(error) => {
-                let _ = std::fs::remove_file(&config.socket);
+                listening.release();
                 return Err(error);
             }
         };
@@ -130,7 +135,7 @@ impl Daemon {
                 let endpoint = match Endpoint::new(url, ca.as_deref()) {
                     Ok(endpoint) => endpoint,
                     Err(error) => {
-                        let _ = std::fs::remove_file(&config.socket);
+                        listening.release();
                         return Err(error.into());
                     }
                 };
@@ -141,7 +146,7 @@ impl Daemon {
                 let tcp = match bound {
                     Ok(tcp) => tcp,
                     Err(source) => {
-                        let _ = std::fs::remove_file(&config.socket);
+                        listening.release();
                         return Err(DaemonError::Rendezvous {
                             addr: *listen,
                             source,
@@ -198,6 +203,7 @@ impl Daemon {
         info!(socket = %socket_path.display(), rendezvous = %rendezvous_url.url(), "p2pd ready");
         Ok(Daemon {
             socket: socket_path,
+            listening,
             rendezvous_url: rendezvous_url.url().to_owned(),
             rendezvous_addr,
             shutdown,
@@ -238,7 +244,7 @@ impl Daemon {
         {
             warn!("some jobs did not stop in time");
         }
-        let _ = std::fs::remove_file(&self.socket);
+        self.listening.release();
         info!("p2pd stopped");
     }
 }

@@ -18,6 +18,8 @@ pub enum SocketError {
         "socket directory {path} is writable by other users: make it private (chmod 700 {path}) or pass --socket PATH"
     )]
     Writable { path: PathBuf },
+    #[error("cannot take the control socket systemd passed (LISTEN_FDS): check p2pd.socket")]
+    Activation(#[source] io::Error),
     #[error("cannot set up the control socket at {path}")]
     Io {
         path: PathBuf,
@@ -30,6 +32,42 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SocketError + '_ {
     move |source| SocketError::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+/// Where the control socket came from, which says who removes it.
+#[derive(Debug)]
+pub enum Listening {
+    /// Bound here at this path: removed when the daemon stops.
+    Bound(PathBuf),
+    /// Passed by systemd (`p2pd.socket`): it stays, to start the daemon again.
+    Activated,
+}
+
+impl Listening {
+    /// Removes the socket if this daemon made it.
+    pub fn release(&self) {
+        if let Listening::Bound(path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The control socket: the one systemd passed when socket-activated (`LISTEN_FDS`: the
+/// unit made it, 0600 in a 0700 directory), else bound at `path` by [`bind`].
+pub async fn listen(path: &Path) -> Result<(UnixListener, Listening), SocketError> {
+    let passed = listenfd::ListenFd::from_env()
+        .take_unix_listener(0)
+        .map_err(SocketError::Activation)?;
+    match passed {
+        Some(listener) => {
+            listener
+                .set_nonblocking(true)
+                .map_err(SocketError::Activation)?;
+            let listener = UnixListener::from_std(listener).map_err(SocketError::Activation)?;
+            Ok((listener, Listening::Activated))
+        }
+        None => Ok((bind(path).await?, Listening::Bound(path.to_owned()))),
     }
 }
 

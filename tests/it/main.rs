@@ -1,6 +1,7 @@
 //! Integration tests: real daemons, real rendezvous, real WebRTC over loopback.
 
 mod abuse;
+mod activation;
 mod browser;
 mod candidates;
 mod cli;

@@ -1,0 +1,75 @@
+//! Socket activation (issue #25): systemd's p2pd.socket starts the daemon on the first
+//! `p2p` call and passes it the listening socket (LISTEN_FDS); played here by
+//! `systemd-socket-activate`, which does the same without a running systemd.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::cli::{P2P, P2PD};
+
+#[test]
+fn the_first_p2p_call_starts_the_daemon_on_the_socket_systemd_passed() {
+    if Command::new("systemd-socket-activate")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        crate::netns_harness::skip("needs systemd-socket-activate (Debian's systemd)");
+    }
+    let home = tempfile::tempdir().unwrap();
+    let run = home.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::create_dir(home.path().join("dl")).unwrap();
+    let socket = run.join("p2pd.sock");
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("--listen")
+        .arg(&socket)
+        .args(["-E", "RUST_LOG=info"])
+        .arg("-E")
+        .arg(format!("HOME={}", home.path().display()))
+        .arg(P2PD)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--download-dir")
+        .arg(home.path().join("dl"))
+        .args([
+            "--rendezvous-listen",
+            "127.0.0.1:0",
+            "--ice-bind",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(home.path().join("p2pd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "no socket made");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // No daemon runs yet: this call starts it, and is answered by it.
+    let status = Command::new(P2P)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("status")
+        .env_remove("P2PD_SOCKET")
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(home.path().join("p2pd.log")).unwrap_or_default();
+    assert!(
+        status.status.success(),
+        "{}\n{log}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        log.contains("listening on the control socket systemd passed"),
+        "{log}"
+    );
+    // SAFETY: signalling our own child (now p2pd itself).
+    unsafe { libc::kill(activator.id() as i32, libc::SIGTERM) };
+    assert!(activator.wait().unwrap().success());
+    assert!(
+        socket.exists(),
+        "the socket is systemd's: it stays for the next start"
+    );
+}
