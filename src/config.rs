@@ -88,6 +88,10 @@ pub struct RendezvousFileConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Where codes and pairings are kept: `memory` (the default) or a Redis URL
+    /// (`redis://HOST:PORT`, `rediss://…`, `redis+unix:///PATH`) shared by several
+    /// instances.
+    pub store: Option<String>,
 }
 
 impl RendezvousFileConfig {
@@ -495,8 +499,10 @@ mod tests {
             turn_credential_ttl_secs = 3600
             tls_cert = "/etc/p2pd/cert.pem"
             tls_key = "/etc/p2pd/key.pem"
+            store = "redis://10.0.0.5:6379"
         "#;
         let file = RendezvousFileConfig::parse(text, Path::new("r.toml")).unwrap();
+        assert_eq!(file.store.as_deref(), Some("redis://10.0.0.5:6379"));
         assert_eq!(file.turn, ["turn:turn.example.org:3478"]);
         assert_eq!(file.tls_key, Some(PathBuf::from("/etc/p2pd/key.pem")));
         assert_eq!(file.turn_credential_ttl_secs, Some(3600));

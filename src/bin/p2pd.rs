@@ -11,6 +11,7 @@ use p2pd::config::{DaemonConfig, FileConfig, Overrides, RendezvousFileConfig};
 use p2pd::daemon::{Daemon, notify};
 use p2pd::rendezvous::ice::IceHandout;
 use p2pd::rendezvous::server::{self, RendezvousConfig};
+use p2pd::rendezvous::store::StoreKind;
 use p2pd::rendezvous::tls::ServerTls;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -129,6 +130,12 @@ enum Command {
         /// PEM private key of --tls-cert.
         #[arg(long, value_name = "FILE")]
         tls_key: Option<PathBuf>,
+        /// Where codes and pairings are kept: memory (this process alone), or Redis/Valkey
+        /// shared by several instances behind one name: redis://HOST:PORT,
+        /// rediss://HOST:PORT or redis+unix:///PATH (a URL with a password belongs in
+        /// the config file) [default: memory].
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
 }
 
@@ -206,6 +213,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         turn_credential_ttl,
         tls_cert,
         tls_key,
+        store,
     }) = args.command
     {
         let file = RendezvousFileConfig::load(args.config.as_deref())?;
@@ -247,6 +255,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "TLS needs both a certificate and its key: pass --tls-cert FILE and --tls-key FILE (or set tls_cert and tls_key)"
             ),
         };
+        let store: StoreKind = match store.or(file.store) {
+            Some(text) => text.parse().map_err(anyhow::Error::msg)?,
+            None => StoreKind::Memory,
+        };
         reload_on_hangup(tls.clone())?;
         let listener = server::bind(listen)
             .await
@@ -261,6 +273,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 credential_ttl: Duration::from_secs(turn_credential_ttl),
             },
             tls,
+            store,
             ..Default::default()
         };
         server::serve(listener, config, stop).await;

@@ -187,6 +187,39 @@ pub fn respond(head: &Head, scheme: Scheme) -> Vec<u8> {
     response
 }
 
+/// The path a load balancer checks (`GET /healthz`): 200 while this instance can pair
+/// daemons, 503 saying why while it cannot (its store is unreachable).
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// Whether `head` is a health check.
+pub fn is_health_check(head: &Head) -> bool {
+    matches!(head, Head::Get { path, .. } if path == HEALTH_PATH)
+}
+
+/// The answer to a health check: `problem` is why this instance cannot serve, if so.
+pub fn health(problem: Option<&str>, head_only: bool) -> Vec<u8> {
+    let (status, body) = match problem {
+        None => ("200 OK", "ok\n".to_owned()),
+        Some(problem) => (
+            "503 Service Unavailable",
+            format!(
+                "unavailable: {}\n",
+                crate::terminal::escape_controls(problem)
+            ),
+        ),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        response.extend_from_slice(body.as_bytes());
+    }
+    response
+}
+
 /// Reads a request head (at most [`MAX_HEAD_BYTES`]); `None` if the peer closed or sent
 /// more without ending it. Returns everything read, which may run past the head.
 pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<(Vec<u8>, usize)> {
@@ -333,6 +366,29 @@ mod tests {
         assert!(
             !get("/").contains("Strict-Transport-Security"),
             "not over HTTP"
+        );
+    }
+
+    #[test]
+    fn a_health_check_says_200_or_503_and_why() {
+        let head = parse_head(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(is_health_check(&head));
+        assert!(!is_health_check(&parse_head(b"GET / HTTP/1.1\r\n\r\n")));
+        let ok = String::from_utf8(health(None, false)).unwrap();
+        assert!(
+            ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nok\n"),
+            "{ok}"
+        );
+        let down = String::from_utf8(health(Some("redis refused the connection"), false)).unwrap();
+        assert!(down.starts_with("HTTP/1.1 503 "), "{down}");
+        assert!(
+            down.ends_with("unavailable: redis refused the connection\n"),
+            "{down}"
+        );
+        assert!(
+            String::from_utf8(health(None, true))
+                .unwrap()
+                .ends_with("\r\n\r\n")
         );
     }
 

@@ -16,7 +16,7 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -31,8 +31,7 @@ use super::limits::{AddressTable, MissBudget, PerAddressLimits};
 use super::messages::ServerErrorKind;
 use super::pair::{PAIR_LIFETIME, RelayBudget};
 use super::slots::Lifetimes;
-use super::store::memory::MemoryStore;
-use super::store::{Store, StoreLimits};
+use super::store::{self, Store, StoreKind, StoreLimits};
 use super::tls::ServerTls;
 
 /// Largest WebSocket message accepted; SDPs and candidates are far smaller.
@@ -75,6 +74,8 @@ pub struct RendezvousConfig {
     pub misses_per_minute: u32,
     /// Serve `wss://` with these certificate files; `None` serves `ws://`.
     pub tls: Option<Arc<ServerTls>>,
+    /// Where slots live: this process, or Redis shared with other instances.
+    pub store: StoreKind,
 }
 
 impl Default for RendezvousConfig {
@@ -91,14 +92,15 @@ impl Default for RendezvousConfig {
             relay_budget: RelayBudget::default(),
             misses_per_minute: 6,
             tls: None,
+            store: StoreKind::Memory,
         }
     }
 }
 
 /// Serves until `shutdown` fires, then waits for every connection task to end. Slots are
-/// kept in this process (the memory store).
+/// kept in the store `config.store` names.
 pub async fn serve(listener: TcpListener, config: RendezvousConfig, shutdown: CancellationToken) {
-    let store = Arc::new(MemoryStore::new(store_limits(&config)));
+    let store = store::open(&config.store, store_limits(&config), &shutdown);
     serve_with(listener, config, store, shutdown).await;
 }
 
@@ -132,8 +134,13 @@ pub async fn serve_with(
     let config = &shared.config;
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, tls = config.tls.is_some(), "rendezvous listening");
+        let store = match &config.store {
+            StoreKind::Memory => "memory",
+            StoreKind::Redis(_) => "redis",
+        };
+        info!(%addr, tls = config.tls.is_some(), store, "rendezvous listening");
     }
+    let health = shared.store.health();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -154,9 +161,10 @@ pub async fn serve_with(
             // rather than "cannot reach the rendezvous".
             if let Ok(permit) = busy_answers.clone().try_acquire_owned() {
                 let tls = config.tls.clone();
+                let health = health.clone();
                 tracker.spawn(async move {
                     let answer = async {
-                        if let Some(mut ws) = websocket(stream, tls.as_deref()).await {
+                        if let Some(mut ws) = websocket(stream, tls.as_deref(), &health).await {
                             let _ = send(&mut ws, &error(ServerErrorKind::Busy, why)).await;
                             close_gracefully(ws).await;
                         }
@@ -184,6 +192,7 @@ pub async fn serve_with(
                 continue;
             }
         };
+        let health = health.clone();
         let conn = Connection {
             shared: shared.clone(),
             id,
@@ -194,7 +203,7 @@ pub async fn serve_with(
             async move {
                 // Evicted mid-handshake, it goes at once rather than at the handshake timeout.
                 let ws = tokio::select! {
-                    ws = websocket(stream, conn.shared.config.tls.as_deref()) => ws,
+                    ws = websocket(stream, conn.shared.config.tls.as_deref(), &health) => ws,
                     _ = conn.evict.cancelled() => None,
                 };
                 if let Some(ws) = ws {
@@ -217,8 +226,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 pub(super) type Ws = WebSocketStream<Box<dyn Transport>>;
 
 /// TLS (when configured) and the WebSocket handshake, within [`HANDSHAKE_TIMEOUT`]; a
-/// request for the browser page is answered here instead, and gets `None`.
-async fn websocket(stream: TcpStream, tls: Option<&ServerTls>) -> Option<Ws> {
+/// request for the browser page or a health check (answered from `health`, the store's)
+/// is answered here instead, and gets `None`.
+async fn websocket(
+    stream: TcpStream,
+    tls: Option<&ServerTls>,
+    health: &watch::Receiver<Option<String>>,
+) -> Option<Ws> {
     let handshakes = async {
         let transport: Box<dyn Transport> = match tls {
             Some(tls) => match tls.acceptor().accept(stream).await {
@@ -235,6 +249,20 @@ async fn websocket(stream: TcpStream, tls: Option<&ServerTls>) -> Option<Ws> {
         let (read, end) = super::page::read_head(&mut transport).await?;
         match super::page::parse_head(&read[..end]) {
             super::page::Head::WebSocket => {}
+            check if super::page::is_health_check(&check) => {
+                let head_only = matches!(
+                    check,
+                    super::page::Head::Get {
+                        head_only: true,
+                        ..
+                    }
+                );
+                let problem = health.borrow().clone();
+                let answer = super::page::health(problem.as_deref(), head_only);
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut transport, &answer).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut transport).await;
+                return None;
+            }
             other => {
                 let scheme = match tls {
                     Some(_) => super::page::Scheme::Https,

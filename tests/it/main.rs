@@ -27,6 +27,7 @@ mod races;
 mod resume;
 mod state_dir;
 mod stdin;
+mod stdout;
 mod support;
 mod takeover;
 mod terminal;

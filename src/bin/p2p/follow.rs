@@ -132,8 +132,22 @@ pub async fn follow(
                             Some(read_yes_from_stdin)
                         } else if may_ask && !asked && info.state == JobState::AwaitingApproval {
                             asked = true;
-                            renderer.show_offer(info)?;
-                            Some(read_yes)
+                            if let Some(problem) = renderer.refusal(info) {
+                                let mut decider = IpcClient::connect(socket).await?;
+                                let _ = decider
+                                    .call(Request::Decide {
+                                        job: info.id,
+                                        accept: false,
+                                    })
+                                    .await;
+                                bail!(problem);
+                            }
+                            if renderer.takes_without_asking() {
+                                Some(|| Ok(true))
+                            } else {
+                                renderer.show_offer(info)?;
+                                Some(read_yes)
+                            }
                         } else {
                             None
                         };

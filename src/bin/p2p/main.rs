@@ -126,6 +126,10 @@ enum Command {
         /// paste back. Compare the authentication string both sides show before accepting.
         #[arg(long, conflicts_with = "code")]
         manual: bool,
+        /// Write the file to stdout once it is verified, like `p2p receive CODE --stdout |
+        /// tar x` (one file only: an offer of several, or of a folder, is declined).
+        #[arg(long, conflicts_with_all = ["output", "json", "manual"])]
+        stdout: bool,
         #[command(flatten)]
         path: PathFlags,
     },
@@ -360,10 +364,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Receive {
             code,
+            yes,
+            stdout: true,
+            path,
+            ..
+        } => receive::to_stdout(&socket, code, yes, path.policy()).await,
+        Command::Receive {
+            code,
             output,
             yes,
             json,
             manual,
+            stdout: _,
             path,
         } => receive::receive(&socket, code, output, (yes, json, manual), path.policy()).await,
         Command::Status { json } => {

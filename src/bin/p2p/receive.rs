@@ -147,3 +147,62 @@ async fn answer_offer(socket: &Path, id: u64, json: bool) -> anyhow::Result<Exit
     )
     .await
 }
+
+/// `p2p receive CODE --stdout`: the one file of the offer, received into a spool folder
+/// the daemon makes in its state directory and keeps while this command's connection is
+/// open, then written to stdout once verified. The folder goes when the connection ends,
+/// whatever the outcome.
+pub async fn to_stdout(
+    socket: &Path,
+    code: Option<String>,
+    yes: bool,
+    path: PathPolicy,
+) -> anyhow::Result<ExitCode> {
+    let Some(code) = code else {
+        bail!("--stdout needs the code on the command line: p2p receive CODE --stdout");
+    };
+    if !yes && !std::io::stdin().is_terminal() {
+        bail!("not accepting files without asking: run p2p receive on a terminal, or pass --yes");
+    }
+    let code: Code = code.parse()?;
+    // Held to the end: the spool lives as long as this connection.
+    let mut holding = IpcClient::connect(socket).await?;
+    let dir = match holding.call(Request::Spool).await? {
+        ServerFrame::Spool { dir } => dir,
+        other => return Err(crate::follow::unexpected(other)),
+    };
+    let mut client = IpcClient::connect(socket).await?;
+    let request = Request::Receive {
+        code: code.to_string(),
+        download_dir: Some(dir.clone()),
+        accept: false,
+        follow: true,
+        path,
+    };
+    let interrupt = Interrupt::catch()?;
+    let first = client.call(request).await?;
+    let renderer = Renderer::new(false).with_stdout_data(yes);
+    let done = follow(
+        socket,
+        client,
+        (first, interrupt),
+        renderer,
+        true,
+        Role::Owner,
+    )
+    .await?;
+    if done != ExitCode::SUCCESS {
+        return Ok(done);
+    }
+    // A message is printed as it comes; a file is the one regular file there.
+    let file = std::fs::read_dir(&dir)?
+        .flatten()
+        .find(|e| e.file_type().is_ok_and(|t| t.is_file()));
+    if let Some(file) = file {
+        let mut stdout = std::io::stdout().lock();
+        std::io::copy(&mut std::fs::File::open(file.path())?, &mut stdout)?;
+        std::io::Write::flush(&mut stdout)?;
+    }
+    drop(holding);
+    Ok(ExitCode::SUCCESS)
+}

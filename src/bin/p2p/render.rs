@@ -24,6 +24,9 @@ pub struct Renderer {
     waiting: Option<ProgressBar>,
     /// `Saved` lines while bars are drawn, printed below them when they are done.
     saved_at_end: Vec<String>,
+    /// `p2p receive --stdout`: stdout carries the file, so lines go to stderr; `yes` when
+    /// a single-file offer is taken without asking.
+    stdout_data: Option<bool>,
 }
 
 /// "left out 2 paths (symlinks and special files are not sent): a, b" for the sender's
@@ -109,6 +112,39 @@ impl Renderer {
             last: None,
             waiting: None,
             saved_at_end: Vec::new(),
+            stdout_data: None,
+        }
+    }
+
+    /// For `p2p receive --stdout`: stdout is the file's, and only an offer of one file is
+    /// taken (at once with `yes`).
+    pub fn with_stdout_data(mut self, yes: bool) -> Renderer {
+        self.stdout_data = Some(yes);
+        self
+    }
+
+    /// Why this offer cannot be taken as asked, if it cannot.
+    pub fn refusal(&self, info: &JobInfo) -> Option<String> {
+        self.stdout_data?;
+        let one_file = info.files.len() == 1 && !info.files[0].name.contains('/');
+        (!one_file && !info.message_offered).then(|| {
+            format!(
+                "--stdout takes one file, and this offer holds {} or a folder: receive it without --stdout",
+                plural(info.files.len(), "file")
+            )
+        })
+    }
+
+    /// Whether the offer is taken without asking (`--stdout --yes`).
+    pub fn takes_without_asking(&self) -> bool {
+        self.stdout_data == Some(true)
+    }
+
+    /// A line about a saved file or folder: stdout, unless stdout carries the data.
+    fn say_saved(&self, line: &str) {
+        match self.stdout_data {
+            Some(_) => say!(err, "{line}"),
+            None => say!(out, "{line}"),
         }
     }
 
@@ -252,7 +288,7 @@ impl Renderer {
     fn saved(&mut self, line: String) {
         match &self.bars {
             Some(_) => self.saved_at_end.push(line),
-            None => say!(out, "{line}"),
+            None => self.say_saved(&line),
         }
     }
 
@@ -470,8 +506,8 @@ impl Renderer {
         if let Some(bars) = self.bars.take() {
             bars.clear();
         }
-        for line in self.saved_at_end.drain(..) {
-            say!(out, "{line}");
+        for line in std::mem::take(&mut self.saved_at_end) {
+            self.say_saved(&line);
         }
     }
 

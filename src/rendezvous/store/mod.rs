@@ -1,13 +1,59 @@
 //! Where the rendezvous keeps its slots and how its connections reach each other: in this
-//! process ([`memory::MemoryStore`]).
+//! process ([`memory::MemoryStore`], the default and the embedded rendezvous's), or in
+//! Redis ([`redis::RedisStore`]), shared by several instances so that any of them serves
+//! any client.
 
 pub mod memory;
+pub mod redis;
 
 use std::net::IpAddr;
 use tokio::sync::watch;
 
 use super::bus::{ConnRef, Event, Inbox};
 use super::slots::{BurnReason, Claim, Lifetimes, Rejoin, Waiter};
+
+/// Which store a rendezvous uses (`p2pd rendezvous --store`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreKind {
+    #[default]
+    Memory,
+    /// `redis://`, `rediss://` or `redis+unix://` (Redis or Valkey).
+    Redis(String),
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<StoreKind, String> {
+        if text == "memory" {
+            return Ok(StoreKind::Memory);
+        }
+        let scheme = text.split_once("://").map(|(scheme, _)| scheme);
+        if !matches!(scheme, Some("redis" | "rediss" | "redis+unix" | "unix")) {
+            return Err(format!(
+                "unknown store {:?}: use memory, redis://HOST:PORT, rediss://HOST:PORT or redis+unix:///PATH",
+                crate::terminal::escape_controls(text)
+            ));
+        }
+        ::redis::Client::open(text)
+            .map_err(|error| format!("bad store address: {}", error.category()))?;
+        Ok(StoreKind::Redis(text.to_owned()))
+    }
+}
+
+/// The store `kind` names, for one instance. A Redis store serves once it reaches Redis
+/// (until then, and whenever it cannot, it refuses and `health` says why); its
+/// background tasks end with `shutdown`.
+pub fn open(
+    kind: &StoreKind,
+    limits: StoreLimits,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> std::sync::Arc<dyn Store> {
+    match kind {
+        StoreKind::Memory => std::sync::Arc::new(memory::MemoryStore::new(limits)),
+        StoreKind::Redis(url) => redis::RedisStore::start(url, limits, shutdown),
+    }
+}
 
 /// The store cannot be reached: the request is refused (`busy`), naming the cause.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,4 +106,25 @@ pub trait Store: Send + Sync + 'static {
 /// A random id for this instance's run.
 pub fn instance_id() -> u64 {
     rand::random::<u64>() >> 1 | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_is_memory_or_a_redis_url() {
+        assert_eq!("memory".parse(), Ok(StoreKind::Memory));
+        for url in [
+            "redis://10.0.0.5:6379",
+            "rediss://redis.example.org:6380/2",
+            "redis+unix:///run/redis/redis.sock",
+        ] {
+            assert_eq!(url.parse(), Ok(StoreKind::Redis(url.to_owned())), "{url}");
+        }
+        for bad in ["", "mem", "mongodb://x", "http://redis:6379", "redis:/x"] {
+            let error = bad.parse::<StoreKind>().unwrap_err();
+            assert!(error.contains("redis://"), "{bad}: {error}");
+        }
+    }
 }

@@ -1,0 +1,694 @@
+//! The store shared by several rendezvous instances: Redis (or Valkey) through the `redis`
+//! crate. Each slot operation is one Lua script, so it is atomic at the engine whichever
+//! instance runs it: a nameplate is handed out once (`SET NX` with a TTL), claimed once
+//! (waiting → paired in one step: one PAKE attempt per code cluster-wide), and a burned one
+//! stays as a tombstone until its TTL. Every entry expires by itself, so an instance that
+//! dies leaves nothing behind for longer than a slot's or a pair's life.
+//!
+//! Events between connections on different instances go over pub/sub: each instance
+//! subscribes to its own channel (`p2pd:rv:inst:<id>`) on a connection of its own and
+//! publishes to the peer's. A PUBLISH that no instance received (its instance is gone)
+//! counts as the peer gone.
+//!
+//! Fail closed: while Redis cannot be reached (a health check every second, and the
+//! subscription), `health` says why, every allocation, claim and rejoin is refused with
+//! that cause, and whoever waits on the store is told; it serves again by itself once
+//! Redis answers.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Store, StoreLimits, Unavailable};
+use crate::rendezvous::bus::{ConnRef, Delivery, Event, Inbox, Inboxes, lock};
+use crate::rendezvous::pair::nameplate_space;
+use crate::rendezvous::slots::{BurnReason, Claim, GRACE, Rejoin, Waiter};
+
+/// Every key and channel starts with this.
+const PREFIX: &str = "p2pd:rv:";
+/// How often the store's reachability is checked (and the open count refreshed).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// A request to Redis that takes longer fails (as unreachable).
+const COMMAND_TIME: Duration = Duration::from_secs(3);
+/// Nameplates tried per allocation script; all taken (one in a thousand each) means a
+/// larger space.
+const CANDIDATES: usize = 4;
+
+/// KEYS: open set, candidate keys…; ARGV: now ms, ttl ms, max, value, candidate numbers….
+/// Returns {nameplate or 0 (all taken) or -1 (full), open}.
+const ALLOCATE: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local open = redis.call('ZCARD', KEYS[1])
+if open >= tonumber(ARGV[3]) then return {-1, open} end
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], ARGV[4], 'NX', 'PX', ARGV[2]) then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[3 + i])
+    return {tonumber(ARGV[3 + i]), open + 1}
+  end
+end
+return {0, open}
+";
+
+/// KEYS: nameplate, open set; ARGV: claimer 'inst id', pair ttl ms, now ms, nameplate.
+/// A waiting entry becomes paired in the same step. Returns the entry as it was.
+const CLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local _, _, waiting, ip = string.find(v, '^w (%S+ %S+) (%S+)$')
+if waiting then
+  redis.call('SET', KEYS[1], 'p ' .. waiting .. ' ' .. ARGV[1] .. ' ' .. ip, 'PX', ARGV[2])
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]), ARGV[4])
+end
+return v
+";
+
+/// KEYS: key, open set; ARGV: expected value, new value, ttl ms, now ms, member.
+const REPLACE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[5])
+return 1
+";
+
+/// KEYS: nameplate, open set; ARGV: member 'inst id', burned value, ttl ms, now ms,
+/// nameplate. Only a pair the member is part of.
+const BURN: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local _, _, a, b = string.find(v, '^p (%S+ %S+) (%S+ %S+) ')
+if a ~= ARGV[1] and b ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[5])
+return 1
+";
+
+/// KEYS: nameplate, open set; ARGV: member 'inst id', nameplate. Its waiting slot or its
+/// pair; never a tombstone or someone else's entry.
+const RELEASE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local _, _, w = string.find(v, '^w (%S+ %S+) ')
+local _, _, a, b = string.find(v, '^p (%S+ %S+) (%S+ %S+) ')
+if w ~= ARGV[1] and a ~= ARGV[1] and b ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+";
+
+/// KEYS: channel, rejoin set; ARGV: side ('s'/'r'), value, ttl ms, now ms, max, channel.
+/// Returns {'meet', other} (taken off), {'replaced', old}, {'wait'} or {'full'}.
+const REJOIN: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, 1) ~= ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[6])
+  return {'meet', v}
+end
+if not v then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return {'full'} end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[6])
+if v then return {'replaced', v} end
+return {'wait'}
+";
+
+/// KEYS: channel, rejoin set; ARGV: value, ttl ms, now ms, channel.
+const PUT_BACK_REJOIN: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]), ARGV[4])
+end
+return 1
+";
+
+/// KEYS: channel, rejoin set; ARGV: member 'inst id', channel.
+const LEAVE_REJOIN: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local _, _, w = string.find(v, '^%S (%S+ %S+) ')
+if w ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+";
+
+struct Scripts {
+    allocate: Script,
+    claim: Script,
+    replace: Script,
+    burn: Script,
+    release: Script,
+    rejoin: Script,
+    put_back_rejoin: Script,
+    leave_rejoin: Script,
+}
+
+/// An event on its way to a connection of another instance.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    to: u64,
+    from: ConnRef,
+    event: Event,
+}
+
+pub struct RedisStore {
+    instance: u64,
+    limits: StoreLimits,
+    client: Option<redis::Client>,
+    /// Made once Redis first answers; it reconnects by itself after that.
+    manager: Mutex<Option<ConnectionManager>>,
+    inboxes: Inboxes,
+    health: watch::Sender<Option<String>>,
+    open: AtomicUsize,
+    scripts: Scripts,
+    /// Asks for a check now (the subscription came back).
+    recheck: tokio::sync::Notify,
+}
+
+impl RedisStore {
+    /// A store on `url` (already checked: `StoreKind::from_str`), not serving until Redis
+    /// answers and the subscription stands.
+    pub fn start(url: &str, limits: StoreLimits, shutdown: &CancellationToken) -> Arc<dyn Store> {
+        // Checked when the flag was read; a store that cannot be opened only refuses.
+        let (client, health) = match redis::Client::open(url) {
+            Ok(client) => (Some(client), "not connected to redis yet".to_owned()),
+            Err(error) => (None, format!("bad store address: {}", describe(&error))),
+        };
+        let store = Arc::new(RedisStore {
+            instance: super::instance_id(),
+            limits,
+            client,
+            manager: Mutex::new(None),
+            inboxes: Inboxes::default(),
+            health: watch::Sender::new(Some(health)),
+            open: AtomicUsize::new(0),
+            recheck: tokio::sync::Notify::new(),
+            scripts: Scripts {
+                allocate: Script::new(ALLOCATE),
+                claim: Script::new(CLAIM),
+                replace: Script::new(REPLACE),
+                burn: Script::new(BURN),
+                release: Script::new(RELEASE),
+                rejoin: Script::new(REJOIN),
+                put_back_rejoin: Script::new(PUT_BACK_REJOIN),
+                leave_rejoin: Script::new(LEAVE_REJOIN),
+            },
+        });
+        let (reachable_tx, reachable) = watch::channel((None::<String>, Instant::now()));
+        let (subscribed_tx, subscribed) = watch::channel(None::<Instant>);
+        tokio::spawn(store.clone().check(reachable_tx, shutdown.clone()));
+        tokio::spawn(store.clone().subscribe(subscribed_tx, shutdown.clone()));
+        tokio::spawn(store.clone().judge(reachable, subscribed, shutdown.clone()));
+        store
+    }
+
+    fn channel(instance: u64) -> String {
+        format!("{PREFIX}inst:{instance:x}")
+    }
+
+    fn me(conn: ConnRef) -> String {
+        format!("{:x} {}", conn.instance, conn.id)
+    }
+
+    /// Checks Redis every [`CHECK_EVERY`], and at once when the subscription comes back:
+    /// `None` while it answers, else why not, with when it was checked.
+    async fn check(
+        self: Arc<Self>,
+        reachable: watch::Sender<(Option<String>, Instant)>,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = self.recheck.notified() => {}
+            }
+            let checked = Instant::now();
+            let problem = match self.manager().await {
+                Ok(mut manager) => {
+                    let now = now_ms();
+                    let counted = tokio::time::timeout(COMMAND_TIME, async {
+                        let _: () = manager
+                            .zrembyscore(format!("{PREFIX}open"), "-inf", now)
+                            .await?;
+                        manager.zcard::<_, usize>(format!("{PREFIX}open")).await
+                    })
+                    .await;
+                    match counted {
+                        Ok(Ok(open)) => {
+                            self.open.store(open, Ordering::Relaxed);
+                            None
+                        }
+                        Ok(Err(error)) => Some(describe(&error)),
+                        Err(_) => Some("redis did not answer in time".to_owned()),
+                    }
+                }
+                Err(problem) => Some(problem),
+            };
+            reachable.send_replace((problem, checked));
+        }
+    }
+
+    /// Keeps this instance subscribed to its channel, handing what comes to its inboxes.
+    async fn subscribe(
+        self: Arc<Self>,
+        subscribed: watch::Sender<Option<Instant>>,
+        stop: CancellationToken,
+    ) {
+        let channel = Self::channel(self.instance);
+        loop {
+            let connected = tokio::time::timeout(COMMAND_TIME, async {
+                let Some(client) = &self.client else {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "bad store address",
+                    )));
+                };
+                let (mut sink, stream) = client.get_async_pubsub().await?.split();
+                sink.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>((sink, stream))
+            })
+            .await;
+            if let Ok(Ok((mut sink, mut stream))) = connected {
+                subscribed.send_replace(Some(Instant::now()));
+                self.recheck.notify_one();
+                let mut ping = tokio::time::interval(CHECK_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        message = stream.next() => match message {
+                            Some(message) => self.dispatch(message.get_payload_bytes()),
+                            None => break,
+                        },
+                        // A dead connection is noticed by its pings, not only by its end.
+                        _ = ping.tick() => {
+                            let pong = tokio::time::timeout(COMMAND_TIME, sink.ping::<redis::Value>()).await;
+                            if !matches!(pong, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                subscribed.send_replace(None);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+
+    /// Serves only while the subscription stands and Redis answered since it was made
+    /// (so the first request after an outage does not meet a stale connection).
+    async fn judge(
+        self: Arc<Self>,
+        mut reachable: watch::Receiver<(Option<String>, Instant)>,
+        mut subscribed: watch::Receiver<Option<Instant>>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let (answered, checked) = reachable.borrow_and_update().clone();
+            let since = *subscribed.borrow_and_update();
+            let problem = match (answered, since) {
+                (Some(problem), _) => Some(problem),
+                (None, None) => Some("no subscription to redis".to_owned()),
+                (None, Some(since)) if checked < since => Some("reconnecting to redis".to_owned()),
+                (None, Some(_)) => None,
+            };
+            let changed = self.health.send_if_modified(|was| {
+                let changed = *was != problem;
+                *was = problem.clone();
+                changed
+            });
+            if changed {
+                match &problem {
+                    Some(problem) => warn!(problem, "store unavailable: refusing new pairings"),
+                    None => info!("store reachable: serving"),
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = reachable.changed() => {}
+                _ = subscribed.changed() => {}
+            }
+        }
+    }
+
+    fn dispatch(&self, payload: &[u8]) {
+        let Ok(Envelope { to, from, event }) = serde_json::from_slice::<Envelope>(payload) else {
+            return;
+        };
+        let bounces = event.bounces();
+        if !self.inboxes.deliver(to, Delivery { from, event }) && bounces {
+            // Gone here: its peer hears so rather than waiting for nothing.
+            let instance = self.instance;
+            if let Ok(manager) = self.current_manager() {
+                tokio::spawn(async move {
+                    let gone = Envelope {
+                        to: from.id,
+                        from: ConnRef { instance, id: to },
+                        event: Event::PeerGone,
+                    };
+                    let mut manager = manager;
+                    let _ = publish(&mut manager, from.instance, &gone).await;
+                });
+            }
+        }
+    }
+
+    fn current_manager(&self) -> Result<ConnectionManager, String> {
+        lock(&self.manager)
+            .clone()
+            .ok_or_else(|| "not connected to redis yet".to_owned())
+    }
+
+    /// The connection manager, made on first success.
+    async fn manager(&self) -> Result<ConnectionManager, String> {
+        if let Ok(manager) = self.current_manager() {
+            return Ok(manager);
+        }
+        let Some(client) = &self.client else {
+            return Err("bad store address".to_owned());
+        };
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(COMMAND_TIME);
+        let made = tokio::time::timeout(
+            COMMAND_TIME,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await;
+        match made {
+            Ok(Ok(manager)) => {
+                *lock(&self.manager) = Some(manager.clone());
+                Ok(manager)
+            }
+            Ok(Err(error)) => Err(describe(&error)),
+            Err(_) => Err("redis did not answer in time".to_owned()),
+        }
+    }
+
+    /// A connection to run a request on, unless the store is known not to serve.
+    fn serving(&self) -> Result<ConnectionManager, Unavailable> {
+        if let Some(problem) = self.health.borrow().clone() {
+            return Err(Unavailable(problem));
+        }
+        self.current_manager().map_err(Unavailable)
+    }
+
+    /// Runs `script` as a request: refused with the cause when it fails.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, Unavailable> {
+        let mut manager = self.serving()?;
+        match tokio::time::timeout(COMMAND_TIME, invocation.invoke_async(&mut manager)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(Unavailable(describe(&error))),
+            Err(_) => Err(Unavailable("redis did not answer in time".into())),
+        }
+    }
+
+    /// Best effort after a pairing: the entry expires anyway.
+    async fn tidy(&self, invocation: redis::ScriptInvocation<'_>) {
+        if let Err(error) = self.run::<i64>(invocation).await {
+            warn!(%error, "store update skipped; the entry will expire");
+        }
+    }
+
+    fn nameplate_key(nameplate: u32) -> String {
+        format!("{PREFIX}np:{nameplate}")
+    }
+
+    fn rejoin_key(channel: &str) -> String {
+        format!("{PREFIX}rj:{channel}")
+    }
+
+    fn ms(duration: Duration) -> u64 {
+        u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn slot_ms(&self) -> u64 {
+        Self::ms(self.limits.lifetimes.slot + GRACE)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedisStore {
+    fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    fn register(&self, id: u64) -> Inbox {
+        self.inboxes.register(id)
+    }
+
+    fn unregister(&self, id: u64) {
+        self.inboxes.unregister(id);
+    }
+
+    async fn deliver(&self, to: ConnRef, from: ConnRef, event: Event) -> bool {
+        if to.instance == self.instance {
+            return self.inboxes.deliver(to.id, Delivery { from, event });
+        }
+        let Ok(mut manager) = self.current_manager() else {
+            return false;
+        };
+        let envelope = Envelope {
+            to: to.id,
+            from,
+            event,
+        };
+        publish(&mut manager, to.instance, &envelope).await
+    }
+
+    fn health(&self) -> watch::Receiver<Option<String>> {
+        self.health.subscribe()
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    async fn allocate(&self, conn: ConnRef, ip: IpAddr) -> Result<Option<u32>, Unavailable> {
+        let value = format!("w {} {ip}", Self::me(conn));
+        let mut upper = nameplate_space(self.open());
+        loop {
+            let candidates: Vec<u32> = {
+                let mut rng = rand::thread_rng();
+                (0..CANDIDATES)
+                    .map(|_| rand::Rng::gen_range(&mut rng, 1..upper))
+                    .collect()
+            };
+            let mut invocation = self.scripts.allocate.prepare_invoke();
+            invocation.key(format!("{PREFIX}open"));
+            for nameplate in &candidates {
+                invocation.key(Self::nameplate_key(*nameplate));
+            }
+            invocation
+                .arg(now_ms())
+                .arg(self.slot_ms())
+                .arg(self.limits.max_slots)
+                .arg(&value);
+            for nameplate in &candidates {
+                invocation.arg(*nameplate);
+            }
+            let (got, open): (i64, usize) = self.run(invocation).await?;
+            self.open.store(open, Ordering::Relaxed);
+            match got {
+                -1 => return Ok(None),
+                0 => upper = upper.saturating_mul(10),
+                nameplate => return Ok(u32::try_from(nameplate).ok()),
+            }
+        }
+    }
+
+    async fn claim(&self, nameplate: u32, claimer: ConnRef) -> Result<Claim, Unavailable> {
+        let pair_ms = Self::ms(self.limits.lifetimes.pair + GRACE);
+        let mut invocation = self.scripts.claim.prepare_invoke();
+        invocation
+            .key(Self::nameplate_key(nameplate))
+            .key(format!("{PREFIX}open"))
+            .arg(Self::me(claimer))
+            .arg(pair_ms)
+            .arg(now_ms())
+            .arg(nameplate);
+        let found: Option<String> = self.run(invocation).await?;
+        let Some(found) = found else {
+            return Ok(Claim::Unknown);
+        };
+        let mut words = found.split(' ');
+        Ok(match words.next() {
+            Some("w") => match (parse_ref(&mut words), words.next().map(str::parse)) {
+                (Some(conn), Some(Ok(ip))) => Claim::Waiting { conn, ip },
+                _ => Claim::Unknown,
+            },
+            Some("p") => Claim::Crowded,
+            Some("b") if words.next() == Some("a") => Claim::Abandoned,
+            _ => Claim::Unknown,
+        })
+    }
+
+    async fn put_back(&self, nameplate: u32, waiting: ConnRef, claimer: ConnRef, ip: IpAddr) {
+        let paired = format!("p {} {} {ip}", Self::me(waiting), Self::me(claimer));
+        let mut invocation = self.scripts.replace.prepare_invoke();
+        invocation
+            .key(Self::nameplate_key(nameplate))
+            .key(format!("{PREFIX}open"))
+            .arg(paired)
+            .arg(format!("w {} {ip}", Self::me(waiting)))
+            .arg(self.slot_ms())
+            .arg(now_ms())
+            .arg(nameplate);
+        self.tidy(invocation).await;
+    }
+
+    async fn burn(&self, nameplate: u32, member: ConnRef, reason: BurnReason) {
+        let burned = match reason {
+            BurnReason::Abandoned => "b a",
+            BurnReason::WrongCode => "b w",
+        };
+        let mut invocation = self.scripts.burn.prepare_invoke();
+        invocation
+            .key(Self::nameplate_key(nameplate))
+            .key(format!("{PREFIX}open"))
+            .arg(Self::me(member))
+            .arg(burned)
+            .arg(Self::ms(self.limits.lifetimes.slot))
+            .arg(now_ms())
+            .arg(nameplate);
+        self.tidy(invocation).await;
+    }
+
+    async fn release(&self, nameplate: u32, member: ConnRef) {
+        let mut invocation = self.scripts.release.prepare_invoke();
+        invocation
+            .key(Self::nameplate_key(nameplate))
+            .key(format!("{PREFIX}open"))
+            .arg(Self::me(member))
+            .arg(nameplate);
+        self.tidy(invocation).await;
+    }
+
+    async fn rejoin(
+        &self,
+        channel: &str,
+        sender: bool,
+        conn: ConnRef,
+        ip: IpAddr,
+    ) -> Result<Rejoin, Unavailable> {
+        let side = if sender { "s" } else { "r" };
+        let mut invocation = self.scripts.rejoin.prepare_invoke();
+        invocation
+            .key(Self::rejoin_key(channel))
+            .key(format!("{PREFIX}rejoin"))
+            .arg(side)
+            .arg(format!("{side} {} {ip}", Self::me(conn)))
+            .arg(self.slot_ms())
+            .arg(now_ms())
+            .arg(self.limits.max_slots)
+            .arg(channel);
+        let answer: Vec<String> = self.run(invocation).await?;
+        Ok(match answer.first().map(String::as_str) {
+            Some("meet") => match answer.get(1).and_then(|v| parse_waiter(v)) {
+                Some(other) => Rejoin::Meet(other),
+                None => Rejoin::Wait { replaced: None },
+            },
+            Some("replaced") => Rejoin::Wait {
+                replaced: answer.get(1).and_then(|v| parse_waiter(v)).map(|w| w.conn),
+            },
+            Some("full") => Rejoin::Full,
+            _ => Rejoin::Wait { replaced: None },
+        })
+    }
+
+    async fn put_back_rejoin(&self, channel: &str, waiter: Waiter) {
+        let side = if waiter.sender { "s" } else { "r" };
+        let mut invocation = self.scripts.put_back_rejoin.prepare_invoke();
+        invocation
+            .key(Self::rejoin_key(channel))
+            .key(format!("{PREFIX}rejoin"))
+            .arg(format!("{side} {} {}", Self::me(waiter.conn), waiter.ip))
+            .arg(self.slot_ms())
+            .arg(now_ms())
+            .arg(channel);
+        self.tidy(invocation).await;
+    }
+
+    async fn leave_rejoin(&self, channel: &str, conn: ConnRef) {
+        let mut invocation = self.scripts.leave_rejoin.prepare_invoke();
+        invocation
+            .key(Self::rejoin_key(channel))
+            .key(format!("{PREFIX}rejoin"))
+            .arg(Self::me(conn))
+            .arg(channel);
+        self.tidy(invocation).await;
+    }
+}
+
+/// `false` when no instance received it (the peer's instance is gone) or Redis failed.
+async fn publish(manager: &mut ConnectionManager, instance: u64, envelope: &Envelope) -> bool {
+    let Ok(json) = serde_json::to_string(envelope) else {
+        return false;
+    };
+    let published = tokio::time::timeout(
+        COMMAND_TIME,
+        manager.publish::<_, _, usize>(RedisStore::channel(instance), json),
+    )
+    .await;
+    matches!(published, Ok(Ok(receivers)) if receivers > 0)
+}
+
+/// `inst id` (the instance in hex) from the words of an entry.
+fn parse_ref<'a>(words: &mut impl Iterator<Item = &'a str>) -> Option<ConnRef> {
+    let instance = u64::from_str_radix(words.next()?, 16).ok()?;
+    let id = words.next()?.parse().ok()?;
+    Some(ConnRef { instance, id })
+}
+
+/// A rejoin entry: `s|r inst id ip`.
+fn parse_waiter(value: &str) -> Option<Waiter> {
+    let mut words = value.split(' ');
+    let sender = match words.next()? {
+        "s" => true,
+        "r" => false,
+        _ => return None,
+    };
+    let conn = parse_ref(&mut words)?;
+    let ip = words.next()?.parse().ok()?;
+    Some(Waiter { sender, conn, ip })
+}
+
+/// A Redis error in a line, without the address it was reached at (which may carry a
+/// password).
+fn describe(error: &redis::RedisError) -> String {
+    let text = if error.is_connection_refusal() {
+        "redis refused the connection".to_owned()
+    } else if error.is_timeout() {
+        "redis did not answer in time".to_owned()
+    } else if error.is_connection_dropped() || error.is_io_error() {
+        format!("connection to redis lost: {}", error.category())
+    } else {
+        format!("redis: {}", error.category())
+    };
+    crate::terminal::escape_controls(&text)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(RedisStore::ms)
+        .unwrap_or(0)
+}

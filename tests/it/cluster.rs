@@ -1,0 +1,418 @@
+//! Issue #24: several rendezvous instances sharing one Redis (`--store redis://…`), each
+//! serving any client. A real `redis-server` is started and stopped by each test on a free
+//! port; without one the test fails (as CI installs it), it does not pass by skipping.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use p2pd::ipc::messages::JobState;
+use p2pd::rendezvous::client::RendezvousClient;
+use p2pd::rendezvous::limits::PerAddressLimits;
+use p2pd::rendezvous::server::RendezvousConfig;
+use p2pd::rendezvous::store::StoreKind;
+use p2pd::rendezvous::{Role, Session, SignalError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::DropGuard;
+
+use crate::flood::{next_text, raw_ws, rendezvous_with};
+use crate::support::*;
+
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// A `redis-server` of the test's own: no persistence, loopback only, killed on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Redis {
+        if !Path::new(REDIS_SERVER).exists() {
+            crate::netns_harness::skip("needs redis-server (Debian: apt-get install redis-server)");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(REDIS_SERVER)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let redis = Redis {
+            child: Some(child),
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9`, as a crash or a lost machine would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One rendezvous instance on `redis`, with `config`'s other settings.
+async fn instance_with(redis: &Redis, config: RendezvousConfig) -> (SocketAddr, DropGuard) {
+    let (addr, stop) = rendezvous_with(RendezvousConfig {
+        store: StoreKind::Redis(redis.url()),
+        ..config
+    })
+    .await;
+    wait_for_health(addr, 200).await;
+    (addr, stop)
+}
+
+async fn instance(redis: &Redis) -> (SocketAddr, DropGuard) {
+    instance_with(redis, RendezvousConfig::default()).await
+}
+
+/// `GET /healthz`: its status and body.
+async fn health(addr: SocketAddr) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: rendezvous\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer).await;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+async fn wait_for_health(addr: SocketAddr, status: u16) -> Duration {
+    let start = Instant::now();
+    loop {
+        if health(addr).await.0 == status {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{addr} never answered {status}: {:?}",
+            health(addr).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ws(addr: SocketAddr) -> String {
+    format!("ws://{addr}")
+}
+
+async fn daemon_on(addr: SocketAddr, name: &'static str) -> TestDaemon {
+    TestDaemon::start_with(Options {
+        rendezvous: Some(ws(addr)),
+        device_name: name,
+        ..Default::default()
+    })
+    .await
+}
+
+/// Sends a file from `sender` to `receiver` with a code, checking it arrives whole.
+async fn transfer(sender: &TestDaemon, receiver: &TestDaemon, name: &str, seed: u64) {
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), name, 512 * 1024, seed);
+    let (send_id, code) = sender.send(std::slice::from_ref(&path)).await.unwrap();
+    let received = receiver.wait(receiver.receive(&code).await.unwrap()).await;
+    assert_eq!(
+        received.state,
+        JobState::Completed,
+        "{:?}",
+        received.failure
+    );
+    assert_eq!(sender.wait(send_id).await.state, JobState::Completed);
+    assert_eq!(
+        sha256_file(&receiver.downloads.join(name)),
+        sha256_file(&path)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_on_one_instance_and_a_receiver_on_another_transfer_a_file() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let redis = Redis::start();
+        let (one, _one) = instance(&redis).await;
+        let (two, _two) = instance(&redis).await;
+        let a = daemon_on(one, "a").await;
+        let b = daemon_on(two, "b").await;
+        transfer(&a, &b, "across.bin", 1).await;
+        transfer(&b, &a, "back.bin", 2).await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_concurrent_allocations_on_two_instances_never_share_a_nameplate() {
+    const EACH: usize = 1000;
+    tokio::time::timeout(TEST_LIMIT, async {
+        let redis = Redis::start();
+        // Loopback is one address: lift the per-address limits, which stay per instance.
+        let roomy = || RendezvousConfig {
+            max_connections: 2 * EACH,
+            per_address: PerAddressLimits {
+                connections: 2 * EACH,
+                paired: 2 * EACH,
+                allocations_per_minute: 100 * EACH as u32,
+                claims_per_minute: 100 * EACH as u32,
+            },
+            ..Default::default()
+        };
+        let (one, _one) = instance_with(&redis, roomy()).await;
+        let (two, _two) = instance_with(&redis, roomy()).await;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..2 * EACH {
+            let url = ws(if i % 2 == 0 { one } else { two });
+            tasks.push(tokio::spawn(async move {
+                let mut client = RendezvousClient::connect(url.as_str()).await?;
+                let (nameplate, _) = client.allocate().await?;
+                Ok::<_, SignalError>((nameplate, client))
+            }));
+        }
+        let mut held = Vec::new();
+        let mut failures = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(got) => held.push(got),
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        let took = start.elapsed();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        let unique: HashSet<u32> = held.iter().map(|(n, _)| *n).collect();
+        eprintln!(
+            "{} allocations on two instances in {took:?} ({:.0}/s), {} distinct nameplates",
+            held.len(),
+            held.len() as f64 / took.as_secs_f64(),
+            unique.len()
+        );
+        assert_eq!(unique.len(), 2 * EACH, "a nameplate was handed out twice");
+        // Every one of them is claimable from the other instance.
+        let (nameplate, _) = &held[0];
+        let mut claimer = RendezvousClient::connect(ws(two).as_str()).await.unwrap();
+        claimer
+            .claim(*nameplate)
+            .await
+            .expect("claimed across instances");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_guess_on_one_instance_burns_the_code_for_a_claim_on_another() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let redis = Redis::start();
+        let (one, _one) = instance(&redis).await;
+        let (two, _two) = instance(&redis).await;
+        let mut sender = RendezvousClient::connect(ws(one).as_str()).await.unwrap();
+        let (nameplate, _) = sender.allocate().await.unwrap();
+        // A guesser on the other instance claims it: the pair is made across instances,
+        // and nobody else gets the code meanwhile, on either instance.
+        let mut guesser = RendezvousClient::connect(ws(two).as_str()).await.unwrap();
+        guesser.claim(nameplate).await.unwrap();
+        sender.wait_for_peer().await.unwrap();
+        for other in [one, two] {
+            let mut third = RendezvousClient::connect(ws(other).as_str()).await.unwrap();
+            let refused = third.claim(nameplate).await;
+            assert!(matches!(refused, Err(SignalError::Crowded)), "{refused:?}");
+        }
+        let right = format!("{nameplate}-orbit-lantern").parse().unwrap();
+        let wrong = format!("{nameplate}-orbit-apple").parse().unwrap();
+        let (sent, guessed) = tokio::join!(
+            Session::establish(sender, Role::Sender, &right),
+            Session::establish(guesser, Role::Receiver, &wrong),
+        );
+        let sent = sent.err().expect("the sender fails").to_string();
+        let guessed = guessed.err().expect("the guess fails").to_string();
+        assert!(
+            sent.contains("wrong code") && sent.contains("run p2p send again"),
+            "{sent}"
+        );
+        assert!(guessed.contains("wrong code"), "{guessed}");
+        // The code had its one attempt: a claim on either instance finds nothing.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for other in [one, two] {
+            let mut late = RendezvousClient::connect(ws(other).as_str()).await.unwrap();
+            let refused = late.claim(nameplate).await;
+            assert!(
+                matches!(refused, Err(SignalError::UnknownCode)),
+                "{refused:?}"
+            );
+        }
+
+        // A silent claimer on one instance burns a code allocated on the other.
+        let (server, _short) = instance_with(
+            &redis,
+            RendezvousConfig {
+                pake_deadline: Duration::from_secs(1),
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut sender = RendezvousClient::connect(ws(one).as_str()).await.unwrap();
+        let (nameplate, _) = sender.allocate().await.unwrap();
+        let mut squatter = RendezvousClient::connect(ws(server).as_str())
+            .await
+            .unwrap();
+        squatter.claim(nameplate).await.unwrap();
+        sender.wait_for_peer().await.unwrap();
+        let verdict = sender.recv_relay().await;
+        assert!(
+            matches!(verdict, Err(SignalError::Abandoned { role: Role::Sender })),
+            "{verdict:?}"
+        );
+        let mut late = RendezvousClient::connect(ws(two).as_str()).await.unwrap();
+        let refused = late.claim(nameplate).await;
+        assert!(
+            matches!(refused, Err(SignalError::Abandoned { .. })),
+            "{refused:?}"
+        );
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_an_instance_answers_503_and_refuses_then_recovers_by_itself() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let mut redis = Redis::start();
+        let port = redis.port;
+        let (one, _one) = instance(&redis).await;
+        let (two, _two) = instance(&redis).await;
+        assert_eq!(health(one).await, (200, "ok\n".to_owned()));
+        let mut waiting = RendezvousClient::connect(ws(one).as_str()).await.unwrap();
+        waiting.allocate().await.unwrap();
+
+        redis.kill();
+        let noticed = wait_for_health(one, 503).await;
+        eprintln!("503 after {noticed:?}");
+        let (_, why) = health(one).await;
+        assert!(why.contains("redis"), "{why}");
+        wait_for_health(two, 503).await;
+        // Whoever waited on the store is told at once, not left waiting for nothing.
+        let told = tokio::time::timeout(Duration::from_secs(5), waiting.wait_for_peer())
+            .await
+            .expect("the waiting allocator is told");
+        assert!(matches!(told, Err(SignalError::Busy)), "{told:?}");
+        // New allocations are refused with the cause.
+        let mut raw = raw_ws([127, 0, 0, 1], one).await;
+        futures_util::SinkExt::send(
+            &mut raw,
+            tokio_tungstenite::tungstenite::Message::text(r#"{"type":"allocate"}"#),
+        )
+        .await
+        .unwrap();
+        let refused = next_text(&mut raw).await.unwrap();
+        assert!(
+            refused.contains("\"busy\"") && refused.contains("cannot reach its store"),
+            "{refused}"
+        );
+        let mut client = RendezvousClient::connect(ws(two).as_str()).await.unwrap();
+        assert!(matches!(client.allocate().await, Err(SignalError::Busy)));
+
+        // Redis comes back (empty: no persistence): both instances serve again, and a
+        // pair across them transfers.
+        let _redis = Redis::start_on(port);
+        let recovered = wait_for_health(one, 200).await;
+        wait_for_health(two, 200).await;
+        eprintln!("200 again {recovered:?} after redis listened");
+        let a = daemon_on(one, "a").await;
+        let b = daemon_on(two, "b").await;
+        transfer(&a, &b, "after.bin", 3).await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2pd_rendezvous_takes_a_store_and_refuses_an_unknown_one() {
+    let refused = Command::new(crate::cli::P2PD)
+        .args([
+            "rendezvous",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "mongodb://x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("unknown store") && said.contains("redis://"),
+        "{said}"
+    );
+
+    let redis = Redis::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut server = Command::new(crate::cli::P2PD)
+        .args(["rendezvous", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--store", &redis.url()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let healthy = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() && health(addr).await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let _ = server.kill();
+    let _ = server.wait();
+    healthy.expect("p2pd rendezvous --store redis://… answers 200 on /healthz");
+}
