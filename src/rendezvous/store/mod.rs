@@ -3,6 +3,7 @@
 //! Redis ([`redis::RedisStore`]), shared by several instances so that any of them serves
 //! any client.
 
+mod lua;
 pub mod memory;
 pub mod redis;
 

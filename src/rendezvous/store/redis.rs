@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::lua::{ALLOCATE, BURN, CLAIM, LEAVE_REJOIN, PUT_BACK_REJOIN, REJOIN, RELEASE, REPLACE};
 use super::{Store, StoreLimits, Unavailable};
 use crate::rendezvous::bus::{ConnRef, Delivery, Event, Inbox, Inboxes, lock};
 use crate::rendezvous::pair::nameplate_space;
@@ -42,105 +43,6 @@ const COMMAND_TIME: Duration = Duration::from_secs(3);
 /// Nameplates tried per allocation script; all taken (one in a thousand each) means a
 /// larger space.
 const CANDIDATES: usize = 4;
-
-/// KEYS: open set, candidate keys…; ARGV: now ms, ttl ms, max, value, candidate numbers….
-/// Returns {nameplate or 0 (all taken) or -1 (full), open}.
-const ALLOCATE: &str = r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local open = redis.call('ZCARD', KEYS[1])
-if open >= tonumber(ARGV[3]) then return {-1, open} end
-for i = 2, #KEYS do
-  if redis.call('SET', KEYS[i], ARGV[4], 'NX', 'PX', ARGV[2]) then
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[3 + i])
-    return {tonumber(ARGV[3 + i]), open + 1}
-  end
-end
-return {0, open}
-";
-
-/// KEYS: nameplate, open set; ARGV: claimer 'inst id', pair ttl ms, now ms, nameplate.
-/// A waiting entry becomes paired in the same step. Returns the entry as it was.
-const CLAIM: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v then return false end
-local _, _, waiting, ip = string.find(v, '^w (%S+ %S+) (%S+)$')
-if waiting then
-  redis.call('SET', KEYS[1], 'p ' .. waiting .. ' ' .. ARGV[1] .. ' ' .. ip, 'PX', ARGV[2])
-  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]), ARGV[4])
-end
-return v
-";
-
-/// KEYS: key, open set; ARGV: expected value, new value, ttl ms, now ms, member.
-const REPLACE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[5])
-return 1
-";
-
-/// KEYS: nameplate, open set; ARGV: member 'inst id', burned value, ttl ms, now ms,
-/// nameplate. Only a pair the member is part of.
-const BURN: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
-local _, _, a, b = string.find(v, '^p (%S+ %S+) (%S+ %S+) ')
-if a ~= ARGV[1] and b ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[5])
-return 1
-";
-
-/// KEYS: nameplate, open set; ARGV: member 'inst id', nameplate. Its waiting slot or its
-/// pair; never a tombstone or someone else's entry.
-const RELEASE: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
-local _, _, w = string.find(v, '^w (%S+ %S+) ')
-local _, _, a, b = string.find(v, '^p (%S+ %S+) (%S+ %S+) ')
-if w ~= ARGV[1] and a ~= ARGV[1] and b ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-return 1
-";
-
-/// KEYS: channel, rejoin set; ARGV: side ('s'/'r'), value, ttl ms, now ms, max, channel.
-/// Returns {'meet', other} (taken off), {'replaced', old}, {'wait'} or {'full'}.
-const REJOIN: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, 1) ~= ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[6])
-  return {'meet', v}
-end
-if not v then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
-  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return {'full'} end
-end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[6])
-if v then return {'replaced', v} end
-return {'wait'}
-";
-
-/// KEYS: channel, rejoin set; ARGV: value, ttl ms, now ms, channel.
-const PUT_BACK_REJOIN: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]), ARGV[4])
-end
-return 1
-";
-
-/// KEYS: channel, rejoin set; ARGV: member 'inst id', channel.
-const LEAVE_REJOIN: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
-local _, _, w = string.find(v, '^%S (%S+ %S+) ')
-if w ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-return 1
-";
 
 struct Scripts {
     allocate: Script,
