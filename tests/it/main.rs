@@ -5,6 +5,7 @@ mod activation;
 mod browser;
 mod candidates;
 mod cli;
+mod cluster;
 mod ctrl_c;
 mod devices;
 mod errors;
