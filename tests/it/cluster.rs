@@ -416,3 +416,101 @@ async fn p2pd_rendezvous_takes_a_store_and_refuses_an_unknown_one() {
     let _ = server.wait();
     healthy.expect("p2pd rendezvous --store redis://… answers 200 on /healthz");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoiners_meet_across_instances_and_a_newer_connection_replaces_an_older_one() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(TEST_LIMIT, async {
+        let redis = Redis::start();
+        let (one, _one) = instance(&redis).await;
+        let (two, _two) = instance(&redis).await;
+        let channel = "cd".repeat(32);
+        let rejoin = |sender: bool| {
+            Message::text(format!(
+                r#"{{"type":"rejoin","channel":"{channel}","sender":{sender}}}"#
+            ))
+        };
+        let mut older = raw_ws([127, 0, 0, 1], one).await;
+        older.send(rejoin(true)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The same side again, through the other instance (its daemon reconnected).
+        let mut newer = raw_ws([127, 0, 0, 1], two).await;
+        newer.send(rejoin(true)).await.unwrap();
+        let replaced = next_text(&mut older).await.unwrap();
+        assert!(
+            replaced.contains("\"crowded\"") && replaced.contains("replaced"),
+            "{replaced}"
+        );
+        // The other side arrives at the first instance and meets the newer one.
+        let mut receiver = raw_ws([127, 0, 0, 1], one).await;
+        receiver.send(rejoin(false)).await.unwrap();
+        assert!(
+            next_text(&mut receiver)
+                .await
+                .unwrap()
+                .contains("\"paired\"")
+        );
+        assert!(next_text(&mut newer).await.unwrap().contains("\"paired\""));
+        receiver
+            .send(Message::text(r#"{"type":"relay","body":"aGk="}"#))
+            .await
+            .unwrap();
+        assert!(next_text(&mut newer).await.unwrap().contains("aGk="));
+        // One leaves: the other, on the other instance, hears it.
+        receiver.close(None).await.unwrap();
+        assert!(next_text(&mut newer).await.unwrap().contains("peer_gone"));
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_refused_by_the_waiting_sides_instance_leaves_the_code_for_a_later_one() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let redis = Redis::start();
+        // The first instance lets an address hold two paired connections; they are
+        // counted where each connection is.
+        let (one, _one) = instance_with(
+            &redis,
+            RendezvousConfig {
+                per_address: PerAddressLimits {
+                    paired: 2,
+                    ..Default::default()
+                },
+                pake_deadline: Duration::from_secs(60),
+                ..Default::default()
+            },
+        )
+        .await;
+        let (two, _two) = instance(&redis).await;
+        // A pair on the first instance fills its address's share there.
+        let mut first = RendezvousClient::connect(ws(one).as_str()).await.unwrap();
+        let (nameplate, _) = first.allocate().await.unwrap();
+        let mut second = RendezvousClient::connect(ws(one).as_str()).await.unwrap();
+        second.claim(nameplate).await.unwrap();
+        first.wait_for_peer().await.unwrap();
+
+        let mut sender = RendezvousClient::connect(ws(one).as_str()).await.unwrap();
+        let (nameplate, _) = sender.allocate().await.unwrap();
+        let mut early = RendezvousClient::connect(ws(two).as_str()).await.unwrap();
+        early.claim(nameplate).await.unwrap();
+        let refused = early.recv_relay().await;
+        assert!(matches!(refused, Err(SignalError::Busy)), "{refused:?}");
+
+        // Once the address's pair on the first instance ends, the code still works.
+        first.close().await;
+        second.close().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut receiver = RendezvousClient::connect(ws(two).as_str()).await.unwrap();
+        receiver.claim(nameplate).await.expect("the code waited");
+        sender
+            .wait_for_peer()
+            .await
+            .expect("the sender hears its peer");
+        sender.relay(b"hello").await.unwrap();
+        assert_eq!(receiver.recv_relay().await.unwrap(), b"hello");
+    })
+    .await
+    .expect("test finished in time");
+}
