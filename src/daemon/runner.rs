@@ -107,7 +107,7 @@ impl JobError {
             JobError::CodeNowhere { rendezvous } => (
                 ErrorKind::UnknownCode,
                 format!(
-                    "no transfer is waiting for that code at the rendezvous {} nor on this LAN: check the code; if it is right, the sender uses another rendezvous, and both sides must use one (rendezvous = \"wss://…\" in both daemons' config, or p2pd rendezvous on a host both reach)",
+                    "no transfer is waiting for that code at the rendezvous {} nor on this LAN: check it, or ask the sender for a new one; if it is right, the sender uses another rendezvous, and both sides must use one (rendezvous = \"wss://…\" in both daemons' config, or p2pd rendezvous on a host both reach)",
                     escape_controls(rendezvous)
                 ),
             ),

@@ -257,3 +257,48 @@ fn receive_without_a_code_offers_the_inbox_first() {
         std::fs::read(&path).unwrap()
     );
 }
+
+/// Issue #29: `p2p inbox --watch` asks about each offer as it arrives.
+#[test]
+fn inbox_watch_asks_about_an_offer_as_it_arrives() {
+    use std::io::Read;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = runtime.block_on(async {
+        let a = crate::support::TestDaemon::start().await;
+        let b = a.peer().await;
+        crate::devices::pair(&a, &b).await;
+        (a, b)
+    });
+    let mut watching = spawn_on_terminal(&b.socket, &["inbox", "--watch"]);
+    let src = tempfile::tempdir().unwrap();
+    let path = random_file(src.path(), "watched.bin", 20_000, 46);
+    let job = runtime
+        .block_on(a.send_to("peer", std::slice::from_ref(&path)))
+        .unwrap();
+    // Answer once the question shows, then end the input, which ends the watch.
+    let mut out = watching.stdout.take().unwrap();
+    let mut shown = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&shown).contains("Accept? [y/N]") {
+        assert_eq!(
+            out.read(&mut byte).unwrap(),
+            1,
+            "the watch ended without asking"
+        );
+        shown.push(byte[0]);
+    }
+    let mut stdin = watching.stdin.take().unwrap();
+    stdin.write_all(b"y\n").unwrap();
+    let sent = runtime.block_on(a.wait(job));
+    assert_eq!(sent.state, p2pd::ipc::messages::JobState::Completed);
+    drop(stdin);
+    out.read_to_end(&mut shown).unwrap();
+    assert!(watching.wait().unwrap().success());
+    let shown = String::from_utf8_lossy(&shown).replace('\r', "");
+    assert!(shown.contains("from test: watched.bin"), "{shown}");
+    assert!(shown.contains("Accepted"), "{shown}");
+    assert_eq!(
+        std::fs::read(b.downloads.join("From test").join("watched.bin")).unwrap(),
+        std::fs::read(&path).unwrap()
+    );
+}

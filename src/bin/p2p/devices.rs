@@ -9,9 +9,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail};
 use indicatif::HumanBytes;
 use p2pd::ipc::client::IpcClient;
-use p2pd::ipc::messages::{
-    DeviceInfo, Direction, JobState, JobSummary, Request, Rule, ServerFrame,
-};
+use p2pd::ipc::messages::{DeviceInfo, Request, Rule, ServerFrame};
 use p2pd::terminal::escape_controls;
 
 use crate::follow::unexpected;
@@ -248,119 +246,6 @@ pub async fn nearby(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
         eprintln!("p2p send --nearby NAME FILE sends to one (or by ID when two share a name)");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Offers from paired and nearby devices waiting for a yes or no.
-pub async fn inbox(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let mut client = IpcClient::connect(socket).await?;
-    let jobs = match client.call(Request::List).await? {
-        ServerFrame::Jobs(jobs) => jobs,
-        other => return Err(unexpected(other)),
-    };
-    let waiting: Vec<_> = jobs
-        .into_iter()
-        .filter(|j| {
-            // A nearby offer shows from the moment its string can be compared (the sender's
-            // person compares first, and only then is anything offered).
-            let comparing =
-                j.sas.is_some() && matches!(j.state, JobState::Negotiating | JobState::Connecting);
-            j.direction == Direction::Receive
-                && j.device.is_some()
-                && (j.state == JobState::AwaitingApproval || comparing)
-        })
-        .collect();
-    let mut names = Vec::with_capacity(waiting.len());
-    for job in &waiting {
-        names.push(first_names(socket, job).await?);
-    }
-    if json {
-        for (job, names) in waiting.iter().zip(&names) {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "job": job.id,
-                    "from": job.device,
-                    "files": job.files,
-                    "bytes": job.bytes_total,
-                    "names": names,
-                    "text": job.text,
-                    "message": job.message_offered,
-                    "sas": job.sas,
-                })
-            );
-        }
-    } else if waiting.is_empty() {
-        eprintln!(
-            "Nothing waiting: offers from paired devices whose rule is ask, and from nearby devices, show up here"
-        );
-    } else {
-        println!(
-            "{:>4}  {:<32}  {:>5}  {:>10}  COMPARE",
-            "ID", "FROM", "FILES", "SIZE"
-        );
-        for (job, names) in waiting.iter().zip(&names) {
-            let (files, size) = if job.message_offered {
-                ("-".to_owned(), "a message".to_owned())
-            } else if job.state == JobState::AwaitingApproval {
-                (
-                    job.files.to_string(),
-                    HumanBytes(job.bytes_total).to_string(),
-                )
-            } else {
-                ("-".to_owned(), "comparing".to_owned())
-            };
-            println!(
-                "{:>4}  {:<32}  {:>5}  {:>10}  {}",
-                job.id,
-                escape_controls(job.device.as_deref().unwrap_or("")),
-                files,
-                size,
-                job.sas
-                    .as_deref()
-                    .map(escape_controls)
-                    .unwrap_or_else(|| "-".into())
-            );
-            if !names.is_empty() {
-                let more = job.files.saturating_sub(names.len() as u64);
-                let listed: Vec<String> = names.iter().map(|n| escape_controls(n)).collect();
-                match more {
-                    0 => println!("      {}", listed.join(", ")),
-                    more => println!("      {} and {more} more", listed.join(", ")),
-                }
-            }
-        }
-        eprintln!(
-            "p2p accept ID takes an offer, p2p decline ID refuses it; for a nearby one, first check the sender's screen shows the same COMPARE string"
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Names shown per offer in `p2p inbox`.
-const NAMES_SHOWN: usize = 3;
-
-/// The first names of an offer's files, from the daemon's first frames about the job
-/// (its file list comes in chunks, closed by an update).
-async fn first_names(socket: &Path, job: &JobSummary) -> anyhow::Result<Vec<String>> {
-    if job.state != JobState::AwaitingApproval || job.files == 0 {
-        return Ok(Vec::new());
-    }
-    let mut client = IpcClient::connect(socket).await?;
-    client.send(Request::Watch { job: job.id }).await?;
-    let mut names = Vec::new();
-    while let Some(frame) = client.next().await? {
-        match frame {
-            ServerFrame::Files { files, .. } => names.extend(
-                files
-                    .into_iter()
-                    .take(NAMES_SHOWN.saturating_sub(names.len()))
-                    .map(|f| f.name),
-            ),
-            ServerFrame::Created(_) | ServerFrame::Skipped { .. } => {}
-            _ => break,
-        }
-    }
-    Ok(names)
 }
 
 pub async fn decide(socket: &Path, id: u64, accept: bool) -> anyhow::Result<ExitCode> {

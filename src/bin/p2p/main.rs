@@ -3,6 +3,7 @@
 mod bars;
 mod devices;
 mod follow;
+mod inbox;
 mod manual;
 mod receive;
 mod render;
@@ -201,8 +202,11 @@ enum Command {
     /// List offers from paired and nearby devices waiting for an answer.
     Inbox {
         /// One JSON object per offer on stdout instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Stay, and ask about each offer as it arrives (Ctrl-D or Ctrl-C ends).
+        #[arg(long)]
+        watch: bool,
     },
     /// Accept an offer waiting in p2p inbox.
     Accept {
@@ -412,7 +416,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             max_files,
             max_size,
         } => devices::rule(&socket, name, rule, max_files, max_size).await,
-        Command::Inbox { json } => devices::inbox(&socket, json).await,
+        Command::Inbox { watch: true, .. } => inbox::watch(&socket).await,
+        Command::Inbox { json, .. } => inbox::inbox(&socket, json).await,
         Command::Nearby { json } => devices::nearby(&socket, json).await,
         Command::Accept { id } => devices::decide(&socket, id, true).await,
         Command::Decline { id } => devices::decide(&socket, id, false).await,
