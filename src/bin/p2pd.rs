@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use p2pd::config::{DaemonConfig, FileConfig, Overrides, RendezvousFileConfig};
-use p2pd::daemon::{Daemon, notify};
+use p2pd::daemon::Daemon;
 use p2pd::rendezvous::ice::IceHandout;
 use p2pd::rendezvous::server::{self, RendezvousConfig};
 use p2pd::rendezvous::store::StoreKind;
@@ -263,7 +263,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let listener = server::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        notify::notify("READY=1");
+        notify(sd_notify::NotifyState::Ready);
         let config = RendezvousConfig {
             slot_ttl: Duration::from_secs(code_ttl),
             ice: IceHandout {
@@ -277,7 +277,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ..Default::default()
         };
         server::serve(listener, config, stop).await;
-        notify::notify("STOPPING=1");
+        notify(sd_notify::NotifyState::Stopping);
         return Ok(());
     }
     let file = FileConfig::load(args.config.as_deref())?;
@@ -304,11 +304,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let config = DaemonConfig::resolve(overrides, file)?;
     let daemon = Daemon::start(config).await?;
-    notify::notify("READY=1");
+    notify(sd_notify::NotifyState::Ready);
     let token = daemon.shutdown_token();
     tokio::spawn(async move {
         stop.cancelled().await;
-        notify::notify("STOPPING=1");
+        notify(sd_notify::NotifyState::Stopping);
         token.cancel();
     });
     daemon.run_until_stopped().await;
@@ -347,4 +347,11 @@ fn stop_on_signal() -> anyhow::Result<CancellationToken> {
         trigger.cancel();
     });
     Ok(token)
+}
+
+/// Tells systemd (`Type=notify`) how the service stands; nothing when not started by it.
+fn notify(state: sd_notify::NotifyState) {
+    if let Err(error) = sd_notify::notify(&[state]) {
+        tracing::warn!(%error, "cannot notify systemd");
+    }
 }

@@ -11,7 +11,6 @@ pub mod mailbox;
 pub mod manual;
 pub mod migrate;
 pub(crate) mod nearby;
-pub mod notify;
 mod outbox;
 pub mod pairing;
 pub mod rate;

@@ -73,3 +73,42 @@ fn the_first_p2p_call_starts_the_daemon_on_the_socket_systemd_passed() {
         "the socket is systemd's: it stays for the next start"
     );
 }
+
+#[test]
+fn the_daemon_tells_systemd_it_is_ready_and_stopping() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join("dl")).unwrap();
+    let notify = home.path().join("notify");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut daemon = Command::new(P2PD)
+        .arg("--socket")
+        .arg(home.path().join("p2pd.sock"))
+        .arg("--download-dir")
+        .arg(home.path().join("dl"))
+        .args([
+            "--rendezvous-listen",
+            "127.0.0.1:0",
+            "--ice-bind",
+            "127.0.0.1:0",
+        ])
+        .env("HOME", home.path())
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut said = Vec::new();
+    let mut buf = [0u8; 256];
+    let n = listener.recv(&mut buf).expect("READY=1 within 20 s");
+    said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let n = listener.recv(&mut buf).expect("STOPPING=1");
+    said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(daemon.wait().unwrap().success());
+    assert!(said[0].contains("READY=1"), "{said:?}");
+    assert!(said[1].contains("STOPPING=1"), "{said:?}");
+}
