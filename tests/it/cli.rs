@@ -723,6 +723,8 @@ fn version_completions_and_manual_pages() {
     for (page, needle) in [
         ("p2p.1", ".TH p2p 1"),
         ("p2p-send.1", "\\-\\-detach"),
+        ("p2p-send.1", "Examples:"),
+        ("p2p-receive.1", "\\-\\-stdout | tar x"),
         ("p2p-receive.1", "\\-\\-yes"),
         ("p2pd.1", "\\-\\-sctp\\-window\\-max\\-bytes"),
         ("p2pd-rendezvous.1", "\\-\\-turn\\-secret\\-file"),

@@ -63,6 +63,13 @@ impl PathFlags {
 #[derive(Subcommand)]
 enum Command {
     /// Send files; prints a code for the receiver. Ctrl-C cancels the transfer.
+    #[command(after_help = "Examples:
+  p2p send report.pdf                    prints a code; p2p receive CODE takes it
+  p2p send photos/ notes.txt             a folder (whole) and a file
+  tar c project | p2p send - --name project.tar
+  p2p send --to laptop report.pdf        to a paired device, no code
+  p2p send --text \"see you at 8\"         a message instead of files
+  p2p send --qr movie.mkv                a QR code of the page link, for a phone")]
     Send {
         /// Files and folders to send (a folder is sent whole, with its structure); `-` sends
         /// what arrives on stdin, as one file.
@@ -111,6 +118,11 @@ enum Command {
         path: PathFlags,
     },
     /// Receive files with the sender's code (asked for when not given). Ctrl-C cancels.
+    #[command(after_help = "Examples:
+  p2p receive 48213-orbit-lantern        shows the offer and asks
+  p2p receive                            lists offers in the inbox, or asks for a code
+  p2p receive CODE -o ~/incoming -y      saves there without asking
+  p2p receive CODE --stdout | tar x      one file, to stdout once verified")]
     Receive {
         /// The code the sender's p2p printed, like 7-orbit-lantern.
         code: Option<String>,
