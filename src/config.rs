@@ -25,8 +25,8 @@ pub struct FileConfig {
     pub socket: Option<PathBuf>,
     pub download_dir: Option<PathBuf>,
     /// URL of a rendezvous to use instead of the embedded one, like `ws://host:9009` or
-    /// `wss://host:9009`.
-    pub rendezvous: Option<String>,
+    /// `wss://host:9009`; or a list of instances of one rendezvous, tried in turn.
+    pub rendezvous: Option<OneOrMore>,
     /// PEM file of the private CA a `wss://` rendezvous's certificate is checked against
     /// (instead of the system's roots).
     pub rendezvous_ca: Option<PathBuf>,
@@ -199,6 +199,23 @@ impl FileConfig {
     }
 }
 
+/// A key that takes one value or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMore {
+    One(String),
+    More(Vec<String>),
+}
+
+impl OneOrMore {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMore::One(one) => vec![one],
+            OneOrMore::More(more) => more,
+        }
+    }
+}
+
 /// Where the rendezvous comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RendezvousMode {
@@ -206,7 +223,11 @@ pub enum RendezvousMode {
     Embedded { listen: SocketAddr },
     /// Another server's WebSocket URL, and for `wss://` a private CA to trust instead of
     /// the system's roots.
-    Remote { url: String, ca: Option<PathBuf> },
+    /// One rendezvous, at one or more instances (tried in turn: `client::Instances`).
+    Remote {
+        urls: Vec<String>,
+        ca: Option<PathBuf>,
+    },
 }
 
 /// Validated settings the daemon runs on.
@@ -318,7 +339,8 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub resume_window_secs: Option<u64>,
     pub device_wait_secs: Option<u64>,
-    pub rendezvous: Option<String>,
+    /// Instances given on the command line (`--rendezvous`, repeatable); none: the file's.
+    pub rendezvous: Vec<String>,
     pub rendezvous_ca: Option<PathBuf>,
     pub rendezvous_listen: Option<SocketAddr>,
     pub code_ttl_secs: Option<u64>,
@@ -362,15 +384,21 @@ impl DaemonConfig {
                 .unwrap_or(DEFAULT_DEVICE_WAIT.as_secs()),
         );
         let ca = flags.rendezvous_ca.or(file.rendezvous_ca);
-        let rendezvous = match flags.rendezvous.or(file.rendezvous) {
-            Some(url) => {
-                let tls = url
-                    .get(..6)
-                    .is_some_and(|scheme| scheme.eq_ignore_ascii_case("wss://"));
-                if ca.is_some() && !tls {
+        let urls = match (flags.rendezvous, file.rendezvous) {
+            (flags, _) if !flags.is_empty() => Some(flags),
+            (_, Some(file)) => Some(file.into_vec()).filter(|urls| !urls.is_empty()),
+            (_, None) => None,
+        };
+        let rendezvous = match urls {
+            Some(urls) => {
+                let tls = |url: &String| {
+                    url.get(..6)
+                        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("wss://"))
+                };
+                if ca.is_some() && !urls.iter().all(tls) {
                     return Err(ConfigError::CaWithoutTls);
                 }
-                RendezvousMode::Remote { url, ca }
+                RendezvousMode::Remote { urls, ca }
             }
             None if ca.is_some() => return Err(ConfigError::CaWithoutTls),
             None => RendezvousMode::Embedded {
@@ -585,8 +613,25 @@ mod tests {
         assert_eq!(
             config.rendezvous,
             RendezvousMode::Remote {
-                url: "wss://example.org:9009".into(),
+                urls: vec!["wss://example.org:9009".into()],
                 ca: Some("/etc/p2pd/ca.pem".into()),
+            }
+        );
+        let several = FileConfig::parse(
+            "rendezvous = [\"ws://a.example:9009\", \"ws://b.example:9009\"]",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let flags = Overrides {
+            download_dir: Some("/d".into()),
+            state_dir: Some("/s".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            DaemonConfig::resolve(flags, several).unwrap().rendezvous,
+            RendezvousMode::Remote {
+                urls: vec!["ws://a.example:9009".into(), "ws://b.example:9009".into()],
+                ca: None,
             }
         );
         assert_eq!(config.code_ttl, Duration::from_secs(60));

@@ -31,8 +31,9 @@ struct Args {
     download_dir: Option<PathBuf>,
     /// Use this rendezvous instead of the embedded one, e.g. ws://host:9009, or
     /// wss://host:9009 for TLS (checked against the system's root certificates).
+    /// Given several times: instances of one rendezvous (sharing a store), tried in turn.
     #[arg(long, conflicts_with = "rendezvous_listen")]
-    rendezvous: Option<String>,
+    rendezvous: Vec<String>,
     /// PEM file of a private CA to check a wss:// rendezvous's certificate against, instead
     /// of the system's roots.
     #[arg(long, value_name = "FILE")]

@@ -20,7 +20,6 @@ use crate::ipc::messages::{
     Direction, ErrorKind, Failure, FileInfo, JobId, JobInfo, JobState, JobSummary, PathPolicy,
 };
 use crate::ipc::messages::{Recipient, ResumeInfo};
-use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::{Code, SignalError};
 use crate::terminal::{error_line, escape_controls, escape_path};
 use crate::transfer::Observer;
@@ -31,7 +30,8 @@ use crate::transfer::wire::Manifest;
 pub struct Context {
     pub config: DaemonConfig,
     /// The rendezvous's URL and the roots its certificate is checked against.
-    pub rendezvous_url: crate::rendezvous::Endpoint,
+    /// The rendezvous's instances (one for the embedded rendezvous).
+    pub rendezvous_url: crate::rendezvous::instances::Instances,
     pub records: RecordStore,
     /// Fires when the daemon stops; durable jobs then stop without cancelling.
     pub shutdown: CancellationToken,
@@ -544,7 +544,10 @@ impl Jobs {
             let info = job.info.borrow().clone();
             return Ok(info);
         }
-        let mut client = RendezvousClient::connect(&self.context.rendezvous_url)
+        let mut client = self
+            .context
+            .rendezvous_url
+            .connect()
             .await
             .map_err(|e| signal_failure(&e))?;
         let (nameplate, _) = client.allocate().await.map_err(|e| signal_failure(&e))?;

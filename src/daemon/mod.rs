@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::config::{DaemonConfig, RendezvousMode};
 use crate::rendezvous::Endpoint;
+use crate::rendezvous::instances::Instances;
 use crate::rendezvous::server::{self, RendezvousConfig};
 use jobs::{Context, Jobs};
 
@@ -130,8 +131,8 @@ impl Daemon {
             }
         };
         let (rendezvous_url, rendezvous_addr) = match &config.rendezvous {
-            RendezvousMode::Remote { url, ca } => {
-                let endpoint = match Endpoint::new(url, ca.as_deref()) {
+            RendezvousMode::Remote { urls, ca } => {
+                let endpoint = match Instances::new(urls, ca.as_deref()) {
                     Ok(endpoint) => endpoint,
                     Err(error) => {
                         listening.release();
@@ -162,7 +163,7 @@ impl Daemon {
                 };
                 tracker.spawn(server::serve(tcp, rendezvous_config, shutdown.clone()));
                 let url = format!("ws://{}", local_view(addr));
-                (Endpoint::from(url.as_str()), Some(addr))
+                (Instances::one(Endpoint::from(url.as_str())), Some(addr))
             }
         };
         let socket_path = config.socket.clone();

@@ -15,7 +15,6 @@ use crate::devices::mailbox::PairSecret;
 use crate::devices::pairing::{PAIR_IDENTITIES, PairMessage, check_peer, introduce};
 use crate::ipc::codec::{CodecError, read_frame_within, write_frame};
 use crate::ipc::messages::{ClientFrame, ErrorKind, Request, ServerFrame};
-use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::{Code, Role, Session};
 use crate::terminal::escape_controls;
 
@@ -97,9 +96,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<ServerFrame, Outcome> {
     let (role, code, client) = match code {
         None => {
-            let mut client = RendezvousClient::connect(&context.rendezvous_url)
-                .await
-                .map_err(signal)?;
+            let mut client = context.rendezvous_url.connect().await.map_err(signal)?;
             let (nameplate, _) = client.allocate().await.map_err(signal)?;
             let code = Code::generate(nameplate);
             write_frame(
@@ -115,9 +112,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             let code: Code = text.parse().map_err(|e: crate::rendezvous::CodeError| {
                 fail(ErrorKind::BadRequest, e.to_string())
             })?;
-            let mut client = RendezvousClient::connect(&context.rendezvous_url)
-                .await
-                .map_err(signal)?;
+            let mut client = context.rendezvous_url.connect().await.map_err(signal)?;
             client.claim(code.nameplate).await.map_err(signal)?;
             (Role::Receiver, code, client)
         }

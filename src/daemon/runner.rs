@@ -501,7 +501,7 @@ pub async fn run_receive(
         let session = match meeting {
             ReceiveMeeting::Code(code) => {
                 or_cancel(&cancel, async {
-                    let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+                    let mut client = context.rendezvous_url.connect().await?;
                     match client.claim(code.nameplate).await {
                         Ok(()) => {
                             job.set_state(JobState::Negotiating);
@@ -750,7 +750,7 @@ async fn attempt(job: &Arc<Job>, context: &Context, durable: &Durable) -> Result
         Direction::Send => Role::Sender,
         Direction::Receive => Role::Receiver,
     };
-    let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+    let mut client = context.rendezvous_url.connect().await?;
     client
         .rejoin(&rejoin_channel(secret), role == Role::Sender)
         .await?;
@@ -828,7 +828,7 @@ async fn farewell(context: &Context, record: &JobRecord) {
         Direction::Receive => Role::Receiver,
     };
     let told = tokio::time::timeout(FAREWELL_LIMIT, async {
-        let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+        let mut client = context.rendezvous_url.connect().await?;
         client
             .rejoin(&rejoin_channel(secret), role == Role::Sender)
             .await?;

@@ -8,6 +8,7 @@ pub mod code;
 mod conn;
 pub mod crypto;
 pub mod ice;
+pub mod instances;
 pub mod limits;
 pub mod messages;
 pub mod page;

@@ -12,6 +12,7 @@ mod errors;
 mod escaping;
 mod flood;
 mod hostile;
+mod instances;
 mod lan_code;
 mod lockout;
 mod manual;

@@ -68,8 +68,9 @@ impl TestDaemon {
             socket: socket.clone(),
             download_dir: downloads.clone(),
             rendezvous: match options.rendezvous {
-                Some(url) => RendezvousMode::Remote {
-                    url,
+                // Several instances of one rendezvous: "URL,URL".
+                Some(urls) => RendezvousMode::Remote {
+                    urls: urls.split(',').map(str::to_owned).collect(),
                     ca: options.rendezvous_ca,
                 },
                 None => RendezvousMode::Embedded {

@@ -17,7 +17,6 @@ use crate::devices::mailbox::{
 };
 use crate::lan::relay::LanRelay;
 use crate::lan::signal::{self as lan_signal, NearbyMessage};
-use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::session::Relay;
 use crate::rendezvous::{Role, Session, SignalError};
 
@@ -44,7 +43,7 @@ pub(super) async fn listen(
             },
         };
         let waited = async {
-            let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+            let mut client = context.rendezvous_url.connect().await?;
             client.rejoin(&channel, false).await?;
             Ok::<_, SignalError>(client)
         };

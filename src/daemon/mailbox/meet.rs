@@ -17,7 +17,6 @@ use crate::devices::mailbox::{
     DeviceMessage, LAN_NONCE_BYTES, check_hello, hello, lan_ask, lan_proof, mailbox,
 };
 use crate::lan::signal::NearbyMessage;
-use crate::rendezvous::client::RendezvousClient;
 use crate::rendezvous::session::Relay;
 use crate::rendezvous::{Role, Session, SignalError};
 
@@ -84,7 +83,7 @@ async fn at_the_rendezvous(context: &Context, channel: &str) -> Box<dyn Relay> {
     let mut pause = FIRST_PAUSE;
     loop {
         let waited = async {
-            let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+            let mut client = context.rendezvous_url.connect().await?;
             client.rejoin(channel, true).await?;
             Ok::<_, SignalError>(client)
         };

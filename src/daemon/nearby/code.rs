@@ -59,7 +59,7 @@ async fn ask_one(addr: SocketAddr, nameplate: u32) -> Option<LanRelay> {
 /// once paired, carry relays both ways until either side ends. Anything else: `Refused`.
 pub(super) async fn answer(mut stream: TcpStream, context: &Context, nameplate: u32) {
     let claimed = async {
-        let mut client = RendezvousClient::connect(&context.rendezvous_url).await?;
+        let mut client = context.rendezvous_url.connect().await?;
         client.claim(nameplate).await?;
         Ok::<_, SignalError>(client)
     };
