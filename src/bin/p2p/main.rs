@@ -2,6 +2,7 @@
 
 mod bars;
 mod devices;
+mod events;
 mod follow;
 mod inbox;
 mod manual;
