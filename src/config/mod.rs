@@ -11,6 +11,15 @@ use crate::ipc::messages::PathPolicy;
 use crate::rtc::{IceServer, RtcSettings};
 use crate::transfer::names::Limits;
 
+mod paths;
+use paths::project_dirs;
+mod rendezvous;
+
+pub use paths::{
+    default_download_dir, default_socket_path, default_state_dir, earlier_state_dirs, host_name,
+};
+pub use rendezvous::RendezvousFileConfig;
+
 /// Default lifetime of an unclaimed code.
 pub const DEFAULT_CODE_TTL: Duration = Duration::from_secs(600);
 /// How long an interrupted job keeps trying to resume.
@@ -67,52 +76,6 @@ pub struct FileConfig {
     pub lan_discovery: Option<bool>,
 }
 
-/// The standalone rendezvous server's config file (`p2pd rendezvous --config PATH`). Its
-/// flags have the same names; a flag given on the command line wins, and a list given on
-/// the command line replaces the file's.
-#[derive(Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RendezvousFileConfig {
-    pub listen: Option<SocketAddr>,
-    pub code_ttl_secs: Option<u64>,
-    /// STUN servers handed to every paired daemon, like `["stun:turn.example.org:3478"]`.
-    #[serde(default)]
-    pub stun: Vec<String>,
-    /// TURN servers handed out with short-lived credentials (needs `turn_secret_file`).
-    #[serde(default)]
-    pub turn: Vec<String>,
-    /// File holding the TURN server's shared secret (coturn's `static-auth-secret`).
-    pub turn_secret_file: Option<PathBuf>,
-    pub turn_credential_ttl_secs: Option<u64>,
-    /// PEM certificate chain to serve `wss://` with (needs `tls_key`); reread on SIGHUP.
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of `tls_cert`.
-    pub tls_key: Option<PathBuf>,
-    /// Where codes and pairings are kept: `memory` (the default) or a Redis URL
-    /// (`redis://HOST:PORT`, `rediss://…`, `redis+unix:///PATH`) shared by several
-    /// instances.
-    pub store: Option<String>,
-}
-
-impl RendezvousFileConfig {
-    pub fn parse(text: &str, path: &Path) -> Result<RendezvousFileConfig, ConfigError> {
-        parse_toml(text, path)
-    }
-
-    /// Loads `path`, or nothing: the rendezvous has no default config file, since the
-    /// daemon's own file has other keys.
-    pub fn load(path: Option<&Path>) -> Result<RendezvousFileConfig, ConfigError> {
-        let Some(path) = path else {
-            return Ok(RendezvousFileConfig::default());
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        RendezvousFileConfig::parse(&text, path)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
@@ -154,7 +117,10 @@ pub enum ConfigError {
 }
 
 /// Parses a config file's text; the error names the file and the offending key.
-fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
         message: e.message().to_owned(),
@@ -253,82 +219,6 @@ pub struct DaemonConfig {
     pub device_name: String,
     /// Announce on the LAN, find nearby daemons, take nearby offers.
     pub lan_discovery: bool,
-}
-
-/// This machine's host name, the default device name; "p2pd" if it has none usable.
-pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]).into_owned();
-    if ok && crate::devices::registry::valid_device_name(&name) {
-        name
-    } else {
-        "p2pd".to_owned()
-    }
-}
-
-fn project_dirs() -> Option<directories::ProjectDirs> {
-    directories::ProjectDirs::from("", "", "p2pd")
-}
-
-/// The directory systemd made for the unit and names in `var` (`RuntimeDirectory=`,
-/// `StateDirectory=`): it may list several, separated by ':'; ours is the first.
-fn systemd_dir(var: &str) -> Option<PathBuf> {
-    let dirs = std::env::var_os(var).filter(|d| !d.is_empty())?;
-    let first = dirs.to_string_lossy().split(':').next()?.to_owned();
-    Some(PathBuf::from(first))
-}
-
-/// The control socket's default path, shared by the daemon and the CLI:
-/// `$RUNTIME_DIRECTORY` under systemd, else `$XDG_RUNTIME_DIR/p2pd`, else a per-user
-/// directory in `/tmp`.
-pub fn default_socket_path() -> PathBuf {
-    if let Some(dir) = systemd_dir("RUNTIME_DIRECTORY") {
-        return dir.join("p2pd.sock");
-    }
-    if let Some(dir) = project_dirs().and_then(|d| d.runtime_dir().map(Path::to_owned)) {
-        return dir.join("p2pd.sock");
-    }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    std::env::temp_dir()
-        .join(format!("p2pd-{uid}"))
-        .join("p2pd.sock")
-}
-
-pub fn default_download_dir() -> Result<PathBuf, ConfigError> {
-    let user = directories::UserDirs::new().ok_or(ConfigError::NoDownloadDir)?;
-    Ok(user
-        .download_dir()
-        .map(Path::to_owned)
-        .unwrap_or_else(|| user.home_dir().join("Downloads")))
-}
-
-/// The one default home of the identity key, pairings and durable jobs, run by hand or as
-/// the unit: `$STATE_DIRECTORY` under systemd (`StateDirectory=p2pd`), else
-/// `$XDG_STATE_HOME/p2pd` (`~/.local/state/p2pd`).
-pub fn default_state_dir() -> Result<PathBuf, ConfigError> {
-    if let Some(dir) = systemd_dir("STATE_DIRECTORY") {
-        return Ok(dir);
-    }
-    project_dirs()
-        .map(|d| d.state_dir().unwrap_or(d.data_dir()).to_owned())
-        .ok_or(ConfigError::NoStateDir)
-}
-
-/// Where versions before the one default kept the same state: `~/.local/share/p2pd/jobs`
-/// run by hand, `~/.local/state/p2pd/jobs` under the unit (`daemon::migrate` moves it).
-pub fn earlier_state_dirs() -> Vec<PathBuf> {
-    let Some(dirs) = project_dirs() else {
-        return Vec::new();
-    };
-    let mut earlier = vec![dirs.data_dir().join("jobs")];
-    if let Some(state) = dirs.state_dir() {
-        earlier.push(state.join("jobs"));
-    }
-    earlier
 }
 
 /// Values given on the command line (or through the environment, via clap).
@@ -514,29 +404,6 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let err = FileConfig::parse("downlaod_dir = \"/tmp\"\n", Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("downlaod_dir"), "{err}");
-    }
-
-    #[test]
-    fn every_rendezvous_key_parses_and_unknown_ones_are_refused() {
-        let text = r#"
-            listen = "0.0.0.0:9009"
-            code_ttl_secs = 300
-            stun = ["stun:turn.example.org:3478"]
-            turn = ["turn:turn.example.org:3478"]
-            turn_secret_file = "/etc/p2pd/turn-secret"
-            turn_credential_ttl_secs = 3600
-            tls_cert = "/etc/p2pd/cert.pem"
-            tls_key = "/etc/p2pd/key.pem"
-            store = "redis://10.0.0.5:6379"
-        "#;
-        let file = RendezvousFileConfig::parse(text, Path::new("r.toml")).unwrap();
-        assert_eq!(file.store.as_deref(), Some("redis://10.0.0.5:6379"));
-        assert_eq!(file.turn, ["turn:turn.example.org:3478"]);
-        assert_eq!(file.tls_key, Some(PathBuf::from("/etc/p2pd/key.pem")));
-        assert_eq!(file.turn_credential_ttl_secs, Some(3600));
-        let err =
-            RendezvousFileConfig::parse("turn_secret = \"x\"\n", Path::new("r.toml")).unwrap_err();
-        assert!(err.to_string().contains("turn_secret"), "{err}");
     }
 
     #[test]
