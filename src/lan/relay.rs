@@ -40,8 +40,15 @@ impl Relay for LanRelay {
     }
 
     async fn close(self: Box<Self>) {
-        use tokio::io::AsyncWriteExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = self.stream;
         let _ = stream.shutdown().await;
+        // Until the other end closes too: dropping now would reset the connection if it
+        // still writes, and lose what it had not read of ours.
+        let drained = async {
+            let mut sink = [0u8; 4096];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(crate::rendezvous::session::CLOSE_WAIT, drained).await;
     }
 }

@@ -161,8 +161,13 @@ impl RendezvousClient {
         let _ = self.ws.close(None).await;
     }
 
+    /// Closes the websocket properly: our close frame, then whatever the rendezvous still
+    /// sends until its own close (at most [`super::session::CLOSE_WAIT`]), so the messages
+    /// we sent last are read before the connection goes.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+        let drained = async { while let Some(Ok(_)) = self.ws.next().await {} };
+        let _ = tokio::time::timeout(super::session::CLOSE_WAIT, drained).await;
     }
 
     async fn send(&mut self, message: &ClientMessage) -> Result<(), SignalError> {

@@ -9,6 +9,12 @@ use super::crypto::{
 };
 use super::messages::IceServerInfo;
 
+/// How long closing a [`Relay`] waits for the other end to close too. Dropping the socket
+/// right after the last message lets a write from the other end reset the connection,
+/// and a reset discards what that end had not read yet: a refusal sent just before
+/// closing went missing that way (CI, issue #23's "cannot save" test).
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// An ordered pipe of opaque blobs to the peer daemon, which a [`Session`] seals: the
 /// rendezvous's relay, or a direct LAN connection (`lan::relay`).
 #[async_trait::async_trait]
@@ -26,6 +32,8 @@ pub trait Relay: Send {
     }
     /// Tells the other side the code was wrong, where that means anything, and closes.
     async fn burn(&mut self) {}
+    /// Closes, waiting (at most [`CLOSE_WAIT`]) for the other end to have read what was
+    /// sent and closed as well.
     async fn close(self: Box<Self>);
 }
 

@@ -353,8 +353,13 @@ async fn negotiate(
                 }
                 Some(candidate) = attempt.gathered.recv() => {
                     if signaling {
+                        // A failed send does not end signaling: what the peer sent before
+                        // it left (a refusal, say) is still to be read, and reading is
+                        // what tells how it ended.
                         let signal = Signal::Candidate { candidate, attempt: attempt.number };
-                        signaling = send_signal(&mut session, &signal).await.is_ok();
+                        if let Err(error) = send_signal(&mut session, &signal).await {
+                            debug!(%error, "a candidate could not be sent");
+                        }
                     }
                 }
                 received = session.recv(), if signaling => match received {
@@ -400,7 +405,8 @@ async fn negotiate(
         }
     }
     .await;
-    session.close().await;
+    // Closing waits for the rendezvous to close too: not on the way to the transfer.
+    tokio::spawn(session.close());
     attempt.finish(result).await
 }
 
