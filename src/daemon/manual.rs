@@ -52,13 +52,24 @@ fn settings_for(context: &Context, path: PathPolicy, via: &Via) -> Result<RtcSet
         relay_only: path == PathPolicy::ForceRelay,
         ..context.config.rtc.clone()
     };
-    if matches!(via, Via::Nearby(_)) {
-        // The LAN only: no STUN, no TURN, nothing that leaves it; and anyone on the LAN
-        // can offer, unauthenticated, so its candidates aim this daemon's checks only at
-        // this machine's subnets.
-        settings.ice_servers.clear();
-        let subnets = super::nearby::local_subnets();
-        settings.remote_candidates = CandidatePolicy::only(move |ip| on_local_subnet(ip, &subnets));
+    match via {
+        Via::Person => {}
+        // The LAN only: no STUN, no TURN, nothing that leaves it. The sender's person chose
+        // the device, whose answer aims this side's checks only at this machine's subnets.
+        Via::Nearby(NearbyLink::To(..)) => {
+            settings.ice_servers.clear();
+            let subnets = super::nearby::local_subnets();
+            settings.remote_candidates =
+                CandidatePolicy::only(move |ip| on_local_subnet(ip, &subnets));
+        }
+        // Anyone on the LAN can offer, unauthenticated, before any person approved it
+        // (issue #23): this side probes none of the addresses the offer names and answers
+        // only the checks that reach it, which the offering daemon sends to this side's
+        // host candidates.
+        Via::Nearby(NearbyLink::From(_)) => {
+            settings.ice_servers.clear();
+            settings.remote_candidates = CandidatePolicy::answer_only();
+        }
     }
     if settings.relay_only && !settings.has_relay() {
         return Err(JobError::NoRelay);

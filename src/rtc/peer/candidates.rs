@@ -22,25 +22,44 @@ pub const MAX_REMOTE_CANDIDATES: usize = 64;
 /// A rule on remote addresses beyond the fixed ones, chosen by whoever builds the
 /// connection.
 #[derive(Clone, Default)]
-pub struct CandidatePolicy {
-    /// When set, only addresses it allows are checked.
-    only: Option<Arc<dyn Fn(IpAddr) -> bool + Send + Sync>>,
+pub struct CandidatePolicy(Rule);
+
+#[derive(Clone, Default)]
+enum Rule {
+    /// Every address the fixed rules leave.
+    #[default]
+    Any,
+    /// Only the addresses the function allows (after the fixed rules).
+    Only(Arc<dyn Fn(IpAddr) -> bool + Send + Sync>),
+    /// None of the description's addresses: this side checks only an address whose
+    /// checks reached it first, carrying the description's ICE credentials (a
+    /// peer-reflexive candidate). For a description from someone nobody approved yet (a
+    /// nearby offer): the other side's checks find this side's host candidates, and this
+    /// side answers only them instead of probing what the description names.
+    AnswerOnly,
 }
 
 impl CandidatePolicy {
     /// Keeps only the addresses `allowed` accepts (after the fixed rules).
     pub fn only(allowed: impl Fn(IpAddr) -> bool + Send + Sync + 'static) -> CandidatePolicy {
-        CandidatePolicy {
-            only: Some(Arc::new(allowed)),
-        }
+        CandidatePolicy(Rule::Only(Arc::new(allowed)))
+    }
+
+    /// Keeps none of the description's candidates (not even a loopback one this side is
+    /// bound to): see [`Rule::AnswerOnly`].
+    pub fn answer_only() -> CandidatePolicy {
+        CandidatePolicy(Rule::AnswerOnly)
     }
 }
 
 impl fmt::Debug for CandidatePolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CandidatePolicy")
-            .field("restricted", &self.only.is_some())
-            .finish()
+        let rule = match self.0 {
+            Rule::Any => "any",
+            Rule::Only(_) => "restricted",
+            Rule::AnswerOnly => "answer only",
+        };
+        f.debug_tuple("CandidatePolicy").field(&rule).finish()
     }
 }
 
@@ -81,13 +100,19 @@ impl Filter {
         let Some((ip, _)) = endpoint(candidate) else {
             return false;
         };
+        if matches!(self.policy.0, Rule::AnswerOnly) {
+            return false;
+        }
         if ip.is_loopback() {
             return self.loopback.contains(&ip);
         }
         if never_checked(ip) {
             return false;
         }
-        self.policy.only.as_ref().is_none_or(|allowed| allowed(ip))
+        match &self.policy.0 {
+            Rule::Only(allowed) => allowed(ip),
+            Rule::Any | Rule::AnswerOnly => true,
+        }
     }
 
     /// `sdp` without the candidates this side may not check, and how many it dropped; a
@@ -273,7 +298,28 @@ mod tests {
         let everything = CandidatePolicy::only(|_| true);
         let filter = Filter::new(&["0.0.0.0:0".to_owned()], &everything);
         assert!(!filter.keeps("candidate:1 1 udp 1 169.254.0.1 47000 typ host"));
-        assert!(format!("{lan:?}").contains("restricted: true"));
+        assert!(format!("{lan:?}").contains("restricted"));
+    }
+
+    #[test]
+    fn answer_only_keeps_no_candidate_at_all() {
+        let filter = Filter::new(&["127.0.0.1:0".to_owned()], &CandidatePolicy::answer_only());
+        for candidate in [
+            "candidate:1 1 udp 1 192.168.1.20 47000 typ host",
+            "candidate:1 1 udp 1 127.0.0.1 47000 typ host",
+            "candidate:1 1 udp 1 203.0.113.5 47000 typ srflx",
+        ] {
+            assert!(!filter.keeps(candidate), "{candidate}");
+        }
+        let sdp = format!(
+            "v=0\r\n{}a=end-of-candidates\r\n",
+            line("192.168.1.20", 47001)
+        );
+        let (kept, dropped) = filter.sdp(&sdp).unwrap();
+        assert_eq!(
+            (kept.as_str(), dropped),
+            ("v=0\r\na=end-of-candidates\r\n", 1)
+        );
     }
 
     #[test]
