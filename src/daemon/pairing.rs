@@ -128,7 +128,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let meet = async {
         let mut client = client;
         if role == Role::Sender {
-            client.wait_for_peer().await.map_err(signal)?;
+            context
+                .rendezvous_url
+                .wait_for_peer(&mut client)
+                .await
+                .map_err(signal)?;
         }
         let mut session = Session::establish_with(client, role, &code, Some(PAIR_IDENTITIES))
             .await

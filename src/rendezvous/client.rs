@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::messages::{ClientMessage, IceServerInfo, ServerErrorKind, ServerMessage};
+use super::messages::{ClientMessage, IceServerInfo, ReclaimToken, ServerErrorKind, ServerMessage};
 use super::server::MAX_MESSAGE_BYTES;
 use super::tls::{CertificateProblem, Endpoint, certificate_problem};
 use super::{Role, SignalError};
@@ -23,6 +23,9 @@ pub struct RendezvousClient {
     /// Which side of a transfer this connection serves (known once it allocates, claims or
     /// rejoins), so errors can say what that side should do next.
     role: Role,
+    /// The nameplate this connection allocated (or reclaimed), and the token that takes it
+    /// back on another connection when this one is lost.
+    allocation: Option<(u32, ReclaimToken)>,
 }
 
 impl RendezvousClient {
@@ -61,6 +64,7 @@ impl RendezvousClient {
             ice_servers: Vec::new(),
             early: std::collections::VecDeque::new(),
             role: Role::Receiver,
+            allocation: None,
         })
     }
 
@@ -72,7 +76,46 @@ impl RendezvousClient {
             ServerMessage::Allocated {
                 nameplate,
                 expires_in_secs,
-            } => Ok((nameplate, expires_in_secs)),
+                reclaim,
+            } => {
+                // An older rendezvous gives no token: its nameplates cannot be reclaimed.
+                if !reclaim.is_empty() {
+                    self.allocation = Some((nameplate, reclaim));
+                }
+                Ok((nameplate, expires_in_secs))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The nameplate this connection waits in and what takes it back from another
+    /// connection ([`RendezvousClient::reclaim`]), if the rendezvous gave a token.
+    pub fn allocation(&self) -> Option<(u32, ReclaimToken)> {
+        self.allocation.clone()
+    }
+
+    /// Waits again in `nameplate`, allocated on a connection that was lost: returns the
+    /// seconds it still waits, or [`SignalError::Expired`] when it no longer does.
+    pub async fn reclaim(
+        &mut self,
+        nameplate: u32,
+        token: ReclaimToken,
+    ) -> Result<u64, SignalError> {
+        self.role = Role::Sender;
+        self.send(&ClientMessage::Reclaim {
+            nameplate,
+            token: token.clone(),
+        })
+        .await?;
+        match self.recv().await? {
+            ServerMessage::Allocated {
+                nameplate: again,
+                expires_in_secs,
+                ..
+            } if again == nameplate => {
+                self.allocation = Some((nameplate, token));
+                Ok(expires_in_secs)
+            }
             other => Err(self.unexpected(&other)),
         }
     }

@@ -87,6 +87,56 @@ impl Instances {
     }
 }
 
+impl Instances {
+    /// Waits in `client`'s allocated nameplate until a peer claims it. When the connection
+    /// is lost (its instance died or stopped), waits again from a new one, on whichever
+    /// instance answers, in the same nameplate: the code already shown stays good. Gives
+    /// up [`RECLAIM_FOR`] after a loss, or when the nameplate no longer waits.
+    pub async fn wait_for_peer(&self, client: &mut RendezvousClient) -> Result<(), SignalError> {
+        loop {
+            let lost = match client.wait_for_peer().await {
+                Ok(()) => return Ok(()),
+                // Closed, or the instance lost its store: the nameplate is in the store.
+                Err(error @ (SignalError::RendezvousClosed | SignalError::Busy)) => error,
+                Err(other) => return Err(other),
+            };
+            let Some((nameplate, token)) = client.allocation() else {
+                return Err(lost);
+            };
+            tracing::info!("lost the rendezvous while waiting for the other side: reconnecting");
+            let give_up = tokio::time::Instant::now() + RECLAIM_FOR;
+            let mut round = 0;
+            *client = loop {
+                let attempt = async {
+                    let mut fresh = self.connect().await?;
+                    fresh.reclaim(nameplate, token.clone()).await?;
+                    Ok::<_, SignalError>(fresh)
+                };
+                match attempt.await {
+                    Ok(fresh) => break fresh,
+                    Err(
+                        error @ (SignalError::Expired
+                        | SignalError::Untrusted { .. }
+                        | SignalError::WrongName { .. }),
+                    ) => {
+                        return Err(error);
+                    }
+                    Err(error) if tokio::time::Instant::now() >= give_up => return Err(error),
+                    Err(_) => {}
+                }
+                let unit: f64 = rand::thread_rng().r#gen();
+                tokio::time::sleep(backoff(round, unit)).await;
+                round += 1;
+            };
+            tracing::info!("waiting for the other side again, with the same code");
+        }
+    }
+}
+
+/// How long a sender whose rendezvous connection was lost keeps trying to wait again in
+/// its nameplate (a claim meanwhile waits 20 s for it: `conn/pairing.rs`).
+pub const RECLAIM_FOR: Duration = Duration::from_secs(60);
+
 /// Full jitter: `unit` (uniform in 0..1) of the round's ceiling.
 fn backoff(round: u32, unit: f64) -> Duration {
     let ceiling = BACKOFF_BASE

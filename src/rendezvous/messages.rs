@@ -21,14 +21,44 @@ pub enum ClientMessage {
     /// Asks for the pair's TURN credentials, once this side has done its key exchange
     /// (answered with `ice`).
     Ice,
+    /// Waits again in a nameplate this side allocated on a connection it lost (its
+    /// instance died, its network dropped): `token` is the one `allocated` gave it.
+    /// Answered with `allocated` (the same nameplate, the seconds it still waits, a
+    /// fresh token is not given: the same one stays good), or `expired`.
+    Reclaim { nameplate: u32, token: ReclaimToken },
 }
 
+/// What `allocated` gives the allocator to take its nameplate back with (`reclaim`). A
+/// secret of that one connection: never in a log.
+#[derive(
+    Clone, PartialEq, Eq, Serialize, Deserialize, Default, zeroize::Zeroize, zeroize::ZeroizeOnDrop,
+)]
+#[serde(transparent)]
+pub struct ReclaimToken(pub String);
+
+impl ReclaimToken {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for ReclaimToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReclaimToken(…)")
+    }
+}
+
+/// Fields a client does not know are ignored (`reclaim` was added to `allocated`), so a
+/// newer rendezvous can add one without breaking daemons.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     Allocated {
         nameplate: u32,
         expires_in_secs: u64,
+        /// Absent from an older rendezvous, and in the answer to `reclaim`.
+        #[serde(default, skip_serializing_if = "ReclaimToken::is_empty")]
+        reclaim: ReclaimToken,
     },
     /// The peer is here. `ice_servers`: STUN/TURN to use for this pairing (TURN with
     /// short-lived credentials), when the rendezvous is configured with any.
@@ -99,6 +129,27 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_reclaim_token_crosses_but_never_shows() {
+        let json = r#"{"type":"reclaim","nameplate":7,"token":"00ff"}"#;
+        let message: ClientMessage = serde_json::from_str(json).unwrap();
+        assert_eq!(serde_json::to_string(&message).unwrap(), json);
+        assert!(!format!("{message:?}").contains("00ff"));
+        // An older rendezvous's `allocated`, and a newer one's field unknown today.
+        let old = r#"{"type":"allocated","nameplate":7,"expires_in_secs":600}"#;
+        let newer = r#"{"type":"allocated","nameplate":7,"expires_in_secs":600,"x":1}"#;
+        for json in [old, newer] {
+            let message: ServerMessage = serde_json::from_str(json).unwrap();
+            assert!(
+                matches!(message, ServerMessage::Allocated { ref reclaim, .. } if reclaim.is_empty())
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&serde_json::from_str::<ServerMessage>(old).unwrap()).unwrap(),
+            old
+        );
     }
 
     #[test]

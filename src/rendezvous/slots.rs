@@ -26,14 +26,53 @@ pub enum BurnReason {
     WrongCode,
 }
 
+/// What lets an allocator that lost its connection take its nameplate back on a new one
+/// (on another instance, when its own died): the hash of a token only it was given. The
+/// store keeps the hash; the token never leaves the connection that allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReclaimHash(pub [u8; 16]);
+
+impl ReclaimHash {
+    pub fn of(token: &str) -> ReclaimHash {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(token.as_bytes());
+        let mut hash = [0u8; 16];
+        hash.copy_from_slice(&digest[..16]);
+        ReclaimHash(hash)
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Option<ReclaimHash> {
+        let mut hash = [0u8; 16];
+        hex::decode_to_slice(text, &mut hash).ok()?;
+        Some(ReclaimHash(hash))
+    }
+}
+
+/// A fresh reclaim token (hex, given to the allocator) and its hash (kept by the store).
+pub fn reclaim_token(rng: &mut impl Rng) -> (zeroize::Zeroizing<String>, ReclaimHash) {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
+    rng.fill(&mut bytes[..]);
+    let token = zeroize::Zeroizing::new(hex::encode(*bytes));
+    let hash = ReclaimHash::of(&token);
+    (token, hash)
+}
+
+/// Who waits in a nameplate: its connection, address and reclaim hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    pub conn: ConnRef,
+    pub ip: IpAddr,
+    pub reclaim: ReclaimHash,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Entry {
     /// The allocator waits for a claim.
-    Waiting {
-        conn: ConnRef,
-        ip: IpAddr,
-        until: Instant,
-    },
+    Waiting { holder: Holder, until: Instant },
     /// Two parties are talking; a third claim is "crowded".
     Paired {
         waiting: ConnRef,
@@ -58,10 +97,7 @@ impl Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// It waited: now paired with the claimer.
-    Waiting {
-        conn: ConnRef,
-        ip: IpAddr,
-    },
+    Waiting(Holder),
     Crowded,
     Abandoned,
     /// No such nameplate, or one spent by a wrong code.
@@ -122,13 +158,7 @@ impl SlotTable {
 
     /// A fresh nameplate for `conn` to wait in, drawn at random from
     /// `pair::nameplate_space`; `None` when the table is full.
-    pub fn allocate(
-        &mut self,
-        conn: ConnRef,
-        ip: IpAddr,
-        now: Instant,
-        rng: &mut impl Rng,
-    ) -> Option<u32> {
+    pub fn allocate(&mut self, holder: Holder, now: Instant, rng: &mut impl Rng) -> Option<u32> {
         if self.nameplates.len() >= self.max {
             self.nameplates.retain(|_, entry| entry.until() > now);
         }
@@ -140,7 +170,7 @@ impl SlotTable {
         });
         let until = now + self.lifetimes.slot + GRACE;
         self.nameplates
-            .insert(nameplate, Entry::Waiting { conn, ip, until });
+            .insert(nameplate, Entry::Waiting { holder, until });
         Some(nameplate)
     }
 
@@ -155,13 +185,13 @@ impl SlotTable {
             return Claim::Unknown;
         }
         match *entry {
-            Entry::Waiting { conn, ip, .. } => {
+            Entry::Waiting { holder, .. } => {
                 *entry = Entry::Paired {
-                    waiting: conn,
+                    waiting: holder.conn,
                     claimer,
                     until: now + self.lifetimes.pair + GRACE,
                 };
-                Claim::Waiting { conn, ip }
+                Claim::Waiting(holder)
             }
             Entry::Paired { .. } => Claim::Crowded,
             Entry::Burned {
@@ -176,22 +206,33 @@ impl SlotTable {
     }
 
     /// A claim that could not go on (its pair was refused): the nameplate waits again.
-    pub fn put_back(
-        &mut self,
-        nameplate: u32,
-        waiting: ConnRef,
-        claimer: ConnRef,
-        ip: IpAddr,
-        now: Instant,
-    ) {
+    pub fn put_back(&mut self, nameplate: u32, holder: Holder, claimer: ConnRef, now: Instant) {
         if let Some(entry) = self.nameplates.get_mut(&nameplate)
-            && matches!(entry, Entry::Paired { waiting: w, claimer: c, .. } if *w == waiting && *c == claimer)
+            && matches!(entry, Entry::Paired { waiting: w, claimer: c, .. } if *w == holder.conn && *c == claimer)
         {
             *entry = Entry::Waiting {
-                conn: waiting,
-                ip,
+                holder,
                 until: now + self.lifetimes.slot + GRACE,
             };
+        }
+    }
+
+    /// Moves a waiting nameplate to `conn`, when `reclaim` is its holder's hash: the
+    /// allocator came back on a new connection. Returns how long it still waits; `None`
+    /// when it no longer waits (claimed, burned, expired) or the hash is not its.
+    pub fn reclaim(
+        &mut self,
+        nameplate: u32,
+        reclaim: ReclaimHash,
+        conn: ConnRef,
+        now: Instant,
+    ) -> Option<Duration> {
+        match self.nameplates.get_mut(&nameplate) {
+            Some(Entry::Waiting { holder, until }) if *until > now && holder.reclaim == reclaim => {
+                holder.conn = conn;
+                Some(until.saturating_duration_since(now + GRACE))
+            }
+            _ => None,
         }
     }
 
@@ -211,7 +252,7 @@ impl SlotTable {
     /// burned entry stays until it expires, and someone else's entry is left alone.
     pub fn release(&mut self, nameplate: u32, member: ConnRef) {
         let ours = match self.nameplates.get(&nameplate) {
-            Some(Entry::Waiting { conn, .. }) => *conn == member,
+            Some(Entry::Waiting { holder, .. }) => holder.conn == member,
             Some(Entry::Paired {
                 waiting, claimer, ..
             }) => *waiting == member || *claimer == member,
@@ -303,6 +344,57 @@ mod tests {
         IpAddr::from([10, 0, 0, last])
     }
 
+    fn holder(id: u64, last: u8) -> Holder {
+        Holder {
+            conn: conn(id),
+            ip: ip(last),
+            reclaim: ReclaimHash::of(&format!("token {id}")),
+        }
+    }
+
+    #[test]
+    fn only_its_token_takes_a_waiting_nameplate_to_a_new_connection() {
+        let (mut t, now, mut rng) = (table(10), Instant::now(), StdRng::seed_from_u64(4));
+        let n = t.allocate(holder(1, 1), now, &mut rng).unwrap();
+        let later = now + Duration::from_secs(60);
+        let wrong = ReclaimHash::of("token 2");
+        assert_eq!(t.reclaim(n, wrong, conn(7), later), None);
+        let left = t.reclaim(n, ReclaimHash::of("token 1"), conn(7), later);
+        assert_eq!(left, Some(SLOT - Duration::from_secs(60)));
+        // The old connection's release (it noticed late) leaves the new one's slot alone.
+        t.release(n, conn(1));
+        assert_eq!(
+            t.claim(n, conn(2), later),
+            Claim::Waiting(Holder {
+                conn: conn(7),
+                ..holder(1, 1)
+            })
+        );
+        // Claimed (or expired): nothing to take back.
+        assert_eq!(
+            t.reclaim(n, ReclaimHash::of("token 1"), conn(8), later),
+            None
+        );
+        let m = t.allocate(holder(3, 1), now, &mut rng).unwrap();
+        let expired = now + SLOT + GRACE;
+        assert_eq!(
+            t.reclaim(m, ReclaimHash::of("token 3"), conn(8), expired),
+            None
+        );
+    }
+
+    #[test]
+    fn a_reclaim_token_is_random_and_only_its_hash_matches() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (token, hash) = reclaim_token(&mut rng);
+        let (other, _) = reclaim_token(&mut rng);
+        assert_eq!(token.len(), 32);
+        assert_ne!(*token, *other);
+        assert_eq!(ReclaimHash::of(&token), hash);
+        assert_eq!(ReclaimHash::from_hex(&hash.hex()), Some(hash));
+        assert_eq!(ReclaimHash::from_hex("zz"), None);
+    }
+
     const SLOT: Duration = Duration::from_secs(600);
 
     fn table(max: usize) -> SlotTable {
@@ -318,15 +410,9 @@ mod tests {
     #[test]
     fn a_nameplate_is_claimed_once_then_crowded_and_freed_by_its_pair() {
         let (mut t, now, mut rng) = (table(10), Instant::now(), StdRng::seed_from_u64(1));
-        let n = t.allocate(conn(1), ip(1), now, &mut rng).unwrap();
+        let n = t.allocate(holder(1, 1), now, &mut rng).unwrap();
         assert!((1..100_000).contains(&n), "five digits while few are open");
-        assert_eq!(
-            t.claim(n, conn(2), now),
-            Claim::Waiting {
-                conn: conn(1),
-                ip: ip(1)
-            }
-        );
+        assert_eq!(t.claim(n, conn(2), now), Claim::Waiting(holder(1, 1)));
         assert_eq!(t.claim(n, conn(3), now), Claim::Crowded);
         t.release(n, conn(3));
         assert_eq!(t.claim(n, conn(3), now), Claim::Crowded, "not its pair");
@@ -339,19 +425,19 @@ mod tests {
     #[test]
     fn a_refused_claim_puts_the_nameplate_back_for_a_later_one() {
         let (mut t, now, mut rng) = (table(10), Instant::now(), StdRng::seed_from_u64(2));
-        let n = t.allocate(conn(1), ip(1), now, &mut rng).unwrap();
-        assert!(matches!(t.claim(n, conn(2), now), Claim::Waiting { .. }));
-        t.put_back(n, conn(1), conn(9), ip(1), now);
+        let n = t.allocate(holder(1, 1), now, &mut rng).unwrap();
+        assert!(matches!(t.claim(n, conn(2), now), Claim::Waiting(_)));
+        t.put_back(n, holder(1, 1), conn(9), now);
         assert_eq!(t.claim(n, conn(3), now), Claim::Crowded, "not that pair");
-        t.put_back(n, conn(1), conn(2), ip(1), now);
-        assert!(matches!(t.claim(n, conn(3), now), Claim::Waiting { .. }));
+        t.put_back(n, holder(1, 1), conn(2), now);
+        assert!(matches!(t.claim(n, conn(3), now), Claim::Waiting(_)));
     }
 
     #[test]
     fn burned_nameplates_stay_until_they_expire_and_are_not_handed_out() {
         let (mut t, now, mut rng) = (table(2), Instant::now(), StdRng::seed_from_u64(3));
-        let a = t.allocate(conn(1), ip(1), now, &mut rng).unwrap();
-        let b = t.allocate(conn(3), ip(1), now, &mut rng).unwrap();
+        let a = t.allocate(holder(1, 1), now, &mut rng).unwrap();
+        let b = t.allocate(holder(3, 1), now, &mut rng).unwrap();
         assert_ne!(a, b);
         t.claim(a, conn(2), now);
         t.claim(b, conn(4), now);
@@ -372,23 +458,20 @@ mod tests {
             "tombstones stay"
         );
         assert!(
-            t.allocate(conn(6), ip(1), now, &mut rng).is_none(),
+            t.allocate(holder(6, 1), now, &mut rng).is_none(),
             "full: burned ones count"
         );
         let later = now + SLOT;
         assert_eq!(t.claim(a, conn(5), later), Claim::Unknown, "expired");
-        assert!(t.allocate(conn(6), ip(1), later, &mut rng).is_some());
+        assert!(t.allocate(holder(6, 1), later, &mut rng).is_some());
     }
 
     #[test]
     fn a_waiting_slot_expires_after_its_holders_deadline() {
         let (mut t, now, mut rng) = (table(10), Instant::now(), StdRng::seed_from_u64(4));
-        let n = t.allocate(conn(1), ip(1), now, &mut rng).unwrap();
-        assert!(matches!(
-            t.claim(n, conn(2), now + SLOT),
-            Claim::Waiting { .. }
-        ));
-        let m = t.allocate(conn(3), ip(1), now, &mut rng).unwrap();
+        let n = t.allocate(holder(1, 1), now, &mut rng).unwrap();
+        assert!(matches!(t.claim(n, conn(2), now + SLOT), Claim::Waiting(_)));
+        let m = t.allocate(holder(3, 1), now, &mut rng).unwrap();
         assert_eq!(t.claim(m, conn(2), now + SLOT + GRACE), Claim::Unknown);
     }
 
@@ -397,20 +480,20 @@ mod tests {
         let (mut t, now, mut rng) = (table(5000), Instant::now(), StdRng::seed_from_u64(5));
         let mut seen = std::collections::HashSet::new();
         for i in 0..5000 {
-            let n = t.allocate(conn(i), ip(1), now, &mut rng).unwrap();
+            let n = t.allocate(holder(i, 1), now, &mut rng).unwrap();
             assert!(seen.insert(n), "{n} handed out twice");
         }
         assert!(seen.iter().any(|n| *n >= 1_000_000), "the space grew");
-        assert!(t.allocate(conn(0), ip(1), now, &mut rng).is_none());
+        assert!(t.allocate(holder(0, 1), now, &mut rng).is_none());
     }
 
     #[test]
     fn a_waiting_allocator_that_leaves_frees_only_its_own_slot() {
         let (mut t, now, mut rng) = (table(10), Instant::now(), StdRng::seed_from_u64(6));
-        let n = t.allocate(conn(1), ip(1), now, &mut rng).unwrap();
+        let n = t.allocate(holder(1, 1), now, &mut rng).unwrap();
         t.release(n, conn(2));
-        assert!(matches!(t.claim(n, conn(2), now), Claim::Waiting { .. }));
-        let m = t.allocate(conn(3), ip(1), now, &mut rng).unwrap();
+        assert!(matches!(t.claim(n, conn(2), now), Claim::Waiting(_)));
+        let m = t.allocate(holder(3, 1), now, &mut rng).unwrap();
         t.release(m, conn(3));
         assert_eq!(t.claim(m, conn(2), now), Claim::Unknown);
     }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use p2pd::ipc::messages::JobState;
 use p2pd::rendezvous::client::RendezvousClient;
+use p2pd::rendezvous::instances::Instances;
 use p2pd::rendezvous::limits::PerAddressLimits;
+use p2pd::rendezvous::messages::ReclaimToken;
 use p2pd::rendezvous::server::RendezvousConfig;
 use p2pd::rendezvous::store::StoreKind;
 use p2pd::rendezvous::{Role, Session, SignalError};
@@ -241,6 +243,60 @@ async fn thousands_of_concurrent_allocations_on_two_instances_never_share_a_name
             .claim(*nameplate)
             .await
             .expect("claimed across instances");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_outlives_the_instance_its_sender_waited_on() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let redis = Redis::start();
+        let (one, one_stops) = instance(&redis).await;
+        let (two, _two) = instance(&redis).await;
+        let instances = Instances::new(&[ws(one), ws(two)], None).unwrap();
+        let mut sender = RendezvousClient::connect(ws(one).as_str()).await.unwrap();
+        let (nameplate, _) = sender.allocate().await.unwrap();
+        // The sender's instance stops (a deploy; one that dies leaves the store alike).
+        drop(one_stops);
+        let stopped = Instant::now();
+        // The receiver claims on the other instance while the sender is away: the claim
+        // waits for it to come back instead of failing.
+        let claim = tokio::spawn(async move {
+            let mut receiver = RendezvousClient::connect(ws(two).as_str()).await.unwrap();
+            receiver.claim(nameplate).await.map(|()| receiver)
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        instances
+            .wait_for_peer(&mut sender)
+            .await
+            .expect("the sender waits again in its nameplate and is met");
+        let receiver = claim.await.unwrap().expect("the waiting claim is paired");
+        eprintln!(
+            "paired {:?} after the sender's instance stopped (the claim came first)",
+            stopped.elapsed()
+        );
+        let code = format!("{nameplate}-orbit-lantern").parse().unwrap();
+        let (sent, received) = tokio::join!(
+            Session::establish(sender, Role::Sender, &code),
+            Session::establish(receiver, Role::Receiver, &code),
+        );
+        let (mut sent, mut received) = (sent.unwrap(), received.unwrap());
+        sent.send(b"through the other instance").await.unwrap();
+        assert_eq!(
+            received.recv().await.unwrap(),
+            b"through the other instance"
+        );
+
+        // Only the allocator's token takes a nameplate back.
+        let mut allocator = RendezvousClient::connect(ws(two).as_str()).await.unwrap();
+        let (theirs, _) = allocator.allocate().await.unwrap();
+        let mut thief = RendezvousClient::connect(ws(two).as_str()).await.unwrap();
+        let stolen = thief.reclaim(theirs, ReclaimToken("0".repeat(32))).await;
+        assert!(matches!(stolen, Err(SignalError::Expired)), "{stolen:?}");
+        let mut receiver = RendezvousClient::connect(ws(two).as_str()).await.unwrap();
+        receiver.claim(theirs).await.unwrap();
+        allocator.wait_for_peer().await.unwrap();
     })
     .await
     .expect("test finished in time");

@@ -221,7 +221,12 @@ pub async fn run_send(
     let work = async {
         let session = match meeting {
             SendMeeting::Code { mut client, code } => {
-                or_cancel(&cancel, async { Ok(client.wait_for_peer().await?) }).await?;
+                // A lost rendezvous connection is replaced, in the same nameplate.
+                let instances = &context.rendezvous_url;
+                or_cancel(&cancel, async {
+                    Ok(instances.wait_for_peer(&mut client).await?)
+                })
+                .await?;
                 job.set_state(JobState::Negotiating);
                 or_cancel(&cancel, async {
                     Ok(Session::establish(*client, Role::Sender, &code).await?)

@@ -21,10 +21,10 @@ mod pairing;
 use crate::rendezvous::admission::{Admission, Standing};
 use crate::rendezvous::bus::{ConnRef, Delivery, Event, lock};
 use crate::rendezvous::limits::{Action, AddressTable, MissBudget};
-use crate::rendezvous::messages::{ClientMessage, ServerErrorKind, ServerMessage};
+use crate::rendezvous::messages::{ClientMessage, ReclaimToken, ServerErrorKind, ServerMessage};
 use crate::rendezvous::pair::{EXCHANGE_RELAYS, RelayBudget};
 use crate::rendezvous::server::{PAIRED_IDLE_TIMEOUT, RendezvousConfig, Ws};
-use crate::rendezvous::slots::{BurnReason, Waiter};
+use crate::rendezvous::slots::{BurnReason, Holder, ReclaimHash, Waiter, reclaim_token};
 use crate::rendezvous::store::Store;
 
 /// What both sides hear when a claimer did not complete the key exchange.
@@ -79,6 +79,8 @@ enum Phase {
     Fresh,
     Waiting {
         nameplate: u32,
+        /// Its holder's reclaim hash, kept to put the nameplate back with.
+        reclaim: ReclaimHash,
         deadline: tokio::time::Instant,
     },
     Rejoining {
@@ -126,6 +128,10 @@ impl Connection {
         // Fixed at connect: pings or junk do not extend it.
         let fresh_until = tokio::time::Instant::now() + self.config().fresh_deadline;
         let mut idle_until = tokio::time::Instant::now() + PAIRED_IDLE_TIMEOUT;
+        // This instance is stopping (a restart, a deploy): a waiting nameplate then stays
+        // for its allocator to reclaim on another instance, as when an instance dies.
+        // A client that goes (Ctrl-C, a cancelled job) frees its nameplate.
+        let mut stopping = false;
 
         loop {
             let until = match &phase {
@@ -139,7 +145,10 @@ impl Connection {
             };
             let needs_store = self.needs_store(&phase);
             let reply: Option<ServerMessage> = tokio::select! {
-                _ = self.shared.shutdown.cancelled() => break,
+                _ = self.shared.shutdown.cancelled() => {
+                    stopping = true;
+                    break;
+                }
                 _ = self.evict.cancelled() => {
                     let _ = send(&mut sink, &error(ServerErrorKind::Busy, "the rendezvous is full and this connection waited longest")).await;
                     break;
@@ -230,7 +239,7 @@ impl Connection {
                 break;
             }
         }
-        self.leave(phase, &mut inbox).await;
+        self.leave(phase, &mut inbox, stopping).await;
         let _ = sink.close().await;
     }
 
@@ -248,12 +257,20 @@ impl Connection {
     async fn on_event(&self, delivery: Delivery, phase: &mut Phase) -> Step {
         let Delivery { from, event } = delivery;
         match (&mut *phase, event) {
-            (Phase::Waiting { nameplate, .. }, Event::Paired { turn_user, counted }) => {
+            (
+                Phase::Waiting {
+                    nameplate, reclaim, ..
+                },
+                Event::Paired { turn_user, counted },
+            ) => {
                 let nameplate = *nameplate;
                 if !self.count_paired(counted) {
-                    self.store()
-                        .put_back(nameplate, self.me(), from, self.ip)
-                        .await;
+                    let holder = Holder {
+                        conn: self.me(),
+                        ip: self.ip,
+                        reclaim: *reclaim,
+                    };
+                    self.store().put_back(nameplate, holder, from).await;
                     self.refuse(from).await;
                     return Step::Quiet;
                 }
@@ -322,20 +339,28 @@ impl Connection {
                 ClientMessage::Allocate
                     | ClientMessage::Claim { .. }
                     | ClientMessage::Rejoin { .. }
+                    | ClientMessage::Reclaim { .. }
             )
             && !self.allowed(&message);
         match (message, &mut *phase) {
             (
                 ClientMessage::Allocate
                 | ClientMessage::Claim { .. }
-                | ClientMessage::Rejoin { .. },
+                | ClientMessage::Rejoin { .. }
+                | ClientMessage::Reclaim { .. },
                 Phase::Fresh,
             ) if rate_limited => Step::End(Some(error(
                 ServerErrorKind::Busy,
                 "too many requests from your address, try again in a minute",
             ))),
             (ClientMessage::Allocate, Phase::Fresh) => {
-                let nameplate = match self.store().allocate(self.me(), self.ip).await {
+                let (token, reclaim) = reclaim_token(&mut rand::thread_rng());
+                let holder = Holder {
+                    conn: self.me(),
+                    ip: self.ip,
+                    reclaim,
+                };
+                let nameplate = match self.store().allocate(holder).await {
                     Ok(Some(nameplate)) => nameplate,
                     Ok(None) => {
                         return Step::End(Some(error(
@@ -349,12 +374,17 @@ impl Connection {
                 debug!(nameplate, "allocated");
                 *phase = Phase::Waiting {
                     nameplate,
+                    reclaim,
                     deadline: tokio::time::Instant::now() + self.config().slot_ttl,
                 };
                 Step::Reply(ServerMessage::Allocated {
                     nameplate,
                     expires_in_secs: self.config().slot_ttl.as_secs(),
+                    reclaim: ReclaimToken((*token).clone()),
                 })
+            }
+            (ClientMessage::Reclaim { nameplate, token }, Phase::Fresh) => {
+                self.reclaim(nameplate, &token, phase).await
             }
             (ClientMessage::Claim { nameplate }, Phase::Fresh) => {
                 self.claim(nameplate, phase).await
@@ -463,7 +493,9 @@ impl Connection {
 
     fn allowed(&self, message: &ClientMessage) -> bool {
         let action = match message {
-            ClientMessage::Claim { .. } | ClientMessage::Rejoin { .. } => Action::Claim,
+            ClientMessage::Claim { .. }
+            | ClientMessage::Rejoin { .. }
+            | ClientMessage::Reclaim { .. } => Action::Claim,
             _ => Action::Allocate,
         };
         lock(&self.shared.addresses).allow(self.ip, action, Instant::now())

@@ -11,9 +11,24 @@ use super::{
 };
 use crate::rendezvous::admission::Standing;
 use crate::rendezvous::bus::{ConnRef, Delivery, Event, Inbox, lock};
-use crate::rendezvous::messages::{ServerErrorKind, ServerMessage};
+use crate::rendezvous::messages::{ReclaimToken, ServerErrorKind, ServerMessage};
 use crate::rendezvous::pair::{EXCHANGE_RELAYS, misses_per_minute};
-use crate::rendezvous::slots::{BurnReason, Claim, Rejoin};
+use crate::rendezvous::slots::{BurnReason, Claim, ReclaimHash, Rejoin};
+
+/// How long a claim waits for an allocator whose connection is gone to come back on
+/// another (it reconnects at once when its instance dies), polling every
+/// [`RECLAIM_POLL`].
+const RECLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+const RECLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What a claimer hears when the allocator did not come back in [`RECLAIM_WAIT`].
+const ALLOCATOR_AWAY: &str = "the other side lost its connection to the rendezvous and has not come back: try again in a minute";
+
+/// One claim's outcome, and the allocator it found gone.
+struct ClaimStep {
+    step: Step,
+    allocator_gone: Option<crate::rendezvous::slots::Holder>,
+}
 
 impl Connection {
     /// The claimer's key-exchange deadline has passed: `None` if the exchange completed
@@ -86,59 +101,127 @@ impl Connection {
                 "too many claims of codes that do not exist, try again in a minute",
             )));
         }
+        let give_up = tokio::time::Instant::now() + RECLAIM_WAIT;
+        loop {
+            let step = self.claim_once(nameplate, phase, now, misses).await;
+            let Some(holder) = step.allocator_gone else {
+                return step.step;
+            };
+            // The allocator's connection is gone (its instance died, its network
+            // dropped), not the allocator: the code waits again for it to come back on
+            // another connection, and this claim waits for that a while.
+            self.store().put_back(nameplate, holder, self.me()).await;
+            if tokio::time::Instant::now() >= give_up {
+                return Step::End(Some(error(ServerErrorKind::Busy, ALLOCATOR_AWAY)));
+            }
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return Step::End(None),
+                _ = tokio::time::sleep(RECLAIM_POLL) => {}
+            }
+        }
+    }
+
+    /// One claim of `nameplate`; `allocator_gone` when it waited but its connection
+    /// could not be told (the nameplate is then paired with this claim, to put back).
+    async fn claim_once(
+        &self,
+        nameplate: u32,
+        phase: &mut Phase,
+        now: Instant,
+        misses: u32,
+    ) -> ClaimStep {
+        let step = |step| ClaimStep {
+            step,
+            allocator_gone: None,
+        };
         let claimed = match self.store().claim(nameplate, self.me()).await {
             Ok(claimed) => claimed,
-            Err(unavailable) => return unavailable_step(&unavailable),
+            Err(unavailable) => return step(unavailable_step(&unavailable)),
         };
-        let (allocator, allocator_ip) = match claimed {
-            Claim::Waiting { conn, ip } => (conn, ip),
+        let holder = match claimed {
+            Claim::Waiting(holder) => holder,
             Claim::Crowded => {
-                return Step::End(Some(error(
+                return step(Step::End(Some(error(
                     ServerErrorKind::Crowded,
                     "that code is already in use by two parties",
-                )));
+                ))));
             }
             Claim::Abandoned => {
-                return Step::End(Some(error(
+                return step(Step::End(Some(error(
                     ServerErrorKind::Abandoned,
                     "someone claimed that code without completing the key exchange",
-                )));
+                ))));
             }
             Claim::Unknown => {
                 lock(&self.shared.misses).missed(misses, now);
                 lock(&self.shared.addresses).note_miss(self.ip, now);
-                return Step::End(Some(error(
+                return step(Step::End(Some(error(
                     ServerErrorKind::UnknownNameplate,
                     "no transfer is waiting with that code",
-                )));
+                ))));
             }
         };
-        let Some(ips) = self.pair_with(allocator, allocator_ip) else {
+        let Some(ips) = self.pair_with(holder.conn, holder.ip) else {
             // The code stays for a later claim.
-            self.store()
-                .put_back(nameplate, allocator, self.me(), allocator_ip)
-                .await;
-            return Step::End(Some(error(ServerErrorKind::Busy, TOO_MANY_PAIRS)));
+            self.store().put_back(nameplate, holder, self.me()).await;
+            return step(Step::End(Some(error(
+                ServerErrorKind::Busy,
+                TOO_MANY_PAIRS,
+            ))));
         };
         let turn_user = new_turn_user();
         let told = Event::Paired {
             turn_user: turn_user.clone(),
             counted: ips.len() == 2,
         };
-        if !self.store().deliver(allocator, self.me(), told).await {
-            // The allocator left before it could hear.
+        if !self.store().deliver(holder.conn, self.me(), told).await {
             self.unpair(&ips);
-            self.store().release(nameplate, self.me()).await;
-            return Step::End(Some(ServerMessage::PeerGone));
+            return ClaimStep {
+                step: Step::Quiet,
+                allocator_gone: Some(holder),
+            };
         }
         debug!(nameplate, "paired");
         *phase = Phase::Paired {
             nameplate: Some(nameplate),
-            peer: allocator,
+            peer: holder.conn,
             side: self.side(turn_user),
             pake: Some(tokio::time::Instant::now() + self.config().pake_deadline),
         };
-        Step::Reply(self.paired())
+        step(Step::Reply(self.paired()))
+    }
+
+    /// Takes `nameplate` back for this connection, when `token` is the one its allocation
+    /// gave: the allocator lost its connection and waits again from this one.
+    pub(super) async fn reclaim(
+        &self,
+        nameplate: u32,
+        token: &ReclaimToken,
+        phase: &mut Phase,
+    ) -> Step {
+        let hash = ReclaimHash::of(&token.0);
+        let left = match self.store().reclaim(nameplate, hash, self.me()).await {
+            Ok(Some(left)) => left,
+            Ok(None) => {
+                return Step::End(Some(error(
+                    ServerErrorKind::Expired,
+                    "that code no longer waits: it expired, or was used",
+                )));
+            }
+            Err(unavailable) => return unavailable_step(&unavailable),
+        };
+        self.stand(&[self.id], Standing::Waiting);
+        debug!(nameplate, "reclaimed");
+        *phase = Phase::Waiting {
+            nameplate,
+            reclaim: hash,
+            deadline: tokio::time::Instant::now() + left,
+        };
+        Step::Reply(ServerMessage::Allocated {
+            nameplate,
+            expires_in_secs: left.as_secs(),
+            reclaim: ReclaimToken::default(),
+        })
     }
 
     pub(super) async fn rejoin(&self, channel: String, sender: bool, phase: &mut Phase) -> Step {
@@ -231,8 +314,10 @@ impl Connection {
         }
     }
 
-    /// Frees this connection's slot and tells a paired peer we left.
-    pub(super) async fn leave(&self, phase: Phase, inbox: &mut Inbox) {
+    /// Frees this connection's slot and tells a paired peer we left. A waiting nameplate
+    /// stays while this instance is `stopping` (until it expires), for its allocator to
+    /// reclaim on another instance, as when an instance dies.
+    pub(super) async fn leave(&self, phase: Phase, inbox: &mut Inbox, stopping: bool) {
         self.store().unregister(self.id);
         // Paired as it left, before it heard: it counts (when its peer counted it), and
         // its peer hears it is gone.
@@ -248,6 +333,7 @@ impl Connection {
         }
         match phase {
             Phase::Fresh => {}
+            Phase::Waiting { .. } if stopping => {}
             Phase::Waiting { nameplate, .. } => self.store().release(nameplate, self.me()).await,
             // Only our own entry: a newer connection of our side may have replaced it.
             Phase::Rejoining { channel, .. } => {

@@ -1,6 +1,7 @@
 //! The Redis store's Lua scripts: each slot operation runs as one, so it is atomic at
-//! the engine. Entries are strings: `w INST ID IP` (waiting), `p INST ID INST ID IP`
-//! (paired: the waiting side, the claimer, the waiting side's address), `b a` / `b w`
+//! the engine. Entries are strings: `w INST ID IP HASH` (waiting; HASH: the holder's
+//! reclaim hash, hex), `p INST ID INST ID IP HASH` (paired: the waiting side, the claimer,
+//! then the waiting side's address and hash), `b a` / `b w`
 //! (burned: abandoned, wrong code), and on rejoin channels `s|r INST ID IP`. Each
 //! script keeps its key's member in a sorted set scored by expiry (the open count).
 
@@ -24,12 +25,23 @@ return {0, open}
 pub(super) const CLAIM: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
-local _, _, waiting, ip = string.find(v, '^w (%S+ %S+) (%S+)$')
+local _, _, waiting, rest = string.find(v, '^w (%S+ %S+) (%S+ %S+)$')
 if waiting then
-  redis.call('SET', KEYS[1], 'p ' .. waiting .. ' ' .. ARGV[1] .. ' ' .. ip, 'PX', ARGV[2])
+  redis.call('SET', KEYS[1], 'p ' .. waiting .. ' ' .. ARGV[1] .. ' ' .. rest, 'PX', ARGV[2])
   redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]), ARGV[4])
 end
 return v
+";
+
+/// KEYS: nameplate; ARGV: reclaim hash, new holder 'inst id'. A waiting entry with that
+/// hash moves to the new holder, keeping its expiry. Returns its ms left, or -1.
+pub(super) const RECLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return -1 end
+local _, _, ip, h = string.find(v, '^w %S+ %S+ (%S+) (%S+)$')
+if not h or h ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[1], 'w ' .. ARGV[2] .. ' ' .. ip .. ' ' .. h, 'KEEPTTL')
+return redis.call('PTTL', KEYS[1])
 ";
 
 /// KEYS: key, open set; ARGV: expected value, new value, ttl ms, now ms, member.

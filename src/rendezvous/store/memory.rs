@@ -3,13 +3,13 @@
 
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::{Store, StoreLimits, Unavailable};
 use crate::rendezvous::bus::{ConnRef, Delivery, Event, Inbox, Inboxes, lock};
-use crate::rendezvous::slots::{BurnReason, Claim, Rejoin, SlotTable, Waiter};
+use crate::rendezvous::slots::{BurnReason, Claim, Holder, ReclaimHash, Rejoin, SlotTable, Waiter};
 
 pub struct MemoryStore {
     instance: u64,
@@ -56,17 +56,26 @@ impl Store for MemoryStore {
         lock(&self.table).open()
     }
 
-    async fn allocate(&self, conn: ConnRef, ip: IpAddr) -> Result<Option<u32>, Unavailable> {
+    async fn allocate(&self, holder: Holder) -> Result<Option<u32>, Unavailable> {
         let mut rng = rand::thread_rng();
-        Ok(lock(&self.table).allocate(conn, ip, Instant::now(), &mut rng))
+        Ok(lock(&self.table).allocate(holder, Instant::now(), &mut rng))
     }
 
     async fn claim(&self, nameplate: u32, claimer: ConnRef) -> Result<Claim, Unavailable> {
         Ok(lock(&self.table).claim(nameplate, claimer, Instant::now()))
     }
 
-    async fn put_back(&self, nameplate: u32, waiting: ConnRef, claimer: ConnRef, ip: IpAddr) {
-        lock(&self.table).put_back(nameplate, waiting, claimer, ip, Instant::now());
+    async fn put_back(&self, nameplate: u32, holder: Holder, claimer: ConnRef) {
+        lock(&self.table).put_back(nameplate, holder, claimer, Instant::now());
+    }
+
+    async fn reclaim(
+        &self,
+        nameplate: u32,
+        reclaim: ReclaimHash,
+        conn: ConnRef,
+    ) -> Result<Option<Duration>, Unavailable> {
+        Ok(lock(&self.table).reclaim(nameplate, reclaim, conn, Instant::now()))
     }
 
     async fn burn(&self, nameplate: u32, member: ConnRef, reason: BurnReason) {

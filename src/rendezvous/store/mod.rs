@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use tokio::sync::watch;
 
 use super::bus::{ConnRef, Event, Inbox};
-use super::slots::{BurnReason, Claim, Lifetimes, Rejoin, Waiter};
+use super::slots::{BurnReason, Claim, Holder, Lifetimes, ReclaimHash, Rejoin, Waiter};
 
 /// Which store a rendezvous uses (`p2pd rendezvous --store`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,9 +88,17 @@ pub trait Store: Send + Sync + 'static {
     fn open(&self) -> usize;
 
     /// `Ok(None)` when full.
-    async fn allocate(&self, conn: ConnRef, ip: IpAddr) -> Result<Option<u32>, Unavailable>;
+    async fn allocate(&self, holder: Holder) -> Result<Option<u32>, Unavailable>;
     async fn claim(&self, nameplate: u32, claimer: ConnRef) -> Result<Claim, Unavailable>;
-    async fn put_back(&self, nameplate: u32, waiting: ConnRef, claimer: ConnRef, ip: IpAddr);
+    async fn put_back(&self, nameplate: u32, holder: Holder, claimer: ConnRef);
+    /// Moves a waiting nameplate to `conn` if `reclaim` is its holder's: how long it
+    /// still waits, or `None` (`SlotTable::reclaim`).
+    async fn reclaim(
+        &self,
+        nameplate: u32,
+        reclaim: ReclaimHash,
+        conn: ConnRef,
+    ) -> Result<Option<std::time::Duration>, Unavailable>;
     async fn burn(&self, nameplate: u32, member: ConnRef, reason: BurnReason);
     async fn release(&self, nameplate: u32, member: ConnRef);
     async fn rejoin(

@@ -28,11 +28,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::lua::{ALLOCATE, BURN, CLAIM, LEAVE_REJOIN, PUT_BACK_REJOIN, REJOIN, RELEASE, REPLACE};
+use super::lua::{
+    ALLOCATE, BURN, CLAIM, LEAVE_REJOIN, PUT_BACK_REJOIN, RECLAIM, REJOIN, RELEASE, REPLACE,
+};
 use super::{Store, StoreLimits, Unavailable};
 use crate::rendezvous::bus::{ConnRef, Delivery, Event, Inbox, Inboxes, lock};
 use crate::rendezvous::pair::nameplate_space;
-use crate::rendezvous::slots::{BurnReason, Claim, GRACE, Rejoin, Waiter};
+use crate::rendezvous::slots::{BurnReason, Claim, GRACE, Holder, ReclaimHash, Rejoin, Waiter};
 
 /// Every key and channel starts with this.
 const PREFIX: &str = "p2pd:rv:";
@@ -53,6 +55,7 @@ struct Scripts {
     rejoin: Script,
     put_back_rejoin: Script,
     leave_rejoin: Script,
+    reclaim: Script,
 }
 
 /// An event on its way to a connection of another instance.
@@ -104,6 +107,7 @@ impl RedisStore {
                 rejoin: Script::new(REJOIN),
                 put_back_rejoin: Script::new(PUT_BACK_REJOIN),
                 leave_rejoin: Script::new(LEAVE_REJOIN),
+                reclaim: Script::new(RECLAIM),
             },
         });
         let (reachable_tx, reachable) = watch::channel((None::<String>, Instant::now()));
@@ -384,8 +388,13 @@ impl Store for RedisStore {
         self.open.load(Ordering::Relaxed)
     }
 
-    async fn allocate(&self, conn: ConnRef, ip: IpAddr) -> Result<Option<u32>, Unavailable> {
-        let value = format!("w {} {ip}", Self::me(conn));
+    async fn allocate(&self, holder: Holder) -> Result<Option<u32>, Unavailable> {
+        let value = format!(
+            "w {} {} {}",
+            Self::me(holder.conn),
+            holder.ip,
+            holder.reclaim.hex()
+        );
         let mut upper = nameplate_space(self.open());
         loop {
             let candidates: Vec<u32> = {
@@ -433,9 +442,9 @@ impl Store for RedisStore {
         };
         let mut words = found.split(' ');
         Ok(match words.next() {
-            Some("w") => match (parse_ref(&mut words), words.next().map(str::parse)) {
-                (Some(conn), Some(Ok(ip))) => Claim::Waiting { conn, ip },
-                _ => Claim::Unknown,
+            Some("w") => match parse_holder(&mut words) {
+                Some(holder) => Claim::Waiting(holder),
+                None => Claim::Unknown,
             },
             Some("p") => Claim::Crowded,
             Some("b") if words.next() == Some("a") => Claim::Abandoned,
@@ -443,18 +452,36 @@ impl Store for RedisStore {
         })
     }
 
-    async fn put_back(&self, nameplate: u32, waiting: ConnRef, claimer: ConnRef, ip: IpAddr) {
-        let paired = format!("p {} {} {ip}", Self::me(waiting), Self::me(claimer));
+    async fn put_back(&self, nameplate: u32, holder: Holder, claimer: ConnRef) {
+        let (waiting, ip, hash) = (holder.conn, holder.ip, holder.reclaim.hex());
+        let paired = format!("p {} {} {ip} {hash}", Self::me(waiting), Self::me(claimer));
         let mut invocation = self.scripts.replace.prepare_invoke();
         invocation
             .key(Self::nameplate_key(nameplate))
             .key(format!("{PREFIX}open"))
             .arg(paired)
-            .arg(format!("w {} {ip}", Self::me(waiting)))
+            .arg(format!("w {} {ip} {hash}", Self::me(waiting)))
             .arg(self.slot_ms())
             .arg(now_ms())
             .arg(nameplate);
         self.tidy(invocation).await;
+    }
+
+    async fn reclaim(
+        &self,
+        nameplate: u32,
+        reclaim: ReclaimHash,
+        conn: ConnRef,
+    ) -> Result<Option<Duration>, Unavailable> {
+        let mut invocation = self.scripts.reclaim.prepare_invoke();
+        invocation
+            .key(Self::nameplate_key(nameplate))
+            .arg(reclaim.hex())
+            .arg(Self::me(conn));
+        let left: i64 = self.run(invocation).await?;
+        Ok(u64::try_from(left)
+            .ok()
+            .map(|ms| Duration::from_millis(ms).saturating_sub(GRACE)))
     }
 
     async fn burn(&self, nameplate: u32, member: ConnRef, reason: BurnReason) {
@@ -558,6 +585,14 @@ fn parse_ref<'a>(words: &mut impl Iterator<Item = &'a str>) -> Option<ConnRef> {
     let instance = u64::from_str_radix(words.next()?, 16).ok()?;
     let id = words.next()?.parse().ok()?;
     Some(ConnRef { instance, id })
+}
+
+/// A waiting entry's words after `w`: `inst id ip hash`.
+fn parse_holder<'a>(words: &mut impl Iterator<Item = &'a str>) -> Option<Holder> {
+    let conn = parse_ref(words)?;
+    let ip = words.next()?.parse().ok()?;
+    let reclaim = ReclaimHash::from_hex(words.next()?)?;
+    Some(Holder { conn, ip, reclaim })
 }
 
 /// A rejoin entry: `s|r inst id ip`.
