@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use p2pd::config::{DaemonConfig, FileConfig, Overrides, RendezvousFileConfig};
+use p2pd::config::{
+    Capacity, CapacityFlags, DaemonConfig, FileConfig, Overrides, RendezvousFileConfig,
+};
 use p2pd::daemon::Daemon;
 use p2pd::rendezvous::ice::IceHandout;
 use p2pd::rendezvous::server::{self, RendezvousConfig};
@@ -137,6 +139,20 @@ enum Command {
         /// the config file) [default: memory].
         #[arg(long, value_name = "URL")]
         store: Option<String>,
+        /// Connections held at once; when full, the longest idle gives way [default: 10000].
+        /// The open-file limit is raised to its ceiling at start; it must allow this many.
+        #[arg(long, value_name = "N")]
+        max_connections: Option<usize>,
+        /// Connections from one address (an IPv6 /64) at once [default: 512].
+        #[arg(long, value_name = "N")]
+        max_connections_per_address: Option<usize>,
+        /// Pairs (transfers being set up) from one address at once [default: 64].
+        #[arg(long, value_name = "N")]
+        max_pairs_per_address: Option<usize>,
+        /// Codes allocated, and codes claimed or jobs resumed, each, per address and
+        /// minute [default: 120].
+        #[arg(long, value_name = "N")]
+        requests_per_minute: Option<u32>,
     },
 }
 
@@ -215,9 +231,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tls_cert,
         tls_key,
         store,
+        max_connections,
+        max_connections_per_address,
+        max_pairs_per_address,
+        requests_per_minute,
     }) = args.command
     {
         let file = RendezvousFileConfig::load(args.config.as_deref())?;
+        let capacity = Capacity::resolve(
+            CapacityFlags {
+                max_connections,
+                max_connections_per_address,
+                max_pairs_per_address,
+                requests_per_minute,
+            },
+            &file,
+        )?;
+        raise_open_files(capacity.max_connections);
         let listen = listen
             .or(file.listen)
             .unwrap_or(([0, 0, 0, 0], 9009).into());
@@ -275,6 +305,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             },
             tls,
             store,
+            max_connections: capacity.max_connections,
+            per_address: capacity.per_address,
             ..Default::default()
         };
         server::serve(listener, config, stop).await;
@@ -316,6 +348,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft open-file limit to its ceiling (it is often 1024, far below a
+/// service's connections), and says so when even the ceiling is below `connections`.
+fn raise_open_files(connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        tracing::warn!(soft, hard, "cannot raise the open-file limit");
+    }
+    // Each connection is one descriptor; a few dozen more serve the rest.
+    let needed = u64::try_from(connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(64);
+    if hard < needed {
+        tracing::warn!(
+            limit = hard,
+            connections,
+            "the open-file limit is below --max-connections: raise it (LimitNOFILE= in the unit) or lower --max-connections"
+        );
+    }
+}
+
 /// A token cancelled by the first SIGTERM or SIGINT.
 /// Rereads the certificate and key on every SIGHUP (after a renewal); a file that fails to
 /// load is logged and the certificate in use stays. Handled without TLS too, so a reload
@@ -354,5 +409,48 @@ fn stop_on_signal() -> anyhow::Result<CancellationToken> {
 fn notify(state: sd_notify::NotifyState) {
     if let Err(error) = sd_notify::notify(&[state]) {
         tracing::warn!(%error, "cannot notify systemd");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2pd::config::rendezvous as capacity;
+
+    /// `--help` states each capacity default: the numbers are the code's.
+    #[test]
+    fn the_rendezvous_help_states_the_capacity_defaults() {
+        let mut command = Args::command();
+        let help = command
+            .find_subcommand_mut("rendezvous")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for (flag, default) in [
+            (
+                "--max-connections <N>",
+                capacity::SERVICE_MAX_CONNECTIONS.to_string(),
+            ),
+            (
+                "--max-connections-per-address <N>",
+                capacity::SERVICE_CONNECTIONS_PER_ADDRESS.to_string(),
+            ),
+            (
+                "--max-pairs-per-address <N>",
+                capacity::SERVICE_PAIRS_PER_ADDRESS.to_string(),
+            ),
+            (
+                "--requests-per-minute <N>",
+                capacity::SERVICE_REQUESTS_PER_MINUTE.to_string(),
+            ),
+        ] {
+            let text = help.split(flag).nth(1).expect(flag);
+            let stated = text
+                .split("[default: ")
+                .nth(1)
+                .and_then(|t| t.split(']').next());
+            assert_eq!(stated, Some(default.as_str()), "{flag}");
+        }
     }
 }

@@ -13,12 +13,12 @@ use crate::transfer::names::Limits;
 
 mod paths;
 use paths::project_dirs;
-mod rendezvous;
+pub mod rendezvous;
 
 pub use paths::{
     default_download_dir, default_socket_path, default_state_dir, earlier_state_dirs, host_name,
 };
-pub use rendezvous::RendezvousFileConfig;
+pub use rendezvous::{Capacity, CapacityFlags, RendezvousFileConfig};
 
 /// Default lifetime of an unclaimed code.
 pub const DEFAULT_CODE_TTL: Duration = Duration::from_secs(600);
@@ -114,6 +114,9 @@ pub enum ConfigError {
         "sctp_window_max_bytes must be between sctp_window_bytes ({start}) and 268435456, not {given}: the default is 16777216"
     )]
     SctpWindowMax { given: u32, start: u32 },
+    /// A rendezvous capacity of zero (`--max-connections 0` and the like).
+    #[error("{0} must be at least 1 (0 would refuse every daemon)")]
+    ZeroCapacity(&'static str),
 }
 
 /// Parses a config file's text; the error names the file and the offending key.

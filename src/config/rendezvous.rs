@@ -32,6 +32,93 @@ pub struct RendezvousFileConfig {
     /// (`redis://HOST:PORT`, `rediss://…`, `redis+unix:///PATH`) shared by several
     /// instances.
     pub store: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+    pub max_pairs_per_address: Option<usize>,
+    pub requests_per_minute: Option<u32>,
+}
+
+/// What a standalone rendezvous holds unless told otherwise (`p2pd rendezvous
+/// --max-connections` and the rest). Sized for a service: one instance holds 10,000 idle
+/// daemons (measured in `cluster::one_instance_holds_ten_thousand_idle_daemons`), and an
+/// office behind one NAT address (a hundred daemons, each holding a connection per
+/// paired device while it waits) is not locked out. The embedded rendezvous of `p2pd`
+/// keeps the smaller `RendezvousConfig::default`.
+pub const SERVICE_MAX_CONNECTIONS: usize = 10_000;
+pub const SERVICE_CONNECTIONS_PER_ADDRESS: usize = 512;
+/// Connections in a pair at once from one address: a pair is minutes long, so this is
+/// an office's concurrent transfers.
+pub const SERVICE_PAIRS_PER_ADDRESS: usize = 64;
+/// Allocations, and claims or rejoins, each, per address and minute.
+pub const SERVICE_REQUESTS_PER_MINUTE: u32 = 120;
+
+/// A rendezvous's capacity: its connection cap and per-address limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    pub max_connections: usize,
+    pub per_address: crate::rendezvous::limits::PerAddressLimits,
+}
+
+/// The flags of the capacity, each `None` when not given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CapacityFlags {
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+    pub max_pairs_per_address: Option<usize>,
+    pub requests_per_minute: Option<u32>,
+}
+
+impl Capacity {
+    /// Flags win over the file, the file over the service defaults. A zero would refuse
+    /// everyone: it is an error that says so.
+    pub fn resolve(
+        flags: CapacityFlags,
+        file: &RendezvousFileConfig,
+    ) -> Result<Capacity, ConfigError> {
+        let positive = |value: usize, key: &'static str| {
+            if value == 0 {
+                Err(ConfigError::ZeroCapacity(key))
+            } else {
+                Ok(value)
+            }
+        };
+        let max_connections = positive(
+            flags
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(SERVICE_MAX_CONNECTIONS),
+            "max_connections",
+        )?;
+        let connections = positive(
+            flags
+                .max_connections_per_address
+                .or(file.max_connections_per_address)
+                .unwrap_or(SERVICE_CONNECTIONS_PER_ADDRESS),
+            "max_connections_per_address",
+        )?;
+        let paired = positive(
+            flags
+                .max_pairs_per_address
+                .or(file.max_pairs_per_address)
+                .unwrap_or(SERVICE_PAIRS_PER_ADDRESS)
+                .saturating_mul(2),
+            "max_pairs_per_address",
+        )?;
+        let per_minute = flags
+            .requests_per_minute
+            .or(file.requests_per_minute)
+            .unwrap_or(SERVICE_REQUESTS_PER_MINUTE);
+        let per_minute = positive(per_minute as usize, "requests_per_minute")? as u32;
+        Ok(Capacity {
+            max_connections,
+            per_address: crate::rendezvous::limits::PerAddressLimits {
+                connections,
+                paired,
+                allocations_per_minute: per_minute,
+                claims_per_minute: per_minute,
+            },
+        })
+    }
 }
 
 impl RendezvousFileConfig {
@@ -78,5 +165,40 @@ mod tests {
         let err =
             RendezvousFileConfig::parse("turn_secret = \"x\"\n", Path::new("r.toml")).unwrap_err();
         assert!(err.to_string().contains("turn_secret"), "{err}");
+    }
+
+    #[test]
+    fn capacity_flags_win_over_the_file_over_the_service_defaults() {
+        let none = RendezvousFileConfig::default();
+        let defaults = Capacity::resolve(CapacityFlags::default(), &none).unwrap();
+        assert_eq!(defaults.max_connections, SERVICE_MAX_CONNECTIONS);
+        assert_eq!(
+            defaults.per_address.connections,
+            SERVICE_CONNECTIONS_PER_ADDRESS
+        );
+        // Counted in connections: two per pair.
+        assert_eq!(defaults.per_address.paired, 2 * SERVICE_PAIRS_PER_ADDRESS);
+        assert_eq!(
+            defaults.per_address.claims_per_minute,
+            SERVICE_REQUESTS_PER_MINUTE
+        );
+        let file = RendezvousFileConfig::parse(
+            "max_connections = 20000\nmax_pairs_per_address = 8\n",
+            Path::new("r.toml"),
+        )
+        .unwrap();
+        let flags = CapacityFlags {
+            max_connections: Some(30_000),
+            ..Default::default()
+        };
+        let resolved = Capacity::resolve(flags, &file).unwrap();
+        assert_eq!(resolved.max_connections, 30_000);
+        assert_eq!(resolved.per_address.paired, 16);
+        let zero = CapacityFlags {
+            requests_per_minute: Some(0),
+            ..Default::default()
+        };
+        let refused = Capacity::resolve(zero, &none).unwrap_err().to_string();
+        assert!(refused.contains("requests_per_minute"), "{refused}");
     }
 }

@@ -4,6 +4,7 @@ mod abuse;
 mod activation;
 mod browser;
 mod candidates;
+mod capacity;
 mod cli;
 mod cluster;
 mod ctrl_c;
