@@ -11,6 +11,7 @@ mod ctrl_c;
 mod devices;
 mod errors;
 mod escaping;
+mod failover;
 mod flood;
 mod hostile;
 mod instances;
