@@ -330,3 +330,34 @@ async fn killing_an_instance_during_a_resume_costs_no_job() {
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_senders_instance_after_its_code_is_shown_costs_no_job() {
+    tokio::time::timeout(LIMIT, async {
+        let mut clock = Instant::now();
+        let mut cluster = Cluster::start().await;
+        let sender = cluster.daemon("sender").await;
+        let receiver = cluster.daemon("receiver").await;
+        phase(&mut clock, "redis, instance A and two daemons up");
+
+        let src = tempfile::tempdir().unwrap();
+        let file = random_file(src.path(), "coded.bin", 2 << 20, 243);
+        // The code is allocated, and waits, at A: the only instance up.
+        let (job, code) = sender.send(std::slice::from_ref(&file)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        phase(&mut clock, "code shown, its sender waiting at A");
+
+        cluster.fail_over().await;
+        phase(&mut clock, "B started, A killed with SIGKILL");
+        // The code shown before A died is the one the receiver types.
+        receiver.receive(&code).await.unwrap();
+        let info = sender.wait(job).await;
+        assert_eq!(info.state, JobState::Completed, "{:?}", info.failure);
+        phase(&mut clock, "the code claimed on B, the file sent");
+        let saved = receiver.downloads.join("coded.bin");
+        assert_eq!(sha256_file(&saved), sha256_file(&file));
+        assert_no_partials(&receiver.downloads);
+    })
+    .await
+    .expect("test finished in time");
+}

@@ -24,6 +24,10 @@ const RECLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// What a claimer hears when the allocator did not come back in [`RECLAIM_WAIT`].
 const ALLOCATOR_AWAY: &str = "the other side lost its connection to the rendezvous and has not come back: try again in a minute";
 
+/// Gone waiters one rejoin passes over before it gives up (a channel holds one waiter,
+/// so more than a couple in a row is not a dead instance's leftover).
+const STALE_WAITERS: u32 = 3;
+
 /// One claim's outcome, and the allocator it found gone.
 struct ClaimStep {
     step: Step,
@@ -229,20 +233,42 @@ impl Connection {
         if !well_formed {
             return Step::End(Some(error(ServerErrorKind::Protocol, "bad rejoin channel")));
         }
-        let found = match self
-            .store()
-            .rejoin(&channel, sender, self.me(), self.ip)
-            .await
-        {
-            Ok(found) => found,
-            Err(unavailable) => return unavailable_step(&unavailable),
-        };
+        // A waiter met whose connection is gone (its instance died) was taken off the
+        // channel by the meeting: this side then looks again, and waits there itself,
+        // instead of hearing the other side went away. Bounded: each turn removes one.
+        let mut stale_met = 0;
+        loop {
+            let found = match self
+                .store()
+                .rejoin(&channel, sender, self.me(), self.ip)
+                .await
+            {
+                Ok(found) => found,
+                Err(unavailable) => return unavailable_step(&unavailable),
+            };
+            match self.meet_rejoined(found, &channel, sender, phase).await {
+                Some(step) => return step,
+                None if stale_met < STALE_WAITERS => stale_met += 1,
+                None => return Step::End(Some(ServerMessage::PeerGone)),
+            }
+        }
+    }
+
+    /// What a rejoin found: wait, or pair with the waiter met; `None` when the waiter's
+    /// connection is gone.
+    async fn meet_rejoined(
+        &self,
+        found: Rejoin,
+        channel: &str,
+        sender: bool,
+        phase: &mut Phase,
+    ) -> Option<Step> {
         let other = match found {
             Rejoin::Full => {
-                return Step::End(Some(error(
+                return Some(Step::End(Some(error(
                     ServerErrorKind::Busy,
                     "too many waiting jobs, try again later",
-                )));
+                ))));
             }
             Rejoin::Wait { replaced } => {
                 if let Some(stale) = replaced {
@@ -254,17 +280,20 @@ impl Connection {
                 }
                 self.stand(&[self.id], Standing::Waiting);
                 *phase = Phase::Rejoining {
-                    channel,
+                    channel: channel.to_owned(),
                     sender,
                     deadline: tokio::time::Instant::now() + self.config().slot_ttl,
                 };
-                return Step::Quiet;
+                return Some(Step::Quiet);
             }
             Rejoin::Meet(other) => other,
         };
         let Some(ips) = self.pair_with(other.conn, other.ip) else {
-            self.store().put_back_rejoin(&channel, other).await;
-            return Step::End(Some(error(ServerErrorKind::Busy, TOO_MANY_PAIRS)));
+            self.store().put_back_rejoin(channel, other).await;
+            return Some(Step::End(Some(error(
+                ServerErrorKind::Busy,
+                TOO_MANY_PAIRS,
+            ))));
         };
         let turn_user = new_turn_user();
         let told = Event::Paired {
@@ -273,7 +302,8 @@ impl Connection {
         };
         if !self.store().deliver(other.conn, self.me(), told).await {
             self.unpair(&ips);
-            return Step::End(Some(ServerMessage::PeerGone));
+            debug!("met a rejoin waiter whose connection is gone");
+            return None;
         }
         debug!("rejoined");
         *phase = Phase::Paired {
@@ -282,7 +312,7 @@ impl Connection {
             side: self.side(turn_user),
             pake: None,
         };
-        Step::Reply(self.paired())
+        Some(Step::Reply(self.paired()))
     }
 
     /// Counts this connection paired, and `other` too when it is on this instance (its
