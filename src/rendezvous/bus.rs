@@ -44,6 +44,10 @@ pub enum Event {
         body: String,
     },
     PeerGone,
+    /// A sender waits on `channel`, which the receiving connection watches.
+    Knock {
+        channel: String,
+    },
     /// Ends the receiver with this answer (burned, abandoned, replaced).
     Error {
         kind: ServerErrorKind,

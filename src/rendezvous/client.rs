@@ -143,6 +143,29 @@ impl RendezvousClient {
         }
     }
 
+    /// Stands for this daemon's mailboxes (rejoin channels) on this one connection.
+    /// [`SignalError::Protocol`] from a rendezvous that predates `watch`.
+    pub async fn watch(&mut self, channels: &[String]) -> Result<(), SignalError> {
+        self.role = Role::Receiver;
+        self.send(&ClientMessage::Watch {
+            channels: channels.to_vec(),
+        })
+        .await?;
+        match self.recv().await? {
+            ServerMessage::Watching => Ok(()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The next watched channel a sender waits on; [`SignalError::Expired`] when the
+    /// rendezvous ends the watch (watch again).
+    pub async fn knocked(&mut self) -> Result<String, SignalError> {
+        match self.recv().await? {
+            ServerMessage::Knock { channel } => Ok(channel),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// Waits on a rejoin channel until the other side of the job arrives (or the server's
     /// wait expires: [`SignalError::Expired`]).
     pub async fn rejoin(&mut self, channel: &str, sender: bool) -> Result<(), SignalError> {

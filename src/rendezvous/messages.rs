@@ -26,6 +26,10 @@ pub enum ClientMessage {
     /// Answered with `allocated` (the same nameplate, the seconds it still waits, a
     /// fresh token is not given: the same one stays good), or `expired`.
     Reclaim { nameplate: u32, token: ReclaimToken },
+    /// Stands for a daemon's mailboxes (rejoin channels, hex) on this one connection:
+    /// answered with `watching`, then `knock {channel}` whenever a sender waits on one of
+    /// them, for the daemon to meet it (`rejoin`) on a connection of its own.
+    Watch { channels: Vec<String> },
 }
 
 /// What `allocated` gives the allocator to take its nameplate back with (`reclaim`). A
@@ -76,6 +80,12 @@ pub enum ServerMessage {
         ice_servers: Vec<IceServerInfo>,
     },
     PeerGone,
+    /// Answers `watch`.
+    Watching,
+    /// A sender waits on this watched channel.
+    Knock {
+        channel: String,
+    },
     Error {
         kind: ServerErrorKind,
         message: String,

@@ -20,6 +20,7 @@ pub mod store;
 pub mod tls;
 #[cfg(test)]
 mod vectors;
+pub mod watch;
 mod words;
 
 pub use code::{Code, CodeError};

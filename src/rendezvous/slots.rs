@@ -301,6 +301,13 @@ impl SlotTable {
         }
     }
 
+    /// Whether a sender waits on `channel` now (a watch arriving knocks for it).
+    pub fn sender_waits(&self, channel: &str, now: Instant) -> bool {
+        self.rejoin
+            .get(channel)
+            .is_some_and(|(w, until)| w.sender && *until > now)
+    }
+
     /// `conn` stops waiting on `channel` (a newer connection of its side may hold it now).
     pub fn leave_rejoin(&mut self, channel: &str, conn: ConnRef) {
         if self

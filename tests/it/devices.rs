@@ -279,3 +279,70 @@ async fn a_pairing_whose_client_leaves_frees_its_code() {
     }
     assert!(devices(&a).await.is_empty() && devices(&b).await.is_empty());
 }
+
+/// Established TCP connections whose server end is `port` on loopback (`/proc/net/tcp`).
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            // State 01: established.
+            local_port == Some(port) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paired_devices_cost_one_rendezvous_connection_per_daemon() {
+    // Issue #24: a daemon stood at the rendezvous once per paired device; one watch
+    // connection now stands for all of its mailboxes.
+    const PEERS: usize = 5;
+    let hub = TestDaemon::start().await;
+    const NAMES: [&str; PEERS] = ["p0", "p1", "p2", "p3", "p4"];
+    let mut peers = Vec::new();
+    for name in NAMES {
+        let peer = hub
+            .peer_with(crate::support::Options {
+                device_name: name,
+                ..Default::default()
+            })
+            .await;
+        pair(&hub, &peer).await;
+        peers.push(peer);
+    }
+    let url = hub.rendezvous_url();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    // Every daemon's watch, and nothing else, once pairing is over.
+    let daemons = PEERS + 1;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut held = connections_to(port);
+    while held != daemons && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        held = connections_to(port);
+    }
+    eprintln!("{daemons} daemons, {PEERS} pairings: {held} connections at the rendezvous");
+    assert_eq!(
+        held, daemons,
+        "one connection per daemon, not per paired device"
+    );
+    // And each mailbox still answers: the hub sends to every peer.
+    let src = tempfile::tempdir().unwrap();
+    for (i, (peer, name)) in peers.iter().zip(NAMES).enumerate() {
+        crate::paired::set_rule(peer, "test", p2pd::ipc::messages::Rule::Auto, None).await;
+        let file = crate::support::random_file(src.path(), &format!("to-{i}.bin"), 1000, i as u64);
+        let job = hub.send_to(name, &[file]).await.unwrap();
+        let info = hub.wait(job).await;
+        assert_eq!(
+            info.state,
+            p2pd::ipc::messages::JobState::Completed,
+            "{:?}",
+            info.failure
+        );
+    }
+}

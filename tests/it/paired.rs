@@ -9,7 +9,7 @@ use p2pd::ipc::messages::{Direction, ErrorKind, JobState, JobSummary, Request, R
 use crate::devices::{devices, pair};
 use crate::support::{Options, TestDaemon, random_file, sha256_file};
 
-async fn set_rule(daemon: &TestDaemon, name: &str, rule: Rule, max_files: Option<u64>) {
+pub(crate) async fn set_rule(daemon: &TestDaemon, name: &str, rule: Rule, max_files: Option<u64>) {
     let reply = daemon
         .client()
         .await

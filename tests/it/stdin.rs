@@ -11,16 +11,28 @@ use crate::cli::{DaemonProcess, P2P, assert_one_line_error};
 use crate::support::sha256_file;
 
 fn send_stdin(daemon: &DaemonProcess, stdin: Stdio, name: &str) -> Child {
-    Command::new(P2P)
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(P2P);
+    command
         .arg("--socket")
         .arg(&daemon.socket)
         .args(["send", "-", "--name", name, "--json"])
         .env_remove("P2PD_SOCKET")
         .stdin(stdin)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::null());
+    // As typed at a terminal: a suite started in the background by a non-interactive
+    // shell runs with SIGINT ignored, which p2p (rightly) inherits, and the Ctrl-C case
+    // would then wait forever.
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    command.spawn().unwrap()
 }
 
 /// `p2p ARGS` on this daemon, with nothing on stdin.

@@ -108,6 +108,15 @@ impl TestDaemon {
         }
     }
 
+    /// The rendezvous this daemon uses (its embedded one, unless told another).
+    pub fn rendezvous_url(&self) -> String {
+        self.daemon
+            .as_ref()
+            .expect("running")
+            .rendezvous_url()
+            .to_owned()
+    }
+
     /// A second daemon that uses this one's rendezvous, as another machine would.
     pub async fn peer(&self) -> TestDaemon {
         self.peer_with(Options {

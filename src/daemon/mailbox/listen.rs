@@ -20,12 +20,19 @@ use crate::lan::signal::{self as lan_signal, NearbyMessage};
 use crate::rendezvous::session::Relay;
 use crate::rendezvous::{Role, Session, SignalError};
 
+/// How long a knocked mailbox waits at the rendezvous for the sender that knocked.
+const KNOCKED_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Waits at the mailbox where `key` reaches this daemon, answers each arrival in its own
-/// task, and waits again, until `stop`.
+/// task, and waits again, until `stop`. While the daemon's one watch connection stands
+/// for every mailbox (`watch.rs`), this waits for its knock and only then goes to the
+/// rendezvous to meet the sender; with a rendezvous that predates `watch`, it waits
+/// there itself, one connection per paired device.
 pub(super) async fn listen(
     jobs: Arc<Jobs>,
     key: [u8; 32],
     secret: PairSecret,
+    knock: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
     let context = jobs.context.clone();
@@ -42,10 +49,27 @@ pub(super) async fn listen(
                 Err(_) => return,
             },
         };
+        let watched = !context.mailboxes.direct();
+        if watched {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = knock.notified() => {}
+            }
+        }
         let waited = async {
             let mut client = context.rendezvous_url.connect().await?;
             client.rejoin(&channel, false).await?;
             Ok::<_, SignalError>(client)
+        };
+        // Knocked: the sender is there already, or soon; a knock nobody follows (it left
+        // again) ends like the rendezvous's own end of a wait.
+        let waited = async {
+            match watched {
+                true => tokio::time::timeout(KNOCKED_WAIT, waited)
+                    .await
+                    .unwrap_or(Err(SignalError::Expired)),
+                false => waited.await,
+            }
         };
         let waited = tokio::select! {
             _ = stop.cancelled() => return,

@@ -6,6 +6,7 @@
 
 mod listen;
 mod meet;
+mod watch;
 
 pub use listen::{LanPairing, answer_on_the_lan, lan_challenge};
 pub use meet::{PROBE_LIMIT, meet, probe, tell_unpaired};
@@ -84,7 +85,11 @@ pub struct Target {
 /// The daemon's mailbox listeners, one per paired device, and the turns its senders take
 /// at each device's mailbox.
 pub struct Mailboxes {
-    listening: Mutex<HashMap<[u8; 32], (PairSecret, CancellationToken)>>,
+    listening: Mutex<HashMap<[u8; 32], Listener>>,
+    /// The rendezvous refused `watch` (it predates it): each listener waits there itself.
+    direct: std::sync::atomic::AtomicBool,
+    /// The watch connection runs (started by the first `sync`).
+    watching: std::sync::atomic::AtomicBool,
     /// Two sends waiting at one mailbox would replace each other there (the rendezvous
     /// keeps the newer of a side): one meeting per device at a time.
     turns: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
@@ -97,6 +102,8 @@ impl Default for Mailboxes {
     fn default() -> Mailboxes {
         Mailboxes {
             listening: Default::default(),
+            direct: Default::default(),
+            watching: Default::default(),
             turns: Default::default(),
             changed: tokio::sync::watch::channel(0).0,
         }
@@ -113,6 +120,19 @@ impl Mailboxes {
     fn turn(&self, key: &[u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.turns).entry(*key).or_default().clone()
     }
+
+    fn direct(&self) -> bool {
+        self.direct.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// One paired device's listener: its mailbox (the rejoin channel senders arrive on), the
+/// knock that sends it there, and what stops it.
+struct Listener {
+    secret: PairSecret,
+    channel: String,
+    knock: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
 }
 
 /// Listens at the mailbox of every paired device that can be reached, and stops
@@ -130,23 +150,42 @@ pub fn sync(jobs: &Arc<Jobs>) {
             .collect()
     };
     jobs.context.mailboxes.changed.send_modify(|n| *n += 1);
-    listening.retain(|key, (secret, stop)| {
-        let keep = wanted.iter().any(|(k, s)| k == key && s == secret);
+    listening.retain(|key, listener| {
+        let keep = wanted
+            .iter()
+            .any(|(k, s)| k == key && *s == listener.secret);
         if !keep {
-            stop.cancel();
+            listener.stop.cancel();
         }
         keep
     });
+    let ours = jobs.context.identity.public_key();
     for (key, secret) in wanted {
         if listening.contains_key(&key) {
             continue;
         }
         let stop = jobs.shutdown.child_token();
-        listening.insert(key, (secret.clone(), stop.clone()));
+        let knock = Arc::new(tokio::sync::Notify::new());
+        let listener = Listener {
+            channel: crate::devices::mailbox::mailbox(&secret, &ours),
+            secret: secret.clone(),
+            knock: knock.clone(),
+            stop: stop.clone(),
+        };
+        listening.insert(key, listener);
         jobs.tracker.spawn(
-            listen::listen(jobs.clone(), key, secret, stop)
+            listen::listen(jobs.clone(), key, secret, knock, stop)
                 .instrument(tracing::info_span!("mailbox", device = %short(&key))),
         );
+    }
+    if !jobs
+        .context
+        .mailboxes
+        .watching
+        .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        jobs.tracker
+            .spawn(watch::watch(jobs.clone()).instrument(tracing::info_span!("watch")));
     }
 }
 

@@ -88,6 +88,11 @@ enum Phase {
         sender: bool,
         deadline: tokio::time::Instant,
     },
+    /// Standing for a daemon's mailboxes: knocked when a sender waits on one.
+    Watching {
+        channels: Vec<String>,
+        deadline: tokio::time::Instant,
+    },
     Paired {
         /// None for a pair met on a rejoin channel.
         nameplate: Option<u32>,
@@ -136,7 +141,9 @@ impl Connection {
         loop {
             let until = match &phase {
                 Phase::Fresh => fresh_until,
-                Phase::Waiting { deadline, .. } | Phase::Rejoining { deadline, .. } => *deadline,
+                Phase::Waiting { deadline, .. }
+                | Phase::Rejoining { deadline, .. }
+                | Phase::Watching { deadline, .. } => *deadline,
                 Phase::Paired { side, .. } => idle_until.min(side.until),
             };
             let pake_at = match &phase {
@@ -158,7 +165,7 @@ impl Connection {
                         Phase::Fresh => {
                             let _ = send(&mut sink, &error(ServerErrorKind::Protocol, "nothing asked for in time")).await;
                         }
-                        Phase::Waiting { .. } | Phase::Rejoining { .. } => {
+                        Phase::Waiting { .. } | Phase::Rejoining { .. } | Phase::Watching { .. } => {
                             let _ = send(&mut sink, &error(ServerErrorKind::Expired, "nobody used the code in time")).await;
                         }
                         Phase::Paired { ref side, .. } if tokio::time::Instant::now() >= side.until => {
@@ -248,7 +255,7 @@ impl Connection {
     fn needs_store(&self, phase: &Phase) -> bool {
         match phase {
             Phase::Fresh => false,
-            Phase::Waiting { .. } | Phase::Rejoining { .. } => true,
+            Phase::Waiting { .. } | Phase::Rejoining { .. } | Phase::Watching { .. } => true,
             Phase::Paired { peer, .. } => peer.instance != self.me().instance,
         }
     }
@@ -307,6 +314,13 @@ impl Connection {
                 Step::Reply(self.paired())
             }
             // Replaced by a newer connection of our own side.
+            (Phase::Watching { channels, .. }, Event::Knock { channel }) => {
+                if channels.contains(&channel) {
+                    Step::Reply(ServerMessage::Knock { channel })
+                } else {
+                    Step::Quiet
+                }
+            }
             (Phase::Rejoining { .. }, Event::Error { kind, message }) => {
                 Step::End(Some(ServerMessage::Error { kind, message }))
             }
@@ -325,7 +339,7 @@ impl Connection {
                     *phase = Phase::Fresh;
                     Step::End(Some(error(ServerErrorKind::Busy, &message)))
                 }
-                Event::Paired { .. } => Step::Quiet,
+                Event::Paired { .. } | Event::Knock { .. } => Step::Quiet,
             },
             // Late news for a pairing this connection is no longer in.
             _ => Step::Quiet,
@@ -340,6 +354,7 @@ impl Connection {
                     | ClientMessage::Claim { .. }
                     | ClientMessage::Rejoin { .. }
                     | ClientMessage::Reclaim { .. }
+                    | ClientMessage::Watch { .. }
             )
             && !self.allowed(&message);
         match (message, &mut *phase) {
@@ -347,7 +362,8 @@ impl Connection {
                 ClientMessage::Allocate
                 | ClientMessage::Claim { .. }
                 | ClientMessage::Rejoin { .. }
-                | ClientMessage::Reclaim { .. },
+                | ClientMessage::Reclaim { .. }
+                | ClientMessage::Watch { .. },
                 Phase::Fresh,
             ) if rate_limited => Step::End(Some(error(
                 ServerErrorKind::Busy,
@@ -386,6 +402,7 @@ impl Connection {
             (ClientMessage::Reclaim { nameplate, token }, Phase::Fresh) => {
                 self.reclaim(nameplate, &token, phase).await
             }
+            (ClientMessage::Watch { channels }, Phase::Fresh) => self.watch(channels, phase).await,
             (ClientMessage::Claim { nameplate }, Phase::Fresh) => {
                 self.claim(nameplate, phase).await
             }
@@ -495,7 +512,8 @@ impl Connection {
         let action = match message {
             ClientMessage::Claim { .. }
             | ClientMessage::Rejoin { .. }
-            | ClientMessage::Reclaim { .. } => Action::Claim,
+            | ClientMessage::Reclaim { .. }
+            | ClientMessage::Watch { .. } => Action::Claim,
             _ => Action::Allocate,
         };
         lock(&self.shared.addresses).allow(self.ip, action, Instant::now())

@@ -284,6 +284,13 @@ impl Connection {
                     sender,
                     deadline: tokio::time::Instant::now() + self.config().slot_ttl,
                 };
+                // A sender waits: the daemon watching this channel (its mailbox) comes.
+                if sender && let Some(watcher) = self.store().watcher(channel).await {
+                    let knock = Event::Knock {
+                        channel: channel.to_owned(),
+                    };
+                    self.store().deliver(watcher, self.me(), knock).await;
+                }
                 return Some(Step::Quiet);
             }
             Rejoin::Meet(other) => other,
@@ -313,6 +320,39 @@ impl Connection {
             pake: None,
         };
         Some(Step::Reply(self.paired()))
+    }
+
+    /// Stands for a daemon's mailboxes: `watching`, then a knock for each channel a
+    /// sender already waits on (and later, for each that one arrives on).
+    pub(super) async fn watch(&self, channels: Vec<String>, phase: &mut Phase) -> Step {
+        if !crate::rendezvous::watch::well_formed(&channels) {
+            return Step::End(Some(error(
+                ServerErrorKind::Protocol,
+                "a watch names 1 to 1024 rejoin channels",
+            )));
+        }
+        let waiting = match self.store().watch(&channels, self.me()).await {
+            Ok(Some(waiting)) => waiting,
+            Ok(None) => {
+                return Step::End(Some(error(
+                    ServerErrorKind::Busy,
+                    "too many waiting jobs, try again later",
+                )));
+            }
+            Err(unavailable) => return unavailable_step(&unavailable),
+        };
+        self.stand(&[self.id], Standing::Waiting);
+        *phase = Phase::Watching {
+            channels,
+            deadline: tokio::time::Instant::now() + self.config().slot_ttl,
+        };
+        // Knocks for senders already there reach this connection's inbox, after the
+        // answer: the daemon hears `watching` first.
+        for channel in waiting {
+            let knock = Event::Knock { channel };
+            self.store().deliver(self.me(), self.me(), knock).await;
+        }
+        Step::Reply(ServerMessage::Watching)
     }
 
     /// Counts this connection paired, and `other` too when it is on this instance (its
@@ -369,6 +409,7 @@ impl Connection {
             Phase::Rejoining { channel, .. } => {
                 self.store().leave_rejoin(&channel, self.me()).await;
             }
+            Phase::Watching { channels, .. } => self.store().unwatch(&channels, self.me()).await,
             // A claimer that leaves before its part of the key exchange abandons the code,
             // exactly as one that stays silent does.
             Phase::Paired {

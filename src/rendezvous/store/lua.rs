@@ -104,6 +104,27 @@ end
 return 1
 ";
 
+/// KEYS: N watch keys, then the N channels' rejoin keys; ARGV: watcher 'inst id', ttl
+/// ms. Returns the (1-based) indices of the channels a sender waits on.
+pub(super) const WATCH: &str = r"
+local n = #KEYS / 2
+local waiting = {}
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+  local v = redis.call('GET', KEYS[n + i])
+  if v and string.sub(v, 1, 1) == 's' then table.insert(waiting, i) end
+end
+return waiting
+";
+
+/// KEYS: watch keys; ARGV: watcher 'inst id'. Only the watches still its own.
+pub(super) const UNWATCH: &str = r"
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+end
+return 1
+";
+
 /// KEYS: channel, rejoin set; ARGV: member 'inst id', channel.
 pub(super) const LEAVE_REJOIN: &str = r"
 local v = redis.call('GET', KEYS[1])

@@ -10,10 +10,12 @@ use tokio::sync::watch;
 use super::{Store, StoreLimits, Unavailable};
 use crate::rendezvous::bus::{ConnRef, Delivery, Event, Inbox, Inboxes, lock};
 use crate::rendezvous::slots::{BurnReason, Claim, Holder, ReclaimHash, Rejoin, SlotTable, Waiter};
+use crate::rendezvous::watch::WatchTable;
 
 pub struct MemoryStore {
     instance: u64,
     table: Mutex<SlotTable>,
+    watches: Mutex<WatchTable>,
     inboxes: Inboxes,
     /// Never changes: a memory store always serves.
     health: watch::Sender<Option<String>>,
@@ -24,6 +26,10 @@ impl MemoryStore {
         MemoryStore {
             instance: super::instance_id(),
             table: Mutex::new(SlotTable::new(limits.max_slots, limits.lifetimes)),
+            watches: Mutex::new(WatchTable::new(
+                limits.max_slots,
+                limits.lifetimes.slot + crate::rendezvous::slots::GRACE,
+            )),
             inboxes: Inboxes::default(),
             health: watch::Sender::new(None),
         }
@@ -102,5 +108,32 @@ impl Store for MemoryStore {
 
     async fn leave_rejoin(&self, channel: &str, conn: ConnRef) {
         lock(&self.table).leave_rejoin(channel, conn);
+    }
+
+    async fn watch(
+        &self,
+        channels: &[String],
+        conn: ConnRef,
+    ) -> Result<Option<Vec<String>>, Unavailable> {
+        let now = Instant::now();
+        if !lock(&self.watches).watch(channels, conn, now) {
+            return Ok(None);
+        }
+        let table = lock(&self.table);
+        Ok(Some(
+            channels
+                .iter()
+                .filter(|c| table.sender_waits(c, now))
+                .cloned()
+                .collect(),
+        ))
+    }
+
+    async fn unwatch(&self, channels: &[String], conn: ConnRef) {
+        lock(&self.watches).unwatch(channels, conn);
+    }
+
+    async fn watcher(&self, channel: &str) -> Option<ConnRef> {
+        lock(&self.watches).watcher(channel, Instant::now())
     }
 }

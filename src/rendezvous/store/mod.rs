@@ -109,6 +109,16 @@ pub trait Store: Send + Sync + 'static {
         ip: IpAddr,
     ) -> Result<Rejoin, Unavailable>;
     async fn put_back_rejoin(&self, channel: &str, waiter: Waiter);
+    /// `conn` watches `channels`; returns those a sender waits on already, or `Ok(None)`
+    /// when full.
+    async fn watch(
+        &self,
+        channels: &[String],
+        conn: ConnRef,
+    ) -> Result<Option<Vec<String>>, Unavailable>;
+    async fn unwatch(&self, channels: &[String], conn: ConnRef);
+    /// Who watches `channel` (to knock when a sender waits there).
+    async fn watcher(&self, channel: &str) -> Option<ConnRef>;
     async fn leave_rejoin(&self, channel: &str, conn: ConnRef);
 }
 

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use super::lua::{
     ALLOCATE, BURN, CLAIM, LEAVE_REJOIN, PUT_BACK_REJOIN, RECLAIM, REJOIN, RELEASE, REPLACE,
+    UNWATCH, WATCH,
 };
 use super::{Store, StoreLimits, Unavailable};
 use crate::rendezvous::bus::{ConnRef, Delivery, Event, Inbox, Inboxes, lock};
@@ -56,6 +57,8 @@ struct Scripts {
     put_back_rejoin: Script,
     leave_rejoin: Script,
     reclaim: Script,
+    watch: Script,
+    unwatch: Script,
 }
 
 /// An event on its way to a connection of another instance.
@@ -108,6 +111,8 @@ impl RedisStore {
                 put_back_rejoin: Script::new(PUT_BACK_REJOIN),
                 leave_rejoin: Script::new(LEAVE_REJOIN),
                 reclaim: Script::new(RECLAIM),
+                watch: Script::new(WATCH),
+                unwatch: Script::new(UNWATCH),
             },
         });
         let (reachable_tx, reachable) = watch::channel((None::<String>, Instant::now()));
@@ -342,6 +347,10 @@ impl RedisStore {
         format!("{PREFIX}rj:{channel}")
     }
 
+    fn watch_key(channel: &str) -> String {
+        format!("{PREFIX}wt:{channel}")
+    }
+
     fn ms(duration: Duration) -> u64 {
         u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
     }
@@ -554,6 +563,49 @@ impl Store for RedisStore {
             .arg(now_ms())
             .arg(channel);
         self.tidy(invocation).await;
+    }
+
+    async fn watch(
+        &self,
+        channels: &[String],
+        conn: ConnRef,
+    ) -> Result<Option<Vec<String>>, Unavailable> {
+        let mut invocation = self.scripts.watch.prepare_invoke();
+        for channel in channels {
+            invocation.key(Self::watch_key(channel));
+        }
+        for channel in channels {
+            invocation.key(Self::rejoin_key(channel));
+        }
+        invocation.arg(Self::me(conn)).arg(self.slot_ms());
+        let waiting: Vec<usize> = self.run(invocation).await?;
+        Ok(Some(
+            waiting
+                .into_iter()
+                .filter_map(|i| channels.get(i.checked_sub(1)?).cloned())
+                .collect(),
+        ))
+    }
+
+    async fn unwatch(&self, channels: &[String], conn: ConnRef) {
+        let mut invocation = self.scripts.unwatch.prepare_invoke();
+        for channel in channels {
+            invocation.key(Self::watch_key(channel));
+        }
+        invocation.arg(Self::me(conn));
+        self.tidy(invocation).await;
+    }
+
+    async fn watcher(&self, channel: &str) -> Option<ConnRef> {
+        let mut manager = self.current_manager().ok()?;
+        let found = tokio::time::timeout(
+            COMMAND_TIME,
+            manager.get::<_, Option<String>>(Self::watch_key(channel)),
+        )
+        .await
+        .ok()?
+        .ok()??;
+        parse_ref(&mut found.split(' '))
     }
 
     async fn leave_rejoin(&self, channel: &str, conn: ConnRef) {
