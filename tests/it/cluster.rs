@@ -180,6 +180,19 @@ async fn a_sender_on_one_instance_and_a_receiver_on_another_transfer_a_file() {
         let b = daemon_on(two, "b").await;
         transfer(&a, &b, "across.bin", 1).await;
         transfer(&b, &a, "back.bin", 2).await;
+        // Paired, each watching its mailboxes on its own instance: a send to a device is
+        // knocked across instances, through Redis.
+        crate::devices::pair(&a, &b).await;
+        crate::paired::set_rule(&b, "a", p2pd::ipc::messages::Rule::Auto, None).await;
+        let src = tempfile::tempdir().unwrap();
+        let path = random_file(src.path(), "knocked.bin", 64 * 1024, 3);
+        let job = a.send_to("b", std::slice::from_ref(&path)).await.unwrap();
+        let sent = a.wait(job).await;
+        assert_eq!(sent.state, JobState::Completed, "{:?}", sent.failure);
+        assert_eq!(
+            sha256_file(&b.downloads.join("From a").join("knocked.bin")),
+            sha256_file(&path)
+        );
     })
     .await
     .expect("test finished in time");
