@@ -13,7 +13,10 @@
 //! in all. Printed: pairings/s, p50 and p99 latency (allocator's connect to both sides
 //! holding the other's two bodies), failed pairings, CPU seconds per 1,000 pairings of
 //! each instance, of Redis, and of the load generator, Redis commands per pairing
-//! (`INFO commandstats`), and the ratios the issue sets targets for. Needs
+//! (`INFO commandstats`), and the ratios the issue sets targets for. The closed loop keeps
+//! 200 pairings in flight, so its latency is mostly queueing (200 ÷ the rate); a second,
+//! open-loop run starts 500 pairings a second to show the latency of a rendezvous that
+//! is not saturated. Needs
 //! /usr/bin/redis-server (Debian: redis-server); without it only `memory` runs.
 
 use std::net::SocketAddr;
@@ -26,6 +29,9 @@ use p2pd::rendezvous::client::RendezvousClient;
 const PAIRINGS: usize = 4_000;
 const CONCURRENT: usize = 200;
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
+/// The unsaturated run: pairings started at this rate, this many.
+const PACED_RATE: f64 = 500.0;
+const PACED: usize = 2_000;
 
 struct Process {
     child: Child,
@@ -297,6 +303,48 @@ fn run(
     }
 }
 
+/// p50 and p99 latency of `count` pairings started at `rate` a second (open loop: a
+/// pairing starts on time whether or not earlier ones finished), and how many failed:
+/// the latency of a rendezvous that is not saturated.
+fn paced(
+    runtime: &tokio::runtime::Runtime,
+    instances: &[(Process, String)],
+    rate: f64,
+    count: usize,
+) -> (Duration, Duration, usize) {
+    let urls: Arc<Vec<String>> = Arc::new(instances.iter().map(|(_, u)| u.clone()).collect());
+    let results: Vec<Result<Duration, String>> = runtime.block_on(async {
+        let every = Duration::from_secs_f64(1.0 / rate);
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut started = Vec::with_capacity(count);
+        for _ in 0..count {
+            ticks.tick().await;
+            let urls = urls.clone();
+            started.push(tokio::spawn(async move {
+                pairing(&urls[0], &urls[urls.len() - 1]).await
+            }));
+        }
+        let mut all = Vec::with_capacity(count);
+        for pairing in started {
+            all.push(pairing.await.expect("a pairing task"));
+        }
+        all
+    });
+    let mut latencies: Vec<Duration> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .copied()
+        .collect();
+    latencies.sort();
+    let failed = results.len() - latencies.len();
+    (
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        failed,
+    )
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         // `cargo test --benches` lists benches: nothing to list here.
@@ -310,17 +358,23 @@ fn main() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let redis = redis_server(dir.path());
     let mut outcomes = Vec::new();
+    // Latency unsaturated: pairings started at PACED_RATE a second, about 200 in flight
+    // at once only if each took 0.4 s.
+    let mut unsaturated = Vec::new();
     {
         let memory = [instance("memory")];
         outcomes.push(run(&runtime, "memory", &memory, None));
+        unsaturated.push(("memory", paced(&runtime, &memory, PACED_RATE, PACED)));
     }
     if let Some(redis) = &redis {
         {
             let one = [instance(&redis.1)];
             outcomes.push(run(&runtime, "redis", &one, Some(redis)));
+            unsaturated.push(("redis", paced(&runtime, &one, PACED_RATE, PACED)));
         }
         let two = [instance(&redis.1), instance(&redis.1)];
         outcomes.push(run(&runtime, "redis×2", &two, Some(redis)));
+        unsaturated.push(("redis×2", paced(&runtime, &two, PACED_RATE, PACED)));
     }
     println!(
         "{PAIRINGS} pairings, {CONCURRENT} at once, {} cores, release build",
@@ -359,6 +413,13 @@ fn main() {
         );
     }
     println!("(CPU-s per 1,000 pairings; redis cmds per pairing)");
+    for (name, (p50, p99, failed)) in &unsaturated {
+        println!(
+            "{name}: {PACED} pairings started at {PACED_RATE}/s: p50 {:.1} ms, p99 {:.1} ms, {failed} failed",
+            p50.as_secs_f64() * 1000.0,
+            p99.as_secs_f64() * 1000.0
+        );
+    }
     let base = &outcomes[0];
     let base_cpu: f64 = base.instances_cpu.iter().sum();
     for o in &outcomes[1..] {

@@ -41,7 +41,8 @@ impl RendezvousClient {
         let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
             url.as_str(),
             Some(config),
-            false,
+            // No Nagle: each signaling message is small and awaited (server.rs says more).
+            true,
             Some(connector),
         )
         .await

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 
+pub mod timing;
+
 pub const P2P: &str = env!("CARGO_BIN_EXE_p2p");
 pub const P2PD: &str = env!("CARGO_BIN_EXE_p2pd");
 pub const INTERNET: &str = "203.0.113.1";
@@ -38,7 +40,7 @@ fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Nat {
     /// MASQUERADE keeping source ports where it can, as most home routers do.
     Ordinary,
