@@ -258,11 +258,16 @@ async fn run_send(
                     job.set_state(JobState::Transferring);
                     Ok(())
                 };
-                until_lost(
+                let sent = until_lost(
                     &connection,
                     sender::send(&connection.link, &sources, job.as_ref(), accepted, &cancel),
                 )
-                .await
+                .await;
+                if sent.is_ok() {
+                    super::runner::close_after_done(connection);
+                    return Ok(sent?);
+                }
+                sent
             }
         };
         connection.close().await;

@@ -189,8 +189,9 @@ async fn finish(
         }
     }
     observer.progress(sources.manifest.total_bytes());
+    // `done` is on its way; waiting for it to be acknowledged is the caller's, after the
+    // job is complete (`runner::close_after_done`).
     send_control(link, &Control::Done).await?;
-    link.flush(FLUSH_LIMIT).await;
     Ok(())
 }
 
@@ -222,7 +223,6 @@ async fn stream(
                     if verified == entries.len() {
                         observer.progress(total);
                         send_control(link, &Control::Done).await?;
-                        link.flush(FLUSH_LIMIT).await;
                         return Ok(());
                     }
                 }

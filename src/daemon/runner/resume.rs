@@ -161,7 +161,10 @@ async fn attempt(job: &Arc<Job>, context: &Context, durable: &Durable) -> Result
             .await
         }
     };
-    connection.close().await;
+    match (&durable.work, &result) {
+        (Work::Send(_), Ok(())) => super::close_after_done(connection),
+        _ => connection.close().await,
+    }
     Ok(result?)
 }
 
