@@ -92,6 +92,12 @@ struct Args {
     /// The name paired devices see (default: this machine's host name).
     #[arg(long, value_name = "NAME")]
     device_name: Option<String>,
+    /// Check the settings and exit: reads FILE (else --config, else the default file)
+    /// with the flags given, prints the resolved settings as config lines (exit 0) or
+    /// what is wrong, with its line and key (exit 1). `p2pd rendezvous --check-config`
+    /// checks the rendezvous's, reading the files it names (TLS, TURN secret).
+    #[arg(long, value_name = "FILE", num_args = 0..=1, global = true)]
+    check_config: Option<Option<PathBuf>>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -108,54 +114,58 @@ enum Command {
     },
     /// Run only the rendezvous server. Every flag has a key of the same name in its
     /// --config file (code_ttl_secs, turn_credential_ttl_secs); flags win.
-    Rendezvous {
-        /// Address to listen on [default: 0.0.0.0:9009].
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Seconds an unclaimed code stays valid [default: 600].
-        #[arg(long)]
-        code_ttl: Option<u64>,
-        /// STUN server handed to every paired daemon, e.g. stun:203.0.113.1:3478 (repeatable).
-        #[arg(long)]
-        stun: Vec<String>,
-        /// TURN server handed out with short-lived credentials, e.g. turn:203.0.113.1:3478
-        /// (repeatable; needs --turn-secret-file).
-        #[arg(long)]
-        turn: Vec<String>,
-        /// File holding the TURN server's shared secret (coturn's static-auth-secret).
-        #[arg(long)]
-        turn_secret_file: Option<PathBuf>,
-        /// Seconds a handed-out TURN credential stays valid [default: 600].
-        #[arg(long)]
-        turn_credential_ttl: Option<u64>,
-        /// Serve wss:// with this PEM certificate chain (needs --tls-key); SIGHUP rereads
-        /// both files.
-        #[arg(long, value_name = "FILE")]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key of --tls-cert.
-        #[arg(long, value_name = "FILE")]
-        tls_key: Option<PathBuf>,
-        /// Where codes and pairings are kept: memory (this process alone), or Redis/Valkey
-        /// shared by several instances behind one name: redis://HOST:PORT,
-        /// rediss://HOST:PORT or redis+unix:///PATH (a URL with a password belongs in
-        /// the config file) [default: memory].
-        #[arg(long, value_name = "URL")]
-        store: Option<String>,
-        /// Connections held at once; when full, the longest idle gives way [default: 10000].
-        /// The open-file limit is raised to its ceiling at start; it must allow this many.
-        #[arg(long, value_name = "N")]
-        max_connections: Option<usize>,
-        /// Connections from one address (an IPv6 /64) at once [default: 512].
-        #[arg(long, value_name = "N")]
-        max_connections_per_address: Option<usize>,
-        /// Pairs (transfers being set up) from one address at once [default: 64].
-        #[arg(long, value_name = "N")]
-        max_pairs_per_address: Option<usize>,
-        /// Codes allocated, and codes claimed or jobs resumed, each, per address and
-        /// minute [default: 120].
-        #[arg(long, value_name = "N")]
-        requests_per_minute: Option<u32>,
-    },
+    Rendezvous(RendezvousArgs),
+}
+
+/// `p2pd rendezvous`'s flags.
+#[derive(clap::Args)]
+struct RendezvousArgs {
+    /// Address to listen on [default: 0.0.0.0:9009].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Seconds an unclaimed code stays valid [default: 600].
+    #[arg(long)]
+    code_ttl: Option<u64>,
+    /// STUN server handed to every paired daemon, e.g. stun:203.0.113.1:3478 (repeatable).
+    #[arg(long)]
+    stun: Vec<String>,
+    /// TURN server handed out with short-lived credentials, e.g. turn:203.0.113.1:3478
+    /// (repeatable; needs --turn-secret-file).
+    #[arg(long)]
+    turn: Vec<String>,
+    /// File holding the TURN server's shared secret (coturn's static-auth-secret).
+    #[arg(long)]
+    turn_secret_file: Option<PathBuf>,
+    /// Seconds a handed-out TURN credential stays valid [default: 600].
+    #[arg(long)]
+    turn_credential_ttl: Option<u64>,
+    /// Serve wss:// with this PEM certificate chain (needs --tls-key); SIGHUP rereads
+    /// both files.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Where codes and pairings are kept: memory (this process alone), or Redis/Valkey
+    /// shared by several instances behind one name: redis://HOST:PORT,
+    /// rediss://HOST:PORT or redis+unix:///PATH (a URL with a password belongs in
+    /// the config file) [default: memory].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Connections held at once; when full, the longest idle gives way [default: 10000].
+    /// The open-file limit is raised to its ceiling at start; it must allow this many.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Connections from one address (an IPv6 /64) at once [default: 512].
+    #[arg(long, value_name = "N")]
+    max_connections_per_address: Option<usize>,
+    /// Pairs (transfers being set up) from one address at once [default: 64].
+    #[arg(long, value_name = "N")]
+    max_pairs_per_address: Option<usize>,
+    /// Codes allocated, and codes claimed or jobs resumed, each, per address and
+    /// minute [default: 120].
+    #[arg(long, value_name = "N")]
+    requests_per_minute: Option<u32>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -221,9 +231,13 @@ fn one_line(error: &anyhow::Error) -> String {
     p2pd::terminal::escape_controls(&line)
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let stop = stop_on_signal()?;
-    if let Some(Command::Rendezvous {
+/// `p2pd rendezvous`'s settings from its flags and config file (`config`), every file it
+/// names read and checked: what `run` serves with and `--check-config` reports.
+fn rendezvous_settings(
+    flags: RendezvousArgs,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<(SocketAddr, RendezvousConfig)> {
+    let RendezvousArgs {
         listen,
         code_ttl,
         stun,
@@ -237,85 +251,110 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_connections_per_address,
         max_pairs_per_address,
         requests_per_minute,
-    }) = args.command
-    {
-        let file = RendezvousFileConfig::load(args.config.as_deref())?;
-        let capacity = Capacity::resolve(
-            CapacityFlags {
-                max_connections,
-                max_connections_per_address,
-                max_pairs_per_address,
-                requests_per_minute,
-            },
-            &file,
-        )?;
-        raise_open_files(capacity.max_connections);
-        let listen = listen
-            .or(file.listen)
-            .unwrap_or(([0, 0, 0, 0], 9009).into());
-        let code_ttl = code_ttl
-            .or(file.code_ttl_secs)
-            .unwrap_or(p2pd::config::DEFAULT_CODE_TTL.as_secs());
-        let stun = if stun.is_empty() { file.stun } else { stun };
-        let turn = if turn.is_empty() { file.turn } else { turn };
-        let turn_secret_file = turn_secret_file.or(file.turn_secret_file);
-        let turn_credential_ttl = turn_credential_ttl
-            .or(file.turn_credential_ttl_secs)
-            .unwrap_or(12 * 3600);
-        anyhow::ensure!(
-            turn.is_empty() || turn_secret_file.is_some(),
-            "TURN servers need coturn's shared secret: pass --turn-secret-file PATH (or set turn_secret_file)"
-        );
-        let turn_secret = match &turn_secret_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("cannot read the TURN secret file {}", path.display())
-                })?;
-                let secret = text.trim();
-                anyhow::ensure!(
-                    !secret.is_empty(),
-                    "the TURN secret file {} is empty: put coturn's static-auth-secret in it",
-                    path.display()
-                );
-                Some(secret.as_bytes().to_vec())
-            }
-            None => None,
-        };
-        let tls = match (tls_cert.or(file.tls_cert), tls_key.or(file.tls_key)) {
-            (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(&cert, &key)?)),
-            (None, None) => None,
-            _ => anyhow::bail!(
-                "TLS needs both a certificate and its key: pass --tls-cert FILE and --tls-key FILE (or set tls_cert and tls_key)"
-            ),
-        };
-        let store: StoreKind = match store.or(file.store) {
-            Some(text) => text.parse().map_err(anyhow::Error::msg)?,
-            None => StoreKind::Memory,
-        };
-        reload_on_hangup(tls.clone())?;
+    } = flags;
+    let file = RendezvousFileConfig::load(config)?;
+    let capacity = Capacity::resolve(
+        CapacityFlags {
+            max_connections,
+            max_connections_per_address,
+            max_pairs_per_address,
+            requests_per_minute,
+        },
+        &file,
+    )?;
+    raise_open_files(capacity.max_connections);
+    let listen = listen
+        .or(file.listen)
+        .unwrap_or(([0, 0, 0, 0], 9009).into());
+    let code_ttl = code_ttl
+        .or(file.code_ttl_secs)
+        .unwrap_or(p2pd::config::DEFAULT_CODE_TTL.as_secs());
+    let stun = if stun.is_empty() { file.stun } else { stun };
+    let turn = if turn.is_empty() { file.turn } else { turn };
+    let turn_secret_file = turn_secret_file.or(file.turn_secret_file);
+    let turn_credential_ttl = turn_credential_ttl
+        .or(file.turn_credential_ttl_secs)
+        .unwrap_or(p2pd::config::rendezvous::DEFAULT_TURN_CREDENTIAL_TTL_SECS);
+    anyhow::ensure!(
+        turn.is_empty() || turn_secret_file.is_some(),
+        "TURN servers need coturn's shared secret: pass --turn-secret-file PATH (or set turn_secret_file)"
+    );
+    let turn_secret = match &turn_secret_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the TURN secret file {}", path.display()))?;
+            let secret = text.trim();
+            anyhow::ensure!(
+                !secret.is_empty(),
+                "the TURN secret file {} is empty: put coturn's static-auth-secret in it",
+                path.display()
+            );
+            Some(secret.as_bytes().to_vec())
+        }
+        None => None,
+    };
+    let tls = match (tls_cert.or(file.tls_cert), tls_key.or(file.tls_key)) {
+        (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(&cert, &key)?)),
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "TLS needs both a certificate and its key: pass --tls-cert FILE and --tls-key FILE (or set tls_cert and tls_key)"
+        ),
+    };
+    let store: StoreKind = match store.or(file.store) {
+        Some(text) => text.parse().map_err(anyhow::Error::msg)?,
+        None => StoreKind::Memory,
+    };
+    let config = RendezvousConfig {
+        slot_ttl: Duration::from_secs(code_ttl),
+        ice: IceHandout {
+            stun,
+            turn,
+            turn_secret,
+            credential_ttl: Duration::from_secs(turn_credential_ttl),
+        },
+        tls,
+        store,
+        max_connections: capacity.max_connections,
+        per_address: capacity.per_address,
+        ..Default::default()
+    };
+    Ok((listen, config))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if args.check_config.is_some() {
+        return check_config(args);
+    }
+    let stop = stop_on_signal()?;
+    if let Some(Command::Rendezvous(flags)) = args.command {
+        let (listen, config) = rendezvous_settings(flags, args.config.as_deref())?;
+        raise_open_files(config.max_connections);
+        reload_on_hangup(config.tls.clone())?;
         let listener = server::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         notify(sd_notify::NotifyState::Ready);
-        let config = RendezvousConfig {
-            slot_ttl: Duration::from_secs(code_ttl),
-            ice: IceHandout {
-                stun,
-                turn,
-                turn_secret,
-                credential_ttl: Duration::from_secs(turn_credential_ttl),
-            },
-            tls,
-            store,
-            max_connections: capacity.max_connections,
-            per_address: capacity.per_address,
-            ..Default::default()
-        };
         server::serve(listener, config, stop).await;
         notify(sd_notify::NotifyState::Stopping);
         return Ok(());
     }
-    let file = FileConfig::load(args.config.as_deref())?;
+    let config = args.config.clone();
+    let config = daemon_config(args, config.as_deref())?;
+    let daemon = Daemon::start(config).await?;
+    notify(sd_notify::NotifyState::Ready);
+    let token = daemon.shutdown_token();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        notify(sd_notify::NotifyState::Stopping);
+        token.cancel();
+    });
+    daemon.run_until_stopped().await;
+    Ok(())
+}
+
+/// The daemon's settings from its flags and its config file (`config`, else the default).
+fn daemon_config(args: Args, config: Option<&std::path::Path>) -> anyhow::Result<DaemonConfig> {
+    let file = FileConfig::load(config)?;
     let overrides = Overrides {
         socket: args.socket,
         download_dir: args.download_dir,
@@ -337,17 +376,80 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_file_bytes: args.max_file_bytes,
         device_name: args.device_name,
     };
-    let config = DaemonConfig::resolve(overrides, file)?;
-    let daemon = Daemon::start(config).await?;
-    notify(sd_notify::NotifyState::Ready);
-    let token = daemon.shutdown_token();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        notify(sd_notify::NotifyState::Stopping);
-        token.cancel();
-    });
-    daemon.run_until_stopped().await;
+    Ok(DaemonConfig::resolve(overrides, file)?)
+}
+
+/// `--check-config [FILE]`: the daemon's settings, or the rendezvous's under `rendezvous`,
+/// resolved and printed; an error (exit 1) says what is wrong.
+fn check_config(mut args: Args) -> anyhow::Result<()> {
+    let file = match args.check_config.take() {
+        Some(Some(file)) => Some(file),
+        _ => args.config.clone(),
+    };
+    match args.command.take() {
+        Some(Command::Rendezvous(flags)) => {
+            let (listen, config) = rendezvous_settings(flags, file.as_deref())?;
+            print!("{}", describe_rendezvous(listen, &config));
+        }
+        Some(Command::Man { .. }) => {
+            anyhow::bail!(
+                "--check-config checks the daemon's settings, or the rendezvous's with p2pd rendezvous --check-config: not man's"
+            )
+        }
+        None => print!(
+            "{}",
+            p2pd::config::describe(&daemon_config(args, file.as_deref())?)
+        ),
+    }
     Ok(())
+}
+
+/// The rendezvous's resolved settings as `rendezvous.toml` lines (no secret printed).
+fn describe_rendezvous(listen: SocketAddr, config: &RendezvousConfig) -> String {
+    let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
+    let list = |items: &[String]| {
+        let items: Vec<String> = items.iter().map(|i| quoted(i)).collect();
+        format!("[{}]", items.join(", "))
+    };
+    let store = match &config.store {
+        StoreKind::Memory => "memory".to_owned(),
+        // A password stays in the file.
+        StoreKind::Redis(url) => match url.split_once('@') {
+            Some((scheme_and_user, host)) => {
+                let scheme = scheme_and_user.split("://").next().unwrap_or("redis");
+                format!("{scheme}://…@{host}")
+            }
+            None => url.clone(),
+        },
+    };
+    [
+        format!("listen = {}", quoted(&listen.to_string())),
+        format!("code_ttl_secs = {}", config.slot_ttl.as_secs()),
+        format!("stun = {}", list(&config.ice.stun)),
+        format!("turn = {}", list(&config.ice.turn)),
+        format!(
+            "turn_credential_ttl_secs = {}",
+            config.ice.credential_ttl.as_secs()
+        ),
+        match config.tls {
+            Some(_) => "# serves wss:// (tls_cert and tls_key read)".to_owned(),
+            None => "# serves ws:// (no tls_cert)".to_owned(),
+        },
+        format!("store = {}", quoted(&store)),
+        format!("max_connections = {}", config.max_connections),
+        format!(
+            "max_connections_per_address = {}",
+            config.per_address.connections
+        ),
+        format!("max_pairs_per_address = {}", config.per_address.paired / 2),
+        format!(
+            "requests_per_minute = {}",
+            config.per_address.claims_per_minute
+        ),
+    ]
+    .iter()
+    .map(|line| format!("{line}\n"))
+    .collect()
 }
 
 /// Raises the soft open-file limit to its ceiling (it is often 1024, far below a
@@ -445,6 +547,10 @@ mod tests {
             (
                 "--requests-per-minute <N>",
                 capacity::SERVICE_REQUESTS_PER_MINUTE.to_string(),
+            ),
+            (
+                "--turn-credential-ttl <TURN_CREDENTIAL_TTL>",
+                capacity::DEFAULT_TURN_CREDENTIAL_TTL_SECS.to_string(),
             ),
         ] {
             let text = help.split(flag).nth(1).expect(flag);

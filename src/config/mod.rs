@@ -13,8 +13,10 @@ use crate::transfer::names::Limits;
 
 mod paths;
 use paths::project_dirs;
+mod describe;
 pub mod rendezvous;
 
+pub use describe::describe;
 pub use paths::{
     default_download_dir, default_socket_path, default_state_dir, earlier_state_dirs, host_name,
 };
@@ -124,9 +126,18 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
     text: &str,
     path: &Path,
 ) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: e.message().to_owned(),
+    toml::from_str(text).map_err(|e| {
+        // "line N: …": where to look, since the message names the key but not its place.
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        ConfigError::Parse {
+            path: path.to_owned(),
+            message: match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_owned(),
+            },
+        }
     })
 }
 
@@ -141,12 +152,8 @@ impl FileConfig {
         if let Some(retired) = RETIRED_KEYS.into_iter().find(|k| table.contains_key(*k)) {
             return Err(ConfigError::Retired(retired));
         }
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.message().to_owned(),
-            })
+        // Parsed again from the text (not the table), so an error keeps its line.
+        parse_toml(text, path)
     }
 
     /// Loads `explicit` (which must exist), else the default file if there is one.

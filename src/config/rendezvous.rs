@@ -52,6 +52,11 @@ pub const SERVICE_PAIRS_PER_ADDRESS: usize = 64;
 /// Allocations, and claims or rejoins, each, per address and minute.
 pub const SERVICE_REQUESTS_PER_MINUTE: u32 = 120;
 
+/// How long a TURN credential handed out by `p2pd rendezvous` stays valid unless
+/// `--turn-credential-ttl` says otherwise: a pair's signaling lasts minutes (issue #23:
+/// minutes, not hours).
+pub const DEFAULT_TURN_CREDENTIAL_TTL_SECS: u64 = 600;
+
 /// A rendezvous's capacity: its connection cap and per-address limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Capacity {

@@ -5,6 +5,7 @@ mod activation;
 mod browser;
 mod candidates;
 mod capacity;
+mod check_config;
 mod cli;
 mod cluster;
 mod ctrl_c;
