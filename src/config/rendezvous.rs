@@ -172,6 +172,59 @@ mod tests {
         assert!(err.to_string().contains("turn_secret"), "{err}");
     }
 
+    /// The packaged /etc/p2pd/rendezvous.toml names every key, commented, with the value
+    /// the rendezvous uses when it is left out.
+    #[test]
+    fn the_packaged_config_lists_every_key_with_its_default() {
+        let packaged = include_str!("../../packaging/rendezvous.toml");
+        let uncommented: String = packaged
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file = RendezvousFileConfig::parse(&uncommented, Path::new("rendezvous.toml"))
+            .expect("every uncommented key is one the rendezvous takes");
+        let keys: Vec<&str> = uncommented
+            .lines()
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+            .collect();
+        for key in [
+            "listen",
+            "code_ttl_secs",
+            "stun",
+            "turn",
+            "turn_secret_file",
+            "turn_credential_ttl_secs",
+            "tls_cert",
+            "tls_key",
+            "store",
+            "max_connections",
+            "max_connections_per_address",
+            "max_pairs_per_address",
+            "requests_per_minute",
+        ] {
+            assert!(keys.contains(&key), "{key} is missing");
+        }
+        assert_eq!(file.max_connections, Some(SERVICE_MAX_CONNECTIONS));
+        assert_eq!(
+            file.max_connections_per_address,
+            Some(SERVICE_CONNECTIONS_PER_ADDRESS)
+        );
+        assert_eq!(file.max_pairs_per_address, Some(SERVICE_PAIRS_PER_ADDRESS));
+        assert_eq!(file.requests_per_minute, Some(SERVICE_REQUESTS_PER_MINUTE));
+        assert_eq!(
+            file.turn_credential_ttl_secs,
+            Some(DEFAULT_TURN_CREDENTIAL_TTL_SECS)
+        );
+        assert_eq!(
+            file.code_ttl_secs,
+            Some(crate::config::DEFAULT_CODE_TTL.as_secs())
+        );
+        assert_eq!(file.store.as_deref(), Some("memory"));
+        assert_eq!(file.listen, Some(([0, 0, 0, 0], 9009).into()));
+    }
+
     #[test]
     fn capacity_flags_win_over_the_file_over_the_service_defaults() {
         let none = RendezvousFileConfig::default();
