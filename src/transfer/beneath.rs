@@ -165,9 +165,12 @@ impl Entry {
 
     /// Renames this entry to `to` unless something is already there (never replaces).
     pub fn rename_noreplace(&self, to: &Entry) -> io::Result<()> {
+        // The system call itself, not libc's wrapper: musl before 1.2.5 (Debian bookworm's
+        // 1.2.3, the static build's) has no renameat2(), and the kernel has had it since 3.15.
         // SAFETY: both names are NUL-terminated and both directory handles are open.
         let rc = unsafe {
-            libc::renameat2(
+            libc::syscall(
+                libc::SYS_renameat2,
                 self.parent.as_raw_fd(),
                 self.name.as_ptr(),
                 to.parent.as_raw_fd(),
