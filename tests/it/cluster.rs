@@ -4,8 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use p2pd::ipc::messages::JobState;
@@ -22,69 +21,7 @@ use tokio_util::sync::DropGuard;
 use crate::flood::{next_text, raw_ws, rendezvous_with};
 use crate::support::*;
 
-const REDIS_SERVER: &str = "/usr/bin/redis-server";
-
-/// A `redis-server` of the test's own: no persistence, loopback only, killed on drop.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        Redis::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Redis {
-        if !Path::new(REDIS_SERVER).exists() {
-            crate::netns_harness::skip("needs redis-server (Debian: apt-get install redis-server)");
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(REDIS_SERVER)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let redis = Redis {
-            child: Some(child),
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// `kill -9`, as a crash or a lost machine would.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::redis_server::Redis;
 
 /// One rendezvous instance on `redis`, with `config`'s other settings.
 async fn instance_with(redis: &Redis, config: RendezvousConfig) -> (SocketAddr, DropGuard) {
@@ -262,6 +199,21 @@ async fn thousands_of_concurrent_allocations_on_two_instances_never_share_a_name
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_reach_redis_over_a_unix_socket() {
+    // `redis+unix://`, as with `SupplementaryGroups=redis` beside a local Redis.
+    tokio::time::timeout(TEST_LIMIT, async {
+        let redis = Redis::start_unix();
+        let (one, _one) = instance(&redis).await;
+        let (two, _two) = instance(&redis).await;
+        let a = daemon_on(one, "a").await;
+        let b = daemon_on(two, "b").await;
+        transfer(&a, &b, "through-a-socket.bin", 4).await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_outlives_the_instance_its_sender_waited_on() {
     tokio::time::timeout(TEST_LIMIT, async {
         let redis = Redis::start();
@@ -403,7 +355,7 @@ async fn a_wrong_guess_on_one_instance_burns_the_code_for_a_claim_on_another() {
 async fn without_redis_an_instance_answers_503_and_refuses_then_recovers_by_itself() {
     tokio::time::timeout(TEST_LIMIT, async {
         let mut redis = Redis::start();
-        let port = redis.port;
+        let port = redis.port();
         let (one, _one) = instance(&redis).await;
         let (two, _two) = instance(&redis).await;
         assert_eq!(health(one).await, (200, "ok\n".to_owned()));

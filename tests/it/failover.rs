@@ -6,7 +6,6 @@
 //! redis-server and fail without it, they do not pass by skipping.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,57 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::devices::pair;
 use crate::support::*;
 
-const REDIS_SERVER: &str = "/usr/bin/redis-server";
 /// Each test is declared hung after this long (they take a fraction of it).
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A `redis-server` of the test's own: no persistence, loopback only, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        if !Path::new(REDIS_SERVER).exists() {
-            crate::netns_harness::skip("needs redis-server (Debian: apt-get install redis-server)");
-        }
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(REDIS_SERVER)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let redis = Redis {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::redis_server::Redis;
 
 /// A port nothing listens on (for now): bound, read, and let go.
 fn free_port() -> u16 {

@@ -29,6 +29,7 @@ mod paired;
 mod pion;
 mod qr;
 mod races;
+mod redis_server;
 mod resume;
 mod state_dir;
 mod stdin;
