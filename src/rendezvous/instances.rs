@@ -114,10 +114,17 @@ impl Instances {
                 };
                 match attempt.await {
                     Ok(fresh) => break fresh,
+                    // Gone from the store: an instance that was full made this connection
+                    // give way (`busy`, which it freed its code with), or the code's time
+                    // ran out.
+                    Err(SignalError::Expired) => {
+                        return Err(match lost {
+                            SignalError::Busy => SignalError::Busy,
+                            _ => SignalError::Expired,
+                        });
+                    }
                     Err(
-                        error @ (SignalError::Expired
-                        | SignalError::Untrusted { .. }
-                        | SignalError::WrongName { .. }),
+                        error @ (SignalError::Untrusted { .. } | SignalError::WrongName { .. }),
                     ) => {
                         return Err(error);
                     }
