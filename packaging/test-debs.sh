@@ -28,6 +28,7 @@ contains "$p2pd_deb" /usr/bin/p2pd /usr/bin/p2p \
     /usr/share/fish/vendor_completions.d/p2p.fish \
     /usr/share/doc/p2pd/copyright /usr/share/doc/p2pd/changelog.Debian.gz
 contains "$rendezvous_deb" /usr/lib/systemd/system/p2pd-rendezvous.service \
+    /usr/lib/systemd/system/p2pd-rendezvous.socket \
     /usr/lib/sysusers.d/p2pd-rendezvous.conf /etc/p2pd/rendezvous.toml \
     /usr/share/doc/p2pd-rendezvous/copyright
 dpkg-deb -c "$rendezvous_deb" | grep -q ' \./usr/bin/' && fail "p2pd-rendezvous ships a binary of its own"
@@ -46,7 +47,8 @@ man -w p2p >/dev/null || fail "man -w p2p finds no page"
 man -w p2p-send >/dev/null || fail "man -w p2p-send finds no page"
 getent passwd p2pd-rendezvous >/dev/null || fail "no p2pd-rendezvous user"
 p2pd rendezvous --config /etc/p2pd/rendezvous.toml --check-config >/dev/null
-systemd-analyze verify /usr/lib/systemd/system/p2pd-rendezvous.service
+systemd-analyze verify /usr/lib/systemd/system/p2pd-rendezvous.service \
+    /usr/lib/systemd/system/p2pd-rendezvous.socket
 # A user unit's %h and %t need a user manager: verified against a copy with them spelled out.
 units=$(mktemp -d)
 sed -e "s|%h|$HOME|g" -e "s|%t|/run/user/0|g" /usr/lib/systemd/user/p2pd.service >"$units/p2pd.service"

@@ -330,9 +330,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (listen, config) = rendezvous_settings(flags, args.config.as_deref())?;
         raise_open_files(config.max_connections);
         reload_on_hangup(config.tls.clone())?;
-        let listener = server::bind(listen)
+        let (listener, activated) = server::listen(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        if activated {
+            tracing::info!("listening on the socket systemd passed");
+        }
         notify(sd_notify::NotifyState::Ready);
         server::serve(listener, config, stop).await;
         notify(sd_notify::NotifyState::Stopping);

@@ -322,3 +322,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Connections the kernel queues for `accept`.
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// The listening socket systemd passed (`p2pd-rendezvous.socket`: port 443 without
+/// CAP_NET_BIND_SERVICE), else `addr` bound by [`bind`]; says which.
+pub async fn listen(addr: SocketAddr) -> std::io::Result<(TcpListener, bool)> {
+    if let Some(passed) = listenfd::ListenFd::from_env().take_tcp_listener(0)? {
+        passed.set_nonblocking(true)?;
+        return Ok((TcpListener::from_std(passed)?, true));
+    }
+    Ok((bind(addr).await?, false))
+}

@@ -112,3 +112,58 @@ fn the_daemon_tells_systemd_it_is_ready_and_stopping() {
     assert!(said[0].contains("READY=1"), "{said:?}");
     assert!(said[1].contains("STOPPING=1"), "{said:?}");
 }
+
+#[test]
+fn the_rendezvous_serves_on_the_socket_systemd_passed() {
+    // p2pd-rendezvous.socket: systemd listens (port 443 needs no capability then), the
+    // first connection starts the rendezvous, which serves on the passed socket and
+    // ignores its own `--listen`.
+    if Command::new("systemd-socket-activate")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        crate::netns_harness::skip("needs systemd-socket-activate (Debian's systemd)");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-E", "RUST_LOG=info"])
+        .arg(P2PD)
+        .args(["rendezvous", "--listen", "127.0.0.1:1"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("rendezvous.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let asked = (|| {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            Some(answer)
+        })();
+        match asked {
+            Some(answer) if !answer.is_empty() => break answer,
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => break String::new(),
+        }
+    };
+    let _ = activator.kill();
+    let _ = activator.wait();
+    let log = std::fs::read_to_string(dir.path().join("rendezvous.log")).unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}\n{log}");
+    assert!(log.contains("the socket systemd passed"), "{log}");
+}
