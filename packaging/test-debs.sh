@@ -32,6 +32,10 @@ contains "$rendezvous_deb" /usr/lib/systemd/system/p2pd-rendezvous.service \
     /usr/lib/sysusers.d/p2pd-rendezvous.conf /etc/p2pd/rendezvous.toml \
     /usr/share/doc/p2pd-rendezvous/copyright
 dpkg-deb -c "$rendezvous_deb" | grep -q ' \./usr/bin/' && fail "p2pd-rendezvous ships a binary of its own"
+# Its Depends names p2pd's version by hand (Cargo.toml): it must be this build's.
+version=$(dpkg-deb -f "$p2pd_deb" Version)
+dpkg-deb -f "$rendezvous_deb" Depends | grep -qF "p2pd (= $version)" \
+    || fail "p2pd-rendezvous depends on another p2pd than $version: update its depends in Cargo.toml"
 dpkg-deb -f "$rendezvous_deb" Conffiles >/dev/null
 dpkg-deb -I "$rendezvous_deb" conffiles | grep -qx /etc/p2pd/rendezvous.toml \
     || fail "rendezvous.toml is not a conffile"
