@@ -152,6 +152,10 @@ struct RendezvousArgs {
     /// the config file) [default: memory].
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// PEM file of a private CA to check a rediss:// store's certificate against, instead
+    /// of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    store_ca: Option<PathBuf>,
     /// Connections held at once; when full, the longest idle gives way [default: 10000].
     /// The open-file limit is raised to its ceiling at start; it must allow this many.
     #[arg(long, value_name = "N")]
@@ -247,6 +251,7 @@ fn rendezvous_settings(
         tls_cert,
         tls_key,
         store,
+        store_ca,
         max_connections,
         max_connections_per_address,
         max_pairs_per_address,
@@ -304,6 +309,18 @@ fn rendezvous_settings(
         Some(text) => text.parse().map_err(anyhow::Error::msg)?,
         None => StoreKind::Memory,
     };
+    let store_ca = match store_ca.or(file.store_ca) {
+        Some(path) => {
+            anyhow::ensure!(
+                matches!(&store, StoreKind::Redis(url) if url.starts_with("rediss://")),
+                "a store CA is for a rediss:// store: set store = \"rediss://HOST:PORT\" (or --store) as well"
+            );
+            let pem = std::fs::read(&path)
+                .with_context(|| format!("cannot read the store CA {}", path.display()))?;
+            Some(pem)
+        }
+        None => None,
+    };
     let config = RendezvousConfig {
         slot_ttl: Duration::from_secs(code_ttl),
         ice: IceHandout {
@@ -314,6 +331,7 @@ fn rendezvous_settings(
         },
         tls,
         store,
+        store_ca,
         max_connections: capacity.max_connections,
         per_address: capacity.per_address,
         ..Default::default()

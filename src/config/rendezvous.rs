@@ -32,6 +32,8 @@ pub struct RendezvousFileConfig {
     /// (`redis://HOST:PORT`, `rediss://…`, `redis+unix:///PATH`) shared by several
     /// instances.
     pub store: Option<String>,
+    /// PEM file of a private CA a `rediss://` store's certificate is checked against.
+    pub store_ca: Option<PathBuf>,
     pub max_connections: Option<usize>,
     pub max_connections_per_address: Option<usize>,
     pub max_pairs_per_address: Option<usize>,
@@ -199,6 +201,7 @@ mod tests {
             "tls_cert",
             "tls_key",
             "store",
+            "store_ca",
             "max_connections",
             "max_connections_per_address",
             "max_pairs_per_address",

@@ -76,6 +76,9 @@ pub struct RendezvousConfig {
     pub tls: Option<Arc<ServerTls>>,
     /// Where slots live: this process, or Redis shared with other instances.
     pub store: StoreKind,
+    /// PEM certificates a `rediss://` store is checked against instead of the system's
+    /// roots (a private CA).
+    pub store_ca: Option<Vec<u8>>,
 }
 
 impl Default for RendezvousConfig {
@@ -93,6 +96,7 @@ impl Default for RendezvousConfig {
             misses_per_minute: 6,
             tls: None,
             store: StoreKind::Memory,
+            store_ca: None,
         }
     }
 }
@@ -100,7 +104,12 @@ impl Default for RendezvousConfig {
 /// Serves until `shutdown` fires, then waits for every connection task to end. Slots are
 /// kept in the store `config.store` names.
 pub async fn serve(listener: TcpListener, config: RendezvousConfig, shutdown: CancellationToken) {
-    let store = store::open(&config.store, store_limits(&config), &shutdown);
+    let store = store::open(
+        &config.store,
+        config.store_ca.as_deref(),
+        store_limits(&config),
+        &shutdown,
+    );
     serve_with(listener, config, store, shutdown).await;
 }
 

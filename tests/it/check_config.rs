@@ -62,6 +62,9 @@ fn check_config_prints_the_settings_or_says_which_line_and_key_is_wrong() {
     let half = p2pd_checking(&["rendezvous", "--check-config", "--tls-key", "/nonexistent"]);
     assert_eq!(half.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&half.stderr).contains("--tls-cert"));
+    let misplaced = p2pd_checking(&["rendezvous", "--check-config", "--store-ca", "/nonexistent"]);
+    assert_eq!(misplaced.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&misplaced.stderr).contains("rediss://"));
     let fine = p2pd_checking(&[
         "rendezvous",
         "--check-config",

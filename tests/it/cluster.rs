@@ -24,7 +24,10 @@ use crate::support::*;
 use crate::redis_server::Redis;
 
 /// One rendezvous instance on `redis`, with `config`'s other settings.
-async fn instance_with(redis: &Redis, config: RendezvousConfig) -> (SocketAddr, DropGuard) {
+pub(crate) async fn instance_with(
+    redis: &Redis,
+    config: RendezvousConfig,
+) -> (SocketAddr, DropGuard) {
     let (addr, stop) = rendezvous_with(RendezvousConfig {
         store: StoreKind::Redis(redis.url()),
         ..config
@@ -39,7 +42,7 @@ async fn instance(redis: &Redis) -> (SocketAddr, DropGuard) {
 }
 
 /// `GET /healthz`: its status and body.
-async fn health(addr: SocketAddr) -> (u16, String) {
+pub(crate) async fn health(addr: SocketAddr) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: rendezvous\r\n\r\n")
@@ -60,7 +63,7 @@ async fn health(addr: SocketAddr) -> (u16, String) {
     (status, body)
 }
 
-async fn wait_for_health(addr: SocketAddr, status: u16) -> Duration {
+pub(crate) async fn wait_for_health(addr: SocketAddr, status: u16) -> Duration {
     let start = Instant::now();
     loop {
         if health(addr).await.0 == status {
@@ -75,11 +78,11 @@ async fn wait_for_health(addr: SocketAddr, status: u16) -> Duration {
     }
 }
 
-fn ws(addr: SocketAddr) -> String {
+pub(crate) fn ws(addr: SocketAddr) -> String {
     format!("ws://{addr}")
 }
 
-async fn daemon_on(addr: SocketAddr, name: &'static str) -> TestDaemon {
+pub(crate) async fn daemon_on(addr: SocketAddr, name: &'static str) -> TestDaemon {
     TestDaemon::start_with(Options {
         rendezvous: Some(ws(addr)),
         device_name: name,
@@ -89,7 +92,7 @@ async fn daemon_on(addr: SocketAddr, name: &'static str) -> TestDaemon {
 }
 
 /// Sends a file from `sender` to `receiver` with a code, checking it arrives whole.
-async fn transfer(sender: &TestDaemon, receiver: &TestDaemon, name: &str, seed: u64) {
+pub(crate) async fn transfer(sender: &TestDaemon, receiver: &TestDaemon, name: &str, seed: u64) {
     let src = tempfile::tempdir().unwrap();
     let path = random_file(src.path(), name, 512 * 1024, seed);
     let (send_id, code) = sender.send(std::slice::from_ref(&path)).await.unwrap();

@@ -8,6 +8,7 @@ mod capacity;
 mod check_config;
 mod cli;
 mod cluster;
+mod cluster_tls;
 mod ctrl_c;
 mod devices;
 mod errors;

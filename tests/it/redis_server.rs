@@ -18,6 +18,8 @@ pub(crate) struct Redis {
 enum Listening {
     Port(u16),
     Socket(PathBuf),
+    /// TLS only, on this port of 127.0.0.1, its certificate for "localhost".
+    Tls(u16),
 }
 
 impl Redis {
@@ -59,6 +61,32 @@ impl Redis {
         redis
     }
 
+    /// TLS only (`rediss://localhost:PORT`), with this certificate and key (PEM files).
+    pub(crate) fn start_tls(cert: &Path, key: &Path) -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let args = [
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--bind".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            cert.display().to_string(),
+            "--tls-key-file".to_owned(),
+            key.display().to_string(),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let redis = Redis::spawn(&args, Listening::Tls(port), dir);
+        redis.wait_until(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        redis
+    }
+
     fn spawn(args: &[String], at: Listening, dir: tempfile::TempDir) -> Redis {
         if !Path::new(REDIS_SERVER).exists() {
             crate::netns_harness::skip("needs redis-server (Debian: apt-get install redis-server)");
@@ -90,7 +118,7 @@ impl Redis {
     /// Its TCP port (a Redis on a Unix socket has none).
     pub(crate) fn port(&self) -> u16 {
         match self.at {
-            Listening::Port(port) => port,
+            Listening::Port(port) | Listening::Tls(port) => port,
             Listening::Socket(_) => panic!("this Redis listens on a Unix socket"),
         }
     }
@@ -99,6 +127,7 @@ impl Redis {
         match &self.at {
             Listening::Port(port) => format!("redis://127.0.0.1:{port}"),
             Listening::Socket(path) => format!("redis+unix://{}", path.display()),
+            Listening::Tls(port) => format!("rediss://localhost:{port}"),
         }
     }
 

@@ -47,12 +47,13 @@ impl std::str::FromStr for StoreKind {
 /// background tasks end with `shutdown`.
 pub fn open(
     kind: &StoreKind,
+    ca: Option<&[u8]>,
     limits: StoreLimits,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> std::sync::Arc<dyn Store> {
     match kind {
         StoreKind::Memory => std::sync::Arc::new(memory::MemoryStore::new(limits)),
-        StoreKind::Redis(url) => redis::RedisStore::start(url, limits, shutdown),
+        StoreKind::Redis(url) => redis::RedisStore::start(url, ca, limits, shutdown),
     }
 }
 

@@ -86,9 +86,24 @@ pub struct RedisStore {
 impl RedisStore {
     /// A store on `url` (already checked: `StoreKind::from_str`), not serving until Redis
     /// answers and the subscription stands.
-    pub fn start(url: &str, limits: StoreLimits, shutdown: &CancellationToken) -> Arc<dyn Store> {
+    pub fn start(
+        url: &str,
+        ca: Option<&[u8]>,
+        limits: StoreLimits,
+        shutdown: &CancellationToken,
+    ) -> Arc<dyn Store> {
         // Checked when the flag was read; a store that cannot be opened only refuses.
-        let (client, health) = match redis::Client::open(url) {
+        let opened = match ca {
+            Some(pem) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+            None => redis::Client::open(url),
+        };
+        let (client, health) = match opened {
             Ok(client) => (Some(client), "not connected to redis yet".to_owned()),
             Err(error) => (None, format!("bad store address: {}", describe(&error))),
         };
