@@ -7,6 +7,8 @@ mod candidates;
 mod capacity;
 mod check_config;
 mod cli;
+mod cli_docs;
+mod cli_jobs;
 mod cluster;
 mod cluster_tls;
 mod ctrl_c;
