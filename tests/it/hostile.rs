@@ -349,9 +349,15 @@ async fn extra_data_channels_from_the_peer_are_closed_and_ignored() {
         let content = b"0123456789".to_vec();
         let digest = hex::encode(sha2::Sha256::digest(&content));
         let info = attack(&daemon, move |c| async move {
-            // Two extra channels: the receiver must close each, not hold it unpolled.
+            // Two extra channels: the receiver must close each, not hold it unpolled. Both
+            // are opened first: one opened after the other closed may reuse its stream id
+            // while the receiver still releases it, and webrtc-rs 0.21 then never announces
+            // it to the receiver (seen under load; a quirk of the stack, noted in the note).
+            let mut extras = Vec::new();
             for label in ["evil", "evil-2"] {
-                let extra = c.pc.create_data_channel(label, None).await.unwrap();
+                extras.push((label, c.pc.create_data_channel(label, None).await.unwrap()));
+            }
+            for (label, extra) in extras {
                 // Generous: with the resume campaigns loading both cores in the same run, a
                 // close took over 5 s once; a channel left open never closes at all.
                 let closed = tokio::time::timeout(Duration::from_secs(20), async {

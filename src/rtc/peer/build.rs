@@ -66,7 +66,11 @@ impl PeerConnectionEventHandler for Handler {
         if !take || self.channels.try_send(channel.clone()).is_err() {
             // Closing must not block the driver, so it runs on its own task.
             tokio::spawn(async move {
-                let _ = channel.close().await;
+                let closed = channel.close().await;
+                debug!(
+                    ok = closed.is_ok(),
+                    "closed a channel this side did not take"
+                );
             });
         }
     }
