@@ -106,6 +106,10 @@ impl Instances {
             tracing::info!("lost the rendezvous while waiting for the other side: reconnecting");
             let give_up = tokio::time::Instant::now() + RECLAIM_FOR;
             let mut round = 0;
+            // A claim arriving meanwhile holds the nameplate for a moment before it puts it
+            // back for us (the allocator is away): "no longer waits" is believed only when
+            // it lasts.
+            let mut gone_since = None;
             *client = loop {
                 let attempt = async {
                     let mut fresh = self.connect().await?;
@@ -117,7 +121,10 @@ impl Instances {
                     // Gone from the store: an instance that was full made this connection
                     // give way (`busy`, which it freed its code with), or the code's time
                     // ran out.
-                    Err(SignalError::Expired) => {
+                    Err(SignalError::Expired)
+                        if *gone_since.get_or_insert_with(tokio::time::Instant::now) + GONE_FOR
+                            <= tokio::time::Instant::now() =>
+                    {
                         return Err(match lost {
                             SignalError::Busy => SignalError::Busy,
                             _ => SignalError::Expired,
@@ -139,6 +146,9 @@ impl Instances {
         }
     }
 }
+
+/// How long a reclaimed nameplate must stay "no longer waiting" to be believed gone.
+const GONE_FOR: Duration = Duration::from_secs(2);
 
 /// How long a sender whose rendezvous connection was lost keeps trying to wait again in
 /// its nameplate (a claim meanwhile waits 20 s for it: `conn/pairing.rs`).
